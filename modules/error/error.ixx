@@ -1,0 +1,117 @@
+// dcp.error — the one error type of dcpp, and the checked arithmetic that produces it.
+//
+// Every failure in dcpp is a `dcp::Error`: a closed `Errc` code, a one-line lowercase message
+// and an `ErrorContext` (file, state-dict key or record name, byte offset, rank) that each
+// layer fills in as the error passes through it, like LLVM's FileError. Deep code throws
+// `dcp::Error`; module edges convert foreign errors (system_error, c10::Error) into it.
+// `Result<T>` carries a value or an Error where exceptions must not cross (async completions,
+// C callers). Imports nothing.
+module;
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+export module dcp.error;
+
+export namespace dcp {
+
+/// What went wrong, in abseil's sense. Switches over it keep a `default:`.
+enum class Errc : int {
+  invalid_argument = 1,  ///< the caller asked for something malformed (bad flag, bad key regex)
+  not_found,             ///< a file, key or record that must exist does not
+  data_loss,             ///< the checkpoint is corrupt or truncated
+  out_of_range,          ///< a size, offset or count past a limit or past the end of a file
+  failed_precondition,   ///< the request contradicts the checkpoint (shape or dtype mismatch)
+  unimplemented,         ///< a valid format variant dcpp does not support yet
+  io,                    ///< the operating system refused a read or write (errno in message)
+  cancelled,             ///< the operation was stopped by the caller
+  permission_denied,     ///< a pickle names a global outside the allow-list
+  internal,              ///< a bug in dcpp
+};
+
+/// The code's stable lowercase name, e.g. "data_loss".
+std::string_view errc_name(Errc code) noexcept;
+
+/// Where an error happened; each layer fills in what it knows.
+struct ErrorContext {
+  std::string file;                          ///< path of the file being read or written
+  std::string key;                           ///< state-dict key (fqn) or record name
+  std::optional<std::uint64_t> byte_offset;  ///< offset in `file` (or in the buffer parsed)
+  std::optional<int> rank;                   ///< process-group rank that failed
+};
+
+/// A dcpp failure: code + message + context. Thrown by value, caught by const reference.
+class [[nodiscard]] Error : public std::exception {
+ public:
+  Error(Errc code, std::string message);
+
+  Errc code() const noexcept { return code_; }
+  /// The bare message, without context ("unknown opcode 0xff").
+  const std::string& message() const noexcept { return message_; }
+  const ErrorContext& context() const noexcept { return context_; }
+
+  /// Context setters. Inner layers know more precise facts, so a field already set wins;
+  /// the exception is `add_offset`, which moves a buffer-relative offset into file space.
+  Error& in_file(std::string_view path);
+  Error& for_key(std::string_view key);
+  Error& at_offset(std::uint64_t offset);
+  Error& add_offset(std::uint64_t base);
+  Error& on_rank(int rank);
+
+  /// One line: "FILE: key 'K': byte N: message" (parts that are unknown are left out).
+  const char* what() const noexcept override { return text_.c_str(); }
+
+ private:
+  void render();
+  Errc code_;
+  std::string message_;
+  ErrorContext context_;
+  std::string text_;
+};
+
+/// A value or an Error, for places where exceptions must not cross.
+template <class T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : state_(std::move(value)) {}
+  Result(Error error) : state_(std::move(error)) {}
+  bool ok() const noexcept { return state_.index() == 0; }
+  explicit operator bool() const noexcept { return ok(); }
+  /// The value; throws the stored Error if there is none.
+  T& value() & {
+    if (!ok()) throw std::get<1>(state_);
+    return std::get<0>(state_);
+  }
+  T&& value() && {
+    if (!ok()) throw std::get<1>(state_);
+    return std::get<0>(std::move(state_));
+  }
+  const Error& error() const { return std::get<1>(state_); }
+
+ private:
+  std::variant<T, Error> state_;
+};
+
+/// Runs `fn` and turns a thrown dcp::Error into a Result (other exceptions pass through).
+template <class Fn>
+auto capture(Fn&& fn) -> Result<decltype(fn())> {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    return e;
+  }
+}
+
+/// Checked unsigned arithmetic: nullopt on overflow. Offsets and sizes read from files go
+/// through these before they are compared or used.
+std::optional<std::uint64_t> checked_add(std::uint64_t a, std::uint64_t b) noexcept;
+std::optional<std::uint64_t> checked_mul(std::uint64_t a, std::uint64_t b) noexcept;
+
+/// Throws Error(out_of_range) naming `what` when a + b or a * b overflows 64 bits.
+std::uint64_t add_or_throw(std::uint64_t a, std::uint64_t b, std::string_view what);
+std::uint64_t mul_or_throw(std::uint64_t a, std::uint64_t b, std::string_view what);
+
+}  // namespace dcp
