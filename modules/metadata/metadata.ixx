@@ -1,0 +1,174 @@
+// dcp.metadata — the typed model of a DCP checkpoint's `.metadata`, decoded without Python.
+//
+// `decode_metadata` reads the pickled `Metadata` of torch 1.13
+// (`torch.distributed._shard.checkpoint`) and torch 2.x (`torch.distributed.checkpoint`,
+// every variant in shared/notes/dcp-format.md §2: both enum encodings, pathlib ids,
+// optional `storage_meta`/`version`/`transform_descriptors`, unknown extra attributes) via
+// dcp.pickle with an allow-list of exactly the globals those files use, then maps the value
+// tree onto plain structs. `validate` checks what PyTorch's writer guarantees (chunks inside
+// their tensor, no overlaps, full coverage, one storage entry per chunk, safe file names);
+// `check_storage_bounds` checks byte ranges against file sizes the caller supplies, so this
+// module does no I/O. `to_json` renders the documented `dcpp inspect --json` schema.
+// `DType` lives here because every layer above needs it.
+//
+// Untrusted input: the `.metadata` bytes. Imports: dcp.error, dcp.pickle, dcp.json.
+module;
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+export module dcp.metadata;
+import dcp.error;
+import dcp.pickle;
+
+export namespace dcp {
+
+/// Element types a checkpoint can hold (torch's names, `torch.` dropped).
+enum class DType : std::uint8_t {
+  float32, float64, float16, bfloat16, int8, uint8, int16, int32, int64, boolean, complex64,
+  complex128, complex32, uint16, uint32, uint64, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz,
+  float8_e5m2fnuz, float8_e8m0fnu, qint8, quint8, qint32, quint4x2, quint2x4,
+};
+/// torch's name: "float32", "bool", ...
+std::string_view dtype_name(DType dtype) noexcept;
+std::optional<DType> dtype_from_name(std::string_view name) noexcept;
+/// Bytes per element (quint4x2/quint2x4 pack several per byte and report 1).
+std::size_t dtype_itemsize(DType dtype) noexcept;
+
+}  // namespace dcp
+
+export namespace dcp::metadata {
+
+/// Sizes or offsets, one entry per dimension (torch.Size).
+using Shape = std::vector<std::int64_t>;
+
+/// Which PyTorch wrote the file, from the module path of its classes.
+enum class Flavor { torch_1_13, torch_2x };
+std::string_view flavor_name(Flavor flavor) noexcept;  ///< "torch-1.13" / "torch-2.x"
+
+enum class MemoryFormat { contiguous, channels_last, preserve };
+std::string_view memory_format_name(MemoryFormat format) noexcept;
+
+struct TensorProperties {
+  DType dtype = DType::float32;
+  bool requires_grad = false;
+  MemoryFormat memory_format = MemoryFormat::contiguous;
+  bool pin_memory = false;
+};
+
+/// One saved shard: a box in the tensor's global index space.
+struct ChunkStorageMetadata {
+  Shape offsets;
+  Shape sizes;
+  std::uint64_t pickle_offset = 0;  ///< where it was decoded, for error messages
+};
+
+struct TensorStorageMetadata {
+  TensorProperties properties;
+  Shape size;  ///< global shape
+  std::vector<ChunkStorageMetadata> chunks;
+};
+
+/// A Python object saved with torch.save (BYTE_IO item); no fields in any version.
+struct BytesStorageMetadata {};
+
+/// One entry of `state_dict_metadata`.
+struct ItemMetadata {
+  std::string fqn;
+  std::variant<TensorStorageMetadata, BytesStorageMetadata> storage;
+  std::uint64_t pickle_offset = 0;
+  bool is_tensor() const { return storage.index() == 0; }
+  const TensorStorageMetadata& tensor() const { return std::get<0>(storage); }
+};
+
+/// Key of `storage_data`: equality and hashing use (fqn, offset); `index` is a hint.
+struct MetadataIndex {
+  std::string fqn;
+  std::optional<Shape> offset;  ///< absent for BYTE_IO items
+  std::optional<std::int64_t> index;
+};
+
+/// Where an item's bytes are: `[offset, offset + length)` of `relative_path`.
+struct StorageInfo {
+  std::string relative_path;
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::vector<std::string> transform_descriptors;  ///< e.g. "stream.zstd/1" (2.x extensions)
+  std::uint64_t pickle_offset = 0;
+};
+
+struct StorageMeta {
+  std::optional<std::string> checkpoint_id;  ///< a pathlib path is joined into one string
+  std::optional<std::string> save_id;
+  std::optional<std::string> load_id;
+  std::vector<std::string> modules;
+};
+
+/// A step of a `planner_data` path: a dict key or a list index.
+using PathPart = std::variant<std::string, std::int64_t>;
+
+/// The whole `.metadata`.
+class Metadata {
+ public:
+  Flavor flavor = Flavor::torch_2x;
+  std::vector<ItemMetadata> items;  ///< state_dict_metadata, in file order
+  /// fqn → path of the original nested state dict (2.x flattening); nullopt when None.
+  std::optional<std::vector<std::pair<std::string, std::vector<PathPart>>>> planner_data;
+  std::vector<std::pair<MetadataIndex, StorageInfo>> storage_data;  ///< in file order
+  std::optional<StorageMeta> storage_meta;
+  std::optional<std::string> version;
+  std::vector<std::string> extra_attributes;  ///< unknown Metadata attributes, tolerated
+
+  /// Lookups (index built by `reindex`, which decode_metadata calls).
+  const ItemMetadata* find_item(std::string_view fqn) const;
+  const StorageInfo* find_storage(std::string_view fqn, const Shape* offset) const;
+  const std::vector<PathPart>* find_path(std::string_view fqn) const;
+  void reindex();
+
+ private:
+  std::unordered_map<std::string, std::size_t> item_index_;
+  std::unordered_map<std::string, std::size_t> storage_index_;
+  std::unordered_map<std::string, std::size_t> path_index_;
+};
+
+/// The globals a `.metadata` may name (all module paths of 1.13 and 2.x).
+const pickle::AllowList& metadata_allow_list();
+
+/// Decodes `.metadata` bytes. Throws dcp::Error with the byte offset in the file (the caller
+/// adds the file name): permission_denied for a foreign global, data_loss for anything that
+/// is not DCP metadata.
+Metadata decode_metadata(std::span<const std::byte> bytes);
+
+/// Decodes a torch.Size value (call of torch.Size with a tuple of ints).
+Shape decode_size(const pickle::Document& doc, pickle::NodeId id);
+/// Decodes a dtype global (`torch.float32`).
+DType decode_dtype(const pickle::Document& doc, pickle::NodeId id);
+
+/// Checks the invariants PyTorch's writer guarantees. Throws data_loss naming the key and the
+/// byte offset of the offending entry in `.metadata`.
+void validate(const Metadata& metadata);
+
+/// Size of a checkpoint file, nullopt if it does not exist.
+using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;
+/// Checks that every storage entry's file exists and its byte range lies inside it.
+void check_storage_bounds(const Metadata& metadata, const FileSizeFn& file_size);
+
+/// Number of elements of a shape (checked; throws out_of_range on overflow).
+std::uint64_t numel(const Shape& shape);
+/// A file name from `storage_data` that may be opened under the checkpoint directory.
+bool is_safe_relative_path(std::string_view path) noexcept;
+
+/// The `dcpp inspect --json` document (schema in README.md).
+std::string to_json(const Metadata& metadata, int indent = 1);
+
+/// Encodes `metadata` as a `.metadata` pickle readable by PyTorch of `flavor` (module paths
+/// of that version; enum as `cls(value)`, checkpoint id as a plain str).
+std::vector<std::byte> encode_metadata(const Metadata& metadata, Flavor flavor);
+
+}  // namespace dcp::metadata

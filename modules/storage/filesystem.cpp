@@ -1,0 +1,115 @@
+// Whole-file and ranged reads, and the FileSystemReader's metadata step.
+module;
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <vector>
+module dcp.storage;
+import dcp.error;
+import dcp.metadata;
+
+namespace dcp::storage {
+namespace {
+
+Error os_error(const std::filesystem::path& path, std::string_view what, int err) {
+  Error e(err == ENOENT ? Errc::not_found : Errc::io,
+          std::string(what) + ": " + std::strerror(err));
+  e.in_file(path.string());
+  return e;
+}
+
+class Fd {
+ public:
+  explicit Fd(const std::filesystem::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) throw os_error(path, "cannot open", errno);
+  }
+  ~Fd() { ::close(fd_); }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out) {
+  std::size_t done = 0;
+  while (done < out.size()) {
+    const ssize_t n = ::pread(fd, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw os_error(path, "read failed", errno).at_offset(offset + done);
+    if (n == 0) {
+      Error e(Errc::data_loss, "file ends at byte " + std::to_string(offset + done) + ", " +
+                                   std::to_string(out.size() - done) + " bytes short");
+      e.in_file(path.string()).at_offset(offset + done);
+      throw e;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace
+
+std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes) {
+  Fd fd(path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw os_error(path, "cannot stat", errno);
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size > max_bytes) {
+    Error e(Errc::out_of_range, "file of " + std::to_string(size) + " bytes exceeds the limit of " +
+                                    std::to_string(max_bytes));
+    e.in_file(path.string());
+    throw e;
+  }
+  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
+  pread_all(fd.get(), path, 0, bytes);
+  return bytes;
+}
+
+void read_range(const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out) {
+  Fd fd(path);
+  pread_all(fd.get(), path, offset, out);
+}
+
+FileSystemReader::FileSystemReader(std::filesystem::path checkpoint_dir) : dir_(std::move(checkpoint_dir)) {}
+
+metadata::Metadata FileSystemReader::read_metadata() const {
+  const auto path = dir_ / ".metadata";
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    const bool interrupted = std::filesystem::exists(dir_ / ".metadata.tmp", ec);
+    Error e(Errc::not_found, interrupted ? "incomplete checkpoint: only .metadata.tmp exists (the save was interrupted)"
+                                         : "no .metadata: not a DCP checkpoint directory");
+    e.in_file(path.string());
+    throw e;
+  }
+  const auto bytes = read_file(path, kMaxMetadataBytes);
+  try {
+    return metadata::decode_metadata(bytes);
+  } catch (Error& e) {
+    e.in_file(path.string());
+    throw;
+  }
+}
+
+std::optional<std::uint64_t> FileSystemReader::file_size(std::string_view relative_path) const {
+  if (!metadata::is_safe_relative_path(relative_path)) return std::nullopt;
+  struct stat st {};
+  if (::stat(path_of(relative_path).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  return static_cast<std::uint64_t>(st.st_size);
+}
+
+std::filesystem::path FileSystemReader::path_of(std::string_view relative_path) const {
+  return dir_ / std::string(relative_path);
+}
+
+}  // namespace dcp::storage

@@ -1,0 +1,91 @@
+// `dcpp inspect`: a table (or JSON) of what a checkpoint holds.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+import dcp.error;
+import dcp.metadata;
+import dcp.checkpoint;
+
+namespace dcpp_cli {
+namespace {
+
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string human_bytes(std::uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+}  // namespace
+
+int run_inspect(const Args& args) {
+  namespace md = dcp::metadata;
+  const md::Metadata metadata = dcp::checkpoint::inspect(args.positional[0]);
+  if (args.has("json")) {
+    std::fputs(md::to_json(metadata).c_str(), stdout);
+    std::fputc('\n', stdout);
+    return 0;
+  }
+  std::vector<std::vector<std::string>> rows{{"KEY", "KIND", "DTYPE", "SHAPE", "CHUNKS", "BYTES", "FILES"}};
+  std::uint64_t total = 0;
+  std::set<std::string> all_files;
+  for (const auto& item : metadata.items) {
+    std::set<std::string> files;
+    std::uint64_t bytes = 0;
+    if (item.is_tensor()) {
+      const auto& t = item.tensor();
+      for (const auto& c : t.chunks)
+        if (auto* s = metadata.find_storage(item.fqn, &c.offsets)) files.insert(s->relative_path);
+      bytes = md::numel(t.size) * dcp::dtype_itemsize(t.properties.dtype);
+      rows.push_back({item.fqn, "tensor", std::string(dcp::dtype_name(t.properties.dtype)), shape_text(t.size),
+                      std::to_string(t.chunks.size()), human_bytes(bytes), ""});
+    } else {
+      if (auto* s = metadata.find_storage(item.fqn, nullptr)) {
+        files.insert(s->relative_path);
+        bytes = s->length;
+      }
+      rows.push_back({item.fqn, "bytes", "-", "-", "1", human_bytes(bytes), ""});
+    }
+    total += bytes;
+    std::string list;
+    for (const auto& f : files) list += (list.empty() ? "" : ",") + f;
+    rows.back()[6] = files.size() > 3 ? std::to_string(files.size()) + " files" : list;
+    all_files.insert(files.begin(), files.end());
+  }
+  std::vector<std::size_t> width(rows[0].size(), 0);
+  for (const auto& r : rows)
+    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+  for (const auto& r : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", line.c_str());
+  }
+  std::printf("\n%s checkpoint: %zu keys, %s, %zu data files%s%s\n",
+              std::string(md::flavor_name(metadata.flavor)).c_str(), metadata.items.size(),
+              human_bytes(total).c_str(), all_files.size(),
+              metadata.version ? (", version " + *metadata.version).c_str() : "",
+              metadata.planner_data ? ", flattened (planner_data)" : "");
+  return 0;
+}
+
+}  // namespace dcpp_cli
