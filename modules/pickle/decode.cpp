@@ -49,6 +49,7 @@ class Decoder {
 
   Document run() {
     while (true) {
+      op_start_ = pos_;
       if (pos_ >= in_.size())
         throw fail(Errc::data_loss, "pickle ends without a STOP opcode");
       op_start_ = pos_;

@@ -54,6 +54,13 @@ std::uint32_t crc_tables(const unsigned char* p, std::size_t n, std::uint32_t c)
 }
 
 #if defined(__x86_64__)
+// One folding step: x.lo * k.lo ^ x.hi * k.hi ^ next (lambdas do not inherit the target).
+__attribute__((target("pclmul,sse4.1"), always_inline)) inline __m128i fold(__m128i x, __m128i k,
+                                                                            __m128i next) {
+  return _mm_xor_si128(
+      _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), next);
+}
+
 // Folds `n` bytes (n >= 64, a multiple of 16) four 128-bit lanes at a time, then reduces to
 // 32 bits with Barrett reduction. `c` is the inverted running CRC.
 __attribute__((target("pclmul,sse4.1"))) std::uint32_t crc_clmul(const unsigned char* p,
@@ -64,12 +71,6 @@ __attribute__((target("pclmul,sse4.1"))) std::uint32_t crc_clmul(const unsigned 
   alignas(16) static constexpr std::uint64_t poly[] = {0x01db710641, 0x01f7011641};
   const auto load = [](const unsigned char* q) {
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-  };
-  // x = x.lo * k.lo ^ x.hi * k.hi ^ next: one folding step.
-  const auto fold = [](__m128i x, __m128i k, __m128i next) {
-    return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00),
-                                       _mm_clmulepi64_si128(x, k, 0x11)),
-                         next);
   };
   __m128i x1 = _mm_xor_si128(load(p), _mm_cvtsi32_si128(static_cast<int>(c)));
   __m128i x2 = load(p + 16), x3 = load(p + 32), x4 = load(p + 48);

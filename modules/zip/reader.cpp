@@ -188,9 +188,14 @@ EndRecords parse_end_records(Bytes tail, std::uint64_t archive_size) {
                " entries, ", end.central_directory_size, " bytes at ",
                end.central_directory_offset, ")"));
   } else {
-    if (entries16 == kMarker16 || size32 == kMarker32 || offset32 == kMarker32)
+    if (entries16 == kMarker16 || size32 == kMarker32 || offset32 == kMarker32) {
+      if (pos < kZip64LocatorSize && base > 0)  // the locator may be just before the tail
+        fail(Errc::out_of_range, eocd_at,
+             cat("end of central directory has zip64 markers and its locator is outside the last ",
+                 tail.size(), " bytes given; pass at least the last ", tail.size() - pos + kZip64LocatorSize + kZip64EndSize, " bytes"));
       fail(Errc::data_loss, eocd_at,
            "end of central directory has zip64 markers but no zip64 locator before it");
+    }
     if (u16(tail, pos + 4) != 0 || u16(tail, pos + 6) != 0 || u16(tail, pos + 8) != entries16)
       fail(Errc::unimplemented, eocd_at, "multi-disk archives are not supported");
   }

@@ -203,6 +203,7 @@ class ArchiveWriter {
   std::unordered_set<std::string> names_;
   std::optional<OpenRecord> open_;
   bool finished_ = false;
+  bool broken_ = false;
 };
 
 }  // namespace dcp::zip

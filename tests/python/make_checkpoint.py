@@ -196,6 +196,10 @@ SHARDED_SPECS = {
     "tiny.sparse": ((2, 3), torch.float64, 0),     # 1,1 and nothing on ranks 2,3
     "vec.120": ((120,), torch.float32, 0),         # 30 each
     "bf16.rows": ((9, 5), torch.bfloat16, 0),      # 3,3,3 and nothing on rank 3
+    # 1,1 and explicit zero-size shards (0,3) at offset (2,0) on ranks 2 and 3: 1.13 records
+    # both in TensorStorageMetadata.chunks (4 chunks, two identical) but storage_data keeps one
+    # (same MetadataIndex; rank 3's write wins), and rank 2's __2_<n>.distcp is left orphaned.
+    "zero.shards": ((2, 3), torch.float32, "0+empty"),
     "replicated.bias": ((13,), torch.float32, None),
 }
 SHARDED_OBJECTS = {"meta.step": 300, "meta.name": "sharded-4"}
@@ -218,10 +222,12 @@ def _sharded_full(name):
     return _randn("sharded." + name, *shape, dtype=dtype)
 
 
-def _make_sharded(full, dim, rank, world, pg=None):
+def _make_sharded(full, dim, rank, world, pg=None, empty_shards=False):
     from torch.distributed._shard.metadata import ShardMetadata
     from torch.distributed._shard.sharded_tensor import Shard, init_from_local_shards
     layout = _chunk_layout(full.size(dim), world)
+    if empty_shards:
+        layout += [(full.size(dim), 0)] * (world - len(layout))
     shards = []
     if rank < len(layout):
         off, size = layout[rank]
@@ -238,7 +244,12 @@ def case_sharded_4ranks_rank(rank, world):
     sd = {}
     for name, (shape, dtype, dim) in SHARDED_SPECS.items():
         full = _sharded_full(name)
-        sd[name] = full if dim is None else _make_sharded(full, dim, rank, world)
+        if dim is None:
+            sd[name] = full
+        elif dim == "0+empty":
+            sd[name] = _make_sharded(full, 0, rank, world, empty_shards=True)
+        else:
+            sd[name] = _make_sharded(full, dim, rank, world)
     sd.update(SHARDED_OBJECTS)
     return sd
 
@@ -368,7 +379,9 @@ CASES = {
                       "torch.chunk splits): rows.uneven 10x7 along dim 0 (3,3,3,1), cols.even "
                       "5x16 along dim 1 (4 each), tiny.sparse 2x3 float64 (two chunks, ranks "
                       "2 and 3 hold nothing), vec.120 (30 each), bf16.rows 9x5 (3,3,3, rank 3 "
-                      "nothing), a replicated plain tensor and BYTE_IO values (written by the "
+                      "nothing), zero.shards 2x3 (1,1 plus explicit zero-size shards (0,3) at "
+                      "offset (2,0) on ranks 2 and 3: two identical chunks in .metadata, one "
+                      "storage_data entry (rank 3's), rank 2's file orphaned), a replicated plain tensor and BYTE_IO values (written by the "
                       "coordinator only); expected values are the unsharded tensors",
     "optimizer": "one process, a 4-8-3 MLP after two Adam steps, hand-flattened as 1.13 "
                  "users did: model.fc<i>.{weight,bias}, optim.state.<param>.{step (0-dim "
@@ -558,7 +571,8 @@ def build_expected(case, out, ckpt, reference, world, single_file, description,
         else:
             raise CaseError("%r: unknown storage metadata %s" % (fqn, type(md).__name__))
 
-    n_index = sum(len(e["chunks"]) for e in tensors.values()) + len(objects)
+    n_index = sum(len({tuple(c["offsets"]) for c in e["chunks"]}) for e in tensors.values())
+    n_index += len(objects)
     if n_index != len(metadata.storage_data):
         raise CaseError("storage_data has %d entries, metadata describes %d items" % (
             len(metadata.storage_data), n_index))

@@ -1,0 +1,178 @@
+// Box predicates, overlap, torch.chunk splits and coverage holes.
+module;
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+module dcp.layout;
+import dcp.error;
+import dcp.metadata;
+
+namespace dcp::layout {
+namespace {
+
+constexpr std::int64_t int64_max = std::numeric_limits<std::int64_t>::max();
+
+void require_valid(const Box& box, const char* what) {
+  if (!is_valid(box))
+    throw Error(Errc::invalid_argument, std::string(what) + " box " + format_box(box) +
+                                            " has mismatched ranks, a negative number or an end past int64");
+}
+
+void require_same_rank(const Box& a, const Box& b) {
+  if (a.offsets.size() != b.offsets.size())
+    throw Error(Errc::invalid_argument, "boxes of rank " + std::to_string(a.offsets.size()) +
+                                            " and " + std::to_string(b.offsets.size()) + " cannot meet");
+}
+
+// Both boxes share at least one element (non-strict on empty boxes; callers filter those).
+bool meets(const Box& a, const Box& b) {
+  for (std::size_t d = 0; d < a.offsets.size(); ++d)
+    if (a.offsets[d] >= b.offsets[d] + b.sizes[d] || b.offsets[d] >= a.offsets[d] + a.sizes[d])
+      return false;
+  return true;
+}
+
+}  // namespace
+
+Box box_of(const metadata::ChunkStorageMetadata& chunk) { return Box{chunk.offsets, chunk.sizes}; }
+
+Box full_box(const Shape& size) { return Box{Shape(size.size(), 0), size}; }
+
+bool is_valid(const Box& box) noexcept {
+  if (box.offsets.size() != box.sizes.size()) return false;
+  for (std::size_t d = 0; d < box.offsets.size(); ++d)
+    if (box.offsets[d] < 0 || box.sizes[d] < 0 || box.offsets[d] > int64_max - box.sizes[d]) return false;
+  return true;
+}
+
+bool is_inside(const Box& box, const Shape& size) noexcept {
+  if (!is_valid(box) || box.offsets.size() != size.size()) return false;
+  for (std::size_t d = 0; d < size.size(); ++d)
+    if (box.offsets[d] + box.sizes[d] > size[d]) return false;
+  return true;
+}
+
+bool is_empty(const Box& box) noexcept {
+  return std::any_of(box.sizes.begin(), box.sizes.end(), [](std::int64_t s) { return s == 0; });
+}
+
+std::uint64_t volume(const Box& box) {
+  std::uint64_t n = 1;
+  for (std::int64_t s : box.sizes) {
+    if (s < 0) throw Error(Errc::invalid_argument, "negative size in box " + format_box(box));
+    n = mul_or_throw(n, static_cast<std::uint64_t>(s), "box volume");
+  }
+  return n;
+}
+
+std::string format_box(const Box& box) {
+  if (box.offsets.empty() && box.sizes.empty()) return "scalar";
+  std::string s;
+  for (std::size_t d = 0; d < std::max(box.offsets.size(), box.sizes.size()); ++d) {
+    const std::int64_t off = d < box.offsets.size() ? box.offsets[d] : 0;
+    const std::int64_t size = d < box.sizes.size() ? box.sizes[d] : 0;
+    // Printed as numbers even when they overflow: the text is for a message about bad input.
+    const auto end = static_cast<std::int64_t>(static_cast<std::uint64_t>(off) + static_cast<std::uint64_t>(size));
+    s += (d ? " x [" : "[") + std::to_string(off) + ", " + std::to_string(end) + ")";
+  }
+  return s;
+}
+
+std::string format_shape(const Shape& shape) {
+  std::string s = "(";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+std::optional<Overlap> intersect(const Box& dest, const Box& saved) {
+  require_valid(dest, "destination");
+  require_valid(saved, "saved");
+  require_same_rank(dest, saved);
+  if (!meets(dest, saved)) return std::nullopt;
+  const std::size_t rank = dest.offsets.size();
+  Overlap o{Shape(rank), Shape(rank), Shape(rank)};
+  for (std::size_t d = 0; d < rank; ++d) {
+    const std::int64_t s_off = saved.offsets[d], l_off = dest.offsets[d];
+    const std::int64_t end = std::min(s_off + saved.sizes[d], l_off + dest.sizes[d]);
+    o.lengths[d] = end - std::max(s_off, l_off);
+    if (o.lengths[d] == 0) return std::nullopt;  // a zero-size box inside the other one
+    // The later start is where the overlap begins; the other box is read from its offset.
+    if (s_off > l_off) {
+      o.dest_offsets[d] = s_off - l_off;
+    } else {
+      o.storage_offsets[d] = l_off - s_off;
+    }
+  }
+  return o;
+}
+
+std::vector<Box> chunk_split(const Shape& size, int dim, int parts) {
+  if (dim < 0 || static_cast<std::size_t>(dim) >= size.size())
+    throw Error(Errc::invalid_argument, "cannot split dim " + std::to_string(dim) + " of a tensor of shape " +
+                                            format_shape(size));
+  if (parts < 1) throw Error(Errc::invalid_argument, "cannot split into " + std::to_string(parts) + " parts");
+  for (std::int64_t s : size)
+    if (s < 0) throw Error(Errc::invalid_argument, "negative size in shape " + format_shape(size));
+  const std::int64_t n = size[static_cast<std::size_t>(dim)];
+  const std::int64_t split = n / parts + (n % parts != 0);  // ceil without overflow
+  std::vector<Box> boxes;
+  boxes.reserve(static_cast<std::size_t>(parts));
+  for (std::int64_t i = 0; i < parts; ++i) {
+    Box b = full_box(size);
+    // split * i may pass n (and int64) for trailing parts; those are empty, clamped at n.
+    const std::int64_t start = i != 0 && split > n / i ? n : std::min(n, split * i);
+    const std::int64_t stop = split > n - start ? n : start + split;
+    b.offsets[static_cast<std::size_t>(dim)] = start;
+    b.sizes[static_cast<std::size_t>(dim)] = stop - start;
+    boxes.push_back(std::move(b));
+  }
+  return boxes;
+}
+
+std::vector<Box> coverage_holes(const Box& dest, std::span<const Box> pieces) {
+  require_valid(dest, "destination");
+  std::vector<Box> holes;
+  if (!is_empty(dest)) holes.push_back(dest);
+  std::vector<Box> next;
+  for (const Box& piece : pieces) {
+    require_valid(piece, "covering");
+    require_same_rank(dest, piece);
+    if (is_empty(piece)) continue;
+    next.clear();
+    for (Box& hole : holes) {
+      if (!meets(hole, piece)) {
+        next.push_back(std::move(hole));
+        continue;
+      }
+      // Peel off the slabs of `hole` below and above `piece`, one dim at a time; what is
+      // left at the end lies inside `piece` and is dropped. The slabs are disjoint.
+      for (std::size_t d = 0; d < hole.offsets.size(); ++d) {
+        const std::int64_t lo = hole.offsets[d], hi = lo + hole.sizes[d];
+        const std::int64_t p_lo = piece.offsets[d], p_hi = p_lo + piece.sizes[d];
+        if (p_lo > lo) {
+          Box below = hole;
+          below.sizes[d] = p_lo - lo;
+          next.push_back(std::move(below));
+        }
+        if (p_hi < hi) {
+          Box above = hole;
+          above.offsets[d] = p_hi;
+          above.sizes[d] = hi - p_hi;
+          next.push_back(std::move(above));
+        }
+        hole.offsets[d] = std::max(lo, p_lo);
+        hole.sizes[d] = std::min(hi, p_hi) - hole.offsets[d];
+      }
+    }
+    holes.swap(next);
+    if (holes.empty()) break;
+  }
+  return holes;
+}
+
+}  // namespace dcp::layout

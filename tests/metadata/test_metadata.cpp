@@ -1,0 +1,283 @@
+// dcp.metadata against real PyTorch: every field of .metadata written by torch 1.13 (at test
+// time) and by the torch 2.x fixtures, the encoder read back by torch, and bad input.
+#define BOOST_TEST_MODULE dcp.metadata
+#include <boost/test/unit_test.hpp>
+#include <cstddef>
+#include <random>
+#include <span>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+import dcp.error;
+import dcp.metadata;
+import dcp.checkpoint;
+
+namespace md = dcp::metadata;
+namespace json = boost::json;
+using dcp_test::checkpoint_case;
+
+namespace {
+
+std::vector<std::int64_t> ints(const json::value& v) {
+  std::vector<std::int64_t> out;
+  for (const auto& x : v.as_array()) out.push_back(x.as_int64());
+  return out;
+}
+
+void check_storage(const md::StorageInfo* info, const json::object& expected, const std::string& fqn) {
+  BOOST_TEST_REQUIRE(info != nullptr, fqn << ": no storage entry");
+  BOOST_TEST(info->relative_path == std::string(expected.at("file").as_string()), fqn);
+  BOOST_TEST(info->offset == static_cast<std::uint64_t>(expected.at("byte_offset").as_int64()), fqn);
+  BOOST_TEST(info->length == static_cast<std::uint64_t>(expected.at("byte_length").as_int64()), fqn);
+}
+
+void check_path(const md::Metadata& m, const std::string& fqn, const json::value& expected) {
+  std::vector<md::PathPart> want;
+  for (const auto& p : expected.as_array()) {
+    if (p.is_string()) want.emplace_back(std::string(p.as_string()));
+    else want.emplace_back(p.as_int64());
+  }
+  if (!m.planner_data) {
+    BOOST_TEST((want == std::vector<md::PathPart>{fqn}), fqn);
+    return;
+  }
+  const auto* path = m.find_path(fqn);
+  BOOST_TEST_REQUIRE(path != nullptr, fqn << ": not in planner_data");
+  BOOST_TEST((*path == want), fqn);
+}
+
+// Compares every field dcpp decodes with what PyTorch recorded in expected.json.
+void check_against_expected(const md::Metadata& m, const json::object& expected) {
+  const auto& tensors = expected.at("tensors").as_object();
+  const auto& objects = expected.at("objects").as_object();
+  BOOST_TEST(m.items.size() == tensors.size() + objects.size());
+  for (const auto& item : m.items) {
+    if (item.is_tensor()) {
+      BOOST_TEST_REQUIRE(tensors.contains(item.fqn), item.fqn << " is not a tensor in expected.json");
+      const auto& want = tensors.at(item.fqn).as_object();
+      const auto& t = item.tensor();
+      BOOST_TEST(dcp::dtype_name(t.properties.dtype) == std::string(want.at("dtype").as_string()), item.fqn);
+      BOOST_TEST((t.size == ints(want.at("shape"))), item.fqn);
+      BOOST_TEST(t.properties.requires_grad == want.at("requires_grad").as_bool(), item.fqn);
+      const auto& chunks = want.at("chunks").as_array();
+      BOOST_TEST_REQUIRE(t.chunks.size() == chunks.size(), item.fqn);
+      for (std::size_t i = 0; i < chunks.size(); ++i) {
+        const auto& c = chunks[i].as_object();
+        BOOST_TEST((t.chunks[i].offsets == ints(c.at("offsets"))), item.fqn << " chunk " << i);
+        BOOST_TEST((t.chunks[i].sizes == ints(c.at("sizes"))), item.fqn << " chunk " << i);
+        check_storage(m.find_storage(item.fqn, &t.chunks[i].offsets), c, item.fqn);
+      }
+      check_path(m, item.fqn, want.at("path"));
+    } else {
+      BOOST_TEST_REQUIRE(objects.contains(item.fqn), item.fqn << " is not an object in expected.json");
+      const auto& want = objects.at(item.fqn).as_object();
+      check_storage(m.find_storage(item.fqn, nullptr), want.at("storage").as_array()[0].as_object(), item.fqn);
+      check_path(m, item.fqn, want.at("path"));
+    }
+  }
+  auto optional_text = [](const json::value& v) {
+    return v.is_null() ? std::optional<std::string>() : std::optional<std::string>(std::string(v.as_string()));
+  };
+  BOOST_TEST((m.version == optional_text(expected.at("metadata_version"))));
+  const auto want_id = optional_text(expected.at("checkpoint_id"));
+  BOOST_TEST(((m.storage_meta ? m.storage_meta->checkpoint_id : std::nullopt) == want_id));
+  const auto want_save = optional_text(expected.at("save_id"));
+  BOOST_TEST(((m.storage_meta ? m.storage_meta->save_id : std::nullopt) == want_save));
+  if (expected.contains("format"))
+    BOOST_TEST(md::flavor_name(m.flavor) == std::string(expected.at("format").as_string()));
+}
+
+void check_case_dir(const std::filesystem::path& dir) {
+  const auto m = dcp::checkpoint::inspect(dir / "ckpt");
+  check_against_expected(m, dcp_test::read_json(dir / "expected.json").as_object());
+}
+
+md::Metadata decode_file(const std::filesystem::path& path) {
+  return md::decode_metadata(dcp_test::read_bytes(path));
+}
+
+dcp::Error inspect_error(const std::filesystem::path& dir) {
+  try {
+    (void)dcp::checkpoint::inspect(dir);
+  } catch (const dcp::Error& e) {
+    return e;
+  }
+  BOOST_FAIL("inspect accepted a bad checkpoint: " << dir);
+  throw;
+}
+
+// Copies a 1.13 case, lets `edit` change its Metadata, re-encodes it, and returns inspect's error.
+template <class Edit>
+dcp::Error error_after_edit(const std::string& case_name, Edit edit) {
+  dcp_test::TempDir tmp;
+  dcp_test::copy_checkpoint(checkpoint_case(case_name) / "ckpt", tmp.path());
+  auto m = decode_file(tmp.path() / ".metadata");
+  edit(m);
+  m.reindex();
+  dcp_test::write_bytes(tmp.path() / ".metadata", md::encode_metadata(m, m.flavor));
+  return inspect_error(tmp.path());
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(interop)
+
+BOOST_AUTO_TEST_CASE(torch2x_fixtures_match_expected) {
+  for (const char* name : {"x2_flat_mixed", "x2_fsdp_4ranks"}) {
+    BOOST_TEST_CONTEXT(name) { check_case_dir(dcp_test::torch2x_fixtures() / name); }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(torch113_flat_dtypes) { check_case_dir(checkpoint_case("flat_dtypes")); }
+BOOST_AUTO_TEST_CASE(torch113_single_file) { check_case_dir(checkpoint_case("single_file")); }
+BOOST_AUTO_TEST_CASE(torch113_sharded_4ranks) { check_case_dir(checkpoint_case("sharded_4ranks")); }
+BOOST_AUTO_TEST_CASE(torch113_optimizer) { check_case_dir(checkpoint_case("optimizer")); }
+
+BOOST_AUTO_TEST_CASE(encoder_output_is_read_by_torch113) {
+  for (const char* name : {"flat_dtypes", "sharded_4ranks"}) {
+    dcp_test::TempDir tmp;
+    const auto original = checkpoint_case(name) / "ckpt";
+    dcp_test::copy_checkpoint(original, tmp.path());
+    const auto m = decode_file(original / ".metadata");
+    dcp_test::write_bytes(tmp.path() / ".metadata", md::encode_metadata(m, md::Flavor::torch_1_13));
+    // torch unpickles both files with its own classes; dataclass equality compares every field.
+    const std::string script =
+        "import sys; sys.path.insert(0, sys.argv[1]); import dcp113; from dcp113 import dcp; "
+        "a = dcp.FileSystemReader(sys.argv[2]).read_metadata(); "
+        "b = dcp.FileSystemReader(sys.argv[3]).read_metadata(); "
+        "assert a.state_dict_metadata == b.state_dict_metadata, 'state_dict_metadata differs'; "
+        "assert a.storage_data == b.storage_data, 'storage_data differs'; "
+        "assert list(a.storage_data) == list(b.storage_data); assert a.planner_data == b.planner_data";
+    const int status = dcp_test::run(dcp_test::python() + " -c " + dcp_test::quote(script) + " " +
+                                     dcp_test::quote(dcp_test::source_root() / "tests/python") + " " +
+                                     dcp_test::quote(original) + " " + dcp_test::quote(tmp.path()));
+    BOOST_TEST(status == 0, name);
+    // And our decoder reads it back to the same model.
+    BOOST_TEST(md::to_json(decode_file(tmp.path() / ".metadata")) == md::to_json(m));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(torch2x_encode_round_trip) {
+  for (const char* name : {"x2_flat_mixed", "x2_fsdp_4ranks"}) {
+    const auto m = decode_file(dcp_test::torch2x_fixtures() / name / "ckpt/.metadata");
+    const auto again = md::decode_metadata(md::encode_metadata(m, md::Flavor::torch_2x));
+    BOOST_TEST(md::to_json(again) == md::to_json(m), name);
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(bad_input)
+
+BOOST_AUTO_TEST_CASE(every_truncation_is_a_clean_error) {
+  const auto bytes = dcp_test::read_bytes(dcp_test::torch2x_fixtures() / "x2_fsdp_4ranks/ckpt/.metadata");
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
+    try {
+      (void)md::decode_metadata(std::span(bytes.data(), cut));
+      BOOST_FAIL("truncation at " << cut << " decoded");
+    } catch (const dcp::Error& e) {
+      BOOST_TEST_REQUIRE(e.context().byte_offset.has_value());
+      BOOST_TEST_REQUIRE(*e.context().byte_offset <= cut);
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(bit_flips_never_crash) {
+  auto bytes = dcp_test::read_bytes(checkpoint_case("sharded_4ranks") / "ckpt/.metadata");
+  std::mt19937 rng(1234);
+  int rejected = 0;
+  for (int trial = 0; trial < 3000; ++trial) {
+    auto copy = bytes;
+    const auto pos = rng() % copy.size();
+    copy[pos] ^= std::byte(1u << (rng() % 8));
+    try {
+      auto m = md::decode_metadata(copy);
+      md::validate(m);
+    } catch (const dcp::Error&) {
+      ++rejected;
+    }
+  }
+  BOOST_TEST(rejected > 0);
+}
+
+BOOST_AUTO_TEST_CASE(malicious_metadata_is_refused_and_not_executed) {
+  dcp_test::TempDir tmp;
+  const auto marker = tmp.path() / "pwned";
+  for (const char* variant : {"global", "stack_global"}) {
+    const auto dir = tmp.path() / variant;
+    std::filesystem::create_directories(dir);
+    const int status = dcp_test::run(dcp_test::python() + " " +
+                                     dcp_test::quote(dcp_test::source_root() / "tests/python/damage.py") +
+                                     " malicious " + dcp_test::quote(dir / ".metadata") + " " +
+                                     dcp_test::quote(marker) + (std::string(variant) == "stack_global" ? " --form stack_global" : " --form global"));
+    BOOST_TEST_REQUIRE(status == 0);
+    auto e = inspect_error(dir);
+    BOOST_TEST((e.code() == dcp::Errc::permission_denied), e.what());
+    BOOST_TEST(std::string(e.what()).find("system") != std::string::npos, e.what());
+    BOOST_TEST(e.context().file.find(".metadata") != std::string::npos);
+    BOOST_TEST(e.context().byte_offset.has_value());
+    BOOST_TEST(!std::filesystem::exists(marker));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(empty_garbage_and_foreign_pickles) {
+  dcp_test::TempDir tmp;
+  auto write_and_inspect = [&](std::string_view content) {
+    dcp_test::write_bytes(tmp.path() / ".metadata",
+                          std::vector<std::byte>(reinterpret_cast<const std::byte*>(content.data()),
+                                                 reinterpret_cast<const std::byte*>(content.data()) + content.size()));
+    return inspect_error(tmp.path());
+  };
+  BOOST_TEST((write_and_inspect("").code() == dcp::Errc::data_loss));
+  BOOST_TEST((write_and_inspect("PK\x03\x04 not a pickle at all").code() == dcp::Errc::unimplemented));
+  BOOST_TEST((write_and_inspect("\x80\x04K\x2a.").code() == dcp::Errc::data_loss));  // the int 42
+  BOOST_TEST((write_and_inspect("\x80\x09.").code() == dcp::Errc::unimplemented));   // wrong version
+}
+
+BOOST_AUTO_TEST_CASE(missing_and_interrupted_checkpoints) {
+  dcp_test::TempDir tmp;
+  BOOST_TEST((inspect_error(tmp.path()).code() == dcp::Errc::not_found));
+  dcp_test::write_bytes(tmp.path() / ".metadata.tmp", {});
+  auto e = inspect_error(tmp.path());
+  BOOST_TEST(std::string(e.what()).find("incomplete checkpoint") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(semantic_checks_name_the_key) {
+  auto first_tensor = [](md::Metadata& m) -> md::ItemMetadata& {
+    for (auto& item : m.items)
+      if (item.is_tensor() && !item.tensor().size.empty() && item.tensor().size[0] > 1) return item;
+    throw std::runtime_error("no tensor");
+  };
+  std::string fqn;
+  auto e1 = error_after_edit("sharded_4ranks", [&](md::Metadata& m) {
+    auto& item = first_tensor(m);
+    fqn = item.fqn;
+    std::get<0>(item.storage).chunks[0].sizes[0] += 100;  // out of bounds
+  });
+  BOOST_TEST((e1.code() == dcp::Errc::data_loss));
+  BOOST_TEST(e1.context().key == fqn);
+  BOOST_TEST(std::string(e1.what()).find("outside") != std::string::npos, e1.what());
+
+  auto e2 = error_after_edit("sharded_4ranks", [&](md::Metadata& m) {
+    auto& t = std::get<0>(first_tensor(m).storage);
+    if (t.chunks.size() > 1) t.chunks[1].offsets = t.chunks[0].offsets;  // overlap
+  });
+  BOOST_TEST(std::string(e2.what()).find("overlap") != std::string::npos, e2.what());
+
+  auto e3 = error_after_edit("flat_dtypes", [&](md::Metadata& m) { m.storage_data[0].second.relative_path = "../etc/passwd"; });
+  BOOST_TEST(std::string(e3.what()).find("unsafe file name") != std::string::npos, e3.what());
+
+  auto e4 = error_after_edit("flat_dtypes", [&](md::Metadata& m) { m.storage_data.pop_back(); });
+  BOOST_TEST(std::string(e4.what()).find("no storage_data entry") != std::string::npos, e4.what());
+
+  auto e5 = error_after_edit("flat_dtypes", [&](md::Metadata& m) { m.storage_data[0].second.offset += 1u << 30; });
+  BOOST_TEST(std::string(e5.what()).find("past the end") != std::string::npos, e5.what());
+  BOOST_TEST(e5.context().file.find(".distcp") != std::string::npos);
+
+  auto e6 = error_after_edit("flat_dtypes", [&](md::Metadata& m) { m.storage_data[0].second.relative_path = "__9_9.distcp"; });
+  BOOST_TEST((e6.code() == dcp::Errc::not_found), e6.what());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
