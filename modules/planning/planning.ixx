@@ -1,0 +1,240 @@
+// dcp.planning — the load half of torch's planner protocol: which saved bytes go where.
+//
+// dcp.planning does no I/O. A caller describes where values should land (`Destination`:
+// per fqn either a tensor's local chunks over caller-owned memory, or an object whose
+// bytes the planner keeps); `DefaultLoadPlanner` checks it against the checkpoint's
+// `Metadata` and emits a `LoadPlan` of `ReadItem`s with torch's offset semantics
+// (dcp-format.md §5.1, §5.3), using dcp.layout's `ChunkIndex` instead of torch's all-pairs
+// loop. The storage layer later executes the plan: for a tensor item it asks
+// `resolve_tensor` for the destination view (`TensorSlice`), copies into it and calls
+// `commit_tensor`; for a bytes item it calls `load_bytes`. Plans cross ranks as bytes
+// (`encode_plan` / `decode_plan`, our own format, not torch's pickle). `unflatten` rebuilds
+// the nested state-dict shape from `planner_data`.
+//
+// Stricter than torch: a destination key missing from the checkpoint (unless
+// allow_partial_load), a global shape, kind or dtype mismatch (unless
+// allow_dtype_conversion) and destination elements that no saved chunk covers are errors.
+// Checkpoint keys the destination lacks are ignored, as in torch.
+//
+// Untrusted inputs: the Metadata's chunks (checked against the tensor shape here, so an
+// unvalidated Metadata cannot make the plan point outside a chunk) and plan bytes from other
+// ranks (`decode_plan`; `resolve_tensor` re-checks every item against the destination).
+// Imports: dcp.error, dcp.metadata, dcp.layout.
+module;
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+export module dcp.planning;
+import dcp.error;
+import dcp.metadata;
+import dcp.layout;
+
+export namespace dcp::planning {
+
+using metadata::Shape;
+
+/// What a ReadItem fills: part of a tensor, or a whole torch.save'd object.
+enum class LoadItemType : std::uint8_t { tensor, byte_io };
+
+/// One read: `lengths` elements per dim from `storage_offsets` inside saved chunk
+/// `storage_index` to `dest_offsets` inside local chunk `dest_index`. `storage_index.index` is
+/// the saved chunk's position in the metadata chunk list, `dest_index.index` the local chunk's
+/// position in its TensorDestination; both `offset`s are the chunks' global offsets. Bytes
+/// items use `MetadataIndex{fqn}` on both sides and torch's dummy `{0}` shapes.
+struct ReadItem {
+  LoadItemType type = LoadItemType::tensor;
+  metadata::MetadataIndex dest_index;
+  Shape dest_offsets;
+  metadata::MetadataIndex storage_index;
+  Shape storage_offsets;
+  Shape lengths;
+  /// Field-wise, including the `index` hints.
+  friend bool operator==(const ReadItem& a, const ReadItem& b);
+};
+
+/// The reads one rank performs.
+struct LoadPlan {
+  std::vector<ReadItem> items;
+  friend bool operator==(const LoadPlan&, const LoadPlan&) = default;
+};
+
+/// Encodes a plan for the wire: "DLP1", u64 count, then per item the fields in order
+/// (strings and shapes length-prefixed, optionals flagged), integers little-endian.
+std::vector<std::byte> encode_plan(const LoadPlan& plan);
+/// Inverse of encode_plan. Throws Error(data_loss) with the byte offset on a bad magic,
+/// unknown item type, truncated field, count larger than the input can hold or trailing bytes.
+LoadPlan decode_plan(std::span<const std::byte> bytes);
+
+/// A strided view of caller-owned tensor memory, without libtorch. `strides` count elements.
+struct TensorSlice {
+  std::byte* data = nullptr;
+  DType dtype = DType::float32;
+  Shape sizes;
+  Shape strides;
+};
+/// A row-major view of `sizes` elements at `data`.
+TensorSlice contiguous_slice(std::byte* data, DType dtype, Shape sizes);
+/// The sub-view `[offsets, offsets + lengths)` (torch's chained `narrow`). Throws
+/// invalid_argument for a rank mismatch or a box outside `slice`, out_of_range when the byte
+/// offset overflows. An empty result keeps `slice.data` (it is never dereferenced).
+TensorSlice narrow(const TensorSlice& slice, const Shape& offsets, const Shape& lengths);
+/// Dense row-major layout (torch's rule: dims of size 1 are ignored; empty is contiguous).
+bool is_contiguous(const TensorSlice& slice);
+/// Number of elements (checked).
+std::uint64_t numel(const TensorSlice& slice);
+
+/// One chunk of a destination tensor held by this rank: its box in global coordinates and
+/// its memory (`memory.sizes == sizes`, `memory.dtype` == the tensor's dtype). Planning alone
+/// needs no memory (`data` may be null); `resolve_tensor` does.
+struct LocalChunk {
+  Shape offsets;
+  Shape sizes;
+  TensorSlice memory;
+};
+
+/// A tensor to load into: its global shape and dtype, and the chunks this rank holds (one
+/// whole-tensor chunk for a plain tensor, several for a ShardedTensor, none on a rank that
+/// holds no part of it).
+struct TensorDestination {
+  Shape global_size;
+  DType dtype = DType::float32;
+  std::vector<LocalChunk> chunks;
+};
+
+/// An object (BYTE_IO item) to load; its bytes are kept by the planner.
+struct ObjectDestination {};
+
+/// Where a load puts each value: fqn → tensor or object, in insertion order (the order of
+/// the plan's items).
+class Destination {
+ public:
+  using Entry = std::variant<TensorDestination, ObjectDestination>;
+  /// Throw invalid_argument (with the key) when `fqn` is already present.
+  void add_tensor(std::string fqn, TensorDestination tensor);
+  void add_object(std::string fqn);
+  /// nullptr when absent.
+  const Entry* find(std::string_view fqn) const;
+  Entry* find(std::string_view fqn);
+  const std::vector<std::pair<std::string, Entry>>& entries() const noexcept { return entries_; }
+  std::size_t size() const noexcept { return entries_.size(); }
+
+ private:
+  void insert(std::string fqn, Entry entry);
+  std::vector<std::pair<std::string, Entry>> entries_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+/// This rank's share of a tensor split along dim 0 with torch.chunk / ChunkShardingSpec rules
+/// (`layout::chunk_split(global_size, 0, world_size)[rank]`) as local chunks over `data`, which
+/// holds that share row-major. Empty for a rank whose share has no rows (ChunkShardingSpec
+/// gives it no shard); a 0-dim tensor is one whole chunk on every rank. Throws
+/// invalid_argument for rank outside [0, world_size).
+std::vector<LocalChunk> row_chunks(const Shape& global_size, DType dtype, int rank, int world_size,
+                                   std::byte* data);
+
+struct LoadPlannerOptions {
+  bool allow_partial_load = false;      ///< destination keys absent from the checkpoint are skipped
+  bool allow_dtype_conversion = false;  ///< saved dtype may differ; the storage layer converts
+};
+
+/// torch's LoadPlanner protocol, called in this order: set_up_planner (all ranks),
+/// create_local_plan (all), create_global_plan (coordinator), finish_plan (all), then the
+/// storage layer's resolve_tensor + commit_tensor / load_bytes per item.
+class LoadPlanner {
+ public:
+  virtual ~LoadPlanner() = default;
+  /// Keeps references to `destination` and `metadata`: both must outlive the planner's use.
+  virtual void set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+                              bool is_coordinator) = 0;
+  virtual LoadPlan create_local_plan() = 0;
+  /// Gets every rank's local plan (in rank order), returns the plan for each rank.
+  virtual std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> plans) = 0;
+  virtual LoadPlan finish_plan(LoadPlan central_plan) = 0;
+  /// The destination memory a tensor item is copied into.
+  virtual TensorSlice resolve_tensor(const ReadItem& item) = 0;
+  /// Called after the copy into `resolve_tensor`'s slice is complete.
+  virtual void commit_tensor(const ReadItem& item, const TensorSlice& slice) = 0;
+  /// The whole saved object of a bytes item (a torch.save stream).
+  virtual void load_bytes(const ReadItem& item, std::span<const std::byte> bytes) = 0;
+};
+
+/// The default planner: local plans from the chunk overlap, identity global planning.
+class DefaultLoadPlanner : public LoadPlanner {
+ public:
+  explicit DefaultLoadPlanner(LoadPlannerOptions options = {}) : options_(options) {}
+
+  /// Also checks the destination's own consistency (chunks inside the global shape, memory
+  /// shape and dtype equal to the chunk's): invalid_argument with the key.
+  void set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+                      bool is_coordinator) override;
+  /// Throws (with the key): not_found for a missing key or an uncovered region,
+  /// failed_precondition for a shape, kind or dtype mismatch, data_loss for a saved chunk
+  /// outside its tensor.
+  LoadPlan create_local_plan() override;
+  std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> plans) override;
+  LoadPlan finish_plan(LoadPlan central_plan) override;
+  /// Throws invalid_argument (with the key) when the item does not name a local chunk of a
+  /// destination tensor or reaches outside it.
+  TensorSlice resolve_tensor(const ReadItem& item) override;
+  void commit_tensor(const ReadItem& item, const TensorSlice& slice) override;
+  /// Throws invalid_argument when the item's key is not an object destination.
+  void load_bytes(const ReadItem& item, std::span<const std::byte> bytes) override;
+
+  /// Bytes loaded for an object, or nullptr before `load_bytes` ran for it.
+  const std::vector<std::byte>* loaded_bytes(std::string_view fqn) const;
+  /// Moves the loaded bytes out (nullopt if none).
+  std::optional<std::vector<std::byte>> take_bytes(std::string_view fqn);
+  /// The saved dtype when it differs from the destination's (only with
+  /// allow_dtype_conversion); the storage layer converts from it. nullopt: copy as is.
+  std::optional<DType> converts_from(std::string_view fqn) const;
+
+  bool is_coordinator() const noexcept { return is_coordinator_; }
+  const LoadPlannerOptions& options() const noexcept { return options_; }
+
+ private:
+  void plan_tensor(const std::string& fqn, const TensorDestination& dest,
+                   const metadata::TensorStorageMetadata& saved, LoadPlan& plan);
+  const TensorDestination& tensor_destination(const ReadItem& item) const;
+
+  LoadPlannerOptions options_;
+  Destination* destination_ = nullptr;
+  const metadata::Metadata* metadata_ = nullptr;
+  bool is_coordinator_ = false;
+  std::unordered_map<std::string, std::vector<std::byte>> bytes_;
+  std::unordered_map<std::string, DType> conversions_;
+};
+
+/// A node of a nested state dict rebuilt from flat keys: a hole (`none`, Python's None in a
+/// list), a leaf naming the flat key whose value goes there, a dict (string keys in
+/// insertion order) or a list.
+struct NestedNode {
+  enum class Kind : std::uint8_t { none, leaf, dict, list };
+  Kind kind = Kind::none;
+  std::string fqn;                   ///< leaf: the flat key
+  std::vector<std::string> keys;     ///< dict: keys, parallel to `children`
+  std::vector<NestedNode> children;  ///< dict: values; list: elements
+  /// Dict lookup (linear in the keys); nullptr when absent or not a dict.
+  const NestedNode* find(std::string_view key) const;
+};
+
+/// Rebuilds the nesting of `fqns` (torch's `set_element` over `planner_data` paths): string
+/// parts make dicts, int parts make lists extended with holes up to the index. Never splits
+/// on dots. Without planner_data (torch 1.13) every fqn is a top-level key. The root is a
+/// dict. Throws (with the key) not_found for an fqn without a path, data_loss for paths that
+/// collide or mix dict and list at one place, out_of_range for a list index or depth past
+/// the limits (2^20, 256).
+NestedNode unflatten(const metadata::Metadata& metadata, const std::vector<std::string>& fqns);
+
+}  // namespace dcp::planning
+
+namespace dcp::planning {
+// Not exported: shared by the implementation units.
+[[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
+}  // namespace dcp::planning
