@@ -1,14 +1,27 @@
 // dcp.checkpoint — the facade: what a user of dcpp calls.
 //
-// `inspect` reads a checkpoint's `.metadata` without running a pickle, checks it against
-// itself and against the data files' sizes, and returns the typed model. Later steps add
-// load, verify, convert and save here; the CLI (tools/dcpp) is a thin layer over it.
+// `inspect` reads `.metadata` without running a pickle and cross-checks it. `load` is torch's
+// load: it fills a caller-described Destination in place through a LoadPlanner and a
+// StorageReader (`set_up_planner` → `create_local_plan` → global plan → `read_data`).
+// `for_each_tensor` loads a whole checkpoint as full, unsharded tensors in bounded batches
+// (what `load_full`, `dcpp verify` and `dcpp convert` build on), and `load_objects` decodes the
+// BYTE_IO values. Later steps add save, async_save and the Checkpointer here.
 // Imports every module below it.
 module;
+#include <ATen/core/Tensor.h>
+#include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 export module dcp.checkpoint;
 import dcp.error;
+import dcp.pickle;
 import dcp.metadata;
+import dcp.planning;
+import dcp.alloc;
 import dcp.storage;
 
 export namespace dcp::checkpoint {
@@ -17,5 +30,41 @@ export namespace dcp::checkpoint {
 /// and not overlapping, one storage entry per chunk, every data file present and every byte
 /// range inside it. Throws dcp::Error naming the file, key and byte offset.
 metadata::Metadata inspect(const std::filesystem::path& checkpoint_dir);
+
+/// torch's `load(state_dict, storage_reader, planner)` without a process group: plans against
+/// the reader's metadata and reads every item into `destination`'s memory.
+storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
+                         planning::LoadPlanner& planner);
+
+struct LoadOptions {
+  int threads = 0;                  ///< storage worker threads (0: automatic)
+  alloc::AllocOptions allocation;   ///< where full tensors are allocated
+  bool verify_crc = false;          ///< check every storage record's CRC-32
+  bool collect_errors = false;      ///< report every failing item instead of stopping
+  std::uint64_t batch_bytes = std::uint64_t{1} << 30;  ///< for_each_tensor's memory bound
+  std::function<bool(std::string_view fqn)> select;     ///< keys to load (all when empty)
+};
+
+/// Loads every selected tensor as a full tensor, in metadata order, a batch of at most
+/// `batch_bytes` (or one tensor, if larger) at a time; `consume` receives each tensor and may
+/// keep or drop it. Returns the combined report (with collect_errors, the errors).
+storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
+                                    const metadata::Metadata& metadata, const LoadOptions& options,
+                                    const std::function<void(const std::string& fqn, at::Tensor tensor)>& consume);
+
+/// A whole checkpoint in memory.
+struct LoadedCheckpoint {
+  metadata::Metadata metadata;
+  std::vector<std::pair<std::string, at::Tensor>> tensors;          ///< metadata order
+  std::vector<std::pair<std::string, pickle::Document>> objects;    ///< metadata order
+  storage::ReadReport report;
+};
+
+/// Loads every selected tensor and object (objects decoded without running them).
+LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const LoadOptions& options = {});
+
+/// Decodes every selected BYTE_IO object of a checkpoint.
+std::vector<std::pair<std::string, pickle::Document>> load_objects(
+    const std::filesystem::path& checkpoint_dir, const metadata::Metadata& metadata, const LoadOptions& options);
 
 }  // namespace dcp::checkpoint

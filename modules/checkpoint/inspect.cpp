@@ -1,5 +1,6 @@
 // Reading and cross-checking metadata.
 module;
+#include <ATen/core/Tensor.h>
 #include <filesystem>
 #include <string_view>
 module dcp.checkpoint;

@@ -59,11 +59,11 @@ TensorSlice narrow(const TensorSlice& slice, const Shape& offsets, const Shape& 
 bool is_contiguous(const TensorSlice& slice) {
   if (slice.strides.size() != slice.sizes.size()) return false;
   if (numel(slice) == 0) return true;
-  std::int64_t expected = 1;
+  std::uint64_t expected = 1;  // stays below numel, which fits
   for (std::size_t d = slice.sizes.size(); d-- > 0;) {
     if (slice.sizes[d] == 1) continue;
-    if (slice.strides[d] != expected) return false;
-    expected *= slice.sizes[d];  // cannot overflow: bounded by numel
+    if (slice.strides[d] < 0 || static_cast<std::uint64_t>(slice.strides[d]) != expected) return false;
+    expected *= static_cast<std::uint64_t>(slice.sizes[d]);
   }
   return true;
 }

@@ -41,7 +41,7 @@ std::string part_text(const PathPart& part) {
 // list holes are `hole` ids until `convert` makes them NestedNode{}.
 class Builder {
  public:
-  Builder() { nodes_.push_back(Node{Kind::dict}); }
+  Builder() { make(Kind::dict); }
 
   void set(const std::string& fqn, const std::vector<PathPart>& path) {
     if (path.empty()) fail_for_key(Errc::data_loss, fqn, "planner_data path is empty");
@@ -53,7 +53,7 @@ class Builder {
       const std::size_t pos = slot(cur, path[i], fqn);
       std::size_t child = nodes_[cur].children[pos];
       if (child == hole) {
-        child = make(Node{want});
+        child = make(want);
         nodes_[cur].children[pos] = child;
       } else if (nodes_[child].kind != want) {
         fail_for_key(Errc::data_loss, fqn, "planner_data path needs " + std::string(kind_name(want)) + " at " +
@@ -65,7 +65,7 @@ class Builder {
     const std::size_t pos = slot(cur, path.back(), fqn);
     const std::size_t child = nodes_[cur].children[pos];
     if (child == hole) {
-      nodes_[cur].children[pos] = make(Node{Kind::leaf, fqn});
+      nodes_[cur].children[pos] = make(Kind::leaf, fqn);
     } else if (nodes_[child].kind != Kind::leaf || nodes_[child].fqn != fqn) {
       fail_for_key(Errc::data_loss, fqn, "planner_data path ends at " + part_text(path.back()) + ", which already holds " +
                                              (nodes_[child].kind == Kind::leaf ? "key '" + nodes_[child].fqn + "'"
@@ -93,8 +93,10 @@ class Builder {
     std::unordered_map<std::string, std::size_t> key_index;
   };
 
-  std::size_t make(Node node) {
-    nodes_.push_back(std::move(node));
+  std::size_t make(Kind kind, const std::string& fqn = {}) {
+    Node& node = nodes_.emplace_back();
+    node.kind = kind;
+    node.fqn = fqn;
     return nodes_.size() - 1;
   }
 

@@ -16,9 +16,9 @@ module;
 module dcp.storage;
 import dcp.error;
 import dcp.metadata;
+import dcp.planning;
 
 namespace dcp::storage {
-namespace {
 
 Error os_error(const std::filesystem::path& path, std::string_view what, int err) {
   Error e(err == ENOENT ? Errc::not_found : Errc::io,
@@ -27,19 +27,11 @@ Error os_error(const std::filesystem::path& path, std::string_view what, int err
   return e;
 }
 
-class Fd {
- public:
-  explicit Fd(const std::filesystem::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-    if (fd_ < 0) throw os_error(path, "cannot open", errno);
-  }
-  ~Fd() { ::close(fd_); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
+Fd::Fd(const std::filesystem::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+  if (fd_ < 0) throw os_error(path, "cannot open", errno);
+}
 
- private:
-  int fd_;
-};
+Fd::~Fd() { ::close(fd_); }
 
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out) {
   std::size_t done = 0;
@@ -56,8 +48,6 @@ void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, 
     done += static_cast<std::size_t>(n);
   }
 }
-
-}  // namespace
 
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes) {
   Fd fd(path);
@@ -80,7 +70,10 @@ void read_range(const std::filesystem::path& path, std::uint64_t offset, std::sp
   pread_all(fd.get(), path, offset, out);
 }
 
-FileSystemReader::FileSystemReader(std::filesystem::path checkpoint_dir) : dir_(std::move(checkpoint_dir)) {}
+FileSystemReader::FileSystemReader(std::filesystem::path checkpoint_dir, ReadOptions options)
+    : dir_(std::move(checkpoint_dir)), options_(options) {}
+
+void FileSystemReader::set_up_storage_reader(const metadata::Metadata& metadata, bool) { metadata_ = &metadata; }
 
 metadata::Metadata FileSystemReader::read_metadata() const {
   const auto path = dir_ / ".metadata";

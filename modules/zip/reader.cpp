@@ -5,6 +5,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <numeric>
 #include <optional>
 #include <span>
 #include <string>
@@ -130,6 +131,29 @@ void apply_zip64_extra(Bytes extra, Entry& entry, std::uint64_t at, std::string_
     return;
   }
   fail(Errc::data_loss, at, cat(where, ": a size or offset is 0xffffffff but there is no zip64 extra field"));
+}
+
+// Sorted by local header offset, each record's data must end before the next local header,
+// and the last one before the central directory.
+void check_no_overlap(const Archive& archive, std::uint64_t directory_at) {
+  const std::vector<Entry>& entries = archive.entries;
+  std::vector<std::size_t> order(entries.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return entries[a].local_header_offset < entries[b].local_header_offset;
+  });
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const Entry& entry = entries[order[k]];
+    const std::uint64_t data_end = archive.data_offsets[order[k]] + entry.compressed_size;  // checked
+    const bool last = k + 1 == order.size();
+    const std::uint64_t limit = last ? directory_at : entries[order[k + 1]].local_header_offset;
+    if (data_end > limit)
+      fail(Errc::data_loss, entry.local_header_offset,
+           cat("entry ", quoted(entry.name), ": data ends at ", data_end, ", past ",
+               last ? std::string("the central directory")
+                    : "the local header of " + quoted(entries[order[k + 1]].name),
+               " at ", limit));
+  }
 }
 
 }  // namespace
@@ -368,6 +392,7 @@ Archive parse_archive(Bytes whole) {
     archive.data_offsets.push_back(
         data_offset(header.first(std::min<std::uint64_t>(length, header.size())), entry, size));
   }
+  check_no_overlap(archive, end.central_directory_offset);
   return archive;
 }
 

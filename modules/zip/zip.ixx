@@ -1,4 +1,4 @@
-// dcp.zip does the zip container of torch.save: it parses and writes the archives that
+// dcp.zip does torch.save's zip container: it parses and writes the archives that
 // PyTorch's stream writer (caffe2 inline_container.cc over miniz) produces. Every DCP tensor
 // item and BYTE_IO item is one such archive, stored at some offset/length in a .distcp file.
 //
@@ -60,8 +60,8 @@ std::string cat(const Parts&... parts) {
   }(), ...);
   return text;
 }
-// A name read from an archive, made fit for a one-line message: quoted, bytes outside
-// printable ASCII escaped as \xNN, cut after 200 bytes.
+// A name read from an archive, made fit for a one-line message: in quotes, with bytes outside
+// printable ASCII (and quotes and backslashes) escaped as \xNN, cut after 200 bytes.
 std::string quoted(std::string_view name);
 }  // namespace dcp::zip
 
@@ -142,8 +142,9 @@ struct Archive {
   std::vector<std::uint64_t> data_offsets;  ///< data start of entries[i], resolved
 };
 
-/// Parses the end records, the directory and every local header of `whole`. Requires every
-/// entry to be stored. Does not verify CRCs.
+/// Parses the end records, the directory and every local header of `whole`, and checks that
+/// no record's data runs into the next local header or the directory. Requires every entry
+/// to be stored. Does not verify CRCs.
 Archive parse_archive(std::span<const std::byte> whole);
 
 /// The data of record `prefix + name_without_prefix` ("data.pkl", "data/0"), a subspan of

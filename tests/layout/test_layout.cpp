@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 #include <optional>
 #include <random>
 #include <vector>
@@ -17,6 +18,14 @@ using dcp::layout::ChunkIndex;
 using dcp::layout::Overlap;
 using dcp::layout::Shape;
 namespace layout = dcp::layout;
+
+namespace dcp::layout {
+std::ostream& operator<<(std::ostream& os, const Box& b) { return os << format_box(b); }
+std::ostream& operator<<(std::ostream& os, const Overlap& o) {
+  return os << "dest " << format_shape(o.dest_offsets) << " storage " << format_shape(o.storage_offsets)
+            << " lengths " << format_shape(o.lengths);
+}
+}  // namespace dcp::layout
 
 namespace {
 

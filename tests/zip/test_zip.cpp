@@ -180,6 +180,18 @@ BOOST_AUTO_TEST_CASE(find_and_prefix) {
   expect_error([&] { (void)zip::archive_prefix(flat); }, Errc::data_loss, 7, "'flat' has no '/'");
 }
 
+BOOST_AUTO_TEST_CASE(archive_without_records) {
+  Buffer out;
+  auto writer = writer_into(out);
+  writer.finish();
+  BOOST_TEST(out.size() == zip::kEndRecordsTail);
+  const zip::EndRecords end = zip::parse_end_records(out, out.size());
+  BOOST_TEST(end.entry_count == 0u);
+  BOOST_TEST(end.central_directory_offset == 0u);  // miniz writes 0, not the archive offset
+  BOOST_TEST(zip::parse_central_directory({}, end, out.size()).empty());
+  expect_error([&] { (void)zip::parse_archive(out); }, Errc::data_loss, std::nullopt, "no entries");
+}
+
 BOOST_AUTO_TEST_CASE(end_records_after_a_comment) {
   for (const std::size_t comment : {std::size_t{10}, std::size_t{1000}, std::size_t{65535}}) {
     Buffer archive = sample_archive();

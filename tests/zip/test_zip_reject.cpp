@@ -171,6 +171,15 @@ BOOST_AUTO_TEST_CASE(rejects_data_past_end) {
                "entry 'archive/version': data ends at " + std::to_string(data_end) + ", past the archive end " + std::to_string(s.n));
 }
 
+BOOST_AUTO_TEST_CASE(rejects_overlapping_records) {
+  Sample s;
+  patch(s.bytes, s.entry_at(0) + 20, 100, 4);
+  patch(s.bytes, s.entry_at(0) + 24, 100, 4);
+  expect_error([&] { s.parse(); }, Errc::data_loss, 0,
+               "entry 'archive/data.pkl': data ends at 164, past the local header of 'archive/data/0' at " +
+                   std::to_string(s.entry(1).local_header_offset));
+}
+
 BOOST_AUTO_TEST_CASE(rejects_compressed_method) {
   Sample s;
   patch(s.bytes, s.entry_at(1) + 10, 8, 2);

@@ -101,11 +101,12 @@ inline void expect_error(const std::function<void()>& fn, dcp::Errc code,
     fn();
     BOOST_ERROR("no dcp::Error thrown; expected one containing '" << fragment << "'");
   } catch (const dcp::Error& e) {
-    BOOST_TEST_INFO("error: " << e.what());
-    BOOST_TEST(dcp::errc_name(e.code()) == dcp::errc_name(code));
-    BOOST_TEST(e.context().byte_offset.value_or(UINT64_MAX) == offset.value_or(UINT64_MAX));
-    BOOST_TEST(e.message().find(fragment) != std::string::npos);
-    BOOST_TEST(std::string_view(e.what()).find('\n') == std::string_view::npos);
+    BOOST_TEST_CONTEXT("error: " << e.what() << "; expected fragment: " << fragment) {
+      BOOST_TEST(dcp::errc_name(e.code()) == dcp::errc_name(code));
+      BOOST_TEST(e.context().byte_offset.value_or(UINT64_MAX) == offset.value_or(UINT64_MAX));
+      BOOST_TEST(e.message().find(fragment) != std::string::npos);
+      BOOST_TEST(std::string_view(e.what()).find('\n') == std::string_view::npos);
+    }
   }
 }
 

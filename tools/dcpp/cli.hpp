@@ -34,5 +34,7 @@ struct UsageError {
 };
 
 int run_inspect(const Args& args);
+int run_load(const Args& args);
+int run_verify(const Args& args);
 
 }  // namespace dcpp_cli

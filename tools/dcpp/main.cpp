@@ -27,10 +27,23 @@ constexpr Command kCommands[] = {
      "print what a checkpoint holds (keys, dtypes, shapes, chunks, files), read from .metadata "
      "without running any pickle code, after checking it against the data files",
      run_inspect, 1},
+    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] CKPT_DIR",
+     "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
+     "object, and print bytes, seconds and GB/s",
+     run_load, 1},
+    {"verify", "dcpp verify [--all] [--threads N] [--keys REGEX] CKPT_DIR",
+     "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
+     "(--all: report every problem)",
+     run_verify, 1},
 };
 
 constexpr Flag kFlags[] = {
-    {"json", "", "inspect", "print one JSON document instead of a table (schema in README.md)"},
+    {"json", "", "inspect load", "print one JSON document (schema in README.md)"},
+    {"threads", "N", "load verify convert", "storage worker threads (default: up to 8)"},
+    {"device", "DEV", "load", "where tensors go: cpu (default), cuda or cuda:N"},
+    {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
+    {"all", "", "verify", "report every problem, not only the first"},
+    {"quiet", "", "load verify convert", "no progress bar and no summary line"},
     {"help", "", "*", "print help (-h: short)"},
     {"version", "", "*", "print the version"},
 };

@@ -1,0 +1,135 @@
+// Loading: torch's in-place load, and full-tensor loads in bounded batches.
+module;
+#include <ATen/core/Tensor.h>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+module dcp.checkpoint;
+import dcp.error;
+import dcp.pickle;
+import dcp.metadata;
+import dcp.planning;
+import dcp.alloc;
+import dcp.record;
+import dcp.storage;
+
+namespace dcp::checkpoint {
+namespace {
+
+bool selected(const LoadOptions& options, std::string_view fqn) { return !options.select || options.select(fqn); }
+
+}  // namespace
+
+storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
+                         planning::LoadPlanner& planner) {
+  const auto md = reader.read_metadata();
+  planner.set_up_planner(destination, md, /*is_coordinator=*/true);
+  reader.set_up_storage_reader(md, true);
+  auto local = reader.prepare_local_plan(planner.create_local_plan());
+  auto global = reader.prepare_global_plan(planner.create_global_plan({std::move(local)}));
+  const auto plan = planner.finish_plan(std::move(global.at(0)));
+  return reader.read_data(plan, planner);
+}
+
+storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir, const metadata::Metadata& md,
+                                    const LoadOptions& options,
+                                    const std::function<void(const std::string&, at::Tensor)>& consume) {
+  storage::ReadOptions read_options;
+  read_options.threads = options.threads;
+  read_options.verify_crc = options.verify_crc;
+  read_options.collect_errors = options.collect_errors;
+  storage::ReadReport total;
+
+  std::vector<const metadata::ItemMetadata*> pending;
+  for (const auto& item : md.items)
+    if (item.is_tensor() && selected(options, item.fqn)) pending.push_back(&item);
+
+  std::size_t next = 0;
+  while (next < pending.size()) {
+    // One batch: tensors up to batch_bytes, allocated on the CPU and read in parallel.
+    planning::Destination destination;
+    std::vector<std::pair<std::string, at::Tensor>> batch;
+    std::uint64_t bytes = 0;
+    alloc::AllocOptions cpu = options.allocation;
+    cpu.device = {};  // read into CPU memory, move to the device afterwards
+    cpu.pinned = options.allocation.pinned || options.allocation.device.kind == alloc::DeviceKind::cuda;
+    while (next < pending.size()) {
+      const auto& item = *pending[next];
+      const auto& t = item.tensor();
+      const auto size = metadata::numel(t.size) * dtype_itemsize(t.properties.dtype);
+      if (!batch.empty() && bytes + size > options.batch_bytes) break;
+      at::Tensor tensor;
+      try {
+        tensor = alloc::allocate(t.properties.dtype, t.size, cpu);
+      } catch (Error& e) {
+        e.for_key(item.fqn);
+        throw;
+      }
+      planning::TensorDestination dest;
+      dest.global_size = t.size;
+      dest.dtype = t.properties.dtype;
+      dest.chunks.push_back({metadata::Shape(t.size.size(), 0), t.size, alloc::slice_of(tensor)});
+      destination.add_tensor(item.fqn, std::move(dest));
+      batch.emplace_back(item.fqn, std::move(tensor));
+      bytes += size;
+      ++next;
+    }
+    planning::DefaultLoadPlanner planner;
+    storage::FileSystemReader reader(checkpoint_dir, read_options);
+    planner.set_up_planner(destination, md, true);
+    reader.set_up_storage_reader(md, true);
+    const auto plan = planner.finish_plan(planner.create_global_plan({planner.create_local_plan()}).at(0));
+    auto report = reader.read_data(plan, planner);
+    total.bytes_read += report.bytes_read;
+    total.items += report.items;
+    for (auto& e : report.errors) total.errors.push_back(std::move(e));
+    for (auto& [fqn, tensor] : batch) consume(fqn, alloc::to_device(tensor, options.allocation.device));
+  }
+  return total;
+}
+
+std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::filesystem::path& checkpoint_dir,
+                                                                    const metadata::Metadata& md,
+                                                                    const LoadOptions& options) {
+  planning::Destination destination;
+  for (const auto& item : md.items)
+    if (!item.is_tensor() && selected(options, item.fqn)) destination.add_object(item.fqn);
+  std::vector<std::pair<std::string, pickle::Document>> objects;
+  if (destination.size() == 0) return objects;
+  storage::ReadOptions read_options;
+  read_options.threads = options.threads;
+  storage::FileSystemReader reader(checkpoint_dir, read_options);
+  planning::DefaultLoadPlanner planner;
+  planner.set_up_planner(destination, md, true);
+  reader.set_up_storage_reader(md, true);
+  (void)reader.read_data(planner.create_local_plan(), planner);
+  for (const auto& [fqn, entry] : destination.entries()) {
+    const auto* bytes = planner.loaded_bytes(fqn);
+    const auto* info = md.find_storage(fqn, nullptr);
+    try {
+      objects.emplace_back(fqn, record::parse_object(*bytes));
+    } catch (Error& e) {
+      e.add_offset(info->offset);
+      e.in_file(reader.path_of(info->relative_path).string());
+      e.for_key(fqn);
+      throw;
+    }
+  }
+  return objects;
+}
+
+LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const LoadOptions& options) {
+  LoadedCheckpoint result;
+  result.metadata = inspect(checkpoint_dir);
+  result.report = for_each_tensor(checkpoint_dir, result.metadata, options, [&](const std::string& fqn, at::Tensor t) {
+    result.tensors.emplace_back(fqn, std::move(t));
+  });
+  result.objects = load_objects(checkpoint_dir, result.metadata, options);
+  return result;
+}
+
+}  // namespace dcp::checkpoint

@@ -1,0 +1,75 @@
+// dcp.record — what is inside one DCP item: a torch.save archive.
+//
+// Every tensor chunk and every Python object that DCP saves is a complete torch.save zip
+// archive at `[offset, offset + length)` of a data file. `locate_tensor` finds, with a few
+// small bounded reads, the raw storage bytes of a tensor item and what its `data.pkl` says
+// about them (dtype, storage offset, sizes, strides), so the loader can read exactly the
+// bytes it needs straight into destination memory. `parse_object` decodes a BYTE_IO item
+// into a pickle value tree with an allow-list of plain Python types (nothing is executed);
+// `object_to_json` renders such values. Untrusted input: every byte of the item.
+// Imports: dcp.error, dcp.pickle, dcp.zip, dcp.metadata, dcp.json.
+module;
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <vector>
+export module dcp.record;
+import dcp.error;
+import dcp.pickle;
+import dcp.zip;
+import dcp.metadata;
+
+export namespace dcp::record {
+
+/// What a tensor's data.pkl says (torch._utils._rebuild_tensor_v2 / _v3 arguments).
+struct TensorRecord {
+  DType dtype = DType::float32;
+  std::string storage_key;            ///< names the record "data/<key>"
+  std::uint64_t storage_numel = 0;    ///< elements of the storage
+  std::uint64_t storage_offset = 0;   ///< elements
+  metadata::Shape sizes;
+  metadata::Shape strides;            ///< elements; never negative
+  bool requires_grad = false;
+};
+
+/// Decodes a tensor's data.pkl. Throws data_loss / permission_denied / unimplemented
+/// (quantized tensors, conj/neg flags) with the offset inside data.pkl.
+TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl);
+
+/// A tensor item resolved to raw bytes.
+struct TensorLocation {
+  TensorRecord record;
+  std::uint64_t data_offset = 0;  ///< archive offset of the storage's first byte
+  std::uint64_t data_size = 0;    ///< bytes of the storage record
+  std::uint32_t crc32 = 0;        ///< from the central directory (0 = not recorded)
+};
+
+/// Reads `out.size()` bytes at archive offset `offset` (the caller bounds it to the item).
+using ReadAt = std::function<void(std::uint64_t offset, std::span<std::byte> out)>;
+
+/// Finds the tensor in an archive of `archive_size` bytes: end records, central directory,
+/// data.pkl and the storage record's local header, reading through `read_at` (a head and a
+/// tail read for typical items). Checks every bound, that the storage holds numel × itemsize
+/// bytes, that the strided view lies inside the storage, and that a `byteorder` record, if
+/// any, says little-endian. Offsets in errors are archive offsets.
+TensorLocation locate_tensor(std::uint64_t archive_size, const ReadAt& read_at);
+
+/// Checks a located tensor against the chunk that .metadata promised.
+void check_against_chunk(const TensorLocation& location, DType dtype, const metadata::Shape& sizes);
+
+/// Globals a BYTE_IO object may name: plain containers and scalars as torch.save writes them
+/// (OrderedDict, set, frozenset, bytes via _codecs.encode, complex, slice), torch.Size,
+/// torch.device, dtypes, and tensor rebuilds with their storages.
+const pickle::AllowList& object_allow_list();
+
+/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree.
+pickle::Document parse_object(std::span<const std::byte> archive);
+
+/// Renders a decoded object as JSON (tuples and sets as arrays, bytes as latin-1 text, dict
+/// keys as strings). Throws unimplemented for values JSON cannot hold (tensors, calls of
+/// other globals) naming them.
+std::string object_to_json(const pickle::Document& doc, pickle::NodeId id);
+
+}  // namespace dcp::record

@@ -1,0 +1,145 @@
+// `dcpp load` and `dcpp verify`: read every record of a checkpoint into full tensors.
+#include <ATen/core/Tensor.h>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <regex>
+#include <string>
+#include <unistd.h>
+
+#include "cli.hpp"
+import dcp.error;
+import dcp.json;
+import dcp.metadata;
+import dcp.alloc;
+import dcp.checkpoint;
+
+namespace dcpp_cli {
+namespace {
+
+int parse_threads(const Args& args) {
+  const auto text = args.get("threads");
+  if (!text) return 0;
+  try {
+    const int n = std::stoi(*text);
+    if (n >= 1 && n <= 1024) return n;
+  } catch (...) {
+  }
+  throw UsageError{"--threads takes a number from 1 to 1024, not '" + *text + "'"};
+}
+
+dcp::checkpoint::LoadOptions load_options(const Args& args) {
+  dcp::checkpoint::LoadOptions options;
+  options.threads = parse_threads(args);
+  if (auto device = args.get("device")) {
+    try {
+      options.allocation.device = dcp::alloc::Device::parse(*device);
+    } catch (const dcp::Error& e) {
+      throw UsageError{e.message()};
+    }
+  }
+  if (auto keys = args.get("keys")) {
+    try {
+      auto re = std::make_shared<std::regex>(*keys, std::regex::ECMAScript);
+      options.select = [re](std::string_view fqn) { return std::regex_search(fqn.begin(), fqn.end(), *re); };
+    } catch (const std::regex_error& e) {
+      throw UsageError{"--keys: bad regular expression '" + *keys + "': " + e.what()};
+    }
+  }
+  return options;
+}
+
+// Progress on stderr, only on a terminal and without --quiet.
+class Progress {
+ public:
+  Progress(const Args& args, std::uint64_t total, const char* verb)
+      : enabled_(!args.has("quiet") && !args.has("json") && ::isatty(2) && total > 0), total_(total), verb_(verb) {}
+  void advance(std::uint64_t bytes) {
+    done_ += bytes;
+    if (!enabled_) return;
+    const int width = 30, filled = static_cast<int>(width * done_ / total_);
+    std::fprintf(stderr, "\r%s [%s%s] %3d%%", verb_, std::string(filled, '#').c_str(),
+                 std::string(width - filled, ' ').c_str(), static_cast<int>(100 * done_ / total_));
+  }
+  ~Progress() {
+    if (enabled_) std::fprintf(stderr, "\r%*s\r", 50, "");
+  }
+
+ private:
+  bool enabled_;
+  std::uint64_t total_, done_ = 0;
+  const char* verb_;
+};
+
+std::uint64_t selected_bytes(const dcp::metadata::Metadata& md, const dcp::checkpoint::LoadOptions& options) {
+  std::uint64_t total = 0;
+  for (const auto& item : md.items)
+    if (item.is_tensor() && (!options.select || options.select(item.fqn)))
+      total += dcp::metadata::numel(item.tensor().size) * dcp::dtype_itemsize(item.tensor().properties.dtype);
+  return total;
+}
+
+}  // namespace
+
+int run_load(const Args& args) {
+  const auto options = load_options(args);
+  const auto start = std::chrono::steady_clock::now();
+  const auto md = dcp::checkpoint::inspect(args.positional[0]);
+  Progress progress(args, selected_bytes(md, options), "loading");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  const auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string& fqn, at::Tensor t) {
+    progress.advance(static_cast<std::uint64_t>(t.numel()) * t.element_size());
+    tensors.emplace_back(fqn, std::move(t));
+  });
+  const auto objects = dcp::checkpoint::load_objects(args.positional[0], md, options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::uint64_t bytes = 0;
+  for (const auto& [fqn, t] : tensors) bytes += static_cast<std::uint64_t>(t.numel()) * t.element_size();
+  const double gbps = seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
+  if (args.has("json")) {
+    dcp::json::JsonWriter w;
+    w.begin_object()
+        .key("tensors").value(static_cast<std::uint64_t>(tensors.size()))
+        .key("objects").value(static_cast<std::uint64_t>(objects.size()))
+        .key("bytes").value(bytes)
+        .key("seconds").value(seconds)
+        .key("gbps").value(gbps)
+        .key("items_read").value(report.items)
+        .key("device").value(options.allocation.device.to_string())
+        .end_object();
+    std::printf("%s\n", w.str().c_str());
+  } else if (!args.has("quiet")) {
+    std::printf("loaded %zu tensors (%llu bytes) and %zu objects in %.3f s: %.2f GB/s\n", tensors.size(),
+                static_cast<unsigned long long>(bytes), objects.size(), seconds, gbps);
+  }
+  return 0;
+}
+
+int run_verify(const Args& args) {
+  auto options = load_options(args);
+  options.verify_crc = true;
+  options.collect_errors = args.has("all");
+  const auto md = dcp::checkpoint::inspect(args.positional[0]);
+  Progress progress(args, selected_bytes(md, options), "verifying");
+  std::uint64_t tensors = 0, bytes = 0;
+  auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string&, at::Tensor t) {
+    ++tensors;
+    bytes += static_cast<std::uint64_t>(t.numel()) * t.element_size();
+    progress.advance(static_cast<std::uint64_t>(t.numel()) * t.element_size());
+  });
+  std::size_t objects = 0;
+  try {
+    objects = dcp::checkpoint::load_objects(args.positional[0], md, options).size();
+  } catch (const dcp::Error& e) {
+    if (!options.collect_errors) throw;
+    report.errors.push_back(e);
+  }
+  for (const auto& e : report.errors) std::fprintf(stderr, "dcpp: error: %s\n", e.what());
+  if (!report.errors.empty()) return 1;
+  if (!args.has("quiet"))
+    std::printf("ok: %llu tensors (%llu bytes, CRC-32 checked) and %zu objects\n",
+                static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(bytes), objects);
+  return 0;
+}
+
+}  // namespace dcpp_cli
