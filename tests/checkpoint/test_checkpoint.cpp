@@ -1,0 +1,250 @@
+// The loader against real PyTorch: every tensor and object of checkpoints written by torch
+// 1.13 at test time and of the torch 2.x fixtures, loads into other layouts (resharding),
+// and damaged data files.
+#define BOOST_TEST_MODULE dcp.checkpoint
+#include <boost/test/unit_test.hpp>
+#include <ATen/core/Tensor.h>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+import dcp.error;
+import dcp.metadata;
+import dcp.planning;
+import dcp.layout;
+import dcp.alloc;
+import dcp.record;
+import dcp.storage;
+import dcp.checkpoint;
+
+namespace md = dcp::metadata;
+namespace pl = dcp::planning;
+namespace json = boost::json;
+using dcp_test::checkpoint_case;
+
+namespace {
+
+std::vector<std::byte> tensor_bytes(const at::Tensor& t) {
+  // Full tensors from the loader are contiguous: their memory is the row-major value.
+  const auto* p = static_cast<const std::byte*>(t.data_ptr());
+  return std::vector<std::byte>(p, p + t.numel() * t.element_size());
+}
+
+// Every tensor byte and every object value equals what PyTorch saved.
+void check_full_load(const std::filesystem::path& dir) {
+  const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
+  const auto loaded = dcp::checkpoint::load_full(dir / "ckpt");
+  const auto& tensors = expected.at("tensors").as_object();
+  BOOST_TEST(loaded.tensors.size() == tensors.size());
+  for (const auto& [fqn, tensor] : loaded.tensors) {
+    const auto& want = tensors.at(fqn).as_object();
+    BOOST_TEST_REQUIRE(tensor.is_contiguous(), fqn);
+    BOOST_TEST(dcp::dtype_name(dcp::alloc::dtype_of(tensor)) == std::string(want.at("dtype").as_string()), fqn);
+    const auto bytes = dcp_test::read_bytes(dir / std::string(want.at("file").as_string()));
+    BOOST_TEST((tensor_bytes(tensor) == bytes), fqn << ": loaded bytes differ from PyTorch's");
+  }
+  const auto& objects = expected.at("objects").as_object();
+  BOOST_TEST(loaded.objects.size() == objects.size());
+  for (const auto& [fqn, doc] : loaded.objects) {
+    const auto got = json::parse(dcp::record::object_to_json(doc, doc.root()));
+    BOOST_TEST((got == objects.at(fqn).as_object().at("json")), fqn << ": " << got << " vs " << objects.at(fqn).as_object().at("json"));
+  }
+}
+
+dcp::Error load_error(const std::filesystem::path& dir) {
+  try {
+    (void)dcp::checkpoint::load_full(dir);
+  } catch (const dcp::Error& e) {
+    return e;
+  }
+  BOOST_FAIL("load accepted a damaged checkpoint " << dir);
+  throw;
+}
+
+std::string damage(const std::string& args) {
+  const int status = dcp_test::run(dcp_test::python() + " " +
+                                   dcp_test::quote(dcp_test::source_root() / "tests/python/damage.py") + " " + args);
+  BOOST_TEST_REQUIRE(status == 0);
+  return {};
+}
+
+// The storage entry of the first chunk of the first tensor with at least `min_bytes` bytes.
+std::pair<std::string, md::StorageInfo> some_tensor_item(const md::Metadata& m, std::uint64_t min_bytes = 16) {
+  for (const auto& item : m.items)
+    if (item.is_tensor() && md::numel(item.tensor().size) * dcp::dtype_itemsize(item.tensor().properties.dtype) >= min_bytes)
+      return {item.fqn, *m.find_storage(item.fqn, &item.tensor().chunks[0].offsets)};
+  throw std::runtime_error("no tensor");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(interop)
+
+BOOST_AUTO_TEST_CASE(torch2x_fixtures_load_exactly) {
+  for (const char* name : {"x2_flat_mixed", "x2_fsdp_4ranks"})
+    BOOST_TEST_CONTEXT(name) { check_full_load(dcp_test::torch2x_fixtures() / name); }
+}
+
+BOOST_AUTO_TEST_CASE(torch113_cases_load_exactly) {
+  for (const char* name : {"flat_dtypes", "single_file", "sharded_4ranks", "optimizer"})
+    BOOST_TEST_CONTEXT(name) { check_full_load(checkpoint_case(name)); }
+}
+
+// Saved 4-way by rows; loaded as 3 row shards, as 3 column shards and as 2x2 tiles.
+BOOST_AUTO_TEST_CASE(resharding_into_other_layouts) {
+  const auto dir = checkpoint_case("sharded_4ranks");
+  const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
+  const auto m = dcp::checkpoint::inspect(dir / "ckpt");
+  int checked = 0;
+  for (const auto& item : m.items) {
+    if (!item.is_tensor() || item.tensor().size.size() != 2) continue;
+    const auto& t = item.tensor();
+    const auto itemsize = dcp::dtype_itemsize(t.properties.dtype);
+    const auto full = dcp_test::read_bytes(dir / std::string(expected.at("tensors").at(item.fqn).at("file").as_string()));
+    std::vector<std::vector<dcp::layout::Box>> layouts = {
+        dcp::layout::chunk_split(t.size, 0, 3), dcp::layout::chunk_split(t.size, 1, 3)};
+    std::vector<dcp::layout::Box> tiles;
+    for (const auto& rows : dcp::layout::chunk_split(t.size, 0, 2))
+      for (const auto& cols : dcp::layout::chunk_split(t.size, 1, 2))
+        tiles.push_back({{rows.offsets[0], cols.offsets[1]}, {rows.sizes[0], cols.sizes[1]}});
+    layouts.push_back(tiles);
+    for (const auto& boxes : layouts) {
+      // One destination per "rank", each with its own memory, as on a real job.
+      for (const auto& box : boxes) {
+        std::vector<std::byte> memory(md::numel(box.sizes) * itemsize, std::byte{0x5a});
+        pl::Destination dest;
+        pl::TensorDestination td{t.size, t.properties.dtype, {}};
+        if (md::numel(box.sizes) > 0)
+          td.chunks.push_back({box.offsets, box.sizes, pl::contiguous_slice(memory.data(), t.properties.dtype, box.sizes)});
+        dest.add_tensor(item.fqn, std::move(td));
+        dcp::storage::FileSystemReader reader(dir / "ckpt");
+        pl::DefaultLoadPlanner planner;
+        (void)dcp::checkpoint::load(dest, reader, planner);
+        for (std::int64_t r = 0; r < box.sizes[0]; ++r) {
+          const auto row_bytes = static_cast<std::size_t>(box.sizes[1]) * itemsize;
+          const auto src = ((box.offsets[0] + r) * t.size[1] + box.offsets[1]) * static_cast<std::int64_t>(itemsize);
+          BOOST_TEST_REQUIRE(std::memcmp(memory.data() + r * row_bytes, full.data() + src, row_bytes) == 0,
+                             item.fqn << " box " << dcp::layout::format_box(box) << " row " << r);
+        }
+        ++checked;
+      }
+    }
+  }
+  BOOST_TEST(checked > 10);
+}
+
+BOOST_AUTO_TEST_CASE(strict_planner_rejects_mismatches) {
+  const auto dir = checkpoint_case("flat_dtypes") / "ckpt";
+  const auto m = dcp::checkpoint::inspect(dir);
+  const auto [fqn, info] = some_tensor_item(m);
+  const auto& t = m.find_item(fqn)->tensor();
+  auto try_load = [&](md::Shape size, dcp::DType dtype) -> dcp::Error {
+    pl::Destination dest;
+    dest.add_tensor(fqn, pl::TensorDestination{size, dtype, {}});
+    dcp::storage::FileSystemReader reader(dir);
+    pl::DefaultLoadPlanner planner;
+    try {
+      (void)dcp::checkpoint::load(dest, reader, planner);
+    } catch (const dcp::Error& e) {
+      return e;
+    }
+    BOOST_FAIL("mismatch accepted");
+    throw;
+  };
+  auto bigger = t.size;
+  bigger[0] += 1;
+  auto e1 = try_load(bigger, t.properties.dtype);
+  BOOST_TEST((e1.code() == dcp::Errc::failed_precondition), e1.what());
+  BOOST_TEST(e1.context().key == fqn);
+  auto e2 = try_load(t.size, t.properties.dtype == dcp::DType::float64 ? dcp::DType::float32 : dcp::DType::float64);
+  BOOST_TEST((e2.code() == dcp::Errc::failed_precondition), e2.what());
+  pl::Destination missing;
+  missing.add_tensor("no.such.key", pl::TensorDestination{{1}, dcp::DType::float32, {}});
+  dcp::storage::FileSystemReader reader(dir);
+  pl::DefaultLoadPlanner planner;
+  BOOST_CHECK_THROW((void)dcp::checkpoint::load(missing, reader, planner), dcp::Error);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(bad_input)
+
+BOOST_AUTO_TEST_CASE(truncated_data_file_names_file_key_and_offset) {
+  dcp_test::TempDir tmp;
+  dcp_test::copy_checkpoint(checkpoint_case("single_file") / "ckpt", tmp.path());
+  const auto m = dcp::checkpoint::inspect(tmp.path());
+  const auto [fqn, info] = some_tensor_item(m);
+  // Cut the file inside this item: inspect's bound check reports it before any read.
+  damage("truncate " + dcp_test::quote(tmp.path() / info.relative_path) + " " + std::to_string(info.offset + info.length / 2));
+  auto e = load_error(tmp.path());
+  BOOST_TEST(e.context().file.find(info.relative_path) != std::string::npos, e.what());
+  BOOST_TEST(e.context().byte_offset.has_value(), e.what());
+  BOOST_TEST((e.code() == dcp::Errc::data_loss), e.what());
+}
+
+BOOST_AUTO_TEST_CASE(every_byte_flip_in_an_item_is_caught_or_harmless) {
+  dcp_test::TempDir tmp;
+  dcp_test::copy_checkpoint(checkpoint_case("flat_dtypes") / "ckpt", tmp.path());
+  const auto m = dcp::checkpoint::inspect(tmp.path());
+  const auto [fqn, info] = some_tensor_item(m, 64);
+  const auto path = tmp.path() / info.relative_path;
+  const auto original = dcp_test::read_bytes(path);
+  dcp::checkpoint::LoadOptions options;
+  options.verify_crc = true;
+  options.select = [&, key = fqn](std::string_view k) { return k == key; };
+  int caught = 0;
+  for (std::uint64_t pos = info.offset; pos < info.offset + info.length; ++pos) {
+    auto copy = original;
+    copy[pos] ^= std::byte{0x40};
+    dcp_test::write_bytes(path, copy);
+    try {
+      (void)dcp::checkpoint::for_each_tensor(tmp.path(), m, options, [](const std::string&, at::Tensor) {});
+    } catch (const dcp::Error& e) {
+      ++caught;
+      BOOST_TEST_REQUIRE(e.context().key == fqn, e.what());
+      BOOST_TEST_REQUIRE(e.context().file == path.string(), e.what());
+    }
+  }
+  // Padding and unused header fields may flip harmlessly; data bytes are caught by the CRC.
+  BOOST_TEST(caught > static_cast<int>(info.length / 3));
+}
+
+BOOST_AUTO_TEST_CASE(record_lying_about_its_size) {
+  dcp_test::TempDir tmp;
+  dcp_test::copy_checkpoint(checkpoint_case("flat_dtypes") / "ckpt", tmp.path());
+  const auto m = dcp::checkpoint::inspect(tmp.path());
+  const auto [fqn, info] = some_tensor_item(m, 64);
+  const auto path = tmp.path() / info.relative_path;
+  auto bytes = dcp_test::read_bytes(path);
+  // The central directory entry of the storage record: its name is the last occurrence.
+  const std::string name = "/data/0";
+  std::size_t at = std::string::npos;
+  for (std::size_t i = info.offset; i + name.size() <= info.offset + info.length; ++i)
+    if (std::memcmp(bytes.data() + i, name.data(), name.size()) == 0) at = i;
+  BOOST_TEST_REQUIRE(at != std::string::npos);
+  // Find the PK\1\2 signature that starts this entry, then add 4 to both 32-bit sizes.
+  std::size_t entry = at;
+  while (entry > info.offset && !(bytes[entry] == std::byte{'P'} && bytes[entry + 1] == std::byte{'K'} &&
+                                  bytes[entry + 2] == std::byte{1} && bytes[entry + 3] == std::byte{2}))
+    --entry;
+  for (std::size_t field : {20u, 24u}) bytes[entry + field] = std::byte(static_cast<unsigned char>(bytes[entry + field]) + 4);
+  dcp_test::write_bytes(path, bytes);
+  auto e = load_error(tmp.path());
+  BOOST_TEST((e.code() == dcp::Errc::data_loss), e.what());
+  BOOST_TEST(e.context().key == fqn, e.what());
+  BOOST_TEST(e.context().file == path.string(), e.what());
+}
+
+BOOST_AUTO_TEST_CASE(missing_data_file) {
+  dcp_test::TempDir tmp;
+  dcp_test::copy_checkpoint(checkpoint_case("sharded_4ranks") / "ckpt", tmp.path());
+  const auto m = dcp::checkpoint::inspect(tmp.path());
+  const auto [fqn, info] = some_tensor_item(m);
+  std::filesystem::remove(tmp.path() / info.relative_path);
+  auto e = load_error(tmp.path());
+  BOOST_TEST((e.code() == dcp::Errc::not_found), e.what());
+  BOOST_TEST(std::string(e.what()).find(info.relative_path) != std::string::npos, e.what());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
