@@ -38,6 +38,7 @@ storage::ReadReport load(planning::Destination& destination, storage::StorageRea
 
 struct LoadOptions {
   int threads = 0;                  ///< storage worker threads (0: automatic)
+  storage::ReadBackend backend = storage::ReadBackend::automatic;
   alloc::AllocOptions allocation;   ///< where full tensors are allocated
   bool verify_crc = false;          ///< check every storage record's CRC-32
   bool collect_errors = false;      ///< report every failing item instead of stopping
@@ -66,5 +67,30 @@ LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const Lo
 /// Decodes every selected BYTE_IO object of a checkpoint.
 std::vector<std::pair<std::string, pickle::Document>> load_objects(
     const std::filesystem::path& checkpoint_dir, const metadata::Metadata& metadata, const LoadOptions& options);
+
+/// What a conversion wrote.
+struct ConvertReport {
+  std::uint64_t tensors = 0;  ///< tensors written
+  std::uint64_t objects = 0;  ///< objects written
+  std::uint64_t bytes = 0;    ///< tensor bytes written
+};
+/// Called after each tensor is written, with its size in bytes.
+using ConvertProgress = std::function<void(std::uint64_t tensor_bytes)>;
+
+/// Writes the selected keys as one torch.save file (`torch.load(out)` gives the state dict,
+/// nested along planner_data, tensors full and contiguous on the CPU, objects as saved).
+/// Streams tensor by tensor (memory ≲ 256 MiB or the largest tensor) into `out` + ".tmp-<pid>",
+/// renamed to `out` at the end and removed on any error. Throws unimplemented (with the key)
+/// for quantized tensors and for objects that hold tensors.
+ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
+                                    const LoadOptions& options = {}, const ConvertProgress& progress = {});
+
+/// Writes the selected keys as one safetensors file: tensors by flat key (sorted), objects as
+/// JSON strings in `__metadata__` beside "format": "pt". Same streaming and temp-file rules as
+/// convert_to_torch_save. Throws unimplemented (with the key) for dtypes safetensors lacks
+/// (complex, quantized, float8 other than e4m3fn/e5m2), a tensor named `__metadata__`, an
+/// object named `format` and objects without a JSON form.
+ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
+                                     const LoadOptions& options = {}, const ConvertProgress& progress = {});
 
 }  // namespace dcp::checkpoint

@@ -40,6 +40,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
                                     const std::function<void(const std::string&, at::Tensor)>& consume) {
   storage::ReadOptions read_options;
   read_options.threads = options.threads;
+  read_options.backend = options.backend;
   read_options.verify_crc = options.verify_crc;
   read_options.collect_errors = options.collect_errors;
   storage::ReadReport total;

@@ -7,6 +7,7 @@ module;
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -216,6 +217,8 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
     }
   };
   std::vector<CopyTask> copies;
+  std::vector<ReadPiece> pieces;
+  std::vector<Group*> piece_group;
   for (auto& g : groups) {
     if (g.error || !g.chunk) continue;
     const auto& r = g.location.record;
@@ -235,12 +238,8 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
       if (is_row_major(r) && is_single_run(r.sizes, item.storage_offsets, item.lengths) && planning::is_contiguous(dst)) {
         const std::uint64_t bytes = count * itemsize;
         for (std::uint64_t done = 0; done < bytes; done += kPieceBytes) {
-          const std::uint64_t n = std::min(kPieceBytes, bytes - done);
-          copies.push_back({&g, [&files, &g, dst, storage_base, first, itemsize, done, n, path] {
-                              const Fd& fd = files.get(g.info->relative_path);
-                              pread_all(fd.get(), path, storage_base + first * itemsize + done,
-                                        std::span(dst.data + done, n));
-                            }});
+          pieces.push_back({path, storage_base + first * itemsize + done, dst.data + done, std::min(kPieceBytes, bytes - done)});
+          piece_group.push_back(&g);
         }
         continue;
       }
@@ -256,7 +255,19 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                         }});
     }
   }
+  std::vector<std::optional<Error>> piece_errors(pieces.size());
+  const bool uring = options_.backend == ReadBackend::io_uring &&
+                     read_pieces_uring(pieces, threads, 64, piece_errors);
+  if (!uring) {
+    for (std::size_t i = 0; i < pieces.size(); ++i)
+      copies.push_back({piece_group[i], [&files, &piece = pieces[i], group = piece_group[i]] {
+                          const Fd& fd = files.get(group->info->relative_path);
+                          pread_all(fd.get(), piece.path, piece.offset, std::span(piece.destination, piece.size));
+                        }});
+  }
   run_all(threads, copies);
+  for (std::size_t i = 0; i < pieces.size(); ++i)
+    if (piece_errors[i] && !piece_group[i]->error) piece_group[i]->error = piece_errors[i];
 
   // 4. Report errors in plan order; hand results to the planner on this thread.
   for (auto& g : groups) {

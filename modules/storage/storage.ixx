@@ -26,8 +26,17 @@ import dcp.planning;
 
 export namespace dcp::storage {
 
+/// How bytes move from files into memory.
+enum class ReadBackend {
+  automatic,  ///< a pread pool: fastest for data in the page cache (see README, "Performance")
+  pread,      ///< positional reads on an Asio thread pool
+  io_uring,   ///< Asio random_access_file on io_uring, many reads in flight; falls back to
+              ///< pread when the build lacks it or the kernel refuses io_uring
+};
+
 /// How read_data runs.
 struct ReadOptions {
+  ReadBackend backend = ReadBackend::automatic;
   int threads = 0;             ///< worker threads; 0 = min(hardware threads, 8)
   bool verify_crc = false;     ///< check each storage record's CRC-32 (reads whole records)
   bool collect_errors = false; ///< keep going after an item fails and report them all
@@ -90,6 +99,19 @@ Error os_error(const std::filesystem::path& path, std::string_view what, int err
 /// Reads exactly out.size() bytes at `offset` (EINTR-safe; a short file is data_loss).
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);
 /// An open read-only file descriptor.
+/// One contiguous read straight into destination memory.
+struct ReadPiece {
+  std::filesystem::path path;
+  std::uint64_t offset = 0;
+  std::byte* destination = nullptr;
+  std::uint64_t size = 0;
+};
+/// Reads every piece through Asio's io_uring files with up to `in_flight` reads outstanding,
+/// on `threads` threads; `errors[i]` receives piece i's failure. Returns false, having read
+/// nothing, when io_uring is not available (build option or kernel).
+bool read_pieces_uring(const std::vector<ReadPiece>& pieces, int threads, std::size_t in_flight,
+                       std::vector<std::optional<Error>>& errors);
+
 class Fd {
  public:
   explicit Fd(const std::filesystem::path& path);

@@ -32,9 +32,13 @@ std::vector<std::byte> tensor_bytes(const at::Tensor& t) {
 }
 
 // Every tensor byte and every object value equals what PyTorch saved.
-void check_full_load(const std::filesystem::path& dir) {
+void check_full_load(const std::filesystem::path& dir,
+                     dcp::storage::ReadBackend backend = dcp::storage::ReadBackend::automatic) {
   const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
-  const auto loaded = dcp::checkpoint::load_full(dir / "ckpt");
+  dcp::checkpoint::LoadOptions options;
+  options.backend = backend;
+  options.batch_bytes = 4096;  // many batches: exercises the bounded-memory path
+  const auto loaded = dcp::checkpoint::load_full(dir / "ckpt", options);
   const auto& tensors = expected.at("tensors").as_object();
   BOOST_TEST(loaded.tensors.size() == tensors.size());
   for (const auto& [fqn, tensor] : loaded.tensors) {
@@ -89,6 +93,13 @@ BOOST_AUTO_TEST_CASE(torch2x_fixtures_load_exactly) {
 BOOST_AUTO_TEST_CASE(torch113_cases_load_exactly) {
   for (const char* name : {"flat_dtypes", "single_file", "sharded_4ranks", "optimizer"})
     BOOST_TEST_CONTEXT(name) { check_full_load(checkpoint_case(name)); }
+}
+
+BOOST_AUTO_TEST_CASE(io_uring_backend_loads_exactly) {
+  // Falls back to pread where the build or the kernel has no io_uring; the values must match.
+  for (const char* name : {"flat_dtypes", "sharded_4ranks"})
+    BOOST_TEST_CONTEXT(name) { check_full_load(checkpoint_case(name), dcp::storage::ReadBackend::io_uring); }
+  check_full_load(dcp_test::torch2x_fixtures() / "x2_fsdp_4ranks", dcp::storage::ReadBackend::io_uring);
 }
 
 // Saved 4-way by rows; loaded as 3 row shards, as 3 column shards and as 2x2 tiles.

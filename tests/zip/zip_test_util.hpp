@@ -26,9 +26,9 @@ inline std::string text(std::span<const std::byte> data) {
   return {reinterpret_cast<const char*>(data.data()), data.size()};
 }
 
-// Appends `value` little-endian in `width` bytes.
+// Appends `value` little-endian in `width` bytes (zeros past the eighth).
 inline void put(Buffer& out, std::uint64_t value, int width) {
-  for (int i = 0; i < width; ++i) out.push_back(static_cast<std::byte>(value >> (8 * i)));
+  for (int i = 0; i < width; ++i) out.push_back(static_cast<std::byte>(i < 8 ? value >> (8 * i) : 0));
 }
 
 // Overwrites `width` bytes at `at` with `value` little-endian.

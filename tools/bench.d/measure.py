@@ -5,7 +5,8 @@
                [--warmup 1] [--results FILE]
 
 Runs, in this order, each --warmup times untimed then --repeat times timed:
-  (b) BIN_fresh_read over every DIR/*.distcp (one process per run),
+  (b) fresh_read over every DIR/*.distcp (one process per run), then fresh_read --prefaulted
+      (information only),
   (a) tests/python/bench_torch_load.py (one process; it does its own warm-up and repeats),
   (c) dcpp load --json DIR [--threads N], then dcpp load --json --threads 1 DIR (one process
       per run; process wall time and peak RSS from wait4()'s rusage, i.e. what
@@ -38,10 +39,14 @@ class BenchError(Exception):
 
 
 def run_proc(cmd, timeout=TIMEOUT_S):
-    """Run cmd; return (rc, stdout, stderr, wall seconds, peak RSS bytes of the process)."""
+    """Run cmd; return (rc, stdout, stderr, wall seconds, peak RSS bytes of the process).
+    Also stores the process's minor page faults in run_proc.minflt."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        try:
+            p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        except OSError as e:  # e.g. the binary is being relinked right now
+            raise BenchError("cannot run %s: %s" % (cmd[0], e)) from e
         timer = threading.Timer(timeout, p.kill)
         timer.start()
         try:
@@ -50,6 +55,7 @@ def run_proc(cmd, timeout=TIMEOUT_S):
             timer.cancel()
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
+        run_proc.minflt = ru.ru_minflt
         out.seek(0)
         err.seek(0)
         return (p.returncode, out.read().decode(errors="replace"),
@@ -87,15 +93,17 @@ def median(xs):
 # --------------------------------------------------------------------------------------
 
 
-def measure_fresh(binary, files, warmup, repeat):
+def measure_fresh(binary, files, warmup, repeat, prefaulted=False):
     runs = []
+    cmd = [binary] + (["--prefaulted"] if prefaulted else []) + files
     for i in range(warmup + repeat):
-        rc, out, err, wall, rss = run_proc([binary] + files)
+        rc, out, err, wall, rss = run_proc(cmd)
         if rc != 0:
             raise BenchError("fresh_read failed (exit %d):\n%s" % (rc, tail(err)))
         j = last_json(out, "fresh_read")
         if i >= warmup:
-            runs.append({"bytes": j["bytes"], "seconds": j["seconds"], "wall": wall, "rss": rss})
+            runs.append({"bytes": j["bytes"], "seconds": j["seconds"], "wall": wall, "rss": rss,
+                         "faults": j.get("minor_faults")})
     return runs
 
 
@@ -113,7 +121,11 @@ def measure_torch(ckpt, warmup, repeat):
 def dcpp_has_load(dcpp):
     if not os.access(dcpp, os.X_OK):
         return "%s does not exist or is not executable (did the build fail?)" % dcpp
-    rc, out, err, _, _ = run_proc([dcpp, "load", "--help"], timeout=60)
+    try:
+        rc, out, err, wall, rss = run_proc([dcpp, "load", "--help"], timeout=60)
+    except BenchError as e:
+        return str(e)
+    dcpp_has_load.baseline = (wall, rss)
     if rc != 0:
         msg = (err or out).strip().splitlines()
         return ("`%s load --help` exited %d%s: the `dcpp load` subcommand is missing from this "
@@ -144,7 +156,8 @@ def measure_dcpp(dcpp, ckpt, threads, warmup, repeat, tensor_bytes, warnings):
                 warnings.append(w)
         extra = {k: v for k, v in j.items() if k not in ("bytes", "seconds", "gbps")}
         if i >= warmup:
-            runs.append({"bytes": j["bytes"], "seconds": j["seconds"], "wall": wall, "rss": rss})
+            runs.append({"bytes": j["bytes"], "seconds": j["seconds"], "wall": wall, "rss": rss,
+                         "faults": run_proc.minflt})
     return cmd, runs, extra
 
 
@@ -165,7 +178,8 @@ def summarize(runs):
     return {"bytes": b, "seconds": s, "min": min(secs), "max": max(secs),
             "gbps": b / s / 1e9 if s else None,
             "wall": w, "wall_gbps": b / w / 1e9 if w else None,
-            "rss": median(rss), "runs": runs}
+            "rss": median(rss), "faults": median([r["faults"] for r in runs if "faults" in r]),
+            "runs": runs}
 
 
 def main():
@@ -183,6 +197,11 @@ def main():
         ap.error("--repeat must be >= 1 and --warmup >= 0")
 
     ckpt = os.path.abspath(args.ckpt)
+    try:
+        with open("/proc/loadavg") as f:
+            loadavg = " ".join(f.read().split()[:3])
+    except OSError:
+        loadavg = "?"
     with open(os.path.join(os.path.dirname(ckpt), "expected.json"), encoding="utf-8") as f:
         expected = json.load(f)
     tensor_bytes = sum(t["nbytes"] for t in expected["tensors"].values())
@@ -208,6 +227,10 @@ def main():
                                                       args.repeat))
     if r:
         rows["fresh"] = summarize(r)
+    r = step("(b2) read into a prefaulted buffer", lambda: measure_fresh(
+        args.fresh_read, files, args.warmup, args.repeat, prefaulted=True))
+    if r:
+        rows["prefaulted"] = summarize(r)
     r = step("(a) PyTorch 1.13 load_state_dict", lambda: measure_torch(ckpt, args.warmup,
                                                                         args.repeat))
     if r:
@@ -246,8 +269,8 @@ def main():
     print("  page cache WARM: %d untimed warm-up run(s) before %d timed run(s) of each "
           "measurement; caches are not dropped, so this is memory-to-memory, not disk" % (
               args.warmup, args.repeat))
-    print("  medians of %d runs (min-max in brackets); GB = 1e9 bytes; %s CPUs" % (
-        args.repeat, ncpu))
+    print("  medians of %d runs (min-max in brackets); GB = 1e9 bytes; %s CPUs, load average "
+          "%s at start" % (args.repeat, ncpu, loadavg))
     print()
     hdr = "%-44s %8s  %-22s %9s %11s" % ("measurement", "GB/s", "seconds [min-max]",
                                           "wall GB/s", "peak RSS")
@@ -265,7 +288,14 @@ def main():
                                                 fmt(s["wall_gbps"], ".3f"), rss))
 
     row("(a) PyTorch 1.13 load_state_dict, prealloc", "torch")
-    row("(b) fresh read: 1 thread, malloc+read()", "fresh")
+    if "torch" in rows:
+        t = rows["torch"]
+        a = info["torch"]["alloc_seconds"]
+        print("%-44s %8.3f  %s" % ("    (info) + torch.zeros allocation time",
+                                     tensor_bytes / (t["seconds"] + a) / 1e9,
+                                     "%.3f (%.3f + %.3f)" % (t["seconds"] + a, t["seconds"], a)))
+    row("(b) fresh read: 1 thread, mmap+read()", "fresh")
+    row("    (info) same, one prefaulted buffer", "prefaulted")
     if missing:
         print("%-44s %8s  %s" % ("(c) dcpp load --json", "MISSING", "(see below)"))
     else:
@@ -305,11 +335,24 @@ def main():
     print()
     print("GB/s: (a) tensor bytes / load_state_dict() seconds (timed inside one python process, "
           "destinations preallocated and zeroed outside the timed region); (b) .distcp file "
-          "bytes / seconds from before the first open() to after the last free() (malloc of "
-          "each file's size, read() into it, page faults included); (c) tensor bytes / the "
+          "bytes / seconds from before the first open() to after the last munmap() (a fresh "
+          "anonymous mmap of each file's size, read() into it, page faults included; (info): "
+          "the same reads into one buffer faulted in before the clock, i.e. the copy alone); (c) tensor bytes / the "
           "\"seconds\" dcpp reports in its JSON. wall GB/s: the same bytes / process wall time "
           "(fork to exit). peak RSS: the process's ru_maxrss from wait4(), as /usr/bin/time "
           "-f %M reports it.")
+    faults = ["%s %d" % (name, rows[k]["faults"]) for k, name in (
+        ("fresh", "fresh read"), ("prefaulted", "prefaulted read"), ("dcpp", "dcpp load"),
+        ("dcpp1", "dcpp load --threads 1")) if k in rows and rows[k]["faults"] is not None]
+    if faults:
+        print("minor page faults (median; fresh/prefaulted read: timed region only, dcpp: "
+              "whole process; 4 KiB pages: %d for the tensor bytes): %s" % (
+                  -(-tensor_bytes // 4096), ", ".join(faults)))
+    base = getattr(dcpp_has_load, "baseline", None)
+    if base and not missing:
+        print("dcpp baseline (`dcpp load --help`, no checkpoint): process wall %.3f s, peak RSS "
+              "%.0f MiB" % (base[0], base[1] / 2**20))
+        info["dcpp_baseline"] = {"wall": base[0], "rss": base[1]}
     if "torch" in info:
         ti = info["torch"]
         print("PyTorch %s, %d intra-op threads; preallocation %.3f s; warm-up load %s s; "

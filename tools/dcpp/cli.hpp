@@ -36,5 +36,6 @@ struct UsageError {
 int run_inspect(const Args& args);
 int run_load(const Args& args);
 int run_verify(const Args& args);
+int run_convert(const Args& args);
 
 }  // namespace dcpp_cli

@@ -12,6 +12,7 @@ import dcp.error;
 import dcp.json;
 import dcp.metadata;
 import dcp.alloc;
+import dcp.storage;
 import dcp.checkpoint;
 
 namespace dcpp_cli {
@@ -28,6 +29,8 @@ int parse_threads(const Args& args) {
   throw UsageError{"--threads takes a number from 1 to 1024, not '" + *text + "'"};
 }
 
+}  // namespace
+
 dcp::checkpoint::LoadOptions load_options(const Args& args) {
   dcp::checkpoint::LoadOptions options;
   options.threads = parse_threads(args);
@@ -37,6 +40,11 @@ dcp::checkpoint::LoadOptions load_options(const Args& args) {
     } catch (const dcp::Error& e) {
       throw UsageError{e.message()};
     }
+  }
+  if (auto io = args.get("io")) {
+    if (*io == "uring") options.backend = dcp::storage::ReadBackend::io_uring;
+    else if (*io == "pread") options.backend = dcp::storage::ReadBackend::pread;
+    else throw UsageError{"--io takes uring or pread, not '" + *io + "'"};
   }
   if (auto keys = args.get("keys")) {
     try {
@@ -48,6 +56,8 @@ dcp::checkpoint::LoadOptions load_options(const Args& args) {
   }
   return options;
 }
+
+namespace {
 
 // Progress on stderr, only on a terminal and without --quiet.
 class Progress {

@@ -35,11 +35,17 @@ constexpr Command kCommands[] = {
      "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
      "(--all: report every problem)",
      run_verify, 1},
+    {"convert", "dcpp convert [--threads N] [--keys REGEX] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors",
+     "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
+     "(nested as saved, torch.load reads it), safetensors for .safetensors (objects as JSON in "
+     "__metadata__); streams tensor by tensor, writes OUT only when complete",
+     run_convert, 2},
 };
 
 constexpr Flag kFlags[] = {
     {"json", "", "inspect load", "print one JSON document (schema in README.md)"},
     {"threads", "N", "load verify convert", "storage worker threads (default: up to 8)"},
+    {"io", "KIND", "load verify convert", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
     {"device", "DEV", "load", "where tensors go: cpu (default), cuda or cuda:N"},
     {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
     {"all", "", "verify", "report every problem, not only the first"},
