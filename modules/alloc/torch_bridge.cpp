@@ -13,6 +13,12 @@ at::Tensor empty(const std::vector<std::int64_t>& sizes, c10::ScalarType dtype, 
   return at::empty(sizes, options);
 }
 
+at::Tensor from_memory(void* data, const std::vector<std::int64_t>& sizes, c10::ScalarType dtype,
+                       void (*deleter)(void*, std::size_t), std::size_t context) {
+  return at::from_blob(data, sizes, [deleter, context](void* p) { deleter(p, context); },
+                       at::TensorOptions().dtype(dtype));
+}
+
 at::Tensor to_device(const at::Tensor& tensor, c10::DeviceType device_type, int device_index) {
   return tensor.to(c10::Device(device_type, static_cast<c10::DeviceIndex>(device_index)), /*non_blocking=*/true);
 }
