@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli.hpp"
+#include "progress.hpp"
 import dcp.error;
 import dcp.json;
 import dcp.metadata;
@@ -59,27 +60,6 @@ dcp::checkpoint::LoadOptions load_options(const Args& args) {
 
 namespace {
 
-// Progress on stderr, only on a terminal and without --quiet.
-class Progress {
- public:
-  Progress(const Args& args, std::uint64_t total, const char* verb)
-      : enabled_(!args.has("quiet") && !args.has("json") && ::isatty(2) && total > 0), total_(total), verb_(verb) {}
-  void advance(std::uint64_t bytes) {
-    done_ += bytes;
-    if (!enabled_) return;
-    const int width = 30, filled = static_cast<int>(width * done_ / total_);
-    std::fprintf(stderr, "\r%s [%s%s] %3d%%", verb_, std::string(filled, '#').c_str(),
-                 std::string(width - filled, ' ').c_str(), static_cast<int>(100 * done_ / total_));
-  }
-  ~Progress() {
-    if (enabled_) std::fprintf(stderr, "\r%*s\r", 50, "");
-  }
-
- private:
-  bool enabled_;
-  std::uint64_t total_, done_ = 0;
-  const char* verb_;
-};
 
 std::uint64_t selected_bytes(const dcp::metadata::Metadata& md, const dcp::checkpoint::LoadOptions& options) {
   std::uint64_t total = 0;
@@ -95,7 +75,7 @@ int run_load(const Args& args) {
   const auto options = load_options(args);
   const auto start = std::chrono::steady_clock::now();
   const auto md = dcp::checkpoint::inspect(args.positional[0]);
-  Progress progress(args, selected_bytes(md, options), "loading");
+  Progress progress(!args.has("quiet") && !args.has("json"), selected_bytes(md, options), "loading");
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   const auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string& fqn, at::Tensor t) {
     progress.advance(static_cast<std::uint64_t>(t.numel()) * t.element_size());
@@ -130,7 +110,7 @@ int run_verify(const Args& args) {
   options.verify_crc = true;
   options.collect_errors = args.has("all");
   const auto md = dcp::checkpoint::inspect(args.positional[0]);
-  Progress progress(args, selected_bytes(md, options), "verifying");
+  Progress progress(!args.has("quiet"), selected_bytes(md, options), "verifying");
   std::uint64_t tensors = 0, bytes = 0;
   auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string&, at::Tensor t) {
     ++tensors;
