@@ -228,6 +228,12 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
     for (std::size_t i : g.items) {
       const ReadItem& item = plan.items[i];
       const TensorSlice dst = destinations[i];
+      if (dst.dtype != r.dtype) {  // the planner allowed a conversion this reader cannot do
+        g.error = with_item_context(Error(Errc::unimplemented, "converting " + std::string(dtype_name(r.dtype)) + " to " +
+                                                                   std::string(dtype_name(dst.dtype)) + " is not supported"),
+                                    files, g);
+        break;
+      }
       if (planning::numel(dst) == 0) continue;
       const Shape src_strides = r.strides;
       std::uint64_t first = r.storage_offset;  // element index of the region's first element

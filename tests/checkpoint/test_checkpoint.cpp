@@ -170,6 +170,23 @@ BOOST_AUTO_TEST_CASE(strict_planner_rejects_mismatches) {
   BOOST_TEST(e1.context().key == fqn);
   auto e2 = try_load(t.size, t.properties.dtype == dcp::DType::float64 ? dcp::DType::float32 : dcp::DType::float64);
   BOOST_TEST((e2.code() == dcp::Errc::failed_precondition), e2.what());
+  // A planner that allows conversion: the reader must refuse rather than copy raw bytes.
+  {
+    const auto other = t.properties.dtype == dcp::DType::float64 ? dcp::DType::float32 : dcp::DType::float64;
+    std::vector<std::byte> memory(md::numel(t.size) * dcp::dtype_itemsize(other));
+    pl::Destination dest;
+    dest.add_tensor(fqn, pl::TensorDestination{t.size, other, {{md::Shape(t.size.size(), 0), t.size,
+                                                                pl::contiguous_slice(memory.data(), other, t.size)}}});
+    dcp::storage::FileSystemReader reader(dir);
+    pl::DefaultLoadPlanner planner(pl::LoadPlannerOptions{.allow_partial_load = false, .allow_dtype_conversion = true});
+    try {
+      (void)dcp::checkpoint::load(dest, reader, planner);
+      BOOST_FAIL("conversion was not refused");
+    } catch (const dcp::Error& e) {
+      BOOST_TEST((e.code() == dcp::Errc::unimplemented), e.what());
+      BOOST_TEST(e.context().key == fqn);
+    }
+  }
   pl::Destination missing;
   missing.add_tensor("no.such.key", pl::TensorDestination{{1}, dcp::DType::float32, {}});
   dcp::storage::FileSystemReader reader(dir);
