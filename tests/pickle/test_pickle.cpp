@@ -57,7 +57,7 @@ BOOST_AUTO_TEST_CASE(integers_of_every_width) {
 
 BOOST_AUTO_TEST_CASE(containers_memo_and_sharing) {
   // {'a': [1, 2], 'b': <same list via memo>} with protocol-4 opcodes.
-  const std::string s = std::string("\x80\x04}\x94(\x8c\x01\x61\x94]\x94(K\x01K\x02""e\x8c\x01\x62h\x02u.", 26);
+  const std::string s = S("\x80\x04}\x94(\x8c\x01\x61\x94]\x94(K\x01K\x02""e\x8c\x01\x62h\x02u.");
   auto doc = decode(s);
   auto a = doc.find_key(doc.root(), "a");
   auto b = doc.find_key(doc.root(), "b");
