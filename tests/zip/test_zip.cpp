@@ -297,11 +297,7 @@ BOOST_AUTO_TEST_CASE(writer_zip64_streamed) {
   writer.begin_record("data/0", kBig);
   const std::uint64_t big_data = writer.bytes_written();
   const Buffer zeros(64u << 20);
-  for (std::uint64_t left = kBig; left > 0;) {
-    const std::size_t n = std::min<std::uint64_t>(left, zeros.size());
-    writer.write(std::span(zeros).first(n));
-    left -= n;
-  }
+  stream_zeros(writer, kBig, zeros);
   writer.end_record();
   const std::uint64_t after_at = writer.bytes_written();
   writer.add_record("version", bytes("3\n"));

@@ -211,11 +211,7 @@ BOOST_AUTO_TEST_CASE(python_zipfile_reads_our_zip64_archive) {
   });
   writer.add_record("data.pkl", bytes("pickle"));
   writer.begin_record("data/0", kBig);
-  for (std::uint64_t left = kBig; left > 0;) {
-    const std::size_t n = std::min<std::uint64_t>(left, zeros.size());
-    writer.write(std::span(zeros).first(n));
-    left -= n;
-  }
+  stream_zeros(writer, kBig, zeros);
   writer.end_record();
   const std::uint64_t after_at = writer.bytes_written();
   writer.add_record("version", bytes("3\n"));

@@ -50,6 +50,15 @@ inline dcp::zip::ArchiveWriter writer_into(Buffer& out, std::string name = "arch
 }
 
 // A small torch.save-shaped archive: data.pkl, data/0 (40 bytes), version.
+// Streams `size` zero bytes into the open record, `zeros.size()` bytes per write.
+inline void stream_zeros(dcp::zip::ArchiveWriter& writer, std::uint64_t size, const Buffer& zeros) {
+  for (std::uint64_t left = size; left > 0;) {
+    const std::size_t n = std::min<std::uint64_t>(left, zeros.size());
+    writer.write(std::span(zeros).first(n));
+    left -= n;
+  }
+}
+
 inline Buffer sample_archive() {
   Buffer out;
   auto writer = writer_into(out);
