@@ -101,11 +101,14 @@ def read_metadata(ckpt_dir):
     return dcp.FileSystemReader(str(ckpt_dir)).read_metadata()
 
 
-def load_full(ckpt_dir, metadata=None):
+def load_full(ckpt_dir, metadata=None, reader=None):
     """Load every item of a checkpoint with torch 1.13's load_state_dict into full-shape,
-    single-process destinations. Returns {fqn: tensor | object} in metadata order."""
+    single-process destinations. Returns {fqn: tensor | object} in metadata order. `reader`
+    defaults to a FileSystemReader of `ckpt_dir` (load_check passes one that maps 2.x classes)."""
+    if reader is None:
+        reader = dcp.FileSystemReader(str(ckpt_dir))
     if metadata is None:
-        metadata = read_metadata(ckpt_dir)
+        metadata = reader.read_metadata()
     sd = {}
     for fqn, md in metadata.state_dict_metadata.items():
         if isinstance(md, TensorStorageMetadata):
@@ -114,5 +117,5 @@ def load_full(ckpt_dir, metadata=None):
             sd[fqn] = None
         else:
             raise TypeError("unknown storage metadata %r for %r" % (type(md), fqn))
-    dcp.load_state_dict(sd, dcp.FileSystemReader(str(ckpt_dir)), no_dist=True)
+    dcp.load_state_dict(sd, reader, no_dist=True)
     return sd

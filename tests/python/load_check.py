@@ -23,7 +23,6 @@ Prints one line and exits 0 when everything matches, 1 otherwise (the line says 
 
 import argparse
 import dataclasses
-import io
 import os
 import pickle
 import sys
@@ -31,7 +30,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dcp113  # noqa: E402
 from dcp113 import dcp, torch  # noqa: E402
-from dcp113 import BytesStorageMetadata, TensorStorageMetadata  # noqa: E402
 
 _M113 = "torch.distributed._shard.checkpoint.metadata"
 _ST113 = "torch.distributed._shard.sharded_tensor.metadata"
@@ -81,16 +79,7 @@ class Mismatch(Exception):
 def dcp_load(ckpt):
     reader = _CompatReader(str(ckpt))
     md = reader.read_metadata()
-    sd = {}
-    for fqn, m in md.state_dict_metadata.items():
-        if isinstance(m, TensorStorageMetadata):
-            sd[fqn] = torch.zeros(m.size, dtype=m.properties.dtype)
-        elif isinstance(m, BytesStorageMetadata):
-            sd[fqn] = None
-        else:
-            raise Mismatch("unknown storage metadata %s for %r" % (type(m).__name__, fqn))
-    dcp.load_state_dict(sd, reader, no_dist=True)
-    return md, sd
+    return md, dcp113.load_full(ckpt, md, reader)
 
 
 def unflatten(flat, planner_data):
