@@ -1,6 +1,9 @@
 // Error rendering and checked arithmetic.
 module;
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <span>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -20,6 +23,7 @@ std::string_view errc_name(Errc code) noexcept {
     case Errc::cancelled: return "cancelled";
     case Errc::permission_denied: return "permission_denied";
     case Errc::internal: return "internal";
+    case Errc::resource_exhausted: return "resource_exhausted";
     default: return "unknown";
   }
 }
@@ -58,14 +62,48 @@ Error& Error::on_rank(int rank) {
   return *this;
 }
 
+namespace {
+
+// Keeps the head of a long part; an error must stay one short line.
+std::string_view clamp(std::string_view part, bool& clamped) {
+  clamped = part.size() > Error::kMaxPartChars;
+  return clamped ? part.substr(0, Error::kMaxPartChars) : part;
+}
+
+void append_part(std::string& text, std::string_view part) {
+  bool clamped = false;
+  text += clamp(part, clamped);
+  if (clamped) text += "...";
+}
+
+}  // namespace
+
 void Error::render() {
   std::string text;
   if (context_.rank) text += "rank " + std::to_string(*context_.rank) + ": ";
-  if (!context_.file.empty()) text += context_.file + ": ";
-  if (!context_.key.empty()) text += "key '" + context_.key + "': ";
+  if (!context_.file.empty()) {
+    append_part(text, context_.file);
+    text += ": ";
+  }
+  if (!context_.key.empty()) {
+    text += "key '";
+    append_part(text, context_.key);
+    text += "': ";
+  }
   if (context_.byte_offset) text += "byte " + std::to_string(*context_.byte_offset) + ": ";
-  text += message_;
+  append_part(text, message_);
+  // A newline would break the one-line contract (keys and file names may hold any byte).
+  for (char& c : text)
+    if (c == '\n' || c == '\r') c = ' ';
   text_ = std::move(text);
+}
+
+std::string format_shape(std::span<const std::int64_t> dims, std::size_t max_dims) {
+  std::string s = "(";
+  const std::size_t shown = std::min(dims.size(), max_dims);
+  for (std::size_t i = 0; i < shown; ++i) s += (i ? ", " : "") + std::to_string(dims[i]);
+  if (shown < dims.size()) return s + ", ..., " + std::to_string(dims.size()) + " dims)";
+  return s + (dims.size() == 1 ? ",)" : ")");
 }
 
 std::optional<std::uint64_t> checked_add(std::uint64_t a, std::uint64_t b) noexcept {

@@ -7,9 +7,11 @@
 // `Result<T>` carries a value or an Error where exceptions must not cross (async completions,
 // C callers). Imports nothing.
 module;
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -30,6 +32,7 @@ enum class Errc : int {
   cancelled,             ///< the operation was stopped by the caller
   permission_denied,     ///< a pickle names a global outside the allow-list
   internal,              ///< a bug in dcpp
+  resource_exhausted,    ///< a budget or the machine's memory ran out (hostile or huge input)
 };
 
 /// The code's stable lowercase name, e.g. "data_loss".
@@ -61,8 +64,11 @@ class [[nodiscard]] Error : public std::exception {
   Error& add_offset(std::uint64_t base);
   Error& on_rank(int rank);
 
-  /// One line: "FILE: key 'K': byte N: message" (parts that are unknown are left out).
+  /// One line: "FILE: key 'K': byte N: message" (parts that are unknown are left out). Each
+  /// part is clamped (kMaxPartChars), so an error stays short whatever the input held.
   const char* what() const noexcept override { return text_.c_str(); }
+
+  static constexpr std::size_t kMaxPartChars = 400;
 
  private:
   void render();
@@ -104,6 +110,10 @@ auto capture(Fn&& fn) -> Result<decltype(fn())> {
     return e;
   }
 }
+
+/// "(3, 4)", "(5,)" or "()", torch.Size style, for messages. Shapes from untrusted input can
+/// have thousands of dims: past `max_dims` the text ends in "..., N dims)".
+std::string format_shape(std::span<const std::int64_t> dims, std::size_t max_dims = 8);
 
 /// Checked unsigned arithmetic: nullopt on overflow. Offsets and sizes read from files go
 /// through these before they are compared or used.

@@ -73,21 +73,19 @@ std::uint64_t volume(const Box& box) {
 std::string format_box(const Box& box) {
   if (box.offsets.empty() && box.sizes.empty()) return "scalar";
   std::string s;
-  for (std::size_t d = 0; d < std::max(box.offsets.size(), box.sizes.size()); ++d) {
+  const std::size_t rank = std::max(box.offsets.size(), box.sizes.size());
+  for (std::size_t d = 0; d < std::min<std::size_t>(rank, 8); ++d) {
     const std::int64_t off = d < box.offsets.size() ? box.offsets[d] : 0;
     const std::int64_t size = d < box.sizes.size() ? box.sizes[d] : 0;
     // Printed as numbers even when they overflow: the text is for a message about bad input.
     const auto end = static_cast<std::int64_t>(static_cast<std::uint64_t>(off) + static_cast<std::uint64_t>(size));
     s += (d ? " x [" : "[") + std::to_string(off) + ", " + std::to_string(end) + ")";
   }
+  if (rank > 8) s += " x ... (" + std::to_string(rank) + " dims)";
   return s;
 }
 
-std::string format_shape(const Shape& shape) {
-  std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
+std::string format_shape(const Shape& shape) { return dcp::format_shape(shape); }
 
 std::optional<Overlap> intersect(const Box& dest, const Box& saved) {
   require_valid(dest, "destination");

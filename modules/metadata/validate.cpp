@@ -23,11 +23,7 @@ std::string index_key(std::string_view fqn, const Shape* offset) {
   return key;
 }
 
-std::string shape_text(const Shape& shape) {
-  std::string s = "(";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
+std::string shape_text(const Shape& shape) { return format_shape(shape); }
 
 Error item_error(const ItemMetadata& item, std::uint64_t offset, std::string message) {
   Error e(Errc::data_loss, std::move(message));
