@@ -61,7 +61,7 @@ class Decoder {
         throw fail(Errc::data_loss, "pickle ends without a STOP opcode");
       const auto op = static_cast<std::uint8_t>(in_[pos_++]);
       if (op == kStop) {
-        doc_.set_root(pop("STOP"), op_start_);
+        doc_.set_root(pop("STOP"), here());
         return std::move(doc_);
       }
       step(op);
@@ -70,9 +70,12 @@ class Decoder {
   }
 
  private:
+  // The current opcode's offset as the document records it.
+  std::uint64_t here() const { return limits_.base_offset + op_start_; }
+
   Error fail(Errc code, std::string message) const {
     Error e(code, std::move(message));
-    e.at_offset(op_start_);
+    e.at_offset(here());
     return e;
   }
 
@@ -161,14 +164,14 @@ class Decoder {
     if (pairs && items.size() % 2)
       throw fail(Errc::data_loss, std::string(op_name) + " with an odd number of values");
     if (!items.empty() || kind != NodeKind::tuple) count_node();
-    const NodeId id = doc_.add_container(kind, op_start_, items);
+    const NodeId id = doc_.add_container(kind, here(), items);
     drop_mark();
     push(id);
   }
 
   void push_container(NodeKind kind, std::span<const NodeId> items) {
     if (!items.empty() || kind != NodeKind::tuple) count_node();
-    push(doc_.add_container(kind, op_start_, items));
+    push(doc_.add_container(kind, here(), items));
   }
 
   void push_global(std::string_view module, std::string_view name) {
@@ -177,7 +180,7 @@ class Decoder {
       throw fail(Errc::permission_denied, "global '" + std::string(module) + "." + std::string(name) +
                                               "' is not allowed here (nothing is executed)");
     count_node();
-    push(doc_.add_global(op_start_, module, name));
+    push(doc_.add_global(here(), module, name));
   }
 
   // Python numbers the memo 0, 1, 2, ... (MEMOIZE is len(memo)), so a dense vector holds it;
@@ -250,12 +253,12 @@ class Decoder {
     if (doc_.at(args).kind() != NodeKind::tuple)
       throw fail(Errc::data_loss, "call arguments are " + doc_.describe(args) + ", not a tuple");
     count_node();
-    push(doc_.add_call(is_newobj ? NodeKind::object : NodeKind::call, op_start_, callee, args));
+    push(doc_.add_call(is_newobj ? NodeKind::object : NodeKind::call, here(), callee, args));
   }
 
   void push_int(std::int64_t v) {
     count_node();
-    push(doc_.add_integer(op_start_, v));
+    push(doc_.add_integer(here(), v));
   }
 
   void push_long(std::uint64_t length) {
@@ -269,13 +272,13 @@ class Decoder {
       return;
     }
     count_node();
-    push(doc_.add_text(NodeKind::big_integer, op_start_, as_text(b)));
+    push(doc_.add_text(NodeKind::big_integer, here(), as_text(b)));
   }
 
   void push_text(NodeKind kind, std::uint64_t length, const char* what) {
     const auto text = as_text(take(length, what));
     count_node();
-    push(doc_.add_text(kind, op_start_, text));
+    push(doc_.add_text(kind, here(), text));
   }
 
   void step(std::uint8_t op) {
@@ -331,7 +334,7 @@ class Decoder {
         double value;
         std::memcpy(&value, &bits, 8);
         count_node();
-        push(doc_.add_floating(op_start_, value));
+        push(doc_.add_floating(here(), value));
         return;
       }
       case kShortBinUnicode: push_text(NodeKind::string, read_le(1, "SHORT_BINUNICODE"), "string"); return;
@@ -357,7 +360,7 @@ class Decoder {
         if (stack_.size() < floor + n) throw fail(Errc::data_loss, "TUPLEn pops an empty stack");
         const std::size_t first = stack_.size() - n;
         count_node();
-        const NodeId id = doc_.add_container(NodeKind::tuple, op_start_, std::span<const NodeId>(stack_).subspan(first));
+        const NodeId id = doc_.add_container(NodeKind::tuple, here(), std::span<const NodeId>(stack_).subspan(first));
         stack_.resize(first);
         push(id);
         return;
@@ -422,7 +425,7 @@ class Decoder {
           throw fail(Errc::permission_denied, "persistent id (BINPERSID) is not allowed here");
         const NodeId pid = pop("BINPERSID");
         count_node();
-        push(doc_.add_persistent(op_start_, pid));
+        push(doc_.add_persistent(here(), pid));
         return;
       }
       default:

@@ -160,43 +160,90 @@ void Encoder::long_integer(std::string_view le_bytes) {
 
 namespace {
 
-// Encoder::value's walk. A first pass counts, for every node reachable from the root, how
-// often it is reached (saturating at 2); the second pass writes nodes reached twice or more
-// with a PUT the first time and a GET afterwards. Where the PUT goes follows Python's
-// pickler: lists and dicts right after EMPTY_LIST/EMPTY_DICT, before their items (so they can
-// hold themselves); tuples, sets, strings and globals once built; REDUCE/NEWOBJ results before
-// BUILD state and SETITEMS (so the state can refer back). A tuple or call that a cycle reaches
-// again while its parts are being written is written again inside, and the outer copy is then
-// dropped (POP_MARK / POPs, or POP after REDUCE) and fetched with GET, as Python does.
+// Encoder::value's walk. A first pass over the nodes reachable from the root counts how often
+// each is reached (saturating at 2) and finds the nodes that lie on a cycle (Tarjan's strongly
+// connected components, iteratively); the second pass memoizes those nodes (PUT the first time,
+// GET afterwards). Where the PUT goes follows Python's pickler: lists and dicts right after
+// EMPTY_LIST/EMPTY_DICT, before their items (so they can hold themselves); tuples, sets,
+// strings and globals once built; REDUCE/NEWOBJ results before BUILD state and SETITEMS (so the
+// state can refer back). A tuple or call that a cycle reaches again while its parts are being
+// written is written again inside, and the outer copy is then dropped (POP_MARK / POPs, or POP
+// after REDUCE) and fetched with GET, as Python does. Every cycle the decoder can build passes
+// through a list, dict, call or object (only those are filled after they exist), so it stops
+// at one of them, except a cycle through sets and tuples alone, which ends at max_depth.
 class ValueWriter {
  public:
   ValueWriter(Encoder& e, const Document& doc, std::size_t max_depth)
-      : e_(e), doc_(doc), max_depth_(max_depth), refs_(doc.size(), 0) {
+      : e_(e), doc_(doc), max_depth_(max_depth), refs_(doc.size(), 0), cyclic_(doc.size(), false) {
     const std::uint64_t source = std::max<std::uint64_t>(doc.source_size(), doc.size());
     limit_ = e.size() + (source > (UINT64_MAX >> 6) ? UINT64_MAX >> 1 : source * 32 + (std::uint64_t{1} << 20));
   }
 
   void write(NodeId root) {
-    count_refs(root);
+    analyse(root);
     emit(root, 0);
   }
 
  private:
-  void count_refs(NodeId root) {
-    std::vector<NodeId> todo{root};
-    while (!todo.empty()) {
-      const NodeId id = todo.back();
-      todo.pop_back();
-      if (refs_.at(id) == 2) continue;
-      if (refs_[id]++ == 1) continue;  // second visit: children already queued
-      const Node n = doc_.at(id);
-      for (NodeId child : n.items()) todo.push_back(child);
-      for (NodeId child : {n.callee(), n.args(), n.state()})
-        if (child != kNoNode) todo.push_back(child);
+  // The k-th edge of `id` (items, then callee, args, state); kNoNode past the last.
+  NodeId child(NodeId id, std::size_t k) const {
+    const Node n = doc_.at(id);
+    const auto items = n.items();
+    if (k < items.size()) return items[k];
+    switch (k - items.size()) {
+      case 0: return n.callee();
+      case 1: return n.args();
+      case 2: return n.state();
+      default: return kNoNode;
     }
   }
 
-  bool shared(NodeId id) const { return refs_[id] >= 2; }
+  void analyse(NodeId root) {
+    constexpr std::uint32_t kUnvisited = 0xFFFFFFFFu;
+    std::vector<std::uint32_t> index(doc_.size(), kUnvisited), low(doc_.size(), 0);
+    std::vector<bool> on_stack(doc_.size(), false);
+    std::vector<NodeId> component;
+    struct Frame {
+      NodeId id;
+      std::size_t next_edge;
+    };
+    std::vector<Frame> path;
+    std::uint32_t counter = 0;
+    auto visit = [&](NodeId id) {
+      index[id] = low[id] = counter++;
+      component.push_back(id);
+      on_stack[id] = true;
+      path.push_back({id, 0});
+    };
+    refs_.at(root) = 1;
+    visit(root);
+    while (!path.empty()) {
+      const NodeId v = path.back().id;
+      const std::size_t edges = doc_.at(v).items().size() + 3;
+      NodeId c = kNoNode;
+      while (c == kNoNode && path.back().next_edge < edges) c = child(v, path.back().next_edge++);
+      if (c != kNoNode) {
+        if (refs_[c] < 2) ++refs_[c];
+        if (c == v) cyclic_[v] = true;
+        if (index[c] == kUnvisited) visit(c);
+        else if (on_stack[c]) low[v] = std::min(low[v], index[c]);
+        continue;
+      }
+      path.pop_back();
+      if (!path.empty()) low[path.back().id] = std::min(low[path.back().id], low[v]);
+      if (low[v] != index[v]) continue;
+      // v roots a strongly connected component: pop it; more than one node is a cycle.
+      const auto first = std::find(component.rbegin(), component.rend(), v).base() - 1;
+      const bool cycle = component.end() - first > 1;
+      for (auto it = first; it != component.end(); ++it) {
+        on_stack[*it] = false;
+        if (cycle) cyclic_[*it] = true;
+      }
+      component.erase(first, component.end());
+    }
+  }
+
+  bool shared(NodeId id) const { return refs_[id] >= 2 || cyclic_[id]; }
   void remember(NodeId id) {
     if (shared(id)) memo_.emplace(id, e_.put());
   }
@@ -306,6 +353,7 @@ class ValueWriter {
   std::size_t max_depth_;
   std::uint64_t limit_ = 0;
   std::vector<std::uint8_t> refs_;
+  std::vector<bool> cyclic_;
   std::unordered_map<NodeId, std::uint32_t> memo_;
 };
 

@@ -193,6 +193,9 @@ struct Limits {
   std::size_t memory_per_byte = 32;
   std::size_t memory_floor = std::size_t{1} << 20;
   bool allow_persistent_ids = false;    ///< BINPERSID (torch.save's storages)
+  /// Where the pickle starts in its file (or archive): added to every offset the document
+  /// records and every error names.
+  std::uint64_t base_offset = 0;
 };
 
 /// Decodes `bytes`. Throws dcp::Error: data_loss for malformed or truncated input,

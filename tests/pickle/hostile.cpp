@@ -56,24 +56,27 @@ class Pickle {
   }
   // NEWOBJ of module.cls with no arguments, then `{` MARK (the caller adds key/values, then
   // end_object()).
-  void begin_object(std::string_view module, std::string_view cls) {
+  std::size_t begin_object(std::string_view module, std::string_view cls) {  // -> NEWOBJ's offset
     global(module, cls);
     op(')');
+    const auto at = out_.size();
     bytes({0x81});
     op('}');
     op('(');
+    return at;
   }
   void end_object() {
     op('u');
     op('b');
   }
-  void size(std::size_t rank, std::uint64_t value) {  // torch.Size((value,) * rank)
+  std::size_t size(std::size_t rank, std::uint64_t value) {  // torch.Size((value,) * rank) -> REDUCE's offset
     global("torch", "Size");
     op('(');
     for (std::size_t i = 0; i < rank; ++i) integer(value);
     op('t');
     bytes({0x85});
     op('R');
+    return out_.size() - 1;
   }
   std::size_t position() const { return out_.size(); }
   std::vector<std::byte> finish() {
@@ -139,20 +142,22 @@ std::vector<std::byte> shared_chunk_metadata(std::size_t refs, std::size_t rank,
   p.global("torch", "float32");
   p.end_object();
   p.str("size");
-  p.size(rank, 1);
+  SharedChunkLayout where;
+  where.tensor_size = p.size(rank, 1);
   p.put(kSizes);
   p.str("chunks");
   p.op(']');
   p.op('(');
-  p.begin_object(k2x, "ChunkStorageMetadata");
+  where.chunk = p.begin_object(k2x, "ChunkStorageMetadata");
   p.str("offsets");
-  p.size(rank, 0);
+  where.chunk_offsets = p.size(rank, 0);
   p.put(kOffsets);
   p.str("sizes");
   p.get(kSizes);
   p.end_object();
   p.put(kChunk);
-  if (layout) *layout = {p.position(), 2};
+  where.first_reference = p.position();
+  if (layout) *layout = where;
   for (std::size_t i = 1; i < refs; ++i) p.get(kChunk);
   p.op('e');
   p.end_object();  // TensorStorageMetadata
@@ -189,6 +194,22 @@ std::vector<std::byte> dag_list_pickle(std::size_t levels, bool cycle) {
     p.get(static_cast<std::uint32_t>(levels));
     p.op('a');
   }
+  return p.finish();
+}
+
+std::vector<std::byte> tuple_cycle_pickle() {
+  Pickle p;
+  p.op(']');
+  p.put(0);      // L
+  p.get(0);
+  p.bytes({0x85});  // T = (L,)
+  p.put(1);
+  p.op('0');
+  p.get(0);
+  p.get(1);
+  p.op('a');     // L.append(T)
+  p.op('0');
+  p.get(1);      // root: T
   return p.finish();
 }
 

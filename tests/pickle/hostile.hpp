@@ -20,8 +20,10 @@ std::vector<std::byte> empty_list_flood(std::size_t count);
 
 /// Where shared_chunk_metadata put things, for asserting error offsets.
 struct SharedChunkLayout {
+  std::size_t tensor_size = 0;      ///< REDUCE that makes the tensor's torch.Size
+  std::size_t chunk = 0;            ///< NEWOBJ that makes the shared chunk
+  std::size_t chunk_offsets = 0;    ///< REDUCE that makes its offsets torch.Size
   std::size_t first_reference = 0;  ///< offset of the first BINGET of the shared chunk
-  std::size_t reference_bytes = 0;  ///< bytes per reference (BINGET: 2)
 };
 
 /// A torch 2.x `.metadata` with one tensor 'w' (float32) whose `chunks` list holds one
@@ -37,6 +39,11 @@ std::vector<std::byte> shared_chunk_metadata(std::size_t refs, std::size_t rank,
 /// `levels`+1 lists that expands to 2^levels leaves as a tree. With `cycle`, the top list
 /// also contains itself (appended after creation, as Python pickles `l.append(l)`).
 std::vector<std::byte> dag_list_pickle(std::size_t levels, bool cycle = false);
+
+/// A data.pkl whose root is a tuple T = (L,) with L = [T]: a cycle whose only shared node is
+/// the tuple (Python writes it with POP_MARK/GET; a walker that memoizes only shared nodes
+/// loops).
+std::vector<std::byte> tuple_cycle_pickle();
 
 /// A torch.save zip archive ("archive/data.pkl", "archive/version") around `data_pkl`.
 std::vector<std::byte> torch_save_archive(std::span<const std::byte> data_pkl);
