@@ -142,5 +142,8 @@ std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::M
 bool is_selected(const LoadOptions& options, std::string_view fqn);
 std::uint64_t tensor_bytes(const metadata::ItemMetadata& item);
 [[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
+/// Names the object `fqn` in `e`: its key, its data file, and the error's archive offset
+/// moved to a file offset.
+void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn);
 
 }  // namespace dcp::checkpoint::detail

@@ -49,6 +49,14 @@ void fail_for_key(Errc code, std::string_view fqn, std::string message) {
   throw e;
 }
 
+void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn) {
+  if (const auto* info = md.find_storage(fqn, nullptr)) {
+    e.add_offset(info->offset);
+    e.in_file((dir / info->relative_path).string());
+  }
+  e.for_key(fqn);
+}
+
 bool is_selected(const LoadOptions& options, std::string_view fqn) { return !options.select || options.select(fqn); }
 
 std::uint64_t tensor_bytes(const metadata::ItemMetadata& item) {
@@ -130,7 +138,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
           try {
             return pickler.object(*it->second);
           } catch (Error& e) {
-            e.for_key(node.fqn);
+            locate_object_error(e, checkpoint_dir, md, node.fqn);
             throw;
           }
         }

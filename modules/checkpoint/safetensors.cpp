@@ -55,7 +55,7 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                                                   std::to_string(kMaxHeaderBytes) + " bytes");
       metadata_strings.emplace(fqn, std::move(text));
     } catch (Error& e) {
-      e.for_key(fqn);
+      locate_object_error(e, checkpoint_dir, md, fqn);
       throw;
     }
   }

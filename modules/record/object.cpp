@@ -173,12 +173,8 @@ pickle::Document parse_object(std::span<const std::byte> archive) {
   const auto pkl = zip::record_data(parsed, archive, "data.pkl");
   pickle::Limits limits;
   limits.allow_persistent_ids = true;
-  try {
-    return pickle::decode(pkl, object_allow_list(), limits);
-  } catch (Error& e) {
-    e.add_offset(static_cast<std::uint64_t>(pkl.data() - archive.data()));
-    throw;
-  }
+  limits.base_offset = static_cast<std::uint64_t>(pkl.data() - archive.data());  // offsets in the archive
+  return pickle::decode(pkl, object_allow_list(), limits);
 }
 
 std::string object_to_json(const pickle::Document& doc, pickle::NodeId id) { return JsonRenderer(doc).render(id); }

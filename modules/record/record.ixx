@@ -68,7 +68,8 @@ void check_against_chunk(const TensorLocation& location, DType dtype, const meta
 /// torch.device, dtypes, and tensor rebuilds with their storages.
 const pickle::AllowList& object_allow_list();
 
-/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree.
+/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree. Node offsets and
+/// error offsets are archive offsets.
 pickle::Document parse_object(std::span<const std::byte> archive);
 
 /// Renders a decoded object as JSON (tuples and sets as arrays, bytes as latin-1 text, dict
