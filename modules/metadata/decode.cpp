@@ -84,11 +84,21 @@ class MetadataDecoder {
   void charge(std::uint64_t bytes, NodeId id, std::string_view what) {
     used_ += bytes;
     if (used_ <= budget_) return;
-    Error e(Errc::resource_exhausted,
-            "decoding " + std::string(what) + " passes " + std::to_string(budget_) + " bytes for a .metadata of " +
-                std::to_string(input_bytes_) + " bytes (memo references multiply a shared value)");
+    Error e(Errc::resource_exhausted, "decoded model passes its budget of " + std::to_string(budget_) + " bytes for " +
+                                          std::to_string(input_bytes_) +
+                                          " bytes of .metadata (memo references repeat a shared value): " +
+                                          std::string(what));
     if (auto offset = doc_.at(id).offset()) e.at_offset(*offset);
     throw e;
+  }
+
+  // A budget error moved to the repeated entry that ran out (a chunk of a list, a storage
+  // entry): its offset and index, the shared value it reached in the message.
+  Error at_entry(const Error& e, NodeId entry, std::string_view what, std::size_t i, std::size_t n) const {
+    Error moved(e.code(), e.message() + " at " + std::string(what) + " " + std::to_string(i) + " of " + std::to_string(n));
+    if (auto offset = doc_.at(entry).offset()) moved.at_offset(*offset);
+    if (!e.context().key.empty()) moved.for_key(e.context().key);
+    return moved;
   }
 
   Shape size(NodeId id, std::string_view what) {
@@ -266,10 +276,8 @@ ItemMetadata MetadataDecoder::item(NodeId key, NodeId value) {
         try {
           t.chunks.push_back(chunk(chunks[i]));
         } catch (Error& e) {
-          if (e.code() != Errc::resource_exhausted) throw;
-          Error more(e.code(), e.message() + " at chunk " + std::to_string(i) + " of " + std::to_string(chunks.size()));
-          if (auto offset = e.context().byte_offset) more.at_offset(*offset);
-          throw more;
+          if (e.code() == Errc::resource_exhausted) throw at_entry(e, chunks[i], "chunk", i, chunks.size());
+          throw;
         }
       }
       item.storage = std::move(t);
@@ -391,8 +399,19 @@ Metadata MetadataDecoder::run_unchecked() {
   if (auto v = optional_field(state, "storage_data")) {
     const auto sd = items_of(*v, NodeKind::dict, "storage_data");
     for (std::size_t i = 0; i + 1 < sd.size(); i += 2) {
-      charge(sizeof(std::pair<MetadataIndex, StorageInfo>), sd[i + 1], "storage_data");
-      md.storage_data.emplace_back(index(sd[i]), storage_info(sd[i + 1]));
+      try {
+        charge(sizeof(std::pair<MetadataIndex, StorageInfo>), sd[i], "storage_data");
+        auto key = index(sd[i]);
+        try {
+          md.storage_data.emplace_back(std::move(key), storage_info(sd[i + 1]));
+        } catch (Error& e) {
+          e.for_key(key.fqn);
+          throw;
+        }
+      } catch (Error& e) {
+        if (e.code() == Errc::resource_exhausted) throw at_entry(e, sd[i], "storage_data entry", i / 2, sd.size() / 2);
+        throw;
+      }
     }
   }
   if (auto v = optional_field(state, "storage_meta")) md.storage_meta = storage_meta(*v);

@@ -96,10 +96,11 @@ std::vector<std::byte> flood(std::size_t count, char opcode) {
 
 // MetadataIndex(fqn=memo[fqn_memo], offset=<offsets_memo or None>, index=None) and its
 // _StorageInfo('__0_0.distcp', 0, length).
-void storage_entry(Pickle& p, std::uint32_t fqn_memo, std::optional<std::uint32_t> offsets_memo,
-                   std::uint64_t length, std::optional<std::uint32_t> index_memo = std::nullopt,
-                   std::optional<std::uint32_t> info_memo = std::nullopt) {
-  p.begin_object(k2x, "MetadataIndex");
+// Returns the offset of the MetadataIndex's NEWOBJ.
+std::size_t storage_entry(Pickle& p, std::uint32_t fqn_memo, std::optional<std::uint32_t> offsets_memo,
+                          std::uint64_t length, std::optional<std::uint32_t> index_memo = std::nullopt,
+                          std::optional<std::uint32_t> info_memo = std::nullopt) {
+  const auto at = p.begin_object(k2x, "MetadataIndex");
   p.str("fqn");
   p.get(fqn_memo);
   p.str("offset");
@@ -118,6 +119,7 @@ void storage_entry(Pickle& p, std::uint32_t fqn_memo, std::optional<std::uint32_
   p.integer(length);
   p.end_object();
   if (info_memo) p.put(*info_memo);
+  return at;
 }
 
 }  // namespace
@@ -157,7 +159,6 @@ std::vector<std::byte> shared_chunk_metadata(std::size_t refs, std::size_t rank,
   p.end_object();
   p.put(kChunk);
   where.first_reference = p.position();
-  if (layout) *layout = where;
   for (std::size_t i = 1; i < refs; ++i) p.get(kChunk);
   p.op('e');
   p.end_object();  // TensorStorageMetadata
@@ -165,7 +166,7 @@ std::vector<std::byte> shared_chunk_metadata(std::size_t refs, std::size_t rank,
   p.str("storage_data");
   p.op('}');
   p.op('(');
-  storage_entry(p, kFqn, kOffsets, 4, kIndex, kInfo);
+  where.index = storage_entry(p, kFqn, kOffsets, 4, kIndex, kInfo);
   for (std::size_t i = 1; i < storage_refs; ++i) {
     p.get(kIndex);
     p.get(kInfo);
@@ -174,6 +175,7 @@ std::vector<std::byte> shared_chunk_metadata(std::size_t refs, std::size_t rank,
   p.str("planner_data");
   p.op('N');
   p.end_object();  // Metadata
+  if (layout) *layout = where;
   return p.finish();
 }
 

@@ -24,6 +24,7 @@ struct SharedChunkLayout {
   std::size_t chunk = 0;            ///< NEWOBJ that makes the shared chunk
   std::size_t chunk_offsets = 0;    ///< REDUCE that makes its offsets torch.Size
   std::size_t first_reference = 0;  ///< offset of the first BINGET of the shared chunk
+  std::size_t index = 0;            ///< NEWOBJ that makes the shared MetadataIndex
 };
 
 /// A torch 2.x `.metadata` with one tensor 'w' (float32) whose `chunks` list holds one
