@@ -231,7 +231,7 @@ class Decoder {
                                                                NodeKind::object}
                              : std::initializer_list<NodeKind>{NodeKind::list, NodeKind::call,
                                                                NodeKind::object};
-    doc_.append_items(target(into, kinds, name), items);
+    doc_.append_items(target(into, kinds, name), items, pairs);
   }
 
   // APPENDS / SETITEMS / ADDITEMS: the values above the MARK go into the value below it.
@@ -240,7 +240,7 @@ class Decoder {
     if (marks_.back() <= (marks_.size() >= 2 ? marks_[marks_.size() - 2] : 0))
       throw fail(Errc::data_loss, std::string(name) + " needs a value below its MARK");
     const NodeId into = stack_[marks_.back() - 1];
-    if (set) doc_.append_items(target(into, {NodeKind::set}, name), items);
+    if (set) doc_.append_items(target(into, {NodeKind::set}, name), items, false);
     else add_items(into, items, pairs, name);
     drop_mark();
   }

@@ -21,6 +21,8 @@ namespace dcp::pickle {
 namespace {
 
 constexpr std::uint64_t kOffsetMask = (std::uint64_t{1} << 48) - 1;
+constexpr std::uint64_t kAppendedFlag = std::uint64_t{1} << 8;  // call/object items from APPEND(S)
+constexpr std::uint64_t kSetItemsFlag = std::uint64_t{1} << 9;  // call/object items from SETITEM(S)
 constexpr std::size_t kTextBlock = std::size_t{64} << 10;  // texts above a quarter get their own block
 
 bool growable(NodeKind kind) {
@@ -98,6 +100,9 @@ std::span<const NodeId> Node::items() const {
   if (size == 0) return {};
   return std::span<const NodeId>(doc_->items_).subspan(begin, size);
 }
+
+bool Node::has_appended_items() const { return (doc_->slot(id_).head & kAppendedFlag) != 0; }
+bool Node::has_set_items() const { return (doc_->slot(id_).head & kSetItemsFlag) != 0; }
 
 NodeId Node::callee() const {
   const auto k = kind();
@@ -250,13 +255,14 @@ NodeId Document::add_persistent(std::uint64_t offset, NodeId pid) {
   return add_slot(NodeKind::persistent, offset, pid);
 }
 
-void Document::append_items(NodeId id, std::span<const NodeId> items) {
+void Document::append_items(NodeId id, std::span<const NodeId> items, bool pairs) {
   (void)slot(id);
   auto& s = slots_[id / kSlotBlock][id % kSlotBlock];
   const auto kind = static_cast<NodeKind>(s.head & 0xFF);
   if (!growable(kind)) throw Error(Errc::internal, "append_items to " + describe(id));
   if (items.empty()) return;
   if (kind == NodeKind::call || kind == NodeKind::object) {
+    s.head |= pairs ? kSetItemsFlag : kAppendedFlag;
     auto& call = calls_[s.payload];
     grow_items(call.items_begin, call.items_size, items);
     return;

@@ -334,11 +334,13 @@ class ValueWriter {
           e_.build();
         }
         if (!children.empty()) {
+          // Python writes listitems (APPENDS) before dictitems (SETITEMS); the document keeps
+          // them in one list, so an object with both cannot be split again.
+          if (n.has_appended_items() && n.has_set_items())
+            throw Error(Errc::unimplemented, "re-encoding an object with both list items and dict items");
           e_.mark();
           items(children, depth);
-          // Items on a call/object came from SETITEMS (pairs) or APPENDS; pairs of string keys
-          // are the common case (OrderedDict), so re-emit them as SETITEMS.
-          e_.setitems_from_mark();
+          n.has_appended_items() ? e_.appends_from_mark() : e_.setitems_from_mark();
         }
         return;
       case NodeKind::persistent:

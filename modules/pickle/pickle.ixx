@@ -72,6 +72,10 @@ class Node {
   NodeId callee() const;
   NodeId args() const;
   NodeId state() const;
+  /// For a call or object: whether its items came from APPEND(S) (values) and/or from
+  /// SETITEM(S) (key/value pairs), as Python's listitems and dictitems.
+  bool has_appended_items() const;
+  bool has_set_items() const;
   NodeId id() const { return id_; }
 
  private:
@@ -127,8 +131,10 @@ class Document {
   /// call or object.
   NodeId add_call(NodeKind kind, std::uint64_t offset, NodeId callee, NodeId args);
   NodeId add_persistent(std::uint64_t offset, NodeId pid);
-  /// Appends to a list, dict, set, call or object (throws internal for other kinds).
-  void append_items(NodeId id, std::span<const NodeId> items);
+  /// Appends to a list, dict, set, call or object (throws internal for other kinds); `pairs`:
+  /// key/value pairs (SETITEM/SETITEMS), else values (APPEND/APPENDS/ADDITEMS). `items` must
+  /// not point into this document.
+  void append_items(NodeId id, std::span<const NodeId> items, bool pairs);
   /// BUILD's state of a call or object.
   void set_state(NodeId id, NodeId state);
   void set_root(NodeId id, std::uint64_t stop_offset = 0) {
@@ -140,7 +146,7 @@ class Document {
  private:
   friend class Node;
   struct Slot {
-    std::uint64_t head;     // kind (8 bits) | offset + 1 (48 bits) << 16; 0 offset = none
+    std::uint64_t head;     // kind (8 bits) | flags (8) | offset + 1 (48 bits) << 16; 0 offset = none
     std::uint64_t payload;  // value bits, a text index, items (begin | size << 32) or a call index
   };
   struct Call {

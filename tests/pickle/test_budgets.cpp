@@ -209,4 +209,25 @@ BOOST_AUTO_TEST_CASE(encoder_output_is_bounded) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(encoder_keeps_appended_and_set_items_of_objects_apart) {
+  const pk::AllowList allow{{"collections", "OrderedDict"}};
+  // OrderedDict() with APPENDS (as a list subclass would have) and with SETITEMS.
+  const auto appended = pk::decode(lit("\x80\x02" "ccollections\nOrderedDict\n)R(K\x01K\x02K\x03" "e."), allow);
+  pk::Encoder e(2);
+  e.value(appended, appended.root());
+  const auto again = pk::decode(e.finish(), allow);
+  BOOST_TEST(again.at(again.root()).has_appended_items());
+  BOOST_TEST(!again.at(again.root()).has_set_items());
+  BOOST_TEST(again.at(again.root()).items().size() == 3u);
+  // Both kinds cannot be told apart again: refused, not written as odd SETITEMS.
+  const auto both = pk::decode(lit("\x80\x02" "ccollections\nOrderedDict\n)R(K\x01" "e(K\x02K\x03u."), allow);
+  pk::Encoder e2(2);
+  try {
+    e2.value(both, both.root());
+    BOOST_FAIL("an object with list and dict items was encoded");
+  } catch (const dcp::Error& err) {
+    BOOST_TEST((err.code() == dcp::Errc::unimplemented), err.what());
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
