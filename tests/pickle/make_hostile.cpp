@@ -5,6 +5,7 @@
 //   make_hostile shared_chunk REFS RANK DIR [STORAGE_REFS]  one chunk referenced REFS times,
 //                                          torch.Size of RANK dims, one storage entry STORAGE_REFS times
 //   make_hostile dag LEVELS DIR [cycle]    BYTE_IO item 'obj': a DAG of LEVELS shared lists
+//   make_hostile tuple_cycle DIR           BYTE_IO item 'obj': T = (L,), L = [T]
 //   make_hostile huge_object GIB DIR       BYTE_IO item 'obj' declared GIB GiB long (sparse file)
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +37,8 @@ int main(int argc, char** argv) {
   } else if (kind == "dag" && (argc == 4 || argc == 5)) {
     const auto pkl = dcp_hostile::dag_list_pickle(number(argv[2]), argc == 5 && std::string_view(argv[4]) == "cycle");
     dcp_hostile::write_object_checkpoint(argv[3], "obj", dcp_hostile::torch_save_archive(pkl));
+  } else if (kind == "tuple_cycle" && argc == 3) {
+    dcp_hostile::write_object_checkpoint(argv[2], "obj", dcp_hostile::torch_save_archive(dcp_hostile::tuple_cycle_pickle()));
   } else if (kind == "huge_object" && argc == 4) {
     const auto pkl = dcp_hostile::dag_list_pickle(1);
     const auto archive = dcp_hostile::torch_save_archive(pkl);
