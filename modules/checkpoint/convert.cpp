@@ -143,14 +143,14 @@ std::uint64_t tensor_bytes(const metadata::ItemMetadata& item) {
 LoadOptions streaming_options(const LoadOptions& options) {
   LoadOptions o = options;
   o.batch_bytes = std::min(options.batch_bytes == 0 ? kConvertBatchBytes : options.batch_bytes, kConvertBatchBytes);
-  o.collect_errors = false;
+  o.read.collect_errors = false;
   o.allocation = {};
   return o;
 }
 
-Selection select_items(const std::filesystem::path& dir, const metadata::Metadata& md, const LoadOptions& options) {
+Selection select_items(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options) {
   Selection s;
-  for (const auto& item : md.items) {
+  for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;
     s.fqns.push_back(item.fqn);
     if (item.is_tensor()) s.tensors.push_back(&item);
@@ -161,13 +161,13 @@ Selection select_items(const std::filesystem::path& dir, const metadata::Metadat
 
 // Streams every selected tensor's bytes to `write`, checking that each arrives contiguous
 // and of the size the metadata promised; returns the bytes streamed.
-std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::Metadata& md, const LoadOptions& options,
+std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options,
                              const Selection& selection, const ConvertProgress& progress,
                              const std::function<void(const std::string&, std::span<const std::byte>)>& write) {
   std::size_t count = 0;
   std::uint64_t bytes = 0;
   (void)for_each_tensor(dir, md, streaming_options(options), [&](const std::string& fqn, at::Tensor tensor) {
-    const auto* item = md.find_item(fqn);
+    const auto* item = md->find_item(fqn);
     if (!item || !item->is_tensor()) fail_for_key(Errc::internal, fqn, "converter got a tensor it did not ask for");
     const auto slice = alloc::slice_of(tensor);
     const auto size = tensor_bytes(*item);
@@ -460,7 +460,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
   const auto md = inspect(checkpoint_dir);
   // Everything data.pkl needs comes from metadata and the (small) objects: check and
   // encode it all before the output file exists.
-  for (const auto& item : md.items) {
+  for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;
     if (item.is_tensor() && !storage_class(item.tensor().properties.dtype))
       fail_for_key(Errc::unimplemented, item.fqn,
@@ -474,7 +474,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
       fail_for_key(Errc::unimplemented, fqn, "object holds tensors; converting such objects is not supported");
     objects.emplace(fqn, &doc);
   }
-  const auto tree = planning::unflatten(md, selection.fqns);
+  const auto tree = planning::unflatten(*md, selection.fqns);
 
   // Storage keys "0", "1", ... in pickling order, as torch.save numbers them.
   std::unordered_map<std::string, std::string> storage_keys;
@@ -483,7 +483,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
     switch (node.kind) {
       case planning::NestedNode::Kind::none: return pickler.none();
       case planning::NestedNode::Kind::leaf: {
-        const auto* item = md.find_item(node.fqn);
+        const auto* item = md->find_item(node.fqn);
         if (!item) fail_for_key(Errc::internal, node.fqn, "unflatten produced an unknown key");
         if (!item->is_tensor()) {
           const auto it = objects.find(node.fqn);
@@ -532,7 +532,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
 ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
                                      const LoadOptions& options, const ConvertProgress& progress) {
   const auto md = inspect(checkpoint_dir);
-  for (const auto& item : md.items) {
+  for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;
     if (item.is_tensor() && !safetensors_dtype(item.tensor().properties.dtype))
       fail_for_key(Errc::unimplemented, item.fqn,

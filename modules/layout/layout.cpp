@@ -10,7 +10,6 @@ module;
 #include <vector>
 module dcp.layout;
 import dcp.error;
-import dcp.metadata;
 
 namespace dcp::layout {
 namespace {
@@ -39,9 +38,20 @@ bool meets(const Box& a, const Box& b) {
 
 }  // namespace
 
-Box box_of(const metadata::ChunkStorageMetadata& chunk) { return Box{chunk.offsets, chunk.sizes}; }
-
 Box full_box(const Shape& size) { return Box{Shape(size.size(), 0), size}; }
+
+Shape contiguous_strides(const Shape& sizes) {
+  Shape strides(sizes.size());
+  std::uint64_t stride = 1;
+  for (std::size_t d = sizes.size(); d-- > 0;) {
+    if (sizes[d] < 0) throw Error(Errc::invalid_argument, "negative size in shape " + format_shape(sizes));
+    strides[d] = static_cast<std::int64_t>(stride);
+    stride = mul_or_throw(stride, static_cast<std::uint64_t>(std::max<std::int64_t>(sizes[d], 1)), "contiguous stride");
+    if (stride > static_cast<std::uint64_t>(int64_max) && d > 0)
+      throw Error(Errc::out_of_range, "contiguous stride of shape " + format_shape(sizes) + " overflows int64");
+  }
+  return strides;
+}
 
 bool is_valid(const Box& box) noexcept {
   if (box.offsets.size() != box.sizes.size()) return false;

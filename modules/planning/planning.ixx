@@ -16,9 +16,10 @@
 // allow_dtype_conversion) and destination elements that no saved chunk covers are errors.
 // Checkpoint keys the destination lacks are ignored, as in torch.
 //
-// Untrusted inputs: the Metadata's chunks (checked against the tensor shape here, so an
-// unvalidated Metadata cannot make the plan point outside a chunk) and plan bytes from other
-// ranks (`decode_plan`; `resolve_tensor` re-checks every item against the destination).
+// Untrusted inputs: the checkpoint's metadata arrives as `metadata::ValidatedMetadata` (its
+// chunks already proved inside their tensors and disjoint, their index built once), and plan
+// bytes from other ranks (`decode_plan`; `resolve_tensor` re-checks every item against the
+// destination, the storage layer against the saved chunk).
 // Imports: dcp.error, dcp.metadata, dcp.layout.
 module;
 #include <cstddef>
@@ -150,8 +151,9 @@ struct LoadPlannerOptions {
 class LoadPlanner {
  public:
   virtual ~LoadPlanner() = default;
-  /// Keeps references to `destination` and `metadata`: both must outlive the planner's use.
-  virtual void set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+  /// Keeps a reference to `destination` (caller-owned memory: it must outlive the load) and a
+  /// share of `metadata`.
+  virtual void set_up_planner(Destination& destination, metadata::ValidatedMetadata metadata,
                               bool is_coordinator) = 0;
   virtual LoadPlan create_local_plan() = 0;
   /// Gets every rank's local plan (in rank order), returns the plan for each rank.
@@ -172,11 +174,10 @@ class DefaultLoadPlanner : public LoadPlanner {
 
   /// Also checks the destination's own consistency (chunks inside the global shape, memory
   /// shape and dtype equal to the chunk's): invalid_argument with the key.
-  void set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+  void set_up_planner(Destination& destination, metadata::ValidatedMetadata metadata,
                       bool is_coordinator) override;
   /// Throws (with the key): not_found for a missing key or an uncovered region,
-  /// failed_precondition for a shape, kind or dtype mismatch, data_loss for a saved chunk
-  /// outside its tensor.
+  /// failed_precondition for a shape, kind or dtype mismatch.
   LoadPlan create_local_plan() override;
   std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> plans) override;
   LoadPlan finish_plan(LoadPlan central_plan) override;
@@ -200,12 +201,12 @@ class DefaultLoadPlanner : public LoadPlanner {
 
  private:
   void plan_tensor(const std::string& fqn, const TensorDestination& dest,
-                   const metadata::TensorStorageMetadata& saved, LoadPlan& plan);
+                   const metadata::TensorStorageMetadata& saved, const layout::ChunkIndex& index, LoadPlan& plan);
   const TensorDestination& tensor_destination(const ReadItem& item) const;
 
   LoadPlannerOptions options_;
   Destination* destination_ = nullptr;
-  const metadata::Metadata* metadata_ = nullptr;
+  std::optional<metadata::ValidatedMetadata> metadata_;
   bool is_coordinator_ = false;
   std::unordered_map<std::string, std::vector<std::byte>> bytes_;
   std::unordered_map<std::string, DType> conversions_;

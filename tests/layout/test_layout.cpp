@@ -10,7 +10,6 @@
 #include <random>
 #include <vector>
 import dcp.error;
-import dcp.metadata;
 import dcp.layout;
 
 using dcp::layout::Box;
@@ -117,8 +116,12 @@ BOOST_AUTO_TEST_CASE(box_helpers) {
   BOOST_TEST(!layout::is_inside(Box{{9, 0}, {2, 7}}, Shape{10, 7}));
   BOOST_TEST(!layout::is_inside(box1(0, 1), Shape{10, 7}));
   BOOST_TEST(layout::full_box(Shape{2, 3}) == (Box{{0, 0}, {2, 3}}));
-  dcp::metadata::ChunkStorageMetadata c{{1, 2}, {3, 4}};
-  BOOST_TEST(layout::box_of(c) == (Box{{1, 2}, {3, 4}}));
+  BOOST_TEST(layout::format_shape(Shape(1000, 7)) == "(7, 7, 7, 7, 7, 7, 7, 7, ..., 1000 dims)");
+  BOOST_TEST(layout::contiguous_strides(Shape{2, 3, 4}) == (Shape{12, 4, 1}));
+  BOOST_TEST(layout::contiguous_strides(Shape{2, 0, 4}) == (Shape{4, 4, 1}));
+  BOOST_TEST(layout::contiguous_strides(Shape{}).empty());
+  BOOST_TEST((code_of([] { (void)layout::contiguous_strides(Shape{1 << 30, 1 << 30, 1 << 30, 1 << 30}); }) ==
+              dcp::Errc::out_of_range));
   const std::int64_t big = std::int64_t{1} << 40;
   BOOST_TEST((code_of([&] { (void)layout::volume(Box{{0, 0}, {big, big}}); }) == dcp::Errc::out_of_range));
 }
@@ -170,12 +173,20 @@ BOOST_AUTO_TEST_CASE(chunk_index_worked_example) {
   BOOST_TEST(index.overlapping(box1(30, 0)).empty());
 }
 
-BOOST_AUTO_TEST_CASE(chunk_index_from_metadata_chunks) {
-  std::vector<dcp::metadata::ChunkStorageMetadata> chunks{{{0, 0}, {3, 7}}, {{3, 0}, {3, 7}}, {{6, 0}, {4, 7}}};
-  const ChunkIndex index(chunks);
+BOOST_AUTO_TEST_CASE(chunk_index_of_row_chunks) {
+  const ChunkIndex index(std::vector<Box>{{{0, 0}, {3, 7}}, {{3, 0}, {3, 7}}, {{6, 0}, {4, 7}}});
   BOOST_TEST(index.size() == 3u);
   BOOST_TEST(index.box(2) == (Box{{6, 0}, {4, 7}}));
   BOOST_TEST(index.overlapping(Box{{5, 3}, {2, 1}}) == (std::vector<std::size_t>{1, 2}));
+  BOOST_TEST(index.is_disjoint());
+}
+
+BOOST_AUTO_TEST_CASE(chunk_index_names_the_first_overlapping_pair) {
+  const ChunkIndex index(std::vector<Box>{{{0, 0}, {3, 7}}, {{3, 0}, {3, 7}}, {{5, 6}, {2, 1}}});
+  BOOST_TEST(!index.is_disjoint());
+  BOOST_REQUIRE(index.first_overlap().has_value());
+  BOOST_TEST(index.first_overlap()->first == 1u);
+  BOOST_TEST(index.first_overlap()->second == 2u);
 }
 
 BOOST_AUTO_TEST_CASE(chunk_index_skips_empty_chunks_and_handles_scalars) {

@@ -90,7 +90,8 @@ void check_against_expected(const md::Metadata& m, const json::object& expected)
 }
 
 void check_case_dir(const std::filesystem::path& dir) {
-  const auto m = dcp::checkpoint::inspect(dir / "ckpt");
+  const auto validated = dcp::checkpoint::inspect(dir / "ckpt");
+  const dcp::metadata::Metadata& m = *validated;
   check_against_expected(m, dcp_test::read_json(dir / "expected.json").as_object());
 }
 
