@@ -142,45 +142,4 @@ std::vector<Box> chunk_split(const Shape& size, int dim, int parts) {
   return boxes;
 }
 
-std::vector<Box> coverage_holes(const Box& dest, std::span<const Box> pieces) {
-  require_valid(dest, "destination");
-  std::vector<Box> holes;
-  if (!is_empty(dest)) holes.push_back(dest);
-  std::vector<Box> next;
-  for (const Box& piece : pieces) {
-    require_valid(piece, "covering");
-    require_same_rank(dest, piece);
-    if (is_empty(piece)) continue;
-    next.clear();
-    for (Box& hole : holes) {
-      if (!meets(hole, piece)) {
-        next.push_back(std::move(hole));
-        continue;
-      }
-      // Peel off the slabs of `hole` below and above `piece`, one dim at a time; what is
-      // left at the end lies inside `piece` and is dropped. The slabs are disjoint.
-      for (std::size_t d = 0; d < hole.offsets.size(); ++d) {
-        const std::int64_t lo = hole.offsets[d], hi = lo + hole.sizes[d];
-        const std::int64_t p_lo = piece.offsets[d], p_hi = p_lo + piece.sizes[d];
-        if (p_lo > lo) {
-          Box below = hole;
-          below.sizes[d] = p_lo - lo;
-          next.push_back(std::move(below));
-        }
-        if (p_hi < hi) {
-          Box above = hole;
-          above.offsets[d] = p_hi;
-          above.sizes[d] = hi - p_hi;
-          next.push_back(std::move(above));
-        }
-        hole.offsets[d] = std::max(lo, p_lo);
-        hole.sizes[d] = std::min(hi, p_hi) - hole.offsets[d];
-      }
-    }
-    holes.swap(next);
-    if (holes.empty()) break;
-  }
-  return holes;
-}
-
 }  // namespace dcp::layout

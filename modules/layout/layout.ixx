@@ -5,7 +5,7 @@
 // the destination chunk and inside the saved chunk, as `ReadItem`s carry them), `chunk_split`
 // (torch.chunk / ChunkShardingSpec row splits), `ChunkIndex` (a bounding-box tree over a
 // tensor's saved chunks, so finding the chunks that meet a destination box does not scan
-// them all) and `coverage_holes` (the part of a box that no chunk covers).
+// them all).
 //
 // Conventions. A 0-dim box (a scalar) has empty shapes and volume 1; it meets every other
 // 0-dim box. A box with any zero size is empty: it meets nothing, so zero-size saved chunks
@@ -81,11 +81,6 @@ std::optional<Overlap> intersect(const Box& dest, const Box& saved);
 /// drops those; ChunkShardingSpec gives their ranks no shard). Other dims are whole.
 /// Throws invalid_argument for dim outside [0, rank), parts < 1 or a negative size.
 std::vector<Box> chunk_split(const Shape& size, int dim, int parts);
-
-/// The part of `dest` that no box of `pieces` covers, as disjoint boxes (empty = fully
-/// covered). Pieces may overlap each other and stick out of `dest`. Box subtraction:
-/// O(pieces × holes × rank); meant for reporting, and for checking overlapping chunks.
-std::vector<Box> coverage_holes(const Box& dest, std::span<const Box> pieces);
 
 /// The saved chunks of one tensor, indexed for "which chunks meet this box?".
 ///

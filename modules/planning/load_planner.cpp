@@ -61,7 +61,6 @@ void DefaultLoadPlanner::set_up_planner(Destination& destination, metadata::Vali
   metadata_ = std::move(metadata);
   is_coordinator_ = is_coordinator;
   bytes_.clear();
-  conversions_.clear();
 }
 
 LoadPlan DefaultLoadPlanner::create_local_plan() {
@@ -94,12 +93,9 @@ void DefaultLoadPlanner::plan_tensor(const std::string& fqn, const TensorDestina
   if (saved.size != dest.global_size)
     fail_for_key(Errc::failed_precondition, fqn, "size mismatch: saved " + layout::format_shape(saved.size) +
                                              ", destination " + layout::format_shape(dest.global_size));
-  if (saved.properties.dtype != dest.dtype) {
-    if (!options_.allow_dtype_conversion)
-      fail_for_key(Errc::failed_precondition, fqn, "dtype mismatch: saved " + std::string(dtype_name(saved.properties.dtype)) +
-                                               ", destination " + std::string(dtype_name(dest.dtype)));
-    conversions_[fqn] = saved.properties.dtype;
-  }
+  if (saved.properties.dtype != dest.dtype && !options_.allow_dtype_conversion)
+    fail_for_key(Errc::failed_precondition, fqn, "dtype mismatch: saved " + std::string(dtype_name(saved.properties.dtype)) +
+                                             ", destination " + std::string(dtype_name(dest.dtype)));
 
   for (std::size_t li = 0; li < dest.chunks.size(); ++li) {
     const layout::Box local = box_of(dest.chunks[li]);
@@ -177,12 +173,6 @@ std::optional<std::vector<std::byte>> DefaultLoadPlanner::take_bytes(std::string
   std::vector<std::byte> out = std::move(it->second);
   bytes_.erase(it);
   return out;
-}
-
-std::optional<DType> DefaultLoadPlanner::converts_from(std::string_view fqn) const {
-  auto it = conversions_.find(std::string(fqn));
-  if (it == conversions_.end()) return std::nullopt;
-  return it->second;
 }
 
 }  // namespace dcp::planning

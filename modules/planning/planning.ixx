@@ -143,6 +143,7 @@ std::vector<LocalChunk> row_chunks(const Shape& global_size, DType dtype, int ra
 struct LoadPlannerOptions {
   bool allow_partial_load = false;      ///< destination keys absent from the checkpoint are skipped
   bool allow_dtype_conversion = false;  ///< saved dtype may differ; the storage layer converts
+                                        ///< (bool, integer and floating dtypes, as torch's copy_)
 };
 
 /// torch's LoadPlanner protocol, called in this order: set_up_planner (all ranks),
@@ -192,9 +193,6 @@ class DefaultLoadPlanner : public LoadPlanner {
   const std::vector<std::byte>* loaded_bytes(std::string_view fqn) const;
   /// Moves the loaded bytes out (nullopt if none).
   std::optional<std::vector<std::byte>> take_bytes(std::string_view fqn);
-  /// The saved dtype when it differs from the destination's (only with
-  /// allow_dtype_conversion); the storage layer converts from it. nullopt: copy as is.
-  std::optional<DType> converts_from(std::string_view fqn) const;
 
   bool is_coordinator() const noexcept { return is_coordinator_; }
   const LoadPlannerOptions& options() const noexcept { return options_; }
@@ -209,7 +207,6 @@ class DefaultLoadPlanner : public LoadPlanner {
   std::optional<metadata::ValidatedMetadata> metadata_;
   bool is_coordinator_ = false;
   std::unordered_map<std::string, std::vector<std::byte>> bytes_;
-  std::unordered_map<std::string, DType> conversions_;
 };
 
 /// A node of a nested state dict rebuilt from flat keys: a hole (`none`, Python's None in a

@@ -97,11 +97,6 @@ std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_
   return bytes;
 }
 
-void read_range(const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out) {
-  Fd fd(path);
-  pread_all(fd.get(), path, offset, out);
-}
-
 FileSystemReader::FileSystemReader(std::filesystem::path checkpoint_dir, ReadOptions options)
     : dir_(std::move(checkpoint_dir)), options_(options) {}
 

@@ -72,9 +72,6 @@ inline constexpr std::uint64_t kMaxMetadataBytes = std::uint64_t{1} << 30;
 /// Reads a whole file of at most `max_bytes`. Throws not_found / io / out_of_range.
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes);
 
-/// Reads `[offset, offset + out.size())` of `path` into `out` (pread loop, EINTR-safe).
-void read_range(const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);
-
 /// torch's StorageReader protocol.
 class StorageReader {
  public:

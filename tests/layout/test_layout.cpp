@@ -229,48 +229,4 @@ BOOST_AUTO_TEST_CASE(chunk_index_agrees_with_all_pairs_on_grids) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(coverage_holes_full_and_partial) {
-  const auto parts = layout::chunk_split(Shape{120}, 0, 4);
-  BOOST_TEST(layout::coverage_holes(box1(40, 40), parts).empty());
-  const std::vector<Box> gappy{box1(0, 30), box1(60, 30)};
-  const auto holes = layout::coverage_holes(box1(40, 40), gappy);
-  BOOST_REQUIRE(holes.size() == 1u);
-  BOOST_TEST(holes[0] == box1(40, 20));
-  // 2-D: a 4 × 4 box missing its centre 2 × 2.
-  std::vector<Box> ring{Box{{0, 0}, {1, 4}}, Box{{3, 0}, {1, 4}}, Box{{1, 0}, {2, 1}}, Box{{1, 3}, {2, 1}}};
-  const auto centre = layout::coverage_holes(Box{{0, 0}, {4, 4}}, ring);
-  BOOST_REQUIRE(centre.size() == 1u);
-  BOOST_TEST(centre[0] == (Box{{1, 1}, {2, 2}}));
-  // Overlapping pieces cover the union exactly once.
-  std::vector<Box> overlapping{box1(0, 60), box1(30, 60)};
-  BOOST_TEST(layout::coverage_holes(box1(0, 90), overlapping).empty());
-  // Scalars, and an empty box that never has holes.
-  BOOST_TEST(layout::coverage_holes(Box{}, std::vector<Box>{}).size() == 1u);
-  BOOST_TEST(layout::coverage_holes(Box{}, std::vector<Box>{Box{}}).empty());
-  BOOST_TEST(layout::coverage_holes(box1(5, 0), std::vector<Box>{}).empty());
-}
-
-BOOST_AUTO_TEST_CASE(coverage_holes_volume_matches_random_pieces) {
-  std::mt19937_64 rng(7);
-  for (int trial = 0; trial < 50; ++trial) {
-    std::vector<Box> pieces;
-    for (int i = 0; i < 6; ++i)
-      pieces.push_back(Box{{static_cast<std::int64_t>(rng() % 12), static_cast<std::int64_t>(rng() % 12)},
-                           {static_cast<std::int64_t>(rng() % 6), static_cast<std::int64_t>(rng() % 6)}});
-    const Box dest{{2, 2}, {8, 8}};
-    std::uint64_t uncovered = 0;
-    for (std::int64_t r = 2; r < 10; ++r)
-      for (std::int64_t c = 2; c < 10; ++c) {
-        bool hit = false;
-        for (const Box& p : pieces)
-          hit = hit || (r >= p.offsets[0] && r < p.offsets[0] + p.sizes[0] && c >= p.offsets[1] &&
-                        c < p.offsets[1] + p.sizes[1]);
-        uncovered += !hit;
-      }
-    std::uint64_t hole_volume = 0;
-    for (const Box& h : layout::coverage_holes(dest, pieces)) hole_volume += layout::volume(h);
-    BOOST_TEST(hole_volume == uncovered);
-  }
-}
-
 BOOST_AUTO_TEST_SUITE_END()
