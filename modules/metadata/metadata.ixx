@@ -198,8 +198,11 @@ ValidatedMetadata validate(Metadata metadata);
 
 /// Size of a checkpoint file, nullopt if it does not exist.
 using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;
-/// Checks that every storage entry's file exists and its byte range lies inside it.
-void check_storage_bounds(const Metadata& metadata, const FileSizeFn& file_size);
+/// Checks that every storage entry's file exists and its byte range lies inside it, and that a
+/// tensor chunk's item is at least as long as the chunk's raw bytes (items are stored, not
+/// compressed, unless a transform says otherwise). So a destination sized from the metadata
+/// is never larger than the data on disk.
+void check_storage_bounds(const ValidatedMetadata& metadata, const FileSizeFn& file_size);
 
 /// Number of elements of a shape (checked; throws out_of_range on overflow, data_loss for a
 /// negative size).

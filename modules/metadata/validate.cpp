@@ -203,9 +203,21 @@ ValidatedMetadata validate(Metadata metadata) {
   return result;
 }
 
-void check_storage_bounds(const Metadata& md, const FileSizeFn& file_size) {
+void check_storage_bounds(const ValidatedMetadata& validated, const FileSizeFn& file_size) {
+  const Metadata& md = *validated;
   std::unordered_map<std::string, std::optional<std::uint64_t>> sizes;
   for (const auto& [index, info] : md.storage_data) {
+    if (index.offset && info.transform_descriptors.empty()) {
+      const ItemMetadata& item = *md.find_item(index.fqn);
+      const auto& chunk = item.tensor().chunks[*validated.chunk_position(index.fqn, *index.offset)];
+      const std::uint64_t raw = byte_size(chunk.sizes, item.tensor().properties.dtype);
+      if (info.length < raw)
+        throw Error(Errc::data_loss, "storage_data: item of " + std::to_string(info.length) +
+                                         " bytes cannot hold the chunk at " + format_shape(chunk.offsets) + " (" +
+                                         std::to_string(raw) + " bytes of data)")
+            .for_key(index.fqn)
+            .at_offset(info.pickle_offset);
+    }
     auto [it, inserted] = sizes.try_emplace(info.relative_path);
     if (inserted) it->second = file_size(info.relative_path);
     if (!it->second) {

@@ -123,11 +123,12 @@ metadata::ValidatedMetadata FileSystemReader::read_metadata() const {
     throw;
   }
   try {
-    metadata::check_storage_bounds(**validated, [&](std::string_view name) { return file_size(name); });
+    metadata::check_storage_bounds(*validated, [&](std::string_view name) { return file_size(name); });
   } catch (Error& e) {
-    // check_storage_bounds names the data file relative to the directory: make it a full path.
+    // check_storage_bounds names a data file relative to the directory (make it a full path),
+    // or none when the fault is in .metadata itself.
     Error full(e.code(), e.message());
-    full.in_file(path_of(e.context().file).string()).for_key(e.context().key);
+    full.in_file(e.context().file.empty() ? path.string() : path_of(e.context().file).string()).for_key(e.context().key);
     if (e.context().byte_offset) full.at_offset(*e.context().byte_offset);
     throw full;
   }

@@ -196,6 +196,24 @@ BOOST_AUTO_TEST_CASE(huge_object_is_refused_before_allocation) {
   BOOST_TEST(e.context().byte_offset.value_or(~0ull) == offset, e.what());
 }
 
+BOOST_AUTO_TEST_CASE(item_too_short_for_its_chunk_is_refused_before_allocation) {
+  // A tensor's destination is sized from the metadata; the data on disk must be able to fill it.
+  dcp_test::TempDir tmp;
+  std::size_t entry = 0;
+  const auto m = edited_copy("single_file", tmp.path(), [&](md::Metadata& m) {
+    for (entry = 0; !m.storage_data[entry].first.offset || m.storage_data[entry].second.length < 256; ++entry) {
+    }
+    m.storage_data[entry].second.length = 100;
+  });
+  const auto& [index, info] = m.storage_data[entry];
+  const auto e = error_of([&] { (void)dcp::checkpoint::inspect(tmp.path()); });
+  BOOST_TEST((e.code() == dcp::Errc::data_loss), e.what());
+  BOOST_TEST(e.context().file == (tmp.path() / ".metadata").string());
+  BOOST_TEST(e.context().key == index.fqn);
+  BOOST_TEST(e.context().byte_offset.value_or(~0ull) == info.pickle_offset, e.what());
+  BOOST_TEST(std::string(e.what()).find("cannot hold the chunk") != std::string::npos, e.what());
+}
+
 BOOST_AUTO_TEST_CASE(one_open_file_at_a_time_still_loads_exactly) {
   dcp::checkpoint::LoadOptions options;
   options.read.max_open_files = 1;
