@@ -9,9 +9,12 @@
 // Imports every module below it.
 module;
 #include <ATen/core/Tensor.h>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -95,3 +98,53 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                                      const LoadOptions& options = {}, const ConvertProgress& progress = {});
 
 }  // namespace dcp::checkpoint
+
+// Not exported: shared by the convert units (convert.cpp, safetensors.cpp, temp_file.cpp).
+namespace dcp::checkpoint::detail {
+
+/// The output of a conversion: a temporary file next to `out`, renamed over it by commit()
+/// and removed if the conversion fails first, so a failed conversion leaves nothing behind.
+class TempFile {
+ public:
+  explicit TempFile(const std::filesystem::path& out);
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  ~TempFile();
+  /// Appends at the current position (buffered).
+  void write(std::span<const std::byte> data);
+  /// Writes at an absolute offset (unbuffered; pending appends are flushed first).
+  void write_at(std::span<const std::byte> data, std::uint64_t offset);
+  /// Flushes, sets the final size (if given), syncs and renames the file over `out`.
+  void commit(std::optional<std::uint64_t> size = std::nullopt);
+
+ private:
+  void flush();
+  std::filesystem::path out_;
+  std::string tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+  std::uint64_t position_ = 0;
+  std::vector<std::byte> buffer_;
+};
+
+/// What a conversion's selection holds, in metadata order.
+struct Selection {
+  std::vector<const metadata::ItemMetadata*> tensors;
+  std::vector<std::pair<std::string, pickle::Document>> objects;
+  std::vector<std::string> fqns;  ///< tensors and objects
+};
+/// The selected keys of `md`, with every selected object decoded.
+Selection select_items(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options);
+/// Streams every selected tensor's bytes to `write` in bounded batches, checking that each
+/// arrives dense and of the promised size; returns the bytes streamed.
+std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md,
+                             const LoadOptions& options, const Selection& selection, const ConvertProgress& progress,
+                             const std::function<void(const std::string&, std::span<const std::byte>)>& write);
+/// True when `options.select` picks `fqn` (everything when it is empty).
+bool is_selected(const LoadOptions& options, std::string_view fqn);
+[[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
+/// Names the object `fqn` in `e`: its key, its data file, and the error's archive offset
+/// moved to a file offset.
+void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn);
+
+}  // namespace dcp::checkpoint::detail

@@ -18,16 +18,10 @@ import dcp.record;
 import dcp.storage;
 
 namespace dcp::checkpoint {
-namespace {
-
-bool selected(const LoadOptions& options, std::string_view fqn) { return !options.select || options.select(fqn); }
-
-}  // namespace
-
 std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOptions& options) {
   std::uint64_t total = 0;
   for (const auto& item : md.items)
-    if (item.is_tensor() && selected(options, item.fqn))
+    if (item.is_tensor() && detail::is_selected(options, item.fqn))
       total += metadata::byte_size(item.tensor().size, item.tensor().properties.dtype);
   return total;
 }
@@ -50,7 +44,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
 
   std::vector<const metadata::ItemMetadata*> pending;
   for (const auto& item : md->items)
-    if (item.is_tensor() && selected(options, item.fqn)) pending.push_back(&item);
+    if (item.is_tensor() && detail::is_selected(options, item.fqn)) pending.push_back(&item);
 
   std::size_t next = 0;
   while (next < pending.size()) {
@@ -101,7 +95,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
                                                                     const LoadOptions& options) {
   planning::Destination destination;
   for (const auto& item : md->items)
-    if (!item.is_tensor() && selected(options, item.fqn)) destination.add_object(item.fqn);
+    if (!item.is_tensor() && detail::is_selected(options, item.fqn)) destination.add_object(item.fqn);
   std::vector<std::pair<std::string, pickle::Document>> objects;
   if (destination.size() == 0) return objects;
   storage::ReadOptions read_options = options.read;

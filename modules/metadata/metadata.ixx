@@ -45,6 +45,28 @@ std::optional<DType> dtype_from_name(std::string_view name) noexcept;
 /// Bytes per element (quint4x2/quint2x4 pack several per byte and report 1).
 std::size_t dtype_itemsize(DType dtype) noexcept;
 
+/// How torch.save writes a tensor of a dtype.
+enum class TensorRebuild : std::uint8_t {
+  v2,    ///< torch._utils._rebuild_tensor_v2 over a typed legacy storage (torch 1.13's dtypes)
+  v3,    ///< _rebuild_tensor_v3 over an UntypedStorage (dtypes without a legacy storage)
+  none,  ///< quantized: _rebuild_qtensor needs quantizer parameters that DCP does not keep
+};
+
+/// Everything dcpp knows about a dtype: the one dtype table.
+struct DTypeInfo {
+  DType dtype;
+  std::string_view name;           ///< torch's name
+  std::size_t itemsize;            ///< bytes per element
+  std::string_view storage_class;  ///< legacy typed storage ("FloatStorage"); "" if none
+  std::string_view safetensors;    ///< safetensors dtype ("F32"); "" if the format has none
+  TensorRebuild rebuild;
+};
+/// Every DType, in enum order.
+std::span<const DTypeInfo> dtype_table() noexcept;
+const DTypeInfo& dtype_info(DType dtype) noexcept;
+/// The dtype a legacy storage class ("FloatStorage") holds; nullopt for other names.
+std::optional<DType> dtype_from_storage_class(std::string_view name) noexcept;
+
 }  // namespace dcp
 
 export namespace dcp::metadata {
@@ -150,12 +172,12 @@ class Metadata {
 const pickle::AllowList& metadata_allow_list();
 
 /// Decodes `.metadata` bytes. Throws dcp::Error with the byte offset in the file (the caller
-/// adds the file name): permission_denied for a foreign global, data_loss for anything that
-/// is not DCP metadata.
+/// adds the file name) and the key where there is one: permission_denied for a foreign
+/// global, data_loss for anything that is not DCP metadata, resource_exhausted for a tensor
+/// of more than 64 dims, when the pickle's decoded form passes 16 bytes per byte of input
+/// (plus 1 MiB), or when the decoded model would pass 32 bytes per byte plus 16 MiB (memo
+/// sharing lets a 2-byte reference repeat a whole torch.Size or string).
 Metadata decode_metadata(std::span<const std::byte> bytes);
-
-/// Decodes a torch.Size value (call of torch.Size with a tuple of ints).
-Shape decode_size(const pickle::Document& doc, pickle::NodeId id);
 /// Decodes a dtype global (`torch.float32`).
 DType decode_dtype(const pickle::Document& doc, pickle::NodeId id);
 

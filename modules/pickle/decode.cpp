@@ -1,8 +1,10 @@
 // The pickle decoder: a stack machine over an arena that records values and never calls.
 module;
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <optional>
 #include <span>
 #include <string>
@@ -45,28 +47,48 @@ std::string_view fix_module(std::string_view module) {
 class Decoder {
  public:
   Decoder(std::span<const std::byte> in, const AllowList& allowed, const Limits& limits)
-      : in_(in), allowed_(allowed), limits_(limits) {}
+      : in_(in), allowed_(allowed), limits_(limits) {
+    const auto scaled = checked_mul(limits.memory_per_byte, in.size());
+    const auto budget = scaled ? checked_add(*scaled, limits.memory_floor) : std::nullopt;
+    memory_budget_ = budget.value_or(UINT64_MAX);
+    doc_.set_source_size(in.size());
+  }
 
   Document run() {
     while (true) {
       op_start_ = pos_;
       if (pos_ >= in_.size())
         throw fail(Errc::data_loss, "pickle ends without a STOP opcode");
-      op_start_ = pos_;
       const auto op = static_cast<std::uint8_t>(in_[pos_++]);
       if (op == kStop) {
-        doc_.set_root(pop("STOP"));
+        doc_.set_root(pop("STOP"), here());
         return std::move(doc_);
       }
       step(op);
+      check_memory();
     }
   }
 
  private:
+  // The current opcode's offset as the document records it.
+  std::uint64_t here() const { return limits_.base_offset + op_start_; }
+
   Error fail(Errc code, std::string message) const {
     Error e(code, std::move(message));
-    e.at_offset(op_start_);
+    e.at_offset(here());
     return e;
+  }
+
+  // Everything this decode holds, against the budget: checked after every opcode, so a
+  // hostile input stops within one opcode's growth of it.
+  void check_memory() {
+    const std::uint64_t used = doc_.memory_bytes() + stack_.capacity() * sizeof(NodeId) +
+                               marks_.capacity() * sizeof(std::size_t) + memo_.capacity() * sizeof(NodeId) +
+                               sparse_memo_.size() * 32;
+    if (used > memory_budget_)
+      throw fail(Errc::resource_exhausted, "decoding needs more than " + std::to_string(memory_budget_) +
+                                               " bytes of memory for a pickle of " + std::to_string(in_.size()) +
+                                               " bytes");
   }
 
   std::span<const std::byte> take(std::uint64_t count, const char* what) {
@@ -86,16 +108,15 @@ class Decoder {
     return v;
   }
 
-  std::string read_text(std::uint64_t length, const char* what) {
-    auto b = take(length, what);
-    return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+  static std::string_view as_text(std::span<const std::byte> b) {
+    return {reinterpret_cast<const char*>(b.data()), b.size()};
   }
 
-  std::string read_line(const char* what) {
+  std::string_view read_line(const char* what) {
     const std::size_t limit = std::min<std::size_t>(in_.size() - pos_, 4096);
     for (std::size_t i = 0; i < limit; ++i) {
       if (in_[pos_ + i] == std::byte{'\n'}) {
-        std::string line(reinterpret_cast<const char*>(in_.data() + pos_), i);
+        const auto line = as_text(in_.subspan(pos_, i));
         pos_ += i + 1;
         return line;
       }
@@ -103,14 +124,11 @@ class Decoder {
     throw fail(Errc::data_loss, std::string(what) + " has no newline within 4096 bytes");
   }
 
-  NodeId make(NodeKind kind) {
-    if (doc_.size() >= limits_.max_nodes)
+  // Every node made counts against max_nodes (the four shared nodes do not).
+  void count_node() {
+    if (++nodes_ > limits_.max_nodes)
       throw fail(Errc::out_of_range,
                  "pickle builds more than " + std::to_string(limits_.max_nodes) + " values");
-    Node n;
-    n.kind = kind;
-    n.offset = op_start_;
-    return doc_.add(std::move(n));
   }
 
   void push(NodeId id) { stack_.push_back(id); }
@@ -124,90 +142,123 @@ class Decoder {
     return id;
   }
 
-  NodeId& top(const char* op_name) {
+  NodeId top(const char* op_name) {
     const std::size_t floor = marks_.empty() ? 0 : marks_.back();
     if (stack_.size() <= floor)
       throw fail(Errc::data_loss, std::string(op_name) + " needs a value on the stack");
     return stack_.back();
   }
 
-  std::vector<NodeId> pop_mark(const char* op_name) {
+  // The values above the topmost MARK (valid until the stack changes); drop_mark() pops them.
+  std::span<const NodeId> above_mark(const char* op_name) {
     if (marks_.empty()) throw fail(Errc::data_loss, std::string(op_name) + " without a MARK");
-    const std::size_t k = marks_.back();
+    return std::span<const NodeId>(stack_).subspan(marks_.back());
+  }
+  void drop_mark() {
+    stack_.resize(marks_.back());
     marks_.pop_back();
-    std::vector<NodeId> items(stack_.begin() + static_cast<std::ptrdiff_t>(k), stack_.end());
-    stack_.resize(k);
-    return items;
   }
 
-  NodeId container(NodeKind kind, std::vector<NodeId> items) {
-    NodeId id = make(kind);
-    doc_.mutable_at(id).items = std::move(items);
-    return id;
-  }
-
-  void push_global(std::string module, std::string name) {
-    module = std::string(fix_module(module));
-    if (!allowed_.allows(module, name))
-      throw fail(Errc::permission_denied, "global '" + module + "." + name +
-                                              "' is not allowed here (nothing is executed)");
-    NodeId id = make(NodeKind::global);
-    Node& n = doc_.mutable_at(id);
-    n.text = std::move(module);
-    n.name = std::move(name);
+  void container_from_mark(NodeKind kind, const char* op_name, bool pairs = false) {
+    const auto items = above_mark(op_name);
+    if (pairs && items.size() % 2)
+      throw fail(Errc::data_loss, std::string(op_name) + " with an odd number of values");
+    if (!items.empty() || kind != NodeKind::tuple) count_node();
+    const NodeId id = doc_.add_container(kind, here(), items);
+    drop_mark();
     push(id);
   }
 
+  void push_container(NodeKind kind, std::span<const NodeId> items) {
+    if (!items.empty() || kind != NodeKind::tuple) count_node();
+    push(doc_.add_container(kind, here(), items));
+  }
+
+  void push_global(std::string_view module, std::string_view name) {
+    module = fix_module(module);
+    if (!allowed_.allows(module, name))
+      throw fail(Errc::permission_denied, "global '" + std::string(module) + "." + std::string(name) +
+                                              "' is not allowed here (nothing is executed)");
+    count_node();
+    push(doc_.add_global(here(), module, name));
+  }
+
+  // Python numbers the memo 0, 1, 2, ... (MEMOIZE is len(memo)), so a dense vector holds it;
+  // an index past the input size (which no sequential numbering reaches) goes to a map.
   void memo_put(std::uint64_t index) {
-    if (memo_.size() >= limits_.max_memo && !memo_.contains(index))
+    const NodeId value = top("PUT");
+    if (index < in_.size()) {
+      if (index >= memo_.size()) memo_.resize(index + 1, kNoNode);
+      if (memo_[index] == kNoNode) new_memo_entry();
+      memo_[index] = value;
+      return;
+    }
+    auto [it, inserted] = sparse_memo_.try_emplace(index, value);
+    if (inserted) new_memo_entry();
+    else it->second = value;
+  }
+
+  void new_memo_entry() {
+    if (memo_count_ >= limits_.max_memo)
       throw fail(Errc::out_of_range, "memo grows past " + std::to_string(limits_.max_memo));
-    memo_[index] = top("PUT");
+    ++memo_count_;
   }
 
   void memo_get(std::uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end())
+    NodeId value = kNoNode;
+    if (index < memo_.size()) {
+      value = memo_[index];
+    } else if (auto it = sparse_memo_.find(index); it != sparse_memo_.end()) {
+      value = it->second;
+    }
+    if (value == kNoNode)
       throw fail(Errc::data_loss, "memo slot " + std::to_string(index) + " was never set");
-    push(it->second);
+    push(value);
   }
 
-  // The node that SETITEMS/APPENDS/BUILD may mutate: containers, or call/object results.
-  Node& target(NodeId id, std::initializer_list<NodeKind> kinds, const char* op_name) {
-    Node& n = doc_.mutable_at(id);
+  // The node that SETITEMS/APPENDS/ADDITEMS/BUILD may mutate: containers, or call/object results.
+  NodeId target(NodeId id, std::initializer_list<NodeKind> kinds, const char* op_name) {
+    const NodeKind kind = doc_.at(id).kind();
     for (NodeKind k : kinds)
-      if (n.kind == k) return n;
+      if (kind == k) return id;
     throw fail(Errc::data_loss, std::string(op_name) + " applied to " + doc_.describe(id));
   }
 
-  void add_items(NodeId into, const std::vector<NodeId>& items, bool pairs, const char* name) {
+  void add_items(NodeId into, std::span<const NodeId> items, bool pairs, const char* name) {
     if (pairs && items.size() % 2 != 0)
       throw fail(Errc::data_loss, std::string(name) + " with an odd number of values");
     const auto kinds = pairs ? std::initializer_list<NodeKind>{NodeKind::dict, NodeKind::call,
                                                                NodeKind::object}
                              : std::initializer_list<NodeKind>{NodeKind::list, NodeKind::call,
                                                                NodeKind::object};
-    Node& n = target(into, kinds, name);
-    n.items.insert(n.items.end(), items.begin(), items.end());
+    doc_.append_items(target(into, kinds, name), items, pairs);
+  }
+
+  // APPENDS / SETITEMS / ADDITEMS: the values above the MARK go into the value below it.
+  void add_items_from_mark(const char* name, bool pairs, bool set) {
+    const auto items = above_mark(name);
+    if (marks_.back() <= (marks_.size() >= 2 ? marks_[marks_.size() - 2] : 0))
+      throw fail(Errc::data_loss, std::string(name) + " needs a value below its MARK");
+    const NodeId into = stack_[marks_.back() - 1];
+    if (set) doc_.append_items(target(into, {NodeKind::set}, name), items, false);
+    else add_items(into, items, pairs, name);
+    drop_mark();
   }
 
   void apply(bool is_newobj) {
     NodeId args = pop(is_newobj ? "NEWOBJ" : "REDUCE");
     NodeId callee = pop(is_newobj ? "NEWOBJ" : "REDUCE");
-    if (doc_.at(callee).kind != NodeKind::global)
+    if (doc_.at(callee).kind() != NodeKind::global)
       throw fail(Errc::data_loss, "call of " + doc_.describe(callee) + ", not of a global");
-    if (doc_.at(args).kind != NodeKind::tuple)
+    if (doc_.at(args).kind() != NodeKind::tuple)
       throw fail(Errc::data_loss, "call arguments are " + doc_.describe(args) + ", not a tuple");
-    NodeId id = make(is_newobj ? NodeKind::object : NodeKind::call);
-    Node& n = doc_.mutable_at(id);
-    n.callee = callee;
-    n.args = args;
-    push(id);
+    count_node();
+    push(doc_.add_call(is_newobj ? NodeKind::object : NodeKind::call, here(), callee, args));
   }
 
   void push_int(std::int64_t v) {
-    NodeId id = make(NodeKind::integer);
-    doc_.mutable_at(id).integer = v;
-    push(id);
+    count_node();
+    push(doc_.add_integer(here(), v));
   }
 
   void push_long(std::uint64_t length) {
@@ -220,16 +271,14 @@ class Decoder {
       push_int(static_cast<std::int64_t>(v));
       return;
     }
-    NodeId id = make(NodeKind::big_integer);
-    doc_.mutable_at(id).text.assign(reinterpret_cast<const char*>(b.data()), b.size());
-    push(id);
+    count_node();
+    push(doc_.add_text(NodeKind::big_integer, here(), as_text(b)));
   }
 
   void push_text(NodeKind kind, std::uint64_t length, const char* what) {
-    std::string text = read_text(length, what);
-    NodeId id = make(kind);
-    doc_.mutable_at(id).text = std::move(text);
-    push(id);
+    const auto text = as_text(take(length, what));
+    count_node();
+    push(doc_.add_text(kind, here(), text));
   }
 
   void step(std::uint8_t op) {
@@ -255,19 +304,17 @@ class Decoder {
         marks_.push_back(stack_.size());
         return;
       case kPop:
-        if (!marks_.empty() && stack_.size() == marks_.back()) pop_mark("POP");
+        if (!marks_.empty() && stack_.size() == marks_.back()) marks_.pop_back();
         else pop("POP");
         return;
-      case kPopMark: pop_mark("POP_MARK"); return;
-      case kDup: push(top("DUP")); return;
-      case kNone: push(make(NodeKind::none)); return;
-      case kNewTrue:
-      case kNewFalse: {
-        NodeId id = make(NodeKind::boolean);
-        doc_.mutable_at(id).boolean = op == kNewTrue;
-        push(id);
+      case kPopMark:
+        (void)above_mark("POP_MARK");
+        drop_mark();
         return;
-      }
+      case kDup: push(top("DUP")); return;
+      case kNone: push(Document::kNone); return;
+      case kNewTrue: push(Document::kTrue); return;
+      case kNewFalse: push(Document::kFalse); return;
       case kBinInt:
         push_int(static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4, "BININT"))));
         return;
@@ -284,9 +331,10 @@ class Decoder {
         auto b = take(8, "BINFLOAT");
         std::uint64_t bits = 0;
         for (int i = 0; i < 8; ++i) bits = (bits << 8) | std::uint8_t(b[i]);  // big-endian
-        NodeId id = make(NodeKind::floating);
-        std::memcpy(&doc_.mutable_at(id).floating, &bits, 8);
-        push(id);
+        double value;
+        std::memcpy(&value, &bits, 8);
+        count_node();
+        push(doc_.add_floating(here(), value));
         return;
       }
       case kShortBinUnicode: push_text(NodeKind::string, read_le(1, "SHORT_BINUNICODE"), "string"); return;
@@ -303,95 +351,81 @@ class Decoder {
       case kBinBytes: push_text(NodeKind::bytes, read_le(4, "BINBYTES"), "bytes"); return;
       case kBinBytes8: push_text(NodeKind::bytes, read_le(8, "BINBYTES8"), "bytes"); return;
       case kByteArray8: push_text(NodeKind::bytes, read_le(8, "BYTEARRAY8"), "bytearray"); return;
-      case kEmptyTuple: push(container(NodeKind::tuple, {})); return;
+      case kEmptyTuple: push(Document::kEmptyTuple); return;
       case kTuple1:
       case kTuple2:
       case kTuple3: {
-        std::vector<NodeId> items(op - kTuple1 + 1);
-        for (auto it = items.rbegin(); it != items.rend(); ++it) *it = pop("TUPLEn");
-        push(container(NodeKind::tuple, std::move(items)));
+        const std::size_t n = op - kTuple1 + 1;
+        const std::size_t floor = marks_.empty() ? 0 : marks_.back();
+        if (stack_.size() < floor + n) throw fail(Errc::data_loss, "TUPLEn pops an empty stack");
+        const std::size_t first = stack_.size() - n;
+        count_node();
+        const NodeId id = doc_.add_container(NodeKind::tuple, here(), std::span<const NodeId>(stack_).subspan(first));
+        stack_.resize(first);
+        push(id);
         return;
       }
-      case kTuple: push(container(NodeKind::tuple, pop_mark("TUPLE"))); return;
-      case kEmptyList: push(container(NodeKind::list, {})); return;
-      case kList: push(container(NodeKind::list, pop_mark("LIST"))); return;
-      case kEmptyDict: push(container(NodeKind::dict, {})); return;
-      case kDict: {
-        auto items = pop_mark("DICT");
-        if (items.size() % 2) throw fail(Errc::data_loss, "DICT with an odd number of values");
-        push(container(NodeKind::dict, std::move(items)));
-        return;
-      }
-      case kEmptySet: push(container(NodeKind::set, {})); return;
-      case kFrozenSet: push(container(NodeKind::frozenset, pop_mark("FROZENSET"))); return;
+      case kTuple: container_from_mark(NodeKind::tuple, "TUPLE"); return;
+      case kEmptyList: push_container(NodeKind::list, {}); return;
+      case kList: container_from_mark(NodeKind::list, "LIST"); return;
+      case kEmptyDict: push_container(NodeKind::dict, {}); return;
+      case kDict: container_from_mark(NodeKind::dict, "DICT", true); return;
+      case kEmptySet: push_container(NodeKind::set, {}); return;
+      case kFrozenSet: container_from_mark(NodeKind::frozenset, "FROZENSET"); return;
       case kAppend: {
-        NodeId value = pop("APPEND");
-        add_items(top("APPEND"), {value}, false, "APPEND");
+        const NodeId value = pop("APPEND");
+        add_items(top("APPEND"), std::span(&value, 1), false, "APPEND");
         return;
       }
-      case kAppends: {
-        auto items = pop_mark("APPENDS");
-        add_items(top("APPENDS"), items, false, "APPENDS");
-        return;
-      }
+      case kAppends: add_items_from_mark("APPENDS", false, false); return;
       case kSetItem: {
-        NodeId value = pop("SETITEM");
-        NodeId key = pop("SETITEM");
-        add_items(top("SETITEM"), {key, value}, true, "SETITEM");
+        const NodeId value = pop("SETITEM");
+        const NodeId key = pop("SETITEM");
+        const NodeId pair[2] = {key, value};
+        add_items(top("SETITEM"), pair, true, "SETITEM");
         return;
       }
-      case kSetItems: {
-        auto items = pop_mark("SETITEMS");
-        add_items(top("SETITEMS"), items, true, "SETITEMS");
-        return;
-      }
-      case kAddItems: {
-        auto items = pop_mark("ADDITEMS");
-        Node& n = target(top("ADDITEMS"), {NodeKind::set}, "ADDITEMS");
-        n.items.insert(n.items.end(), items.begin(), items.end());
-        return;
-      }
+      case kSetItems: add_items_from_mark("SETITEMS", true, false); return;
+      case kAddItems: add_items_from_mark("ADDITEMS", false, true); return;
       case kBinPut: memo_put(read_le(1, "BINPUT")); return;
       case kLongBinPut: memo_put(read_le(4, "LONG_BINPUT")); return;
-      case kMemoize: memo_put(memo_.size()); return;
+      case kMemoize: memo_put(memo_count_); return;
       case kBinGet: memo_get(read_le(1, "BINGET")); return;
       case kLongBinGet: memo_get(read_le(4, "LONG_BINGET")); return;
       case kGlobal: {
-        std::string module = read_line("GLOBAL module");
-        std::string name = read_line("GLOBAL name");
-        push_global(std::move(module), std::move(name));
+        const auto module = read_line("GLOBAL module");
+        const auto name = read_line("GLOBAL name");
+        push_global(module, name);
         return;
       }
       case kStackGlobal: {
-        NodeId name = pop("STACK_GLOBAL");
-        NodeId module = pop("STACK_GLOBAL");
-        if (doc_.at(name).kind != NodeKind::string || doc_.at(module).kind != NodeKind::string)
+        const NodeId name = pop("STACK_GLOBAL");
+        const NodeId module = pop("STACK_GLOBAL");
+        if (doc_.at(name).kind() != NodeKind::string || doc_.at(module).kind() != NodeKind::string)
           throw fail(Errc::data_loss, "STACK_GLOBAL needs two strings");
-        push_global(doc_.at(module).text, doc_.at(name).text);
+        push_global(doc_.at(module).text(), doc_.at(name).text());
         return;
       }
       case kReduce: apply(false); return;
       case kNewObj: apply(true); return;
       case kNewObjEx: {
-        NodeId kwargs = pop("NEWOBJ_EX");
-        if (doc_.at(kwargs).kind != NodeKind::dict || !doc_.at(kwargs).items.empty())
+        const NodeId kwargs = pop("NEWOBJ_EX");
+        if (doc_.at(kwargs).kind() != NodeKind::dict || !doc_.at(kwargs).items().empty())
           throw fail(Errc::unimplemented, "NEWOBJ_EX with keyword arguments");
         apply(true);
         return;
       }
       case kBuild: {
-        NodeId state = pop("BUILD");
-        Node& n = target(top("BUILD"), {NodeKind::object, NodeKind::call}, "BUILD");
-        n.state = state;
+        const NodeId state = pop("BUILD");
+        doc_.set_state(target(top("BUILD"), {NodeKind::object, NodeKind::call}, "BUILD"), state);
         return;
       }
       case kBinPersId: {
         if (!limits_.allow_persistent_ids)
           throw fail(Errc::permission_denied, "persistent id (BINPERSID) is not allowed here");
-        NodeId pid = pop("BINPERSID");
-        NodeId id = make(NodeKind::persistent);
-        doc_.mutable_at(id).args = pid;
-        push(id);
+        const NodeId pid = pop("BINPERSID");
+        count_node();
+        push(doc_.add_persistent(here(), pid));
         return;
       }
       default:
@@ -403,12 +437,16 @@ class Decoder {
   std::span<const std::byte> in_;
   const AllowList& allowed_;
   const Limits& limits_;
+  std::uint64_t memory_budget_ = 0;
   std::size_t pos_ = 0;
   std::size_t op_start_ = 0;
+  std::size_t nodes_ = 0;
   Document doc_;
   std::vector<NodeId> stack_;
   std::vector<std::size_t> marks_;
-  std::unordered_map<std::uint64_t, NodeId> memo_;
+  std::vector<NodeId> memo_;  // dense part, kNoNode where unset
+  std::unordered_map<std::uint64_t, NodeId> sparse_memo_;
+  std::uint64_t memo_count_ = 0;  // distinct indices set
 };
 
 }  // namespace

@@ -1,11 +1,13 @@
 // The pickle encoder: protocol-2 opcodes, which every Python 3 unpickler reads.
 module;
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 module dcp.pickle;
 import dcp.error;
@@ -129,76 +131,238 @@ void Encoder::newobj() { op(0x81); }
 void Encoder::build() { op('b'); }
 void Encoder::persistent_id() { op('Q'); }
 
-void Encoder::value(const Document& doc, NodeId id, std::size_t max_depth) {
-  if (max_depth == 0) throw Error(Errc::out_of_range, "value nested too deeply to encode");
-  const Node& n = doc.at(id);
-  auto items = [&](std::size_t begin = 0) {
-    for (std::size_t i = begin; i < n.items.size(); ++i) value(doc, n.items[i], max_depth - 1);
-  };
-  switch (n.kind) {
-    case NodeKind::none: return none();
-    case NodeKind::boolean: return boolean(n.boolean);
-    case NodeKind::integer: return integer(n.integer);
-    case NodeKind::big_integer:
-      if (n.text.size() > 255) throw Error(Errc::unimplemented, "integer wider than 255 bytes");
-      op(0x8a);
-      append_le(out_, n.text.size(), 1);
-      raw(n.text.data(), n.text.size());
-      return;
-    case NodeKind::floating: return floating(n.floating);
-    case NodeKind::string: return string(n.text);
-    case NodeKind::bytes:
-      return bytes(std::span(reinterpret_cast<const std::byte*>(n.text.data()), n.text.size()));
-    case NodeKind::tuple:
-      if (n.items.size() <= 3) {
-        items();
-        return tuple(n.items.size());
-      }
-      mark();
-      items();
-      return tuple_from_mark();
-    case NodeKind::list:
-    case NodeKind::dict:
-      n.kind == NodeKind::list ? empty_list() : empty_dict();
-      if (n.items.empty()) return;
-      mark();
-      items();
-      return n.kind == NodeKind::list ? appends_from_mark() : setitems_from_mark();
-    case NodeKind::set:
-    case NodeKind::frozenset:
-      // Protocol 2 spelling: builtins.set([items]).
-      global("__builtin__", n.kind == NodeKind::set ? "set" : "frozenset");
-      empty_list();
-      if (!n.items.empty()) {
-        mark();
-        items();
-        appends_from_mark();
-      }
-      tuple(1);
-      return reduce();
-    case NodeKind::global: return global(n.text == "builtins" ? "__builtin__" : n.text, n.name);
-    case NodeKind::call:
-    case NodeKind::object:
-      value(doc, n.callee, max_depth - 1);
-      value(doc, n.args, max_depth - 1);
-      n.kind == NodeKind::call ? reduce() : newobj();
-      if (n.state != kNoNode) {
-        value(doc, n.state, max_depth - 1);
-        build();
-      }
-      if (!n.items.empty()) {
-        mark();
-        items();
-        // Items on a call/object came from SETITEMS (pairs) or APPENDS; pairs of string keys
-        // are the common case (OrderedDict), so re-emit them as SETITEMS.
-        setitems_from_mark();
-      }
-      return;
-    case NodeKind::persistent:
-      value(doc, n.args, max_depth - 1);
-      return persistent_id();
-    default: throw Error(Errc::internal, "unknown node kind in Encoder::value");
+void Encoder::append() { op('a'); }
+void Encoder::setitem() { op('s'); }
+void Encoder::pop() { op('0'); }
+void Encoder::pop_mark() { op('1'); }
+
+// BINPUT/BINGET ('q'/'h', one-byte index) or LONG_BINPUT/LONG_BINGET ('r'/'j', four bytes).
+void Encoder::memo_op(std::uint8_t short_op, std::uint8_t long_op, std::uint32_t index) {
+  const bool small = index < 256;
+  op(small ? short_op : long_op);
+  append_le(out_, index, small ? 1 : 4);
+}
+
+std::uint32_t Encoder::put() {
+  if (next_memo_ == UINT32_MAX) throw Error(Errc::out_of_range, "more than 2^32 memo entries");
+  memo_op('q', 'r', next_memo_);
+  return next_memo_++;
+}
+
+void Encoder::get(std::uint32_t index) { memo_op('h', 'j', index); }
+
+void Encoder::long_integer(std::string_view le_bytes) {
+  if (le_bytes.size() > 255) throw Error(Errc::unimplemented, "integer wider than 255 bytes");
+  op(0x8a);
+  append_le(out_, le_bytes.size(), 1);
+  raw(le_bytes.data(), le_bytes.size());
+}
+
+namespace {
+
+// Encoder::value's walk. A first pass over the nodes reachable from the root counts how often
+// each is reached (saturating at 2) and finds the nodes that lie on a cycle (Tarjan's strongly
+// connected components, iteratively); the second pass memoizes those nodes (PUT the first time,
+// GET afterwards). Where the PUT goes follows Python's pickler: lists and dicts right after
+// EMPTY_LIST/EMPTY_DICT, before their items (so they can hold themselves); tuples, sets,
+// strings and globals once built; REDUCE/NEWOBJ results before BUILD state and SETITEMS (so the
+// state can refer back). A tuple or call that a cycle reaches again while its parts are being
+// written is written again inside, and the outer copy is then dropped (POP_MARK / POPs, or POP
+// after REDUCE) and fetched with GET, as Python does. Every cycle the decoder can build passes
+// through a list, dict, call or object (only those are filled after they exist), so it stops
+// at one of them, except a cycle through sets and tuples alone, which ends at max_depth.
+class ValueWriter {
+ public:
+  ValueWriter(Encoder& e, const Document& doc, std::size_t max_depth)
+      : e_(e), doc_(doc), max_depth_(max_depth), refs_(doc.size(), 0), cyclic_(doc.size(), false) {
+    const std::uint64_t source = std::max<std::uint64_t>(doc.source_size(), doc.size());
+    limit_ = e.size() + (source > (UINT64_MAX >> 6) ? UINT64_MAX >> 1 : source * 32 + (std::uint64_t{1} << 20));
   }
+
+  void write(NodeId root) {
+    analyse(root);
+    emit(root, 0);
+  }
+
+ private:
+  // The k-th edge of `id` (items, then callee, args, state); kNoNode past the last.
+  NodeId child(NodeId id, std::size_t k) const {
+    const Node n = doc_.at(id);
+    const auto items = n.items();
+    if (k < items.size()) return items[k];
+    switch (k - items.size()) {
+      case 0: return n.callee();
+      case 1: return n.args();
+      case 2: return n.state();
+      default: return kNoNode;
+    }
+  }
+
+  void analyse(NodeId root) {
+    constexpr std::uint32_t kUnvisited = 0xFFFFFFFFu;
+    std::vector<std::uint32_t> index(doc_.size(), kUnvisited), low(doc_.size(), 0);
+    std::vector<bool> on_stack(doc_.size(), false);
+    std::vector<NodeId> component;
+    struct Frame {
+      NodeId id;
+      std::size_t next_edge;
+    };
+    std::vector<Frame> path;
+    std::uint32_t counter = 0;
+    auto visit = [&](NodeId id) {
+      index[id] = low[id] = counter++;
+      component.push_back(id);
+      on_stack[id] = true;
+      path.push_back({id, 0});
+    };
+    refs_.at(root) = 1;
+    visit(root);
+    while (!path.empty()) {
+      const NodeId v = path.back().id;
+      const std::size_t edges = doc_.at(v).items().size() + 3;
+      NodeId c = kNoNode;
+      while (c == kNoNode && path.back().next_edge < edges) c = child(v, path.back().next_edge++);
+      if (c != kNoNode) {
+        if (refs_[c] < 2) ++refs_[c];
+        if (c == v) cyclic_[v] = true;
+        if (index[c] == kUnvisited) visit(c);
+        else if (on_stack[c]) low[v] = std::min(low[v], index[c]);
+        continue;
+      }
+      path.pop_back();
+      if (!path.empty()) low[path.back().id] = std::min(low[path.back().id], low[v]);
+      if (low[v] != index[v]) continue;
+      // v roots a strongly connected component: pop it; more than one node is a cycle.
+      const auto first = std::find(component.rbegin(), component.rend(), v).base() - 1;
+      const bool cycle = component.end() - first > 1;
+      for (auto it = first; it != component.end(); ++it) {
+        on_stack[*it] = false;
+        if (cycle) cyclic_[*it] = true;
+      }
+      component.erase(first, component.end());
+    }
+  }
+
+  bool shared(NodeId id) const { return refs_[id] >= 2 || cyclic_[id]; }
+  void remember(NodeId id) {
+    if (shared(id)) memo_.emplace(id, e_.put());
+  }
+  // A cycle wrote and memoized `id` while its parts were written: drop this copy's parts
+  // (`pops` values, or everything down to the MARK when pops < 0) and fetch the memoized one.
+  bool fetched_instead(NodeId id, int pops) {
+    const auto it = memo_.find(id);
+    if (it == memo_.end()) return false;
+    if (pops < 0) e_.pop_mark();
+    for (int i = 0; i < pops; ++i) e_.pop();
+    e_.get(it->second);
+    return true;
+  }
+
+  void items(std::span<const NodeId> ids, std::size_t depth) {
+    for (NodeId child : ids) emit(child, depth + 1);
+  }
+
+  void emit(NodeId id, std::size_t depth) {
+    if (depth > max_depth_)
+      throw Error(Errc::out_of_range, "value nested more than " + std::to_string(max_depth_) +
+                                          " levels deep (or a cycle through tuples or sets only) cannot be encoded");
+    if (e_.size() > limit_)
+      throw Error(Errc::resource_exhausted, "re-encoded value grows past " + std::to_string(limit_) +
+                                                " bytes, from a pickle of " + std::to_string(doc_.source_size()) + " bytes");
+    if (const auto it = memo_.find(id); it != memo_.end()) return e_.get(it->second);
+    const Node n = doc_.at(id);
+    const auto children = n.items();
+    switch (n.kind()) {
+      case NodeKind::none: return e_.none();
+      case NodeKind::boolean: return e_.boolean(n.boolean());
+      case NodeKind::integer: return e_.integer(n.integer());
+      case NodeKind::big_integer: return e_.long_integer(n.text());
+      case NodeKind::floating: return e_.floating(n.floating());
+      case NodeKind::string:
+        e_.string(n.text());
+        return remember(id);
+      case NodeKind::bytes:
+        e_.bytes(std::span(reinterpret_cast<const std::byte*>(n.text().data()), n.text().size()));
+        return remember(id);
+      case NodeKind::tuple:
+        if (children.empty()) return e_.empty_tuple();  // Python's () is never memoized
+        if (children.size() <= 3) {
+          items(children, depth);
+          if (fetched_instead(id, static_cast<int>(children.size()))) return;
+          e_.tuple(children.size());
+        } else {
+          e_.mark();
+          items(children, depth);
+          if (fetched_instead(id, -1)) return;
+          e_.tuple_from_mark();
+        }
+        return remember(id);
+      case NodeKind::list:
+      case NodeKind::dict:
+        n.kind() == NodeKind::list ? e_.empty_list() : e_.empty_dict();
+        remember(id);
+        if (children.empty()) return;
+        e_.mark();
+        items(children, depth);
+        return n.kind() == NodeKind::list ? e_.appends_from_mark() : e_.setitems_from_mark();
+      case NodeKind::set:
+      case NodeKind::frozenset:
+        // Protocol 2 spelling: builtins.set([items]).
+        e_.global("__builtin__", n.kind() == NodeKind::set ? "set" : "frozenset");
+        e_.empty_list();
+        if (!children.empty()) {
+          e_.mark();
+          items(children, depth);
+          e_.appends_from_mark();
+        }
+        e_.tuple(1);
+        e_.reduce();
+        if (fetched_instead(id, 1)) return;
+        return remember(id);
+      case NodeKind::global:
+        e_.global(n.text() == "builtins" ? "__builtin__" : n.text(), n.name());
+        return remember(id);
+      case NodeKind::call:
+      case NodeKind::object:
+        emit(n.callee(), depth + 1);
+        emit(n.args(), depth + 1);
+        n.kind() == NodeKind::call ? e_.reduce() : e_.newobj();
+        if (fetched_instead(id, 1)) return;
+        remember(id);
+        if (n.state() != kNoNode) {
+          emit(n.state(), depth + 1);
+          e_.build();
+        }
+        if (!children.empty()) {
+          // Python writes listitems (APPENDS) before dictitems (SETITEMS); the document keeps
+          // them in one list, so an object with both cannot be split again.
+          if (n.has_appended_items() && n.has_set_items())
+            throw Error(Errc::unimplemented, "re-encoding an object with both list items and dict items");
+          e_.mark();
+          items(children, depth);
+          n.has_appended_items() ? e_.appends_from_mark() : e_.setitems_from_mark();
+        }
+        return;
+      case NodeKind::persistent:
+        emit(n.args(), depth + 1);
+        return e_.persistent_id();  // Python does not memoize persistent ids
+      default: throw Error(Errc::internal, "unknown node kind in Encoder::value");
+    }
+  }
+
+  Encoder& e_;
+  const Document& doc_;
+  std::size_t max_depth_;
+  std::uint64_t limit_ = 0;
+  std::vector<std::uint8_t> refs_;
+  std::vector<bool> cyclic_;
+  std::unordered_map<NodeId, std::uint32_t> memo_;
+};
+
+}  // namespace
+
+void Encoder::value(const Document& doc, NodeId id, std::size_t max_depth) {
+  ValueWriter(*this, doc, max_depth).write(id);
 }
 
 std::vector<std::byte> Encoder::finish() {

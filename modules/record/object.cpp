@@ -17,6 +17,7 @@ namespace dcp::record {
 namespace {
 
 using pickle::Document;
+using pickle::Node;
 using pickle::NodeId;
 using pickle::NodeKind;
 
@@ -34,71 +35,119 @@ std::string latin1_to_bytes(std::string_view utf8) {
   return out;
 }
 
-void write_value(json::JsonWriter& w, const Document& doc, NodeId id, int depth) {
-  if (depth > 100) throw Error(Errc::out_of_range, "object nested more than 100 levels deep");
-  const auto& n = doc.at(id);
-  auto array = [&](const std::vector<NodeId>& items) {
-    w.begin_array();
-    for (NodeId i : items) write_value(w, doc, i, depth + 1);
-    w.end_array();
-  };
-  auto mapping = [&](const std::vector<NodeId>& items) {
-    w.begin_object();
-    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
-      const auto& k = doc.at(items[i]);
-      if (k.kind == NodeKind::string) w.key(k.text);
-      else if (k.kind == NodeKind::integer) w.key(std::to_string(k.integer));
-      else throw Error(Errc::unimplemented, "dict key " + doc.describe(items[i]) + " has no JSON form").at_offset(k.offset);
-      write_value(w, doc, items[i + 1], depth + 1);
-    }
-    w.end_object();
-  };
-  switch (n.kind) {
-    case NodeKind::none: w.null(); return;
-    case NodeKind::boolean: w.value(n.boolean); return;
-    case NodeKind::integer: w.value(n.integer); return;
-    case NodeKind::floating: w.value(n.floating); return;
-    case NodeKind::string: w.value(n.text); return;
-    case NodeKind::bytes: w.value(n.text); return;
-    case NodeKind::tuple:
-    case NodeKind::list:
-    case NodeKind::set:
-    case NodeKind::frozenset: array(n.items); return;
-    case NodeKind::dict: mapping(n.items); return;
-    case NodeKind::call: {
-      const auto& callee = doc.at(n.callee);
-      const auto& args = doc.at(n.args).items;
-      const std::string name = callee.text + "." + callee.name;
-      if (name == "collections.OrderedDict") return mapping(n.items);
-      if ((name == "builtins.set" || name == "builtins.frozenset") && args.size() <= 1)
-        return args.empty() ? array({}) : write_value(w, doc, args[0], depth + 1);
-      if (name == "_codecs.encode" && args.size() == 2 && doc.at(args[0]).kind == NodeKind::string) {
-        w.value(latin1_to_bytes(doc.at(args[0]).text));
-        return;
-      }
-      if (name == "builtins.bytes" && args.empty()) {
-        w.value(std::string_view{});
-        return;
-      }
-      if (name == "torch.Size" && args.size() == 1) return write_value(w, doc, args[0], depth + 1);
-      if (name == "torch.device" && !args.empty() && doc.at(args[0]).kind == NodeKind::string) {
-        std::string text = doc.at(args[0]).text;
-        if (args.size() > 1 && doc.at(args[1]).kind == NodeKind::integer) text += ":" + std::to_string(doc.at(args[1]).integer);
-        w.value(text);
-        return;
-      }
-      throw Error(Errc::unimplemented, "object holds " + name + "(...), which has no JSON form").at_offset(n.offset);
-    }
-    case NodeKind::global:
-      if (n.text == "torch") {  // a dtype
-        w.value("torch." + n.name);
-        return;
-      }
-      [[fallthrough]];
-    default:
-      throw Error(Errc::unimplemented, "object holds " + doc.describe(id) + ", which has no JSON form").at_offset(n.offset);
+// JSON holds no references, so a value the pickle shares is written out again each time it
+// is reached: the output is bounded instead (kJsonPerByte per byte of data.pkl plus
+// kJsonFloor). Without sharing, JSON is at most ~6 bytes per pickle byte (a NONE opcode is
+// "null,", a control character in a string "\u0001"); the margin covers strings that an object
+// really repeats by memo. A value that contains itself has no JSON form at all.
+constexpr std::uint64_t kJsonPerByte = 16;
+constexpr std::uint64_t kJsonFloor = std::uint64_t{1} << 20;
+
+class JsonRenderer {
+ public:
+  explicit JsonRenderer(const Document& doc)
+      : doc_(doc),
+        limit_(checked_add(checked_mul(doc.source_size(), kJsonPerByte).value_or(UINT64_MAX), kJsonFloor)
+                   .value_or(UINT64_MAX)),
+        on_path_(doc.size(), false) {}
+
+  std::string render(NodeId id) {
+    value(id, 0);
+    return w_.take();
   }
-}
+
+ private:
+  [[noreturn]] void fail(Errc code, std::string message, NodeId id) const {
+    Error e(code, std::move(message));
+    if (auto offset = doc_.at(id).offset()) e.at_offset(*offset);
+    throw e;
+  }
+
+  void array(std::span<const NodeId> items, int depth) {
+    w_.begin_array();
+    for (NodeId i : items) value(i, depth + 1);
+    w_.end_array();
+  }
+
+  void mapping(std::span<const NodeId> items, int depth) {
+    w_.begin_object();
+    for (std::size_t i = 0; i + 1 < items.size(); i += 2) {
+      const Node k = doc_.at(items[i]);
+      if (k.kind() == NodeKind::string) w_.key(k.text());
+      else if (k.kind() == NodeKind::integer) w_.key(std::to_string(k.integer()));
+      else fail(Errc::unimplemented, "dict key " + doc_.describe(items[i]) + " has no JSON form", items[i]);
+      value(items[i + 1], depth + 1);
+    }
+    w_.end_object();
+  }
+
+  void value(NodeId id, int depth) {
+    if (depth > 100) fail(Errc::out_of_range, "object nested more than 100 levels deep", id);
+    if (w_.str().size() > limit_)
+      fail(Errc::resource_exhausted,
+           "object's JSON passes " + std::to_string(limit_) + " bytes for a pickle of " +
+               std::to_string(doc_.source_size()) + " bytes (shared values are written out each time)",
+           id);
+    if (on_path_[id]) fail(Errc::unimplemented, "object contains itself, which has no JSON form", id);
+    on_path_[id] = true;
+    write(id, depth);
+    on_path_[id] = false;
+  }
+
+  void write(NodeId id, int depth) {
+    const Node n = doc_.at(id);
+    switch (n.kind()) {
+      case NodeKind::none: w_.null(); return;
+      case NodeKind::boolean: w_.value(n.boolean()); return;
+      case NodeKind::integer: w_.value(n.integer()); return;
+      case NodeKind::floating: w_.value(n.floating()); return;
+      case NodeKind::string: w_.value(n.text()); return;
+      case NodeKind::bytes: w_.value(n.text()); return;
+      case NodeKind::tuple:
+      case NodeKind::list:
+      case NodeKind::set:
+      case NodeKind::frozenset: array(n.items(), depth); return;
+      case NodeKind::dict: mapping(n.items(), depth); return;
+      case NodeKind::call: {
+        const Node callee = doc_.at(n.callee());
+        const auto args = doc_.at(n.args()).items();
+        const std::string name = std::string(callee.text()) + "." + std::string(callee.name());
+        if (name == "collections.OrderedDict") return mapping(n.items(), depth);
+        if ((name == "builtins.set" || name == "builtins.frozenset") && args.size() <= 1)
+          return args.empty() ? array({}, depth) : value(args[0], depth + 1);
+        if (name == "_codecs.encode" && args.size() == 2 && doc_.at(args[0]).kind() == NodeKind::string) {
+          w_.value(latin1_to_bytes(doc_.at(args[0]).text()));
+          return;
+        }
+        if (name == "builtins.bytes" && args.empty()) {
+          w_.value(std::string_view{});
+          return;
+        }
+        if (name == "torch.Size" && args.size() == 1) return value(args[0], depth + 1);
+        if (name == "torch.device" && !args.empty() && doc_.at(args[0]).kind() == NodeKind::string) {
+          std::string text(doc_.at(args[0]).text());
+          if (args.size() > 1 && doc_.at(args[1]).kind() == NodeKind::integer)
+            text += ":" + std::to_string(doc_.at(args[1]).integer());
+          w_.value(text);
+          return;
+        }
+        fail(Errc::unimplemented, "object holds " + name + "(...), which has no JSON form", id);
+      }
+      case NodeKind::global:
+        if (n.text() == "torch") {  // a dtype
+          w_.value("torch." + std::string(n.name()));
+          return;
+        }
+        [[fallthrough]];
+      default: fail(Errc::unimplemented, "object holds " + doc_.describe(id) + ", which has no JSON form", id);
+    }
+  }
+
+  const Document& doc_;
+  std::uint64_t limit_;
+  std::vector<bool> on_path_;
+  json::JsonWriter w_;
+};
 
 }  // namespace
 
@@ -110,11 +159,10 @@ const pickle::AllowList& object_allow_list() {
                         {"torch", "device"}, {"torch._utils", "_rebuild_tensor_v2"},
                         {"torch._utils", "_rebuild_tensor_v3"}, {"torch._utils", "_rebuild_parameter"},
                         {"torch", "UntypedStorage"}};
-    for (std::string_view s : {"DoubleStorage", "FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage",
-                               "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage",
-                               "ComplexFloatStorage", "ComplexDoubleStorage"})
-      l.add("torch", s);
-    for (int i = 0; i <= static_cast<int>(DType::quint2x4); ++i) l.add("torch", dtype_name(static_cast<DType>(i)));
+    for (const auto& info : dtype_table()) {
+      l.add("torch", info.name);
+      if (!info.storage_class.empty()) l.add("torch", info.storage_class);
+    }
     return l;
   }();
   return list;
@@ -125,18 +173,10 @@ pickle::Document parse_object(std::span<const std::byte> archive) {
   const auto pkl = zip::record_data(parsed, archive, "data.pkl");
   pickle::Limits limits;
   limits.allow_persistent_ids = true;
-  try {
-    return pickle::decode(pkl, object_allow_list(), limits);
-  } catch (Error& e) {
-    e.add_offset(static_cast<std::uint64_t>(pkl.data() - archive.data()));
-    throw;
-  }
+  limits.base_offset = static_cast<std::uint64_t>(pkl.data() - archive.data());  // offsets in the archive
+  return pickle::decode(pkl, object_allow_list(), limits);
 }
 
-std::string object_to_json(const pickle::Document& doc, pickle::NodeId id) {
-  json::JsonWriter w;
-  write_value(w, doc, id, 0);
-  return w.take();
-}
+std::string object_to_json(const pickle::Document& doc, pickle::NodeId id) { return JsonRenderer(doc).render(id); }
 
 }  // namespace dcp::record

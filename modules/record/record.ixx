@@ -6,14 +6,18 @@
 // about them (dtype, storage offset, sizes, strides), so the loader can read exactly the
 // bytes it needs straight into destination memory. `parse_object` decodes a BYTE_IO item
 // into a pickle value tree with an allow-list of plain Python types (nothing is executed);
-// `object_to_json` renders such values. Untrusted input: every byte of the item.
+// `object_to_json` renders such values. `StateDictPickler` writes torch.save's data.pkl for
+// `dcpp convert`. Untrusted input: every byte of the item.
 // Imports: dcp.error, dcp.pickle, dcp.zip, dcp.metadata, dcp.json.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 export module dcp.record;
 import dcp.error;
@@ -64,12 +68,52 @@ void check_against_chunk(const TensorLocation& location, DType dtype, const meta
 /// torch.device, dtypes, and tensor rebuilds with their storages.
 const pickle::AllowList& object_allow_list();
 
-/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree.
+/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree. Node offsets and
+/// error offsets are archive offsets.
 pickle::Document parse_object(std::span<const std::byte> archive);
 
 /// Renders a decoded object as JSON (tuples and sets as arrays, bytes as latin-1 text, dict
 /// keys as strings). Throws unimplemented for values JSON cannot hold (tensors, calls of
-/// other globals) naming them.
+/// other globals, a value that contains itself) naming them, and resource_exhausted when the
+/// text would pass 16 bytes per byte of the object's data.pkl plus 1 MiB (JSON writes a
+/// value the pickle shares by memo out again at each reference).
 std::string object_to_json(const pickle::Document& doc, pickle::NodeId id);
+
+/// torch.save's data.pkl for a nested state dict, opcode for opcode as CPython's C pickler
+/// writes it for torch 1.13 (protocol 2): every container, string and global is memoized
+/// (BINPUT), a global or one of the constant strings 'storage' / 'cpu' seen before is fetched
+/// back (BINGET), dicts and lists go out in batches of 1000 (one element: SETITEM / APPEND).
+/// Objects are re-encoded with pickle::Encoder::value in the same memo numbering, keeping
+/// their sharing. The caller composes: begin_dict(), dict_items(n, [&](i) { key(k); value }).
+class StateDictPickler {
+ public:
+  StateDictPickler();
+  /// A full contiguous CPU tensor whose storage is record "data/<key>" (_rebuild_tensor_v2
+  /// with the legacy storage class, or _v3 with an UntypedStorage as the dtype table says).
+  /// Throws unimplemented for quantized dtypes.
+  void tensor(DType dtype, const metadata::Shape& sizes, std::string_view key);
+  void none();
+  void begin_dict();
+  void begin_list();
+  void key(std::string_view name);
+  /// `element(i)` writes entry i (key() and its value, or a list value).
+  void dict_items(std::size_t count, const std::function<void(std::size_t)>& element);
+  void list_items(std::size_t count, const std::function<void(std::size_t)>& element);
+  /// A decoded BYTE_IO value (its root).
+  void object(const pickle::Document& doc);
+  /// Appends STOP and returns data.pkl.
+  std::vector<std::byte> finish();
+
+ private:
+  void global(std::string_view module, std::string_view name);
+  void text(std::string_view utf8);
+  // A string that is the same Python object every time torch pickles it (a code constant).
+  void constant(std::string_view utf8, std::optional<std::uint32_t>& memo);
+  void int_tuple(const metadata::Shape& values);
+
+  pickle::Encoder e_;
+  std::unordered_map<std::string, std::uint32_t> globals_;
+  std::optional<std::uint32_t> storage_, cpu_;
+};
 
 }  // namespace dcp::record

@@ -4,6 +4,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,37 +22,26 @@ using pickle::Document;
 using pickle::NodeId;
 using pickle::NodeKind;
 
-// Legacy typed storage classes and the dtype they hold.
-struct StorageClass {
-  std::string_view name;
-  DType dtype;
-};
-constexpr StorageClass kStorageClasses[] = {
-    {"DoubleStorage", DType::float64}, {"FloatStorage", DType::float32},
-    {"HalfStorage", DType::float16}, {"BFloat16Storage", DType::bfloat16},
-    {"LongStorage", DType::int64}, {"IntStorage", DType::int32},
-    {"ShortStorage", DType::int16}, {"CharStorage", DType::int8},
-    {"ByteStorage", DType::uint8}, {"BoolStorage", DType::boolean},
-    {"ComplexFloatStorage", DType::complex64}, {"ComplexDoubleStorage", DType::complex128},
-};
-
 constexpr std::uint64_t kMaxPickleBytes = 16u << 20;  // a tensor's data.pkl is ~100s of bytes
+// A tensor item's central directory has 4–6 entries of ~100 bytes; 1 MiB is far beyond any.
+constexpr std::uint64_t kMaxDirectoryBytes = 1u << 20;
 
 Error bad(const Document& doc, NodeId id, std::string message) {
   Error e(Errc::data_loss, "data.pkl: " + std::move(message));
-  if (id != pickle::kNoNode) e.at_offset(doc.at(id).offset);
+  // A shared None/True/False/() has no offset of its own: name the tensor's.
+  if (id != pickle::kNoNode) e.at_offset(doc.at(id).offset().value_or(doc.at(doc.root()).offset().value_or(doc.stop_offset())));
   return e;
 }
 
 std::int64_t int_of(const Document& doc, NodeId id, const char* what) {
-  if (doc.at(id).kind != NodeKind::integer) throw bad(doc, id, std::string(what) + " is " + doc.describe(id));
-  return doc.at(id).integer;
+  if (doc.at(id).kind() != NodeKind::integer) throw bad(doc, id, std::string(what) + " is " + doc.describe(id));
+  return doc.at(id).integer();
 }
 
 metadata::Shape int_tuple(const Document& doc, NodeId id, const char* what) {
-  if (doc.at(id).kind != NodeKind::tuple) throw bad(doc, id, std::string(what) + " is " + doc.describe(id));
+  if (doc.at(id).kind() != NodeKind::tuple) throw bad(doc, id, std::string(what) + " is " + doc.describe(id));
   metadata::Shape out;
-  for (NodeId d : doc.at(id).items) {
+  for (NodeId d : doc.at(id).items()) {
     const auto v = int_of(doc, d, what);
     if (v < 0) throw bad(doc, d, std::string(what) + " has a negative entry");
     out.push_back(v);
@@ -63,8 +53,10 @@ const pickle::AllowList& tensor_allow_list() {
   static const pickle::AllowList list = [] {
     pickle::AllowList l{{"torch._utils", "_rebuild_tensor_v2"}, {"torch._utils", "_rebuild_tensor_v3"},
                         {"torch", "UntypedStorage"}, {"collections", "OrderedDict"}};
-    for (const auto& s : kStorageClasses) l.add("torch", s.name);
-    for (int i = 0; i <= static_cast<int>(DType::quint2x4); ++i) l.add("torch", dtype_name(static_cast<DType>(i)));
+    for (const auto& info : dtype_table()) {
+      l.add("torch", info.name);
+      if (!info.storage_class.empty()) l.add("torch", info.storage_class);
+    }
     return l;
   }();
   return list;
@@ -89,6 +81,7 @@ class ArchiveReader {
                                        " runs past the item end (" + std::to_string(size_) + " bytes)")
           .at_offset(offset);
     std::vector<std::byte> out(length);
+    if (length == 0) return out;  // memcpy from/to a null pointer is undefined even for 0 bytes
     if (offset + length <= head_.size()) {
       std::memcpy(out.data(), head_.data() + offset, length);
     } else if (!tail_.empty() && offset >= tail_offset_) {
@@ -122,43 +115,44 @@ TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
   limits.allow_persistent_ids = true;
   const Document doc = pickle::decode(data_pkl, tensor_allow_list(), limits);
   const auto& root = doc.at(doc.root());
-  const bool v3 = root.kind == NodeKind::call && doc.is_global(root.callee, "torch._utils", "_rebuild_tensor_v3");
-  if (root.kind != NodeKind::call ||
-      !(v3 || doc.is_global(root.callee, "torch._utils", "_rebuild_tensor_v2")))
+  const bool v3 = root.kind() == NodeKind::call && doc.is_global(root.callee(), "torch._utils", "_rebuild_tensor_v3");
+  if (root.kind() != NodeKind::call ||
+      !(v3 || doc.is_global(root.callee(), "torch._utils", "_rebuild_tensor_v2")))
     throw bad(doc, doc.root(), "expected a tensor (_rebuild_tensor_v2/_v3), found " + doc.describe(doc.root()));
-  const auto& args = doc.at(root.args).items;
-  if (args.size() < (v3 ? 7u : 6u)) throw bad(doc, root.args, "too few tensor arguments");
+  const auto& args = doc.at(root.args()).items();
+  if (args.size() < (v3 ? 7u : 6u)) throw bad(doc, root.args(), "too few tensor arguments");
   const std::size_t flags_at = v3 ? 7 : 6;
-  if (args.size() > flags_at && !(doc.at(args[flags_at]).kind == NodeKind::dict && doc.at(args[flags_at]).items.empty()) &&
-      doc.at(args[flags_at]).kind != NodeKind::none)
-    throw Error(Errc::unimplemented, "data.pkl: tensor flags (conj/neg) are not supported").at_offset(doc.at(args[flags_at]).offset);
+  if (args.size() > flags_at && !(doc.at(args[flags_at]).kind() == NodeKind::dict && doc.at(args[flags_at]).items().empty()) &&
+      doc.at(args[flags_at]).kind() != NodeKind::none)
+    throw Error(Errc::unimplemented, "data.pkl: tensor flags (conj/neg) are not supported")
+        .at_offset(doc.at(args[flags_at]).offset().value_or(doc.stop_offset()));
 
   TensorRecord r;
   // Persistent id: ('storage', storage class, key, location, numel).
   const auto& storage = doc.at(args[0]);
-  if (storage.kind != NodeKind::persistent || doc.at(storage.args).kind != NodeKind::tuple)
+  if (storage.kind() != NodeKind::persistent || doc.at(storage.args()).kind() != NodeKind::tuple)
     throw bad(doc, args[0], "tensor storage is " + doc.describe(args[0]));
-  const auto& pid = doc.at(storage.args).items;
-  if (pid.size() != 5 || doc.at(pid[0]).text != "storage" || doc.at(pid[2]).kind != NodeKind::string)
-    throw bad(doc, storage.args, "malformed storage persistent id");
+  const auto& pid = doc.at(storage.args()).items();
+  if (pid.size() != 5 || doc.at(pid[0]).text() != "storage" || doc.at(pid[2]).kind() != NodeKind::string)
+    throw bad(doc, storage.args(), "malformed storage persistent id");
   const auto& cls = doc.at(pid[1]);
-  r.storage_key = doc.at(pid[2]).text;
+  r.storage_key = doc.at(pid[2]).text();
   const auto numel = int_of(doc, pid[4], "storage size");
   if (numel < 0) throw bad(doc, pid[4], "negative storage size");
   r.storage_numel = static_cast<std::uint64_t>(numel);
   if (v3) {
-    if (cls.kind != NodeKind::global || cls.name != "UntypedStorage") throw bad(doc, pid[1], "v3 tensor without UntypedStorage");
+    if (cls.kind() != NodeKind::global || cls.name() != "UntypedStorage") throw bad(doc, pid[1], "v3 tensor without UntypedStorage");
     r.dtype = metadata::decode_dtype(doc, args[6]);
     const auto itemsize = dtype_itemsize(r.dtype);
     if (r.storage_numel % itemsize) throw bad(doc, pid[4], "untyped storage is not a whole number of elements");
     r.storage_numel /= itemsize;  // v3 counts bytes
   } else {
-    auto it = std::find_if(std::begin(kStorageClasses), std::end(kStorageClasses),
-                           [&](const StorageClass& s) { return s.name == cls.name; });
-    if (cls.kind != NodeKind::global || it == std::end(kStorageClasses))
-      throw Error(Errc::unimplemented, "data.pkl: storage class " + doc.describe(pid[1]) + " is not supported")
-          .at_offset(cls.offset);
-    r.dtype = it->dtype;
+    const auto dtype = cls.kind() == NodeKind::global ? dtype_from_storage_class(cls.name()) : std::nullopt;
+    if (!dtype) {
+      Error e = bad(doc, pid[1], "storage class " + doc.describe(pid[1]) + " is not supported");
+      throw Error(Errc::unimplemented, e.message()).at_offset(e.context().byte_offset.value_or(0));
+    }
+    r.dtype = *dtype;
   }
   const auto storage_offset = int_of(doc, args[1], "storage offset");
   if (storage_offset < 0) throw bad(doc, args[1], "negative storage offset");
@@ -166,7 +160,7 @@ TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
   r.sizes = int_tuple(doc, args[2], "size");
   r.strides = int_tuple(doc, args[3], "stride");
   if (r.sizes.size() != r.strides.size()) throw bad(doc, args[3], "size and stride have different ranks");
-  if (doc.at(args[4]).kind == NodeKind::boolean) r.requires_grad = doc.at(args[4]).boolean;
+  if (doc.at(args[4]).kind() == NodeKind::boolean) r.requires_grad = doc.at(args[4]).boolean();
   return r;
 }
 
@@ -176,6 +170,10 @@ TensorLocation locate_tensor(std::uint64_t archive_size, const ReadAt& read_at) 
         .at_offset(0);
   ArchiveReader reader(archive_size, read_at);
   const auto end = zip::parse_end_records(reader.tail(), archive_size);
+  if (end.central_directory_size > kMaxDirectoryBytes)
+    throw Error(Errc::resource_exhausted, "central directory of " + std::to_string(end.central_directory_size) +
+                                              " bytes is too large for a tensor item")
+        .at_offset(end.central_directory_offset);
   const auto directory = reader.read(end.central_directory_offset, end.central_directory_size);
   const auto entries = zip::parse_central_directory(directory, end, archive_size);
   const std::string prefix(zip::archive_prefix(entries));
@@ -234,15 +232,9 @@ void check_against_chunk(const TensorLocation& location, DType dtype, const meta
   if (location.record.dtype != dtype)
     throw Error(Errc::data_loss, "item holds " + std::string(dtype_name(location.record.dtype)) +
                                      " but .metadata says " + std::string(dtype_name(dtype)));
-  if (location.record.sizes != sizes) {
-    auto text = [](const metadata::Shape& s) {
-      std::string t = "(";
-      for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-      return t + ")";
-    };
-    throw Error(Errc::data_loss, "item holds a tensor of size " + text(location.record.sizes) +
-                                     " but .metadata promises a chunk of size " + text(sizes));
-  }
+  if (location.record.sizes != sizes)
+    throw Error(Errc::data_loss, "item holds a tensor of size " + format_shape(location.record.sizes) +
+                                     " but .metadata promises a chunk of size " + format_shape(sizes));
 }
 
 }  // namespace dcp::record

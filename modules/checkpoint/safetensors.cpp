@@ -1,0 +1,106 @@
+// Converting a checkpoint into one safetensors file: a JSON header known from metadata alone
+// (tensors sorted by key, packed back to back; objects as JSON strings in __metadata__), then
+// the tensor bytes written in place as they stream in.
+module;
+#include <ATen/core/Tensor.h>
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+module dcp.checkpoint;
+import dcp.error;
+import dcp.metadata;
+import dcp.record;
+import dcp.json;
+
+namespace dcp::checkpoint {
+namespace {
+
+// Readers refuse larger headers (the safetensors crate's MAX_HEADER_SIZE is 100,000,000).
+constexpr std::size_t kMaxHeaderBytes = 100'000'000;
+
+}  // namespace
+
+using namespace detail;
+
+ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
+                                     const LoadOptions& options, const ConvertProgress& progress) {
+  const auto md = inspect(checkpoint_dir);
+  for (const auto& item : md->items) {
+    if (!is_selected(options, item.fqn)) continue;
+    if (item.is_tensor() && dtype_info(item.tensor().properties.dtype).safetensors.empty())
+      fail_for_key(Errc::unimplemented, item.fqn,
+                   "safetensors has no dtype for " + std::string(dtype_name(item.tensor().properties.dtype)) +
+                       " tensors");
+    if (item.is_tensor() && item.fqn == "__metadata__")
+      fail_for_key(Errc::unimplemented, item.fqn, "a tensor cannot be named __metadata__ in safetensors");
+    if (!item.is_tensor() && item.fqn == "format")
+      fail_for_key(Errc::unimplemented, item.fqn, "object key 'format' collides with safetensors' \"format\": \"pt\"");
+  }
+  Selection selection = select_items(checkpoint_dir, md, options);
+  std::map<std::string, std::string> metadata_strings;  // sorted by key
+  std::size_t header_bytes = 0;
+  for (const auto& [fqn, doc] : selection.objects) {
+    try {
+      auto text = record::object_to_json(doc, doc.root());
+      header_bytes += text.size();
+      if (header_bytes > kMaxHeaderBytes)
+        throw Error(Errc::resource_exhausted, "objects' JSON passes the safetensors header limit of " +
+                                                  std::to_string(kMaxHeaderBytes) + " bytes");
+      metadata_strings.emplace(fqn, std::move(text));
+    } catch (Error& e) {
+      locate_object_error(e, checkpoint_dir, *md, fqn);
+      throw;
+    }
+  }
+
+  // The header is known from metadata alone: tensors sorted by key, packed back to back.
+  std::vector<const metadata::ItemMetadata*> sorted = selection.tensors;
+  std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->fqn < b->fqn; });
+  std::unordered_map<std::string, std::uint64_t> data_offset;
+  json::JsonWriter w;
+  w.begin_object().key("__metadata__").begin_object().key("format").value("pt");
+  for (const auto& [fqn, text] : metadata_strings) w.key(fqn).value(text);
+  w.end_object();
+  std::uint64_t total = 0;
+  for (const auto* item : sorted) {
+    const auto& t = item->tensor();
+    const auto size = metadata::byte_size(item->tensor().size, item->tensor().properties.dtype);
+    const auto end = add_or_throw(total, size, "safetensors data size");
+    w.key(item->fqn).begin_object().key("dtype").value(dtype_info(t.properties.dtype).safetensors);
+    w.key("shape").int_array(t.size);
+    w.key("data_offsets").begin_array().value(total).value(end).end_array().end_object();
+    data_offset.emplace(item->fqn, total);
+    total = end;
+  }
+  w.end_object();
+  std::string header = w.take();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  if (header.size() > kMaxHeaderBytes)
+    throw Error(Errc::resource_exhausted, "safetensors header of " + std::to_string(header.size()) +
+                                              " bytes passes the format's limit of " + std::to_string(kMaxHeaderBytes));
+  const std::uint64_t data_start = 8 + header.size();
+
+  TempFile file(out);
+  std::byte length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<std::byte>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
+  file.write(length);
+  file.write(std::as_bytes(std::span(header.data(), header.size())));
+  ConvertReport report;
+  report.bytes = stream_tensors(checkpoint_dir, md, options, selection, progress,
+                                [&](const std::string& fqn, std::span<const std::byte> data) {
+                                  file.write_at(data, data_start + data_offset.at(fqn));
+                                });
+  file.commit(data_start + total);
+  report.tensors = selection.tensors.size();
+  report.objects = selection.objects.size();
+  return report;
+}
+
+}  // namespace dcp::checkpoint

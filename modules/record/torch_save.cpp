@@ -1,0 +1,152 @@
+// torch.save's data.pkl for a nested state dict, written over pickle::Encoder.
+module;
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+module dcp.record;
+import dcp.error;
+import dcp.pickle;
+import dcp.metadata;
+
+namespace dcp::record {
+namespace {
+
+constexpr std::size_t kBatch = 1000;  // CPython's BATCHSIZE for APPENDS/SETITEMS
+
+metadata::Shape contiguous_strides(const metadata::Shape& sizes) {
+  metadata::Shape strides(sizes.size());
+  std::int64_t stride = 1;
+  for (std::size_t i = sizes.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= std::max<std::int64_t>(sizes[i], 1);
+  }
+  return strides;
+}
+
+}  // namespace
+
+StateDictPickler::StateDictPickler() : e_(2) {}
+
+void StateDictPickler::global(std::string_view module, std::string_view name) {
+  std::string id = std::string(module) + '\n' + std::string(name);
+  if (auto it = globals_.find(id); it != globals_.end()) return e_.get(it->second);
+  e_.global(module, name);
+  globals_.emplace(std::move(id), e_.put());
+}
+
+void StateDictPickler::text(std::string_view utf8) {
+  e_.string(utf8);
+  (void)e_.put();
+}
+
+void StateDictPickler::constant(std::string_view utf8, std::optional<std::uint32_t>& memo) {
+  if (memo) return e_.get(*memo);
+  e_.string(utf8);
+  memo = e_.put();
+}
+
+void StateDictPickler::int_tuple(const metadata::Shape& values) {
+  if (values.empty()) return e_.empty_tuple();  // EMPTY_TUPLE is not memoized
+  if (values.size() > 3) e_.mark();
+  for (const auto v : values) e_.integer(v);
+  if (values.size() > 3) e_.tuple_from_mark();
+  else e_.tuple(values.size());
+  (void)e_.put();
+}
+
+void StateDictPickler::tensor(DType dtype, const metadata::Shape& sizes, std::string_view key) {
+  const auto& info = dtype_info(dtype);
+  if (info.rebuild == TensorRebuild::none)
+    throw Error(Errc::unimplemented, "torch.save output cannot hold " + std::string(info.name) + " tensors");
+  const bool v3 = info.rebuild == TensorRebuild::v3;
+  const auto numel = metadata::numel(sizes);
+  const auto count = v3 ? mul_or_throw(numel, info.itemsize, "storage bytes") : numel;
+  if (count > static_cast<std::uint64_t>(INT64_MAX)) throw Error(Errc::out_of_range, "storage size past 2^63");
+  global("torch._utils", v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
+  e_.mark();
+  // The persistent id ('storage', <storage class>, key, 'cpu', numel), then BINPERSID.
+  e_.mark();
+  constant("storage", storage_);
+  global("torch", v3 ? "UntypedStorage" : info.storage_class);
+  text(key);
+  constant("cpu", cpu_);
+  e_.integer(static_cast<std::int64_t>(count));
+  e_.tuple_from_mark();
+  (void)e_.put();
+  e_.persistent_id();
+  e_.integer(0);  // storage_offset
+  int_tuple(sizes);
+  int_tuple(contiguous_strides(sizes));
+  e_.boolean(false);  // requires_grad
+  global("collections", "OrderedDict");
+  e_.empty_tuple();
+  e_.reduce();
+  (void)e_.put();
+  if (v3) global("torch", info.name);
+  e_.tuple_from_mark();
+  (void)e_.put();
+  e_.reduce();
+  (void)e_.put();
+}
+
+void StateDictPickler::none() { e_.none(); }
+
+void StateDictPickler::begin_dict() {
+  e_.empty_dict();
+  (void)e_.put();
+}
+
+void StateDictPickler::begin_list() {
+  e_.empty_list();
+  (void)e_.put();
+}
+
+void StateDictPickler::key(std::string_view name) { text(name); }
+
+void StateDictPickler::dict_items(std::size_t count, const std::function<void(std::size_t)>& element) {
+  if (count == 0) return;
+  if (count == 1) {
+    element(0);
+    return e_.setitem();
+  }
+  std::size_t next = 0, batch = 0;
+  do {  // a dict of exactly 1000·k items ends with an empty batch, as in batch_dict_exact
+    batch = 0;
+    e_.mark();
+    while (next < count) {
+      element(next++);
+      if (++batch == kBatch) break;
+    }
+    e_.setitems_from_mark();
+  } while (batch == kBatch);
+}
+
+void StateDictPickler::list_items(std::size_t count, const std::function<void(std::size_t)>& element) {
+  if (count == 0) return;
+  if (count == 1) {
+    element(0);
+    return e_.append();
+  }
+  std::size_t next = 0;
+  do {
+    std::size_t batch = 0;
+    e_.mark();
+    while (next < count) {
+      element(next++);
+      if (++batch == kBatch) break;
+    }
+    e_.appends_from_mark();
+  } while (next < count);
+}
+
+void StateDictPickler::object(const pickle::Document& doc) { e_.value(doc, doc.root()); }
+
+std::vector<std::byte> StateDictPickler::finish() { return e_.finish(); }
+
+}  // namespace dcp::record
