@@ -109,7 +109,7 @@ const pickle::AllowList& object_allow_list() {
                         {"builtins", "slice"}, {"_codecs", "encode"}, {"torch", "Size"},
                         {"torch", "device"}, {"torch._utils", "_rebuild_tensor_v2"},
                         {"torch._utils", "_rebuild_tensor_v3"}, {"torch._utils", "_rebuild_parameter"},
-                        {"torch", "UntypedStorage"}};
+                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"}};
     for (std::string_view s : {"DoubleStorage", "FloatStorage", "HalfStorage", "BFloat16Storage", "LongStorage",
                                "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage",
                                "ComplexFloatStorage", "ComplexDoubleStorage"})

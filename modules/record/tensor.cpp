@@ -62,7 +62,8 @@ metadata::Shape int_tuple(const Document& doc, NodeId id, const char* what) {
 const pickle::AllowList& tensor_allow_list() {
   static const pickle::AllowList list = [] {
     pickle::AllowList l{{"torch._utils", "_rebuild_tensor_v2"}, {"torch._utils", "_rebuild_tensor_v3"},
-                        {"torch", "UntypedStorage"}, {"collections", "OrderedDict"}};
+                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"},
+                        {"collections", "OrderedDict"}};
     for (const auto& s : kStorageClasses) l.add("torch", s.name);
     for (int i = 0; i <= static_cast<int>(DType::quint2x4); ++i) l.add("torch", dtype_name(static_cast<DType>(i)));
     return l;
