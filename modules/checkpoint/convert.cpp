@@ -207,7 +207,10 @@ class StateDictPickler {
     // The persistent id ('storage', <storage class>, key, 'cpu', numel), then BINPERSID.
     op('(');
     constant("storage", storage_);
-    global("torch", v3 ? "UntypedStorage" : storage_class);
+    // torch 2.x's own torch.save names torch.storage.UntypedStorage; its weights_only
+    // torch.load (the default since 2.6) refuses the torch.UntypedStorage alias.
+    if (v3) global("torch.storage", "UntypedStorage");
+    else global("torch", storage_class);
     text(key);
     constant("cpu", cpu_);
     count(v3 ? mul_or_throw(numel, dtype_itemsize(dtype), "storage bytes") : numel);
