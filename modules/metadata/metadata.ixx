@@ -2,7 +2,7 @@
 //
 // `decode_metadata` reads the pickled `Metadata` of torch 1.13
 // (`torch.distributed._shard.checkpoint`) and torch 2.x (`torch.distributed.checkpoint`,
-// every variant in shared/notes/dcp-format.md §2: both enum encodings, pathlib ids,
+// every variant docs/format.md describes: both enum encodings, pathlib ids,
 // optional `storage_meta`/`version`/`transform_descriptors`, unknown extra attributes) via
 // dcp.pickle with an allow-list of exactly the globals those files use, then maps the value
 // tree onto plain structs. `validate` checks what PyTorch's writer guarantees (chunks inside
