@@ -11,7 +11,8 @@ ROOT/NAME/expected/<key>.bin, in the schema tests/python/README.md describes (th
 make_checkpoint.py's 1.13 cases, with "format": "torch-2.x" and a "planner_data" dict), and
 ROOT/NAME/metadata.json (metadata_json.py's document: what `dcpp inspect --json` must print).
 Single-process cases run in this process; the 4-rank cases share one start of 4 Gloo
-processes (torch.multiprocessing). Quiet on success; on failure prints a message to stderr and exits 1.
+processes (torch.multiprocessing). Quiet on success; on failure prints a message to stderr
+and exits 1.
 
 Every value in expected.json comes from torch: chunk positions, dtypes, shapes, paths and
 storage ranges from torch's own unpickling of .metadata (the real Metadata classes), tensor
