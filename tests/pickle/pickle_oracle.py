@@ -14,8 +14,9 @@ from a decoded pickle without Python's object model:
   {"long": "<hex of pickle.encode_long(n)>"} (LONG1's two's complement bytes); float ->
   {"float": "<hex of the IEEE-754 bits, big-endian>"}; str -> {"str": "<hex of UTF-8,
   surrogatepass>"}; bytes -> {"bytes": "<hex>"}; bytearray -> {"bytearray": "<hex>"};
-  complex -> {"complex": [re, im]}; tuple/list/set/frozenset -> {"tuple"|"list"|"set"|
-  "frozenset": [items in iteration order]}; dict/OrderedDict -> {"dict"|"odict": [[k, v], ...]};
+  complex -> {"complex": [re, im]}; tuple/list -> {"tuple"|"list": [items]}; set/frozenset ->
+  {"set"|"frozenset": [items sorted by their compact tagged JSON text]}; dict/OrderedDict ->
+  {"dict"|"odict": [[k, v], ...]};
   slice -> {"slice": [start, stop, step]}; an argparse.Namespace (a stand-in for DCP's
   dataclasses: NEWOBJ + BUILD with an attribute dict) -> {"object": "argparse.Namespace",
   "state": <its __dict__ as a dict>}; a persistent id -> {"persistent": <the id>}.
@@ -35,6 +36,10 @@ class Persistent:
         self.pid = pid
 
 
+def _compact(tagged):
+    return json.dumps(tagged, sort_keys=True, separators=(",", ":"))
+
+
 def tag(v):
     t = type(v)
     if v is None or t is bool:
@@ -51,8 +56,10 @@ def tag(v):
         return {"bytearray": bytes(v).hex()}
     if t is complex:
         return {"complex": [tag(v.real), tag(v.imag)]}
-    if t in (tuple, list, set, frozenset):
+    if t in (tuple, list):
         return {t.__name__: [tag(x) for x in v]}
+    if t in (set, frozenset):  # iteration order depends on the process's hash seed
+        return {t.__name__: sorted((tag(x) for x in v), key=_compact)}
     if t is dict:
         return {"dict": [[tag(k), tag(x)] for k, x in v.items()]}
     if t is collections.OrderedDict:
