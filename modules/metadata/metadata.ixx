@@ -2,10 +2,10 @@
 //
 // `decode_metadata` reads the pickled `Metadata` of torch 1.13
 // (`torch.distributed._shard.checkpoint`) and torch 2.x (`torch.distributed.checkpoint`,
-// every variant in shared/notes/dcp-format.md §2: both enum encodings, pathlib ids,
-// optional `storage_meta`/`version`/`transform_descriptors`, unknown extra attributes; see
-// docs/format.md) via dcp.pickle with an allow-list of exactly the globals those files use,
-// then maps the value tree onto plain structs. `validate` checks what PyTorch's writer
+// every variant docs/format.md describes: both enum encodings, pathlib ids, optional
+// `storage_meta`/`version`/`transform_descriptors`, unknown extra attributes) via dcp.pickle
+// with an allow-list of exactly the globals those files use, then maps the value tree onto
+// plain structs. `validate` checks what PyTorch's writer
 // guarantees (chunks inside their tensor, no overlaps, full coverage, one storage entry per
 // chunk, safe file names) in O(n log n) for any sharding, and returns a `ValidatedMetadata`:
 // the only form the planner and the storage layer accept, so unvalidated metadata cannot reach

@@ -4,7 +4,7 @@
 // per fqn either a tensor's local chunks over caller-owned memory, or an object whose
 // bytes the planner keeps); `DefaultLoadPlanner` checks it against the checkpoint's
 // `Metadata` and emits a `LoadPlan` of `ReadItem`s with torch's offset semantics
-// (dcp-format.md §5.1, §5.3), using dcp.layout's `ChunkIndex` instead of torch's all-pairs
+// (docs/format.md, "Load planning"), using dcp.layout's `ChunkIndex` instead of torch's all-pairs
 // loop. The storage layer later executes the plan: for a tensor item it asks
 // `resolve_tensor` for the destination view (`TensorSlice`), copies into it and calls
 // `commit_tensor`; for a bytes item it calls `load_bytes`. Plans cross ranks as bytes
