@@ -61,11 +61,14 @@ auto torch_call(std::string_view what, Fn&& fn) {
   try {
     return fn();
   } catch (const std::bad_alloc&) {
-    throw Error(Errc::out_of_range, std::string(what) + ": out of memory");
+    throw Error(Errc::resource_exhausted, std::string(what) + ": out of memory");
   } catch (const dcp::Error&) {
     throw;
   } catch (const std::exception& e) {
-    throw Error(Errc::io, std::string(what) + ": " + dcp_torch_bridge::first_line(e));
+    // c10's allocators report exhaustion as c10::Error ("can't allocate memory", "out of memory").
+    const std::string line = dcp_torch_bridge::first_line(e);
+    const bool memory = line.find("allocate memory") != std::string::npos || line.find("out of memory") != std::string::npos;
+    throw Error(memory ? Errc::resource_exhausted : Errc::internal, std::string(what) + ": " + line);
   }
 }
 
@@ -107,7 +110,7 @@ at::Tensor allocate(DType dtype, const metadata::Shape& sizes, const AllocOption
   if (options.device.kind == DeviceKind::cuda && !cuda_available())
     throw Error(Errc::unimplemented, "device " + options.device.to_string() + ": this libtorch has no CUDA");
   const auto type = scalar_type(dtype);
-  const auto bytes = metadata::numel(sizes) * dtype_itemsize(dtype);
+  const auto bytes = metadata::byte_size(sizes, dtype);
   if (options.device.kind == DeviceKind::cpu && !options.pinned && bytes >= kHugePage) {
     std::size_t length = 0;
     if (void* data = map_huge(bytes, length))

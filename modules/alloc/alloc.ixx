@@ -39,7 +39,7 @@ c10::ScalarType scalar_type(DType dtype);
 /// The checkpoint dtype of a tensor's scalar type.
 DType dtype_of(const at::Tensor& tensor);
 
-/// An uninitialized contiguous tensor. Throws dcp::Error (out_of_range when memory runs out,
+/// An uninitialized contiguous tensor. Throws dcp::Error (resource_exhausted when memory runs out,
 /// unimplemented for CUDA without a CUDA libtorch).
 at::Tensor allocate(DType dtype, const metadata::Shape& sizes, const AllocOptions& options = {});
 

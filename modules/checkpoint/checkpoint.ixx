@@ -31,34 +31,35 @@ export namespace dcp::checkpoint {
 
 /// Reads, decodes and cross-checks `checkpoint_dir/.metadata`: chunks inside their tensors
 /// and not overlapping, one storage entry per chunk, every data file present and every byte
-/// range inside it. Throws dcp::Error naming the file, key and byte offset.
-metadata::Metadata inspect(const std::filesystem::path& checkpoint_dir);
+/// range inside it (FileSystemReader::read_metadata). Throws dcp::Error naming the file, key
+/// and byte offset.
+metadata::ValidatedMetadata inspect(const std::filesystem::path& checkpoint_dir);
 
 /// torch's `load(state_dict, storage_reader, planner)` without a process group: plans against
-/// the reader's metadata and reads every item into `destination`'s memory.
+/// the reader's (validated) metadata and reads every item into `destination`'s memory.
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
                          planning::LoadPlanner& planner);
 
 struct LoadOptions {
-  int threads = 0;                  ///< storage worker threads (0: automatic)
-  storage::ReadBackend backend = storage::ReadBackend::automatic;
+  storage::ReadOptions read;        ///< how the storage layer reads (threads, backend, budgets)
   alloc::AllocOptions allocation;   ///< where full tensors are allocated
-  bool verify_crc = false;          ///< check every storage record's CRC-32
-  bool collect_errors = false;      ///< report every failing item instead of stopping
   std::uint64_t batch_bytes = std::uint64_t{1} << 30;  ///< for_each_tensor's memory bound
   std::function<bool(std::string_view fqn)> select;     ///< keys to load (all when empty)
 };
+
+/// Bytes of the full tensors `options.select` picks (what a progress bar counts to).
+std::uint64_t selected_tensor_bytes(const metadata::Metadata& metadata, const LoadOptions& options);
 
 /// Loads every selected tensor as a full tensor, in metadata order, a batch of at most
 /// `batch_bytes` (or one tensor, if larger) at a time; `consume` receives each tensor and may
 /// keep or drop it. Returns the combined report (with collect_errors, the errors).
 storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
-                                    const metadata::Metadata& metadata, const LoadOptions& options,
+                                    const metadata::ValidatedMetadata& metadata, const LoadOptions& options,
                                     const std::function<void(const std::string& fqn, at::Tensor tensor)>& consume);
 
 /// A whole checkpoint in memory.
 struct LoadedCheckpoint {
-  metadata::Metadata metadata;
+  metadata::ValidatedMetadata metadata;
   std::vector<std::pair<std::string, at::Tensor>> tensors;          ///< metadata order
   std::vector<std::pair<std::string, pickle::Document>> objects;    ///< metadata order
   storage::ReadReport report;
@@ -69,7 +70,7 @@ LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const Lo
 
 /// Decodes every selected BYTE_IO object of a checkpoint.
 std::vector<std::pair<std::string, pickle::Document>> load_objects(
-    const std::filesystem::path& checkpoint_dir, const metadata::Metadata& metadata, const LoadOptions& options);
+    const std::filesystem::path& checkpoint_dir, const metadata::ValidatedMetadata& metadata, const LoadOptions& options);
 
 /// What a conversion wrote.
 struct ConvertReport {
@@ -133,14 +134,14 @@ struct Selection {
   std::vector<std::string> fqns;  ///< tensors and objects
 };
 /// The selected keys of `md`, with every selected object decoded.
-Selection select_items(const std::filesystem::path& dir, const metadata::Metadata& md, const LoadOptions& options);
+Selection select_items(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options);
 /// Streams every selected tensor's bytes to `write` in bounded batches, checking that each
 /// arrives dense and of the promised size; returns the bytes streamed.
-std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::Metadata& md,
+std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md,
                              const LoadOptions& options, const Selection& selection, const ConvertProgress& progress,
                              const std::function<void(const std::string&, std::span<const std::byte>)>& write);
+/// True when `options.select` picks `fqn` (everything when it is empty).
 bool is_selected(const LoadOptions& options, std::string_view fqn);
-std::uint64_t tensor_bytes(const metadata::ItemMetadata& item);
 [[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
 /// Names the object `fqn` in `e`: its key, its data file, and the error's archive offset
 /// moved to a file offset.

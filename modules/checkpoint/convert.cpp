@@ -36,7 +36,7 @@ constexpr std::uint64_t kConvertBatchBytes = std::uint64_t{256} << 20;
 LoadOptions streaming_options(const LoadOptions& options) {
   LoadOptions o = options;
   o.batch_bytes = std::min(options.batch_bytes == 0 ? kConvertBatchBytes : options.batch_bytes, kConvertBatchBytes);
-  o.collect_errors = false;
+  o.read.collect_errors = false;
   o.allocation = {};
   return o;
 }
@@ -59,14 +59,9 @@ void locate_object_error(Error& e, const std::filesystem::path& dir, const metad
 
 bool is_selected(const LoadOptions& options, std::string_view fqn) { return !options.select || options.select(fqn); }
 
-std::uint64_t tensor_bytes(const metadata::ItemMetadata& item) {
-  const auto& t = item.tensor();
-  return mul_or_throw(metadata::numel(t.size), dtype_itemsize(t.properties.dtype), "tensor size in bytes");
-}
-
-Selection select_items(const std::filesystem::path& dir, const metadata::Metadata& md, const LoadOptions& options) {
+Selection select_items(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options) {
   Selection s;
-  for (const auto& item : md.items) {
+  for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;
     s.fqns.push_back(item.fqn);
     if (item.is_tensor()) s.tensors.push_back(&item);
@@ -75,16 +70,16 @@ Selection select_items(const std::filesystem::path& dir, const metadata::Metadat
   return s;
 }
 
-std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::Metadata& md, const LoadOptions& options,
+std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options,
                              const Selection& selection, const ConvertProgress& progress,
                              const std::function<void(const std::string&, std::span<const std::byte>)>& write) {
   std::size_t count = 0;
   std::uint64_t bytes = 0;
   (void)for_each_tensor(dir, md, streaming_options(options), [&](const std::string& fqn, at::Tensor tensor) {
-    const auto* item = md.find_item(fqn);
+    const auto* item = md->find_item(fqn);
     if (!item || !item->is_tensor()) fail_for_key(Errc::internal, fqn, "converter got a tensor it did not ask for");
     const auto slice = alloc::slice_of(tensor);
-    const auto size = tensor_bytes(*item);
+    const auto size = metadata::byte_size(item->tensor().size, item->tensor().properties.dtype);
     if (!planning::is_contiguous(slice) || planning::numel(slice) * dtype_itemsize(slice.dtype) != size)
       fail_for_key(Errc::internal, fqn, "loaded tensor is not a dense " + std::to_string(size) + "-byte block");
     write(fqn, std::span<const std::byte>(slice.data, static_cast<std::size_t>(size)));
@@ -107,7 +102,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
   const auto md = inspect(checkpoint_dir);
   // Everything data.pkl needs comes from metadata and the (small) objects: check and
   // encode it all before the output file exists.
-  for (const auto& item : md.items) {
+  for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn) || !item.is_tensor()) continue;
     const auto& info = dtype_info(item.tensor().properties.dtype);
     if (info.rebuild == TensorRebuild::none)
@@ -121,7 +116,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
         fail_for_key(Errc::unimplemented, fqn, "object holds tensors; converting such objects is not supported");
     objects.emplace(fqn, &doc);
   }
-  const auto tree = planning::unflatten(md, selection.fqns);
+  const auto tree = planning::unflatten(*md, selection.fqns);
 
   // Storage keys "0", "1", ... in pickling order, as torch.save numbers them.
   std::unordered_map<std::string, std::string> storage_keys;
@@ -130,7 +125,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
     switch (node.kind) {
       case planning::NestedNode::Kind::none: return pickler.none();
       case planning::NestedNode::Kind::leaf: {
-        const auto* item = md.find_item(node.fqn);
+        const auto* item = md->find_item(node.fqn);
         if (!item) fail_for_key(Errc::internal, node.fqn, "unflatten produced an unknown key");
         if (!item->is_tensor()) {
           const auto it = objects.find(node.fqn);
@@ -138,7 +133,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
           try {
             return pickler.object(*it->second);
           } catch (Error& e) {
-            locate_object_error(e, checkpoint_dir, md, node.fqn);
+            locate_object_error(e, checkpoint_dir, *md, node.fqn);
             throw;
           }
         }

@@ -18,11 +18,13 @@ import dcp.record;
 import dcp.storage;
 
 namespace dcp::checkpoint {
-namespace {
-
-bool selected(const LoadOptions& options, std::string_view fqn) { return !options.select || options.select(fqn); }
-
-}  // namespace
+std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOptions& options) {
+  std::uint64_t total = 0;
+  for (const auto& item : md.items)
+    if (item.is_tensor() && detail::is_selected(options, item.fqn))
+      total += metadata::byte_size(item.tensor().size, item.tensor().properties.dtype);
+  return total;
+}
 
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
                          planning::LoadPlanner& planner) {
@@ -35,19 +37,14 @@ storage::ReadReport load(planning::Destination& destination, storage::StorageRea
   return reader.read_data(plan, planner);
 }
 
-storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir, const metadata::Metadata& md,
+storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir, const metadata::ValidatedMetadata& md,
                                     const LoadOptions& options,
                                     const std::function<void(const std::string&, at::Tensor)>& consume) {
-  storage::ReadOptions read_options;
-  read_options.threads = options.threads;
-  read_options.backend = options.backend;
-  read_options.verify_crc = options.verify_crc;
-  read_options.collect_errors = options.collect_errors;
   storage::ReadReport total;
 
   std::vector<const metadata::ItemMetadata*> pending;
-  for (const auto& item : md.items)
-    if (item.is_tensor() && selected(options, item.fqn)) pending.push_back(&item);
+  for (const auto& item : md->items)
+    if (item.is_tensor() && detail::is_selected(options, item.fqn)) pending.push_back(&item);
 
   std::size_t next = 0;
   while (next < pending.size()) {
@@ -61,7 +58,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
     while (next < pending.size()) {
       const auto& item = *pending[next];
       const auto& t = item.tensor();
-      const auto size = metadata::numel(t.size) * dtype_itemsize(t.properties.dtype);
+      const auto size = metadata::byte_size(t.size, t.properties.dtype);
       if (!batch.empty() && bytes + size > options.batch_bytes) break;
       at::Tensor tensor;
       try {
@@ -80,7 +77,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
       ++next;
     }
     planning::DefaultLoadPlanner planner;
-    storage::FileSystemReader reader(checkpoint_dir, read_options);
+    storage::FileSystemReader reader(checkpoint_dir, options.read);
     planner.set_up_planner(destination, md, true);
     reader.set_up_storage_reader(md, true);
     const auto plan = planner.finish_plan(planner.create_global_plan({planner.create_local_plan()}).at(0));
@@ -94,15 +91,15 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
 }
 
 std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::filesystem::path& checkpoint_dir,
-                                                                    const metadata::Metadata& md,
+                                                                    const metadata::ValidatedMetadata& md,
                                                                     const LoadOptions& options) {
   planning::Destination destination;
-  for (const auto& item : md.items)
-    if (!item.is_tensor() && selected(options, item.fqn)) destination.add_object(item.fqn);
+  for (const auto& item : md->items)
+    if (!item.is_tensor() && detail::is_selected(options, item.fqn)) destination.add_object(item.fqn);
   std::vector<std::pair<std::string, pickle::Document>> objects;
   if (destination.size() == 0) return objects;
-  storage::ReadOptions read_options;
-  read_options.threads = options.threads;
+  storage::ReadOptions read_options = options.read;
+  read_options.collect_errors = false;  // every object below must have loaded
   storage::FileSystemReader reader(checkpoint_dir, read_options);
   planning::DefaultLoadPlanner planner;
   planner.set_up_planner(destination, md, true);
@@ -110,7 +107,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
   (void)reader.read_data(planner.create_local_plan(), planner);
   for (const auto& [fqn, entry] : destination.entries()) {
     const auto* bytes = planner.loaded_bytes(fqn);
-    const auto* info = md.find_storage(fqn, nullptr);
+    const auto* info = md->find_storage(fqn, nullptr);
     try {
       objects.emplace_back(fqn, record::parse_object(*bytes));
     } catch (Error& e) {
@@ -124,8 +121,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
 }
 
 LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const LoadOptions& options) {
-  LoadedCheckpoint result;
-  result.metadata = inspect(checkpoint_dir);
+  LoadedCheckpoint result{inspect(checkpoint_dir), {}, {}, {}};
   result.report = for_each_tensor(checkpoint_dir, result.metadata, options, [&](const std::string& fqn, at::Tensor t) {
     result.tensors.emplace_back(fqn, std::move(t));
   });

@@ -32,7 +32,7 @@ using namespace detail;
 ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
                                      const LoadOptions& options, const ConvertProgress& progress) {
   const auto md = inspect(checkpoint_dir);
-  for (const auto& item : md.items) {
+  for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;
     if (item.is_tensor() && dtype_info(item.tensor().properties.dtype).safetensors.empty())
       fail_for_key(Errc::unimplemented, item.fqn,
@@ -55,7 +55,7 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                                                   std::to_string(kMaxHeaderBytes) + " bytes");
       metadata_strings.emplace(fqn, std::move(text));
     } catch (Error& e) {
-      locate_object_error(e, checkpoint_dir, md, fqn);
+      locate_object_error(e, checkpoint_dir, *md, fqn);
       throw;
     }
   }
@@ -71,7 +71,7 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
   std::uint64_t total = 0;
   for (const auto* item : sorted) {
     const auto& t = item->tensor();
-    const auto size = tensor_bytes(*item);
+    const auto size = metadata::byte_size(item->tensor().size, item->tensor().properties.dtype);
     const auto end = add_or_throw(total, size, "safetensors data size");
     w.key(item->fqn).begin_object().key("dtype").value(dtype_info(t.properties.dtype).safetensors);
     w.key("shape").int_array(t.size);

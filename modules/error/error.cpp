@@ -1,6 +1,8 @@
 // Error rendering and checked arithmetic.
 module;
 #include <algorithm>
+#include <exception>
+#include <new>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -96,6 +98,20 @@ void Error::render() {
   for (char& c : text)
     if (c == '\n' || c == '\r') c = ' ';
   text_ = std::move(text);
+}
+
+Error current_exception_as_error() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return e;
+  } catch (const std::bad_alloc&) {
+    return Error(Errc::resource_exhausted, "out of memory");
+  } catch (const std::exception& e) {
+    return Error(Errc::internal, std::string("unexpected exception: ") + e.what());
+  } catch (...) {
+    return Error(Errc::internal, "unexpected exception");
+  }
 }
 
 std::string format_shape(std::span<const std::int64_t> dims, std::size_t max_dims) {

@@ -101,6 +101,11 @@ class [[nodiscard]] Result {
   std::variant<T, Error> state_;
 };
 
+/// The exception in flight (call inside a catch block) as an Error: a dcp::Error as it is,
+/// std::bad_alloc as resource_exhausted ("out of memory"), anything else as internal. Used
+/// where work crosses a thread-pool boundary, so nothing escapes a worker.
+Error current_exception_as_error();
+
 /// Runs `fn` and turns a thrown dcp::Error into a Result (other exceptions pass through).
 template <class Fn>
 auto capture(Fn&& fn) -> Result<decltype(fn())> {

@@ -4,28 +4,19 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 module dcp.layout;
 import dcp.error;
-import dcp.metadata;
 
 namespace dcp::layout {
 namespace {
 
 constexpr std::size_t leaf_size = 8;
 
-std::vector<Box> boxes_of(const std::vector<metadata::ChunkStorageMetadata>& chunks) {
-  std::vector<Box> boxes;
-  boxes.reserve(chunks.size());
-  for (const auto& c : chunks) boxes.push_back(box_of(c));
-  return boxes;
-}
-
 }  // namespace
-
-ChunkIndex::ChunkIndex(const std::vector<metadata::ChunkStorageMetadata>& chunks)
-    : ChunkIndex(boxes_of(chunks)) {}
 
 ChunkIndex::ChunkIndex(std::vector<Box> boxes) : boxes_(std::move(boxes)) {
   if (boxes_.empty()) return;
@@ -53,7 +44,8 @@ ChunkIndex::ChunkIndex(std::vector<Box> boxes) : boxes_(std::move(boxes)) {
     hits.clear();
     query(lo_.data() + id * rank_, hi_.data() + id * rank_, hits);
     if (hits.size() > 1) {
-      disjoint_ = false;
+      const std::size_t other = hits[0] != id ? hits[0] : hits[1];
+      first_overlap_ = std::minmax(id, other);
       break;
     }
   }

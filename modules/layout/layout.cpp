@@ -10,7 +10,6 @@ module;
 #include <vector>
 module dcp.layout;
 import dcp.error;
-import dcp.metadata;
 
 namespace dcp::layout {
 namespace {
@@ -39,9 +38,20 @@ bool meets(const Box& a, const Box& b) {
 
 }  // namespace
 
-Box box_of(const metadata::ChunkStorageMetadata& chunk) { return Box{chunk.offsets, chunk.sizes}; }
-
 Box full_box(const Shape& size) { return Box{Shape(size.size(), 0), size}; }
+
+Shape contiguous_strides(const Shape& sizes) {
+  Shape strides(sizes.size());
+  std::uint64_t stride = 1;
+  for (std::size_t d = sizes.size(); d-- > 0;) {
+    if (sizes[d] < 0) throw Error(Errc::invalid_argument, "negative size in shape " + format_shape(sizes));
+    strides[d] = static_cast<std::int64_t>(stride);
+    stride = mul_or_throw(stride, static_cast<std::uint64_t>(std::max<std::int64_t>(sizes[d], 1)), "contiguous stride");
+    if (stride > static_cast<std::uint64_t>(int64_max) && d > 0)
+      throw Error(Errc::out_of_range, "contiguous stride of shape " + format_shape(sizes) + " overflows int64");
+  }
+  return strides;
+}
 
 bool is_valid(const Box& box) noexcept {
   if (box.offsets.size() != box.sizes.size()) return false;
@@ -130,47 +140,6 @@ std::vector<Box> chunk_split(const Shape& size, int dim, int parts) {
     boxes.push_back(std::move(b));
   }
   return boxes;
-}
-
-std::vector<Box> coverage_holes(const Box& dest, std::span<const Box> pieces) {
-  require_valid(dest, "destination");
-  std::vector<Box> holes;
-  if (!is_empty(dest)) holes.push_back(dest);
-  std::vector<Box> next;
-  for (const Box& piece : pieces) {
-    require_valid(piece, "covering");
-    require_same_rank(dest, piece);
-    if (is_empty(piece)) continue;
-    next.clear();
-    for (Box& hole : holes) {
-      if (!meets(hole, piece)) {
-        next.push_back(std::move(hole));
-        continue;
-      }
-      // Peel off the slabs of `hole` below and above `piece`, one dim at a time; what is
-      // left at the end lies inside `piece` and is dropped. The slabs are disjoint.
-      for (std::size_t d = 0; d < hole.offsets.size(); ++d) {
-        const std::int64_t lo = hole.offsets[d], hi = lo + hole.sizes[d];
-        const std::int64_t p_lo = piece.offsets[d], p_hi = p_lo + piece.sizes[d];
-        if (p_lo > lo) {
-          Box below = hole;
-          below.sizes[d] = p_lo - lo;
-          next.push_back(std::move(below));
-        }
-        if (p_hi < hi) {
-          Box above = hole;
-          above.offsets[d] = p_hi;
-          above.sizes[d] = hi - p_hi;
-          next.push_back(std::move(above));
-        }
-        hole.offsets[d] = std::max(lo, p_lo);
-        hole.sizes[d] = std::min(hi, p_hi) - hole.offsets[d];
-      }
-    }
-    holes.swap(next);
-    if (holes.empty()) break;
-  }
-  return holes;
 }
 
 }  // namespace dcp::layout

@@ -5,7 +5,7 @@
 // the destination chunk and inside the saved chunk, as `ReadItem`s carry them), `chunk_split`
 // (torch.chunk / ChunkShardingSpec row splits), `ChunkIndex` (a bounding-box tree over a
 // tensor's saved chunks, so finding the chunks that meet a destination box does not scan
-// them all) and `coverage_holes` (the part of a box that no chunk covers).
+// them all).
 //
 // Conventions. A 0-dim box (a scalar) has empty shapes and volume 1; it meets every other
 // 0-dim box. A box with any zero size is empty: it meets nothing, so zero-size saved chunks
@@ -14,21 +14,23 @@
 //
 // Boxes from `.metadata` are untrusted: `is_valid` rejects negative numbers and ends that
 // overflow int64, and every function here checks ranks before comparing. Errors are
-// dcp::Error(invalid_argument) or (out_of_range) for overflow. Imports: dcp.error, dcp.metadata.
+// dcp::Error(invalid_argument) or (out_of_range) for overflow. Imports: dcp.error only, so
+// dcp.metadata can validate chunk lists with `ChunkIndex`.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 export module dcp.layout;
 import dcp.error;
-import dcp.metadata;
 
 export namespace dcp::layout {
 
-using metadata::Shape;
+/// Sizes or offsets, one entry per dimension (torch.Size).
+using Shape = std::vector<std::int64_t>;
 
 /// A box in a tensor's global index space: `[offsets[d], offsets[d] + sizes[d])` per dim.
 struct Box {
@@ -37,10 +39,13 @@ struct Box {
   friend bool operator==(const Box&, const Box&) = default;
 };
 
-/// The box of a saved chunk from `.metadata`.
-Box box_of(const metadata::ChunkStorageMetadata& chunk);
 /// The box covering a whole tensor of shape `size` (offsets all zero).
 Box full_box(const Shape& size);
+
+/// Row-major strides, in elements, of a dense tensor of `sizes` (torch's rule: a dim of size
+/// 0 or 1 multiplies by 1). The one place strides are computed. Throws out_of_range when a
+/// stride overflows int64, invalid_argument for a negative size.
+Shape contiguous_strides(const Shape& sizes);
 
 /// Ranks agree, no negative offset or size, and every end fits in int64.
 bool is_valid(const Box& box) noexcept;
@@ -77,11 +82,6 @@ std::optional<Overlap> intersect(const Box& dest, const Box& saved);
 /// Throws invalid_argument for dim outside [0, rank), parts < 1 or a negative size.
 std::vector<Box> chunk_split(const Shape& size, int dim, int parts);
 
-/// The part of `dest` that no box of `pieces` covers, as disjoint boxes (empty = fully
-/// covered). Pieces may overlap each other and stick out of `dest`. Box subtraction:
-/// O(pieces × holes × rank); meant for reporting, and for checking overlapping chunks.
-std::vector<Box> coverage_holes(const Box& dest, std::span<const Box> pieces);
-
 /// The saved chunks of one tensor, indexed for "which chunks meet this box?".
 ///
 /// A static bounding-volume tree: chunks are split recursively at the median of their
@@ -95,7 +95,6 @@ class ChunkIndex {
   ChunkIndex() = default;
   /// Throws invalid_argument when a box is not valid or the ranks differ.
   explicit ChunkIndex(std::vector<Box> boxes);
-  explicit ChunkIndex(const std::vector<metadata::ChunkStorageMetadata>& chunks);
 
   std::size_t size() const noexcept { return boxes_.size(); }
   /// The i-th box, in the order given (= position in the metadata chunk list).
@@ -108,7 +107,11 @@ class ChunkIndex {
 
   /// No two non-empty boxes share an element (what torch's save-side validation
   /// guarantees). Then summed overlap volumes measure coverage exactly.
-  bool is_disjoint() const noexcept { return disjoint_; }
+  bool is_disjoint() const noexcept { return !first_overlap_; }
+  /// Two boxes that share an element (positions in the order given), when not disjoint.
+  const std::optional<std::pair<std::size_t, std::size_t>>& first_overlap() const noexcept {
+    return first_overlap_;
+  }
 
  private:
   struct Node {
@@ -126,7 +129,7 @@ class ChunkIndex {
   std::vector<std::size_t> order_;               // non-empty boxes, permuted into tree order
   std::vector<Node> nodes_;
   std::vector<std::int64_t> node_lo_, node_hi_;  // per node: bounding box
-  bool disjoint_ = true;
+  std::optional<std::pair<std::size_t, std::size_t>> first_overlap_;
 };
 
 }  // namespace dcp::layout

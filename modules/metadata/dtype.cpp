@@ -107,6 +107,10 @@ std::uint64_t numel(const Shape& shape) {
   return n;
 }
 
+std::uint64_t byte_size(const Shape& shape, DType dtype) {
+  return mul_or_throw(numel(shape), dtype_itemsize(dtype), "tensor byte size");
+}
+
 bool is_safe_relative_path(std::string_view path) noexcept {
   if (path.empty() || path == "." || path == "..") return false;
   for (char c : path)

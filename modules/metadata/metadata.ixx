@@ -2,20 +2,23 @@
 //
 // `decode_metadata` reads the pickled `Metadata` of torch 1.13
 // (`torch.distributed._shard.checkpoint`) and torch 2.x (`torch.distributed.checkpoint`,
-// every variant in shared/notes/dcp-format.md §2: both enum encodings, pathlib ids,
-// optional `storage_meta`/`version`/`transform_descriptors`, unknown extra attributes) via
-// dcp.pickle with an allow-list of exactly the globals those files use, then maps the value
-// tree onto plain structs. `validate` checks what PyTorch's writer guarantees (chunks inside
-// their tensor, no overlaps, full coverage, one storage entry per chunk, safe file names);
-// `check_storage_bounds` checks byte ranges against file sizes the caller supplies, so this
-// module does no I/O. `to_json` renders the documented `dcpp inspect --json` schema.
+// every variant docs/format.md describes: both enum encodings, pathlib ids, optional
+// `storage_meta`/`version`/`transform_descriptors`, unknown extra attributes) via dcp.pickle
+// with an allow-list of exactly the globals those files use, then maps the value tree onto
+// plain structs. `validate` checks what PyTorch's writer
+// guarantees (chunks inside their tensor, no overlaps, full coverage, one storage entry per
+// chunk, safe file names) in O(n log n) for any sharding, and returns a `ValidatedMetadata`:
+// the only form the planner and the storage layer accept, so unvalidated metadata cannot reach
+// a read. `check_storage_bounds` checks byte ranges against file sizes the caller supplies, so
+// this module does no I/O. `to_json` renders the documented `dcpp inspect --json` schema.
 // `DType` lives here because every layer above needs it.
 //
-// Untrusted input: the `.metadata` bytes. Imports: dcp.error, dcp.pickle, dcp.json.
+// Untrusted input: the `.metadata` bytes. Imports: dcp.error, dcp.pickle, dcp.json, dcp.layout.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -26,6 +29,7 @@ module;
 export module dcp.metadata;
 import dcp.error;
 import dcp.pickle;
+import dcp.layout;
 
 export namespace dcp {
 
@@ -68,7 +72,11 @@ std::optional<DType> dtype_from_storage_class(std::string_view name) noexcept;
 export namespace dcp::metadata {
 
 /// Sizes or offsets, one entry per dimension (torch.Size).
-using Shape = std::vector<std::int64_t>;
+using Shape = layout::Shape;
+
+/// Tensors may have at most this many dims here. torch has no hard limit, but real models use
+/// fewer than 10; the cap keeps hostile shapes (thousands of dims, shared by the memo) cheap.
+inline constexpr std::size_t kMaxRank = 64;
 
 /// Which PyTorch wrote the file, from the module path of its classes.
 enum class Flavor { torch_1_13, torch_2x };
@@ -89,6 +97,7 @@ struct ChunkStorageMetadata {
   Shape offsets;
   Shape sizes;
   std::uint64_t pickle_offset = 0;  ///< where it was decoded, for error messages
+  layout::Box box() const { return layout::Box{offsets, sizes}; }
 };
 
 struct TensorStorageMetadata {
@@ -172,17 +181,57 @@ Metadata decode_metadata(std::span<const std::byte> bytes);
 /// Decodes a dtype global (`torch.float32`).
 DType decode_dtype(const pickle::Document& doc, pickle::NodeId id);
 
-/// Checks the invariants PyTorch's writer guarantees. Throws data_loss naming the key and the
-/// byte offset of the offending entry in `.metadata`.
-void validate(const Metadata& metadata);
+/// A Metadata that passed `validate`. Immutable and shared: copies are cheap and keep it
+/// alive, so planners and readers hold one instead of a pointer into the caller's frame.
+/// Only `validate` makes one.
+class ValidatedMetadata {
+ public:
+  const Metadata& get() const noexcept { return state_->metadata; }
+  const Metadata& operator*() const noexcept { return state_->metadata; }
+  const Metadata* operator->() const noexcept { return &state_->metadata; }
+
+  /// The saved chunks of tensor item `fqn`, indexed (built once, by validate); nullptr when
+  /// `fqn` is not a tensor item.
+  const layout::ChunkIndex* chunk_index(std::string_view fqn) const;
+  /// Position, in its tensor's chunk list, of the saved chunk of `fqn` that starts at
+  /// `offsets`; nullopt when there is none.
+  std::optional<std::size_t> chunk_position(std::string_view fqn, const Shape& offsets) const;
+
+ private:
+  struct TensorChunks {
+    layout::ChunkIndex index;
+    std::vector<std::size_t> by_offsets;  // chunk positions sorted by offsets, one per offset
+  };
+  struct State {
+    Metadata metadata;
+    std::unordered_map<std::string, TensorChunks> tensors;  // per tensor fqn
+  };
+  friend ValidatedMetadata validate(Metadata metadata);
+  explicit ValidatedMetadata(std::shared_ptr<const State> state) : state_(std::move(state)) {}
+  std::shared_ptr<const State> state_;
+};
+
+/// Checks the invariants PyTorch's writer guarantees, in O(n log n) in the chunks for any
+/// sharding: unique keys; rank ≤ kMaxRank; every chunk inside its tensor; no two chunks
+/// overlap; the chunks cover the tensor; exactly one storage entry per chunk and per object,
+/// with a safe file name and a byte range that does not overflow. Throws data_loss naming the
+/// key and the byte offset of the offending entry in `.metadata`.
+ValidatedMetadata validate(Metadata metadata);
 
 /// Size of a checkpoint file, nullopt if it does not exist.
 using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;
-/// Checks that every storage entry's file exists and its byte range lies inside it.
-void check_storage_bounds(const Metadata& metadata, const FileSizeFn& file_size);
+/// Checks that every storage entry's file exists and its byte range lies inside it, and that a
+/// tensor chunk's item is at least as long as the chunk's raw bytes (items are stored, not
+/// compressed, unless a transform says otherwise). So a destination sized from the metadata
+/// is never larger than the data on disk.
+void check_storage_bounds(const ValidatedMetadata& metadata, const FileSizeFn& file_size);
 
-/// Number of elements of a shape (checked; throws out_of_range on overflow).
+/// Number of elements of a shape (checked; throws out_of_range on overflow, data_loss for a
+/// negative size).
 std::uint64_t numel(const Shape& shape);
+/// Bytes of a dense tensor of `shape` and `dtype` (checked like numel). The one place where
+/// an element count becomes a byte count.
+std::uint64_t byte_size(const Shape& shape, DType dtype);
 /// A file name from `storage_data` that may be opened under the checkpoint directory.
 bool is_safe_relative_path(std::string_view path) noexcept;
 

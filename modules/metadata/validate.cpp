@@ -2,28 +2,33 @@
 module;
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 module dcp.metadata;
 import dcp.error;
+import dcp.layout;
 
 namespace dcp::metadata {
 namespace {
 
+// The storage_data key of (fqn, offsets): what torch's MetadataIndex hashes and compares.
+// Binary and length-prefixed: cheap to build, and unambiguous whatever bytes the fqn holds.
 std::string index_key(std::string_view fqn, const Shape* offset) {
-  std::string key(fqn);
-  key.push_back('\0');
-  if (offset) {
-    key.push_back('T');
-    for (std::int64_t d : *offset) key += std::to_string(d) + ",";
-  }
+  std::string key;
+  const std::size_t n = fqn.size();
+  key.reserve(sizeof n + n + 1 + (offset ? offset->size() * sizeof(std::int64_t) : 0));
+  key.append(reinterpret_cast<const char*>(&n), sizeof n);
+  key.append(fqn);
+  key.push_back(offset ? 'T' : 'B');
+  if (offset) key.append(reinterpret_cast<const char*>(offset->data()), offset->size() * sizeof(std::int64_t));
   return key;
 }
-
-std::string shape_text(const Shape& shape) { return format_shape(shape); }
 
 Error item_error(const ItemMetadata& item, std::uint64_t offset, std::string message) {
   Error e(Errc::data_loss, std::move(message));
@@ -31,57 +36,52 @@ Error item_error(const ItemMetadata& item, std::uint64_t offset, std::string mes
   return e;
 }
 
-bool boxes_overlap(const ChunkStorageMetadata& a, const ChunkStorageMetadata& b) {
-  for (std::size_t d = 0; d < a.offsets.size(); ++d)
-    if (a.offsets[d] >= b.offsets[d] + b.sizes[d] || b.offsets[d] >= a.offsets[d] + a.sizes[d])
-      return false;
-  return true;
+std::string chunk_text(const ChunkStorageMetadata& c) {
+  return "chunk at " + format_shape(c.offsets) + " with sizes " + format_shape(c.sizes);
 }
 
-void validate_tensor(const ItemMetadata& item) {
+// Checks one tensor's chunks and returns their index (disjointness found by the index: a
+// bounding-box tree, O(n log n) for the tilings checkpoints hold, whatever dim they split).
+layout::ChunkIndex validate_tensor(const ItemMetadata& item) {
   const auto& t = item.tensor();
   const std::size_t rank = t.size.size();
+  if (rank > kMaxRank)
+    throw item_error(item, item.pickle_offset, "tensor has " + std::to_string(rank) + " dims (at most " +
+                                                   std::to_string(kMaxRank) + " are supported)");
   for (std::int64_t d : t.size)
-    if (d < 0) throw item_error(item, item.pickle_offset, "negative size " + shape_text(t.size));
-  const std::uint64_t total = numel(t.size);
-  mul_or_throw(total, dtype_itemsize(t.properties.dtype), "tensor byte size");
+    if (d < 0) throw item_error(item, item.pickle_offset, "negative size " + format_shape(t.size));
+  std::uint64_t total = 0;
+  try {
+    total = numel(t.size);
+    (void)byte_size(t.size, t.properties.dtype);
+  } catch (Error& e) {
+    throw e.for_key(item.fqn).at_offset(item.pickle_offset);
+  }
 
   std::uint64_t covered = 0;
-  std::vector<const ChunkStorageMetadata*> boxes;
+  std::vector<layout::Box> boxes;
+  boxes.reserve(t.chunks.size());
   for (const auto& c : t.chunks) {
     if (c.offsets.size() != rank || c.sizes.size() != rank)
-      throw item_error(item, c.pickle_offset,
-                       "chunk at " + shape_text(c.offsets) + " with sizes " + shape_text(c.sizes) +
-                           " does not have the tensor's " + std::to_string(rank) + " dimensions");
-    for (std::size_t d = 0; d < rank; ++d) {
-      if (c.offsets[d] < 0 || c.sizes[d] < 0 || c.sizes[d] > t.size[d] ||
-          c.offsets[d] > t.size[d] - c.sizes[d])
-        throw item_error(item, c.pickle_offset,
-                         "chunk at " + shape_text(c.offsets) + " with sizes " + shape_text(c.sizes) +
-                             " lies outside the tensor of size " + shape_text(t.size));
-    }
-    const std::uint64_t volume = numel(c.sizes);
-    covered = add_or_throw(covered, volume, "covered elements");
-    if (volume > 0) boxes.push_back(&c);
+      throw item_error(item, c.pickle_offset, chunk_text(c) + " does not have the tensor's " + std::to_string(rank) +
+                                                  " dimensions");
+    if (!layout::is_inside(c.box(), t.size))
+      throw item_error(item, c.pickle_offset, chunk_text(c) + " lies outside the tensor of size " + format_shape(t.size));
+    covered = add_or_throw(covered, numel(c.sizes), "covered elements");
+    boxes.push_back(c.box());
   }
-  // Sweep along dim 0: only chunks whose dim-0 ranges intersect need a full comparison.
-  if (rank > 0) {
-    std::sort(boxes.begin(), boxes.end(),
-              [](auto* a, auto* b) { return a->offsets[0] < b->offsets[0]; });
-    for (std::size_t i = 0; i < boxes.size(); ++i)
-      for (std::size_t j = i + 1;
-           j < boxes.size() && boxes[j]->offsets[0] < boxes[i]->offsets[0] + boxes[i]->sizes[0]; ++j)
-        if (boxes_overlap(*boxes[i], *boxes[j]))
-          throw item_error(item, boxes[j]->pickle_offset,
-                           "chunks at " + shape_text(boxes[i]->offsets) + " and " +
-                               shape_text(boxes[j]->offsets) + " overlap");
-  } else if (boxes.size() > 1) {
-    throw item_error(item, boxes[1]->pickle_offset, "0-dim tensor has more than one chunk");
+  layout::ChunkIndex index(std::move(boxes));
+  if (const auto& pair = index.first_overlap()) {
+    const auto& a = t.chunks[pair->first];
+    const auto& b = t.chunks[pair->second];
+    throw item_error(item, b.pickle_offset, "chunks at " + format_shape(a.offsets) + " and " +
+                                                format_shape(b.offsets) + " overlap");
   }
   if (covered != total)
     throw item_error(item, item.pickle_offset,
                      "chunks cover " + std::to_string(covered) + " of " + std::to_string(total) +
-                         " elements of the tensor of size " + shape_text(t.size));
+                         " elements of the tensor of size " + format_shape(t.size));
+  return index;
 }
 
 }  // namespace
@@ -90,6 +90,8 @@ void Metadata::reindex() {
   item_index_.clear();
   storage_index_.clear();
   path_index_.clear();
+  item_index_.reserve(items.size());
+  storage_index_.reserve(storage_data.size());
   for (std::size_t i = 0; i < items.size(); ++i) item_index_.emplace(items[i].fqn, i);
   for (std::size_t i = 0; i < storage_data.size(); ++i) {
     const auto& index = storage_data[i].first;
@@ -114,16 +116,51 @@ const std::vector<PathPart>* Metadata::find_path(std::string_view fqn) const {
   return it == path_index_.end() ? nullptr : &(*planner_data)[it->second].second;
 }
 
-void validate(const Metadata& md) {
-  {
-    std::unordered_map<std::string_view, int> seen;
-    for (const auto& item : md.items)
-      if (++seen[item.fqn] > 1) throw item_error(item, item.pickle_offset, "key appears twice");
-  }
-  for (const auto& item : md.items)
-    if (item.is_tensor()) validate_tensor(item);
+const layout::ChunkIndex* ValidatedMetadata::chunk_index(std::string_view fqn) const {
+  auto it = state_->tensors.find(std::string(fqn));
+  return it == state_->tensors.end() ? nullptr : &it->second.index;
+}
 
-  std::unordered_map<std::string, int> seen;
+std::optional<std::size_t> ValidatedMetadata::chunk_position(std::string_view fqn, const Shape& offsets) const {
+  auto it = state_->tensors.find(std::string(fqn));
+  if (it == state_->tensors.end()) return std::nullopt;
+  const auto& chunks = state_->metadata.find_item(fqn)->tensor().chunks;
+  const auto& order = it->second.by_offsets;
+  auto pos = std::lower_bound(order.begin(), order.end(), offsets,
+                              [&](std::size_t i, const Shape& o) { return chunks[i].offsets < o; });
+  if (pos == order.end() || chunks[*pos].offsets != offsets) return std::nullopt;
+  return *pos;
+}
+
+ValidatedMetadata validate(Metadata metadata) {
+  auto state = std::make_shared<ValidatedMetadata::State>();
+  state->metadata = std::move(metadata);
+  Metadata& md = state->metadata;  // checked in place: positions and pointers below stay valid
+  md.reindex();  // the caller may have edited the vectors since decoding
+  {
+    std::unordered_set<std::string_view> seen;
+    for (const auto& item : md.items)
+      if (!seen.insert(item.fqn).second) throw item_error(item, item.pickle_offset, "key appears twice");
+  }
+  // Chunk starts sorted per tensor (equal starts, which only empty chunks may share, once):
+  // each storage entry must claim one, and each only once.
+  std::unordered_map<std::string_view, std::vector<char>> claimed;
+  for (const auto& item : md.items) {
+    if (!item.is_tensor()) continue;
+    const auto& chunks = item.tensor().chunks;
+    std::vector<std::size_t> order(chunks.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    auto index = validate_tensor(item);
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return chunks[a].offsets < chunks[b].offsets; });
+    order.erase(std::unique(order.begin(), order.end(),
+                            [&](std::size_t a, std::size_t b) { return chunks[a].offsets == chunks[b].offsets; }),
+                order.end());
+    claimed[item.fqn].assign(order.size(), 0);
+    state->tensors.emplace(item.fqn, ValidatedMetadata::TensorChunks{std::move(index), std::move(order)});
+  }
+  const ValidatedMetadata result(state);
+
+  std::unordered_set<std::string_view> objects_stored;
   for (const auto& [index, info] : md.storage_data) {
     const ItemMetadata* item = md.find_item(index.fqn);
     auto fail = [&](std::string message) {
@@ -134,34 +171,53 @@ void validate(const Metadata& md) {
     if (!item) throw fail("key is not in state_dict_metadata");
     if (!is_safe_relative_path(info.relative_path))
       throw fail("unsafe file name '" + info.relative_path + "' (must be a plain name in the checkpoint directory)");
-    if (!checked_add(info.offset, info.length))
-      throw fail("byte range overflows 64 bits");
-    if (++seen[index_key(index.fqn, index.offset ? &*index.offset : nullptr)] > 1)
-      throw fail("entry appears twice");
+    if (!checked_add(info.offset, info.length)) throw fail("byte range overflows 64 bits");
     if (item->is_tensor()) {
       if (!index.offset) throw fail("tensor entry without chunk offsets");
+      const auto& order = state->tensors.at(item->fqn).by_offsets;
       const auto& chunks = item->tensor().chunks;
-      if (std::none_of(chunks.begin(), chunks.end(), [&](auto& c) { return c.offsets == *index.offset; }))
-        throw fail("no chunk starts at " + shape_text(*index.offset));
-    } else if (index.offset) {
-      throw fail("bytes entry with chunk offsets");
+      auto pos = std::lower_bound(order.begin(), order.end(), *index.offset,
+                                  [&](std::size_t i, const Shape& o) { return chunks[i].offsets < o; });
+      if (pos == order.end() || chunks[*pos].offsets != *index.offset)
+        throw fail("no chunk starts at " + format_shape(*index.offset));
+      if (claimed.at(item->fqn)[static_cast<std::size_t>(pos - order.begin())]++) throw fail("entry appears twice");
+    } else {
+      if (index.offset) throw fail("bytes entry with chunk offsets");
+      if (!objects_stored.insert(index.fqn).second) throw fail("entry appears twice");
     }
   }
   for (const auto& item : md.items) {
     if (!item.is_tensor()) {
-      if (!md.find_storage(item.fqn, nullptr))
+      if (!objects_stored.contains(item.fqn))
         throw item_error(item, item.pickle_offset, "no storage_data entry for this object");
       continue;
     }
-    for (const auto& c : item.tensor().chunks)
-      if (!md.find_storage(item.fqn, &c.offsets))
-        throw item_error(item, c.pickle_offset, "no storage_data entry for the chunk at " + shape_text(c.offsets));
+    const auto& flags = claimed.at(item.fqn);
+    const auto& order = state->tensors.at(item.fqn).by_offsets;
+    for (std::size_t k = 0; k < flags.size(); ++k)
+      if (!flags[k]) {
+        const auto& chunk = item.tensor().chunks[order[k]];
+        throw item_error(item, chunk.pickle_offset, "no storage_data entry for the chunk at " + format_shape(chunk.offsets));
+      }
   }
+  return result;
 }
 
-void check_storage_bounds(const Metadata& md, const FileSizeFn& file_size) {
+void check_storage_bounds(const ValidatedMetadata& validated, const FileSizeFn& file_size) {
+  const Metadata& md = *validated;
   std::unordered_map<std::string, std::optional<std::uint64_t>> sizes;
   for (const auto& [index, info] : md.storage_data) {
+    if (index.offset && info.transform_descriptors.empty()) {
+      const ItemMetadata& item = *md.find_item(index.fqn);
+      const auto& chunk = item.tensor().chunks[*validated.chunk_position(index.fqn, *index.offset)];
+      const std::uint64_t raw = byte_size(chunk.sizes, item.tensor().properties.dtype);
+      if (info.length < raw)
+        throw Error(Errc::data_loss, "storage_data: item of " + std::to_string(info.length) +
+                                         " bytes cannot hold the chunk at " + format_shape(chunk.offsets) + " (" +
+                                         std::to_string(raw) + " bytes of data)")
+            .for_key(index.fqn)
+            .at_offset(info.pickle_offset);
+    }
     auto [it, inserted] = sizes.try_emplace(info.relative_path);
     if (inserted) it->second = file_size(info.relative_path);
     if (!it->second) {

@@ -17,15 +17,7 @@ import dcp.layout;
 namespace dcp::planning {
 
 TensorSlice contiguous_slice(std::byte* data, DType dtype, Shape sizes) {
-  Shape strides(sizes.size());
-  std::int64_t stride = 1;
-  for (std::size_t d = sizes.size(); d-- > 0;) {
-    strides[d] = stride;
-    // Strides of a real allocation fit; a shape whose numel overflows is rejected by numel().
-    stride = static_cast<std::int64_t>(
-        mul_or_throw(static_cast<std::uint64_t>(stride), static_cast<std::uint64_t>(std::max<std::int64_t>(sizes[d], 1)),
-                     "contiguous stride"));
-  }
+  Shape strides = layout::contiguous_strides(sizes);
   return TensorSlice{data, dtype, std::move(sizes), std::move(strides)};
 }
 

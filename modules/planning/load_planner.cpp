@@ -53,22 +53,21 @@ bool operator==(const ReadItem& a, const ReadItem& b) {
          a.lengths == b.lengths;
 }
 
-void DefaultLoadPlanner::set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+void DefaultLoadPlanner::set_up_planner(Destination& destination, metadata::ValidatedMetadata metadata,
                                         bool is_coordinator) {
   for (const auto& [fqn, entry] : destination.entries())
     if (const auto* tensor = std::get_if<TensorDestination>(&entry)) check_destination(fqn, *tensor);
   destination_ = &destination;
-  metadata_ = &metadata;
+  metadata_ = std::move(metadata);
   is_coordinator_ = is_coordinator;
   bytes_.clear();
-  conversions_.clear();
 }
 
 LoadPlan DefaultLoadPlanner::create_local_plan() {
   if (!destination_ || !metadata_) throw Error(Errc::failed_precondition, "set_up_planner was not called");
   LoadPlan plan;
   for (const auto& [fqn, entry] : destination_->entries()) {
-    const metadata::ItemMetadata* item = metadata_->find_item(fqn);
+    const metadata::ItemMetadata* item = (*metadata_)->find_item(fqn);
     if (!item) {
       if (options_.allow_partial_load) continue;
       fail_for_key(Errc::not_found, fqn, "missing key in checkpoint");
@@ -76,7 +75,7 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
     if (const auto* tensor = std::get_if<TensorDestination>(&entry)) {
       if (!item->is_tensor())
         fail_for_key(Errc::failed_precondition, fqn, "checkpoint holds an object, the destination expects a tensor");
-      plan_tensor(fqn, *tensor, item->tensor(), plan);
+      plan_tensor(fqn, *tensor, item->tensor(), *metadata_->chunk_index(fqn), plan);
     } else {
       if (item->is_tensor())
         fail_for_key(Errc::failed_precondition, fqn, "checkpoint holds a tensor, the destination expects an object");
@@ -89,26 +88,15 @@ LoadPlan DefaultLoadPlanner::create_local_plan() {
 }
 
 void DefaultLoadPlanner::plan_tensor(const std::string& fqn, const TensorDestination& dest,
-                                     const metadata::TensorStorageMetadata& saved, LoadPlan& plan) {
+                                     const metadata::TensorStorageMetadata& saved, const layout::ChunkIndex& index,
+                                     LoadPlan& plan) {
   if (saved.size != dest.global_size)
     fail_for_key(Errc::failed_precondition, fqn, "size mismatch: saved " + layout::format_shape(saved.size) +
                                              ", destination " + layout::format_shape(dest.global_size));
-  if (saved.properties.dtype != dest.dtype) {
-    if (!options_.allow_dtype_conversion)
-      fail_for_key(Errc::failed_precondition, fqn, "dtype mismatch: saved " + std::string(dtype_name(saved.properties.dtype)) +
-                                               ", destination " + std::string(dtype_name(dest.dtype)));
-    conversions_[fqn] = saved.properties.dtype;
-  }
-  // Metadata may not have been validated: a chunk outside the tensor would make the storage
-  // layer read outside the saved record.
-  for (std::size_t i = 0; i < saved.chunks.size(); ++i)
-    if (!layout::is_inside(layout::box_of(saved.chunks[i]), saved.size))
-      fail_for_key(Errc::data_loss, fqn, "saved chunk " + std::to_string(i) + " at " +
-                                     layout::format_box(layout::box_of(saved.chunks[i])) +
-                                     " lies outside the tensor of shape " + layout::format_shape(saved.size));
-  const layout::ChunkIndex index(saved.chunks);
+  if (saved.properties.dtype != dest.dtype && !options_.allow_dtype_conversion)
+    fail_for_key(Errc::failed_precondition, fqn, "dtype mismatch: saved " + std::string(dtype_name(saved.properties.dtype)) +
+                                             ", destination " + std::string(dtype_name(dest.dtype)));
 
-  std::vector<layout::Box> pieces;
   for (std::size_t li = 0; li < dest.chunks.size(); ++li) {
     const layout::Box local = box_of(dest.chunks[li]);
     if (layout::is_empty(local)) continue;  // nothing to read
@@ -125,15 +113,11 @@ void DefaultLoadPlanner::plan_tensor(const std::string& fqn, const TensorDestina
                                     metadata::MetadataIndex{fqn, stored.offsets, static_cast<std::int64_t>(si)},
                                     std::move(overlap->storage_offsets), std::move(overlap->lengths)});
     }
-    // Disjoint chunks: summed volumes are exact. Otherwise subtract boxes to be sure.
-    if (index.is_disjoint() && covered == layout::volume(local)) continue;
-    pieces.clear();
-    for (std::size_t si : hits) pieces.push_back(index.box(si));
-    const std::vector<layout::Box> holes = layout::coverage_holes(local, pieces);
-    if (holes.empty()) continue;
-    std::string what = local.offsets.empty() ? "the scalar" : "elements " + layout::format_box(holes.front());
-    if (holes.size() > 1) what += " (and " + std::to_string(holes.size() - 1) + " more regions)";
-    fail_for_key(Errc::not_found, fqn, "no saved chunk covers " + what);
+    // Validated chunks are disjoint and cover the tensor, so the overlaps tile the box.
+    if (covered != layout::volume(local))
+      fail_for_key(Errc::internal, fqn, "saved chunks cover " + std::to_string(covered) + " of " +
+                                            std::to_string(layout::volume(local)) + " elements of " +
+                                            layout::format_box(local));
   }
 }
 
@@ -189,12 +173,6 @@ std::optional<std::vector<std::byte>> DefaultLoadPlanner::take_bytes(std::string
   std::vector<std::byte> out = std::move(it->second);
   bytes_.erase(it);
   return out;
-}
-
-std::optional<DType> DefaultLoadPlanner::converts_from(std::string_view fqn) const {
-  auto it = conversions_.find(std::string(fqn));
-  if (it == conversions_.end()) return std::nullopt;
-  return it->second;
 }
 
 }  // namespace dcp::planning

@@ -4,7 +4,7 @@
 // per fqn either a tensor's local chunks over caller-owned memory, or an object whose
 // bytes the planner keeps); `DefaultLoadPlanner` checks it against the checkpoint's
 // `Metadata` and emits a `LoadPlan` of `ReadItem`s with torch's offset semantics
-// (dcp-format.md §5.1, §5.3), using dcp.layout's `ChunkIndex` instead of torch's all-pairs
+// (docs/format.md, "Load planning"), using dcp.layout's `ChunkIndex` instead of torch's all-pairs
 // loop. The storage layer later executes the plan: for a tensor item it asks
 // `resolve_tensor` for the destination view (`TensorSlice`), copies into it and calls
 // `commit_tensor`; for a bytes item it calls `load_bytes`. Plans cross ranks as bytes
@@ -16,9 +16,10 @@
 // allow_dtype_conversion) and destination elements that no saved chunk covers are errors.
 // Checkpoint keys the destination lacks are ignored, as in torch.
 //
-// Untrusted inputs: the Metadata's chunks (checked against the tensor shape here, so an
-// unvalidated Metadata cannot make the plan point outside a chunk) and plan bytes from other
-// ranks (`decode_plan`; `resolve_tensor` re-checks every item against the destination).
+// Untrusted inputs: the checkpoint's metadata arrives as `metadata::ValidatedMetadata` (its
+// chunks already proved inside their tensors and disjoint, their index built once), and plan
+// bytes from other ranks (`decode_plan`; `resolve_tensor` re-checks every item against the
+// destination, the storage layer against the saved chunk).
 // Imports: dcp.error, dcp.metadata, dcp.layout.
 module;
 #include <cstddef>
@@ -142,6 +143,7 @@ std::vector<LocalChunk> row_chunks(const Shape& global_size, DType dtype, int ra
 struct LoadPlannerOptions {
   bool allow_partial_load = false;      ///< destination keys absent from the checkpoint are skipped
   bool allow_dtype_conversion = false;  ///< saved dtype may differ; the storage layer converts
+                                        ///< (bool, integer and floating dtypes, as torch's copy_)
 };
 
 /// torch's LoadPlanner protocol, called in this order: set_up_planner (all ranks),
@@ -150,8 +152,9 @@ struct LoadPlannerOptions {
 class LoadPlanner {
  public:
   virtual ~LoadPlanner() = default;
-  /// Keeps references to `destination` and `metadata`: both must outlive the planner's use.
-  virtual void set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+  /// Keeps a reference to `destination` (caller-owned memory: it must outlive the load) and a
+  /// share of `metadata`.
+  virtual void set_up_planner(Destination& destination, metadata::ValidatedMetadata metadata,
                               bool is_coordinator) = 0;
   virtual LoadPlan create_local_plan() = 0;
   /// Gets every rank's local plan (in rank order), returns the plan for each rank.
@@ -172,11 +175,10 @@ class DefaultLoadPlanner : public LoadPlanner {
 
   /// Also checks the destination's own consistency (chunks inside the global shape, memory
   /// shape and dtype equal to the chunk's): invalid_argument with the key.
-  void set_up_planner(Destination& destination, const metadata::Metadata& metadata,
+  void set_up_planner(Destination& destination, metadata::ValidatedMetadata metadata,
                       bool is_coordinator) override;
   /// Throws (with the key): not_found for a missing key or an uncovered region,
-  /// failed_precondition for a shape, kind or dtype mismatch, data_loss for a saved chunk
-  /// outside its tensor.
+  /// failed_precondition for a shape, kind or dtype mismatch.
   LoadPlan create_local_plan() override;
   std::vector<LoadPlan> create_global_plan(std::vector<LoadPlan> plans) override;
   LoadPlan finish_plan(LoadPlan central_plan) override;
@@ -191,24 +193,20 @@ class DefaultLoadPlanner : public LoadPlanner {
   const std::vector<std::byte>* loaded_bytes(std::string_view fqn) const;
   /// Moves the loaded bytes out (nullopt if none).
   std::optional<std::vector<std::byte>> take_bytes(std::string_view fqn);
-  /// The saved dtype when it differs from the destination's (only with
-  /// allow_dtype_conversion); the storage layer converts from it. nullopt: copy as is.
-  std::optional<DType> converts_from(std::string_view fqn) const;
 
   bool is_coordinator() const noexcept { return is_coordinator_; }
   const LoadPlannerOptions& options() const noexcept { return options_; }
 
  private:
   void plan_tensor(const std::string& fqn, const TensorDestination& dest,
-                   const metadata::TensorStorageMetadata& saved, LoadPlan& plan);
+                   const metadata::TensorStorageMetadata& saved, const layout::ChunkIndex& index, LoadPlan& plan);
   const TensorDestination& tensor_destination(const ReadItem& item) const;
 
   LoadPlannerOptions options_;
   Destination* destination_ = nullptr;
-  const metadata::Metadata* metadata_ = nullptr;
+  std::optional<metadata::ValidatedMetadata> metadata_;
   bool is_coordinator_ = false;
   std::unordered_map<std::string, std::vector<std::byte>> bytes_;
-  std::unordered_map<std::string, DType> conversions_;
 };
 
 /// A node of a nested state dict rebuilt from flat keys: a hole (`none`, Python's None in a

@@ -158,7 +158,7 @@ const pickle::AllowList& object_allow_list() {
                         {"builtins", "slice"}, {"_codecs", "encode"}, {"torch", "Size"},
                         {"torch", "device"}, {"torch._utils", "_rebuild_tensor_v2"},
                         {"torch._utils", "_rebuild_tensor_v3"}, {"torch._utils", "_rebuild_parameter"},
-                        {"torch", "UntypedStorage"}};
+                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"}};
     for (const auto& info : dtype_table()) {
       l.add("torch", info.name);
       if (!info.storage_class.empty()) l.add("torch", info.storage_class);

@@ -52,7 +52,8 @@ metadata::Shape int_tuple(const Document& doc, NodeId id, const char* what) {
 const pickle::AllowList& tensor_allow_list() {
   static const pickle::AllowList list = [] {
     pickle::AllowList l{{"torch._utils", "_rebuild_tensor_v2"}, {"torch._utils", "_rebuild_tensor_v3"},
-                        {"torch", "UntypedStorage"}, {"collections", "OrderedDict"}};
+                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"},
+                        {"collections", "OrderedDict"}};
     for (const auto& info : dtype_table()) {
       l.add("torch", info.name);
       if (!info.storage_class.empty()) l.add("torch", info.storage_class);

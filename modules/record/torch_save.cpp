@@ -73,7 +73,10 @@ void StateDictPickler::tensor(DType dtype, const metadata::Shape& sizes, std::st
   // The persistent id ('storage', <storage class>, key, 'cpu', numel), then BINPERSID.
   e_.mark();
   constant("storage", storage_);
-  global("torch", v3 ? "UntypedStorage" : info.storage_class);
+  // torch 2.x's own torch.save names torch.storage.UntypedStorage; its weights_only
+  // torch.load (the default since 2.6) refuses the torch.UntypedStorage alias.
+  if (v3) global("torch.storage", "UntypedStorage");
+  else global("torch", info.storage_class);
   text(key);
   constant("cpu", cpu_);
   e_.integer(static_cast<std::int64_t>(count));

@@ -5,11 +5,15 @@ module;
 #include <cstdint>
 #include <cstring>
 #include <fcntl.h>
+#include <algorithm>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
@@ -32,6 +36,34 @@ Fd::Fd(const std::filesystem::path& path) : fd_(::open(path.c_str(), O_RDONLY | 
 }
 
 Fd::~Fd() { ::close(fd_); }
+
+FileTable::FileTable(std::filesystem::path dir, std::size_t capacity)
+    : dir_(std::move(dir)), capacity_(std::max<std::size_t>(capacity, 1)) {}
+
+std::shared_ptr<const Fd> FileTable::get(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  if (auto it = where_.find(name); it != where_.end()) {
+    recent_.splice(recent_.begin(), recent_, it->second);
+    return it->second->second;
+  }
+  auto fd = std::make_shared<const Fd>(dir_ / name);  // opened under the lock: rare, and keeps the count exact
+  if (recent_.size() >= capacity_) {
+    where_.erase(recent_.back().first);
+    recent_.pop_back();
+  }
+  recent_.emplace_front(name, fd);
+  where_[name] = recent_.begin();
+  return fd;
+}
+
+std::size_t open_file_budget(std::size_t requested) {
+  if (requested > 0) return requested;
+  rlimit limit{};
+  std::size_t budget = 256;
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+    budget = std::min<std::size_t>(budget, static_cast<std::size_t>(limit.rlim_cur / 4));
+  return std::max<std::size_t>(budget, 1);
+}
 
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out) {
   std::size_t done = 0;
@@ -65,17 +97,14 @@ std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_
   return bytes;
 }
 
-void read_range(const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out) {
-  Fd fd(path);
-  pread_all(fd.get(), path, offset, out);
-}
-
 FileSystemReader::FileSystemReader(std::filesystem::path checkpoint_dir, ReadOptions options)
     : dir_(std::move(checkpoint_dir)), options_(options) {}
 
-void FileSystemReader::set_up_storage_reader(const metadata::Metadata& metadata, bool) { metadata_ = &metadata; }
+void FileSystemReader::set_up_storage_reader(metadata::ValidatedMetadata metadata, bool) {
+  metadata_ = std::move(metadata);
+}
 
-metadata::Metadata FileSystemReader::read_metadata() const {
+metadata::ValidatedMetadata FileSystemReader::read_metadata() const {
   const auto path = dir_ / ".metadata";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
@@ -86,12 +115,24 @@ metadata::Metadata FileSystemReader::read_metadata() const {
     throw e;
   }
   const auto bytes = read_file(path, kMaxMetadataBytes);
+  std::optional<metadata::ValidatedMetadata> validated;
   try {
-    return metadata::decode_metadata(bytes);
+    validated = metadata::validate(metadata::decode_metadata(bytes));
   } catch (Error& e) {
     e.in_file(path.string());
     throw;
   }
+  try {
+    metadata::check_storage_bounds(*validated, [&](std::string_view name) { return file_size(name); });
+  } catch (Error& e) {
+    // check_storage_bounds names a data file relative to the directory (make it a full path),
+    // or none when the fault is in .metadata itself.
+    Error full(e.code(), e.message());
+    full.in_file(e.context().file.empty() ? path.string() : path_of(e.context().file).string()).for_key(e.context().key);
+    if (e.context().byte_offset) full.at_offset(*e.context().byte_offset);
+    throw full;
+  }
+  return *std::move(validated);
 }
 
 std::optional<std::uint64_t> FileSystemReader::file_size(std::string_view relative_path) const {

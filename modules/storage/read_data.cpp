@@ -1,11 +1,10 @@
-// Executing a LoadPlan: group items per saved archive, locate, then copy on an Asio pool.
+// Executing a LoadPlan: check items, group them per saved archive, locate, then copy on an Asio pool.
 module;
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <exception>
 #include <functional>
 #include <filesystem>
@@ -16,9 +15,12 @@ module;
 #include <span>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 module dcp.storage;
 import dcp.error;
+import dcp.layout;
 import dcp.metadata;
 import dcp.planning;
 import dcp.record;
@@ -39,40 +41,55 @@ struct Group {
   const metadata::StorageInfo* info = nullptr;
   std::string fqn;
   const metadata::ChunkStorageMetadata* chunk = nullptr;  // nullptr for a bytes item
-  DType dtype = DType::float32;
-  std::vector<std::size_t> items;  // indices into the plan
+  std::vector<std::size_t> items;                         // indices into the plan
   // Filled by the locate phase:
   record::TensorLocation location;
   std::vector<std::byte> object_bytes;
   std::optional<Error> error;
 };
 
-// Files opened once per read_data, shared by the workers (pread is thread-safe).
-class FileTable {
+// Failures from worker threads: the first per group wins; context added once, here.
+class Failures {
  public:
-  explicit FileTable(const std::filesystem::path& dir) : dir_(dir) {}
-  const Fd& get(const std::string& name) {
+  explicit Failures(const FileTable& files) : files_(files) {}
+  void record(Group& g, Error e) {
+    e.in_file(files_.path(g.info->relative_path).string());
+    e.for_key(g.fqn);
     std::lock_guard lock(mutex_);
-    auto& slot = files_[name];
-    if (!slot) slot = std::make_unique<Fd>(dir_ / name);
-    return *slot;
+    if (!g.error) g.error = std::move(e);
   }
-  std::filesystem::path path(const std::string& name) const { return dir_ / name; }
 
  private:
-  std::filesystem::path dir_;
+  const FileTable& files_;
   std::mutex mutex_;
-  std::map<std::string, std::unique_ptr<Fd>> files_;
 };
 
-Shape contiguous_strides(const Shape& sizes) {
-  Shape strides(sizes.size(), 1);
-  for (std::size_t d = sizes.size(); d-- > 1;) strides[d - 1] = strides[d] * sizes[d];
-  return strides;
+struct Task {
+  Group* group;
+  std::function<void()> run;
+};
+
+// Runs every task on a pool of `threads` and waits. Nothing escapes a worker: each exception
+// (out of memory included) becomes its group's error.
+void run_all(int threads, std::vector<Task>& tasks, Failures& failures) {
+  asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
+  for (auto& task : tasks)
+    asio::post(pool, [&task, &failures] {
+      try {
+        task.run();
+      } catch (...) {
+        try {
+          failures.record(*task.group, current_exception_as_error());
+        } catch (...) {  // no memory left even for the message: keep the code
+          failures.record(*task.group, Error(Errc::resource_exhausted, "out of memory"));
+        }
+      }
+    });
+  pool.join();
 }
 
 bool is_row_major(const record::TensorRecord& r) {
-  const auto want = contiguous_strides(r.sizes);
+  const auto want = layout::contiguous_strides(r.sizes);
   for (std::size_t d = 0; d < r.sizes.size(); ++d)
     if (r.sizes[d] > 1 && r.strides[d] != want[d]) return false;
   return true;
@@ -88,54 +105,70 @@ bool is_single_run(const Shape& sizes, const Shape& offsets, const Shape& length
   return true;
 }
 
-// Copies a strided box element by element (inner runs with memcpy when both are dense).
-void strided_copy(std::byte* dst, const Shape& dst_strides, const std::byte* src, const Shape& src_strides,
-                  const Shape& lengths, std::size_t itemsize, std::size_t dim = 0) {
-  if (lengths.empty()) {
-    std::memcpy(dst, src, itemsize);
+// Elements from a box's first to its last element in a strided storage (the bounce span).
+std::uint64_t span_elements(const Shape& lengths, const Shape& strides) {
+  std::uint64_t last = 0;
+  for (std::size_t d = 0; d < lengths.size(); ++d)
+    last += static_cast<std::uint64_t>(lengths[d] - 1) * static_cast<std::uint64_t>(strides[d]);
+  return last + 1;
+}
+
+// Splits a non-empty box into sub-boxes (offsets relative to it) whose storage span is at most
+// `bound_elements`, or a single element: the bounce buffer of a strided read stays bounded.
+void split_box(Shape& offsets, Shape& lengths, const Shape& strides, std::uint64_t bound_elements, std::size_t dim,
+               std::vector<std::pair<Shape, Shape>>& out) {
+  if (dim == lengths.size() || span_elements(lengths, strides) <= bound_elements) {
+    out.emplace_back(offsets, lengths);
     return;
   }
-  const auto n = lengths[dim];
-  if (dim + 1 == lengths.size()) {
-    if (dst_strides[dim] == 1 && src_strides[dim] == 1) {
-      std::memcpy(dst, src, static_cast<std::size_t>(n) * itemsize);
-      return;
+  const std::int64_t start = offsets[dim], full = lengths[dim];
+  lengths[dim] = 1;
+  const std::uint64_t row_span = span_elements(lengths, strides);
+  if (row_span > bound_elements || strides[dim] == 0) {
+    for (std::int64_t i = 0; i < full; ++i) {
+      offsets[dim] = start + i;
+      split_box(offsets, lengths, strides, bound_elements, dim + 1, out);
     }
-    for (std::int64_t i = 0; i < n; ++i)
-      std::memcpy(dst + i * dst_strides[dim] * static_cast<std::int64_t>(itemsize),
-                  src + i * src_strides[dim] * static_cast<std::int64_t>(itemsize), itemsize);
-    return;
+  } else {
+    const auto per = static_cast<std::int64_t>(
+        std::min<std::uint64_t>((bound_elements - row_span) / static_cast<std::uint64_t>(strides[dim]) + 1,
+                                static_cast<std::uint64_t>(full)));
+    for (std::int64_t i = 0; i < full; i += per) {
+      offsets[dim] = start + i;
+      lengths[dim] = std::min(per, full - i);
+      out.emplace_back(offsets, lengths);
+    }
   }
-  for (std::int64_t i = 0; i < n; ++i)
-    strided_copy(dst + i * dst_strides[dim] * static_cast<std::int64_t>(itemsize), dst_strides,
-                 src + i * src_strides[dim] * static_cast<std::int64_t>(itemsize), src_strides, lengths, itemsize, dim + 1);
+  offsets[dim] = start;
+  lengths[dim] = full;
 }
 
-Error with_item_context(Error e, const FileTable& files, const Group& g) {
-  e.add_offset(g.info->offset);  // archive offsets → file offsets
-  e.in_file(files.path(g.info->relative_path).string());
-  e.for_key(g.fqn);
-  return e;
-}
-
-// Runs `tasks` on a pool of `threads` and waits; each task records its own failure.
-template <class Task>
-void run_all(int threads, std::vector<Task>& tasks) {
-  asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
-  for (auto& task : tasks) asio::post(pool, [&task] { task(); });
-  pool.join();
+// Plans may come from other ranks: a tensor item must stay inside the saved chunk it names.
+void check_against_saved_chunk(const ReadItem& item, const metadata::ChunkStorageMetadata& chunk) {
+  const std::size_t rank = chunk.sizes.size();
+  bool inside = item.storage_offsets.size() == rank && item.lengths.size() == rank;
+  for (std::size_t d = 0; inside && d < rank; ++d)
+    inside = item.storage_offsets[d] >= 0 && item.lengths[d] >= 0 &&
+             item.storage_offsets[d] <= chunk.sizes[d] - item.lengths[d];
+  if (!inside)
+    throw Error(Errc::invalid_argument, "read item " + layout::format_box({item.storage_offsets, item.lengths}) +
+                                            " reaches outside the saved chunk of sizes " + format_shape(chunk.sizes))
+        .for_key(item.storage_index.fqn);
 }
 
 }  // namespace
 
 ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) {
   if (!metadata_) throw Error(Errc::failed_precondition, "read_data before set_up_storage_reader");
+  const metadata::Metadata& md = **metadata_;
   const int threads = options_.threads > 0 ? options_.threads
                                            : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
-  FileTable files(dir_);
+  FileTable files(dir_, open_file_budget(options_.max_open_files));
+  Failures failures(files);
   ReadReport report;
 
-  // 1. Group items per saved item, resolve destinations (planner calls stay on this thread).
+  // 1. Check and group items per saved item, resolve destinations (planner calls stay on
+  //    this thread).
   std::vector<Group> groups;
   std::map<std::pair<std::string, Shape>, std::size_t> group_of;
   std::vector<TensorSlice> destinations(plan.items.size());
@@ -143,137 +176,147 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
     const ReadItem& item = plan.items[i];
     const auto& index = item.storage_index;
     const bool is_tensor = item.type == planning::LoadItemType::tensor;
-    auto key = std::make_pair(index.fqn, is_tensor && index.offset ? *index.offset : Shape{});
+    if (is_tensor && !index.offset)
+      throw Error(Errc::invalid_argument, "tensor read item without chunk offsets").for_key(index.fqn);
+    auto key = std::make_pair(index.fqn, is_tensor ? *index.offset : Shape{});
     auto [it, inserted] = group_of.try_emplace(key, groups.size());
     if (inserted) {
       Group g;
       g.fqn = index.fqn;
-      g.info = metadata_->find_storage(index.fqn, is_tensor ? &*index.offset : nullptr);
-      if (!g.info) {
-        Error e(Errc::data_loss, "storage_data has no entry for this item");
-        e.for_key(index.fqn);
-        throw e;
-      }
-      if (is_tensor) {
-        const auto* md_item = metadata_->find_item(index.fqn);
-        for (const auto& c : md_item->tensor().chunks)
-          if (c.offsets == *index.offset) g.chunk = &c;
-        g.dtype = md_item->tensor().properties.dtype;
-      }
+      g.info = md.find_storage(index.fqn, is_tensor ? &*index.offset : nullptr);
+      const metadata::ItemMetadata* saved = md.find_item(index.fqn);
+      if (!g.info || !saved || saved->is_tensor() != is_tensor)
+        throw Error(Errc::invalid_argument, "read item names no saved " + std::string(is_tensor ? "chunk" : "object"))
+            .for_key(index.fqn);
+      if (is_tensor) g.chunk = &saved->tensor().chunks[*metadata_->chunk_position(index.fqn, *index.offset)];
       groups.push_back(std::move(g));
     }
-    groups[it->second].items.push_back(i);
-    if (is_tensor) destinations[i] = planner.resolve_tensor(item);
+    Group& g = groups[it->second];
+    g.items.push_back(i);
+    if (!is_tensor) continue;
+    check_against_saved_chunk(item, *g.chunk);
+    destinations[i] = planner.resolve_tensor(item);
+    const DType saved_dtype = md.find_item(index.fqn)->tensor().properties.dtype;
+    if (!can_convert(saved_dtype, destinations[i].dtype))
+      throw Error(Errc::unimplemented, "loading " + std::string(dtype_name(saved_dtype)) + " into " +
+                                           std::string(dtype_name(destinations[i].dtype)) + " is not supported")
+          .for_key(index.fqn);
   }
   report.items = groups.size();
 
-  // 2. Locate every tensor's storage record; read whole objects.
-  std::vector<std::function<void()>> locate;
+  // 2. Locate every tensor's storage record; read whole objects (after checking their size).
+  std::vector<Task> locate;
   for (auto& g : groups) {
-    locate.push_back([&g, &files, this] {
-      try {
-        const Fd& fd = files.get(g.info->relative_path);
-        const auto path = files.path(g.info->relative_path);
-        if (!g.chunk) {
-          g.object_bytes.resize(g.info->length);
-          pread_all(fd.get(), path, g.info->offset, g.object_bytes);
-          return;
-        }
-        if (!g.info->transform_descriptors.empty())
-          throw Error(Errc::unimplemented, "stream transform '" + g.info->transform_descriptors.front() + "' is not supported");
-        const std::uint64_t base = g.info->offset, length = g.info->length;
-        g.location = record::locate_tensor(length, [&](std::uint64_t offset, std::span<std::byte> out) {
-          if (offset > length || out.size() > length - offset)
-            throw Error(Errc::data_loss, "read past the item end").at_offset(offset);
-          pread_all(fd.get(), path, base + offset, out);
-        });
-        record::check_against_chunk(g.location, g.dtype, g.chunk->sizes);
-        if (options_.verify_crc && g.location.crc32 != 0) {
-          std::vector<std::byte> data(g.location.data_size);
-          pread_all(fd.get(), path, base + g.location.data_offset, data);
-          const auto crc = zip::crc32(data);
-          if (crc != g.location.crc32)
-            throw Error(Errc::data_loss, "CRC-32 mismatch in the storage record").at_offset(g.location.data_offset);
-        }
-      } catch (const Error& e) {
-        g.error = with_item_context(e, files, g);
-      }
-    });
+    locate.push_back({&g, [&g, &files, this, &md] {
+                        const auto fd = files.get(g.info->relative_path);
+                        const auto path = files.path(g.info->relative_path);
+                        const std::uint64_t base = g.info->offset, length = g.info->length;
+                        if (!g.chunk) {
+                          if (length > options_.max_object_bytes)
+                            throw Error(Errc::resource_exhausted,
+                                        "object of " + std::to_string(length) + " bytes exceeds the limit of " +
+                                            std::to_string(options_.max_object_bytes) + " (ReadOptions::max_object_bytes)")
+                                .at_offset(base);
+                          g.object_bytes.resize(length);
+                          pread_all(fd->get(), path, base, g.object_bytes);
+                          return;
+                        }
+                        if (!g.info->transform_descriptors.empty())
+                          throw Error(Errc::unimplemented, "stream transform '" + g.info->transform_descriptors.front() +
+                                                               "' is not supported")
+                              .at_offset(base);
+                        try {
+                          // dcp.record works in archive offsets; reads past the item are its bug or a lie.
+                          g.location = record::locate_tensor(length, [&](std::uint64_t offset, std::span<std::byte> out) {
+                            if (offset > length || out.size() > length - offset)
+                              throw Error(Errc::data_loss, "read past the item end").at_offset(offset);
+                            try {
+                              pread_all(fd->get(), path, base + offset, out);
+                            } catch (const Error& e) {
+                              throw Error(e.code(), e.message()).at_offset(e.context().byte_offset.value_or(base + offset) - base);
+                            }
+                          });
+                          record::check_against_chunk(g.location, md.find_item(g.fqn)->tensor().properties.dtype,
+                                                      g.chunk->sizes);
+                        } catch (Error& e) {
+                          throw e.add_offset(base);  // archive offsets -> file offsets
+                        }
+                        if (options_.verify_crc && g.location.crc32 != 0) {
+                          std::vector<std::byte> data(g.location.data_size);
+                          pread_all(fd->get(), path, base + g.location.data_offset, data);
+                          if (zip::crc32(data) != g.location.crc32)
+                            throw Error(Errc::data_loss, "CRC-32 mismatch in the storage record")
+                                .at_offset(base + g.location.data_offset);
+                        }
+                      }});
   }
-  run_all(threads, locate);
+  run_all(threads, locate, failures);
 
-  // 3. Copy: one task per contiguous piece or per strided item.
-  struct CopyTask {
-    Group* group;
-    std::function<void()> run;
-    void operator()() {
-      try {
-        run();
-      } catch (const Error& e) {
-        static std::mutex mutex;
-        std::lock_guard lock(mutex);  // first error per group wins
-        if (!group->error) group->error = e;
-      }
-    }
-  };
-  std::vector<CopyTask> copies;
-  std::vector<ReadPiece> pieces;
-  std::vector<Group*> piece_group;
+  // 3. Copy: contiguous pieces straight into the destination; strided or converting reads
+  //    through bounce buffers of at most bounce_bytes.
+  std::vector<Task> copies;
+  std::vector<std::pair<ReadPiece, Group*>> pieces;
   for (auto& g : groups) {
     if (g.error || !g.chunk) continue;
     const auto& r = g.location.record;
     const std::size_t itemsize = dtype_itemsize(r.dtype);
-    const auto path = files.path(g.info->relative_path);
     const std::uint64_t storage_base = g.info->offset + g.location.data_offset;
     for (std::size_t i : g.items) {
       const ReadItem& item = plan.items[i];
-      const TensorSlice dst = destinations[i];
-      if (dst.dtype != r.dtype) {  // the planner allowed a conversion this reader cannot do
-        g.error = with_item_context(Error(Errc::unimplemented, "converting " + std::string(dtype_name(r.dtype)) + " to " +
-                                                                   std::string(dtype_name(dst.dtype)) + " is not supported"),
-                                    files, g);
-        break;
-      }
+      const TensorSlice& dst = destinations[i];
       if (planning::numel(dst) == 0) continue;
-      const Shape src_strides = r.strides;
       std::uint64_t first = r.storage_offset;  // element index of the region's first element
-      for (std::size_t d = 0; d < src_strides.size(); ++d)
-        first += static_cast<std::uint64_t>(item.storage_offsets[d] * src_strides[d]);
+      for (std::size_t d = 0; d < r.strides.size(); ++d)
+        first += static_cast<std::uint64_t>(item.storage_offsets[d] * r.strides[d]);
       const std::uint64_t count = planning::numel(dst);
       report.bytes_read += count * itemsize;
-      if (is_row_major(r) && is_single_run(r.sizes, item.storage_offsets, item.lengths) && planning::is_contiguous(dst)) {
+      if (dst.dtype == r.dtype && is_row_major(r) && is_single_run(r.sizes, item.storage_offsets, item.lengths) &&
+          planning::is_contiguous(dst)) {
         const std::uint64_t bytes = count * itemsize;
-        for (std::uint64_t done = 0; done < bytes; done += kPieceBytes) {
-          pieces.push_back({path, storage_base + first * itemsize + done, dst.data + done, std::min(kPieceBytes, bytes - done)});
-          piece_group.push_back(&g);
-        }
+        for (std::uint64_t done = 0; done < bytes; done += kPieceBytes)
+          pieces.push_back({{g.info->relative_path, storage_base + first * itemsize + done, dst.data + done,
+                             std::min(kPieceBytes, bytes - done)},
+                            &g});
         continue;
       }
-      // Strided: read the span the box touches into a bounce buffer, then copy element-wise.
-      copies.push_back({&g, [&files, &g, dst, src_strides, first, itemsize, storage_base, lengths = item.lengths, path] {
-                          std::uint64_t last = first;
-                          for (std::size_t d = 0; d < lengths.size(); ++d)
-                            last += static_cast<std::uint64_t>((lengths[d] - 1) * src_strides[d]);
-                          std::vector<std::byte> buffer((last - first + 1) * itemsize);
-                          const Fd& fd = files.get(g.info->relative_path);
-                          pread_all(fd.get(), path, storage_base + first * itemsize, buffer);
-                          strided_copy(dst.data, dst.strides, buffer.data(), src_strides, lengths, itemsize);
-                        }});
+      std::vector<std::pair<Shape, Shape>> boxes;
+      Shape offsets(item.lengths.size(), 0), lengths = item.lengths;
+      split_box(offsets, lengths, r.strides, std::max<std::uint64_t>(options_.bounce_bytes / itemsize, 1), 0, boxes);
+      for (auto& [sub_offsets, sub_lengths] : boxes) {
+        std::uint64_t sub_first = first, dst_offset = 0;
+        for (std::size_t d = 0; d < sub_offsets.size(); ++d) {
+          sub_first += static_cast<std::uint64_t>(sub_offsets[d] * r.strides[d]);
+          dst_offset += static_cast<std::uint64_t>(sub_offsets[d] * dst.strides[d]);
+        }
+        copies.push_back({&g, [&g, &files, &r, &dst, itemsize, storage_base, sub_first, dst_offset,
+                               sub_lengths = std::move(sub_lengths)] {
+                            std::vector<std::byte> buffer(span_elements(sub_lengths, r.strides) * itemsize);
+                            const auto fd = files.get(g.info->relative_path);
+                            pread_all(fd->get(), files.path(g.info->relative_path), storage_base + sub_first * itemsize, buffer);
+                            copy_box(dst.data + dst_offset * dtype_itemsize(dst.dtype), dst.strides, dst.dtype, buffer.data(),
+                                     r.strides, r.dtype, sub_lengths);
+                          }});
+      }
     }
   }
+  // Pieces in file order: sequential reads, and io_uring keeps only the files in flight open.
+  std::stable_sort(pieces.begin(), pieces.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.first.file, a.first.offset) < std::tie(b.first.file, b.first.offset);
+  });
+  std::vector<ReadPiece> plain_pieces;
+  plain_pieces.reserve(pieces.size());
+  for (const auto& [piece, group] : pieces) plain_pieces.push_back(piece);
   std::vector<std::optional<Error>> piece_errors(pieces.size());
-  const bool uring = options_.backend == ReadBackend::io_uring &&
-                     read_pieces_uring(pieces, threads, 64, piece_errors);
-  if (!uring) {
-    for (std::size_t i = 0; i < pieces.size(); ++i)
-      copies.push_back({piece_group[i], [&files, &piece = pieces[i], group = piece_group[i]] {
-                          const Fd& fd = files.get(group->info->relative_path);
-                          pread_all(fd.get(), piece.path, piece.offset, std::span(piece.destination, piece.size));
+  const bool uring = options_.backend == ReadBackend::io_uring && read_pieces_uring(files, plain_pieces, 64, piece_errors);
+  if (!uring)
+    for (const auto& [piece, group] : pieces)
+      copies.push_back({group, [&files, &piece] {
+                          const auto fd = files.get(piece.file);
+                          pread_all(fd->get(), files.path(piece.file), piece.offset, std::span(piece.destination, piece.size));
                         }});
-  }
-  run_all(threads, copies);
+  run_all(threads, copies, failures);
   for (std::size_t i = 0; i < pieces.size(); ++i)
-    if (piece_errors[i] && !piece_group[i]->error) piece_group[i]->error = piece_errors[i];
+    if (piece_errors[i]) failures.record(*pieces[i].second, *piece_errors[i]);
 
   // 4. Report errors in plan order; hand results to the planner on this thread.
   for (auto& g : groups) {

@@ -2,25 +2,36 @@
 //
 // `FileSystemReader` is torch's FileSystemReader in C++ behind the `StorageReader` protocol
 // (read_metadata, set_up_storage_reader, prepare_local_plan, prepare_global_plan, read_data),
-// so other backends can be added. `read_data` executes a LoadPlan: the plan's items are
-// grouped per saved item (one torch.save archive); an Asio thread pool locates each
-// archive's storage record (dcp.record) with a few small preads, then copies: a region that
-// is contiguous on disk and in the destination is read straight into destination memory
-// (large ones in parallel pieces), anything strided goes through a bounce buffer. The
-// planner is called only from the calling thread (resolve before, commit and load_bytes
-// after), so workers share no mutable state. Every error names the file, key and byte
-// offset. Imports: dcp.error, dcp.metadata, dcp.planning, dcp.record.
+// so other backends can be added. `read_metadata` decodes, validates and bounds-checks
+// `.metadata` against the data files before anything else is read, and hands out a
+// `metadata::ValidatedMetadata`, the only form `set_up_storage_reader` takes. `read_data`
+// executes a LoadPlan: every item is first checked against the saved chunk (plans may come
+// from other ranks), items are grouped per saved item (one torch.save archive), an Asio
+// thread pool locates each archive's storage record (dcp.record) with a few small preads,
+// then copies: a region that is contiguous on disk and in the destination is read straight
+// into destination memory (large ones in parallel pieces); anything strided, or of another
+// dtype (converted as torch's `copy_` does), goes through bounce buffers of bounded size.
+// The planner is called only from the calling thread (resolve before, commit and load_bytes
+// after), so workers share no mutable state; every exception is caught at the pool boundary
+// (out of memory as resource_exhausted). At most `max_open_files` files are open at once.
+// Every error names the file, key and byte offset in that file.
+// Imports: dcp.error, dcp.metadata, dcp.planning, dcp.record, dcp.zip.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <list>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 export module dcp.storage;
 import dcp.error;
+import dcp.layout;
 import dcp.metadata;
 import dcp.planning;
 
@@ -30,8 +41,8 @@ export namespace dcp::storage {
 enum class ReadBackend {
   automatic,  ///< a pread pool: fastest for data in the page cache (see README, "Performance")
   pread,      ///< positional reads on an Asio thread pool
-  io_uring,   ///< Asio random_access_file on io_uring, many reads in flight; falls back to
-              ///< pread when the build lacks it or the kernel refuses io_uring
+  io_uring,   ///< Asio random_access_file on io_uring, many reads in flight from one thread;
+              ///< falls back to pread when the build lacks it or the kernel refuses io_uring
 };
 
 /// How read_data runs.
@@ -40,6 +51,12 @@ struct ReadOptions {
   int threads = 0;             ///< worker threads; 0 = min(hardware threads, 8)
   bool verify_crc = false;     ///< check each storage record's CRC-32 (reads whole records)
   bool collect_errors = false; ///< keep going after an item fails and report them all
+  /// A BYTE_IO item longer than this is refused (resource_exhausted) before any allocation.
+  std::uint64_t max_object_bytes = std::uint64_t{1} << 30;
+  /// Largest bounce buffer of one strided or converting read (one per worker at a time).
+  std::uint64_t bounce_bytes = std::uint64_t{16} << 20;
+  /// Files open at once; 0 = min(256, a quarter of RLIMIT_NOFILE).
+  std::size_t max_open_files = 0;
 };
 
 /// What read_data did.
@@ -55,15 +72,13 @@ inline constexpr std::uint64_t kMaxMetadataBytes = std::uint64_t{1} << 30;
 /// Reads a whole file of at most `max_bytes`. Throws not_found / io / out_of_range.
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes);
 
-/// Reads `[offset, offset + out.size())` of `path` into `out` (pread loop, EINTR-safe).
-void read_range(const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);
-
 /// torch's StorageReader protocol.
 class StorageReader {
  public:
   virtual ~StorageReader() = default;
-  virtual metadata::Metadata read_metadata() const = 0;
-  virtual void set_up_storage_reader(const metadata::Metadata& metadata, bool is_coordinator) = 0;
+  /// The checkpoint's metadata, validated (a reader makes one only through metadata::validate).
+  virtual metadata::ValidatedMetadata read_metadata() const = 0;
+  virtual void set_up_storage_reader(metadata::ValidatedMetadata metadata, bool is_coordinator) = 0;
   virtual planning::LoadPlan prepare_local_plan(planning::LoadPlan plan) { return plan; }
   virtual std::vector<planning::LoadPlan> prepare_global_plan(std::vector<planning::LoadPlan> plans) { return plans; }
   /// Executes `plan`, calling the planner's resolve_tensor / commit_tensor / load_bytes.
@@ -73,13 +88,14 @@ class StorageReader {
 class FileSystemReader : public StorageReader {
  public:
   explicit FileSystemReader(std::filesystem::path checkpoint_dir, ReadOptions options = {});
-  void set_up_storage_reader(const metadata::Metadata& metadata, bool is_coordinator) override;
+  void set_up_storage_reader(metadata::ValidatedMetadata metadata, bool is_coordinator) override;
   ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) override;
 
   const std::filesystem::path& directory() const { return dir_; }
-  /// Reads and decodes `.metadata` (an interrupted save, with only `.metadata.tmp`, is
-  /// reported as such). Errors carry the file path and the byte offset.
-  metadata::Metadata read_metadata() const override;
+  /// Reads, decodes and validates `.metadata` and checks every storage entry's byte range
+  /// against its data file (an interrupted save, with only `.metadata.tmp`, is reported as
+  /// such). Errors carry the file path (a data file's full path) and the byte offset.
+  metadata::ValidatedMetadata read_metadata() const override;
   /// Size of a data file named in storage_data; nullopt if missing or unsafe.
   std::optional<std::uint64_t> file_size(std::string_view relative_path) const;
   /// Full path of a data file (the name must satisfy is_safe_relative_path).
@@ -88,7 +104,7 @@ class FileSystemReader : public StorageReader {
  private:
   std::filesystem::path dir_;
   ReadOptions options_;
-  const metadata::Metadata* metadata_ = nullptr;
+  std::optional<metadata::ValidatedMetadata> metadata_;
 };
 
 }  // namespace dcp::storage
@@ -96,22 +112,11 @@ class FileSystemReader : public StorageReader {
 namespace dcp::storage {
 // Not exported: shared by the implementation units.
 Error os_error(const std::filesystem::path& path, std::string_view what, int err);
-/// Reads exactly out.size() bytes at `offset` (EINTR-safe; a short file is data_loss).
+/// Reads exactly out.size() bytes at `offset` (EINTR-safe). Errors (io, or data_loss for a
+/// short file) carry the path and the file offset where the read stopped.
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);
-/// An open read-only file descriptor.
-/// One contiguous read straight into destination memory.
-struct ReadPiece {
-  std::filesystem::path path;
-  std::uint64_t offset = 0;
-  std::byte* destination = nullptr;
-  std::uint64_t size = 0;
-};
-/// Reads every piece through Asio's io_uring files with up to `in_flight` reads outstanding,
-/// on `threads` threads; `errors[i]` receives piece i's failure. Returns false, having read
-/// nothing, when io_uring is not available (build option or kernel).
-bool read_pieces_uring(const std::vector<ReadPiece>& pieces, int threads, std::size_t in_flight,
-                       std::vector<std::optional<Error>>& errors);
 
+/// An open read-only file descriptor.
 class Fd {
  public:
   explicit Fd(const std::filesystem::path& path);
@@ -123,4 +128,47 @@ class Fd {
  private:
   int fd_;
 };
+
+/// The data files of one read_data, opened on first use and shared by the workers (pread is
+/// thread-safe). At most `capacity` stay open: the least recently used is closed when a new
+/// one is needed; a caller's shared_ptr keeps an evicted file open until its read is done.
+class FileTable {
+ public:
+  FileTable(std::filesystem::path dir, std::size_t capacity);
+  std::shared_ptr<const Fd> get(const std::string& name);
+  std::filesystem::path path(const std::string& name) const { return dir_ / name; }
+
+ private:
+  std::filesystem::path dir_;
+  std::size_t capacity_;
+  std::mutex mutex_;
+  std::list<std::pair<std::string, std::shared_ptr<const Fd>>> recent_;  // most recent first
+  std::unordered_map<std::string, decltype(recent_)::iterator> where_;
+};
+/// ReadOptions::max_open_files resolved against the process's descriptor limit.
+std::size_t open_file_budget(std::size_t requested);
+
+/// One contiguous read straight into destination memory.
+struct ReadPiece {
+  std::string file;  ///< relative name (FileTable key)
+  std::uint64_t offset = 0;
+  std::byte* destination = nullptr;
+  std::uint64_t size = 0;
+};
+/// Reads every piece through Asio's io_uring files with up to `in_flight` reads outstanding,
+/// all from the calling thread (one io_context, one thread: no strand needed); `errors[i]`
+/// receives piece i's failure. Pieces must be grouped by file: a file is open only while its
+/// pieces are in flight. Returns false, having read nothing, when io_uring is not available.
+bool read_pieces_uring(const FileTable& files, const std::vector<ReadPiece>& pieces, std::size_t in_flight,
+                       std::vector<std::optional<Error>>& errors);
+
+/// dtypes that `copy_box` converts between (floating, integer and bool types), as torch's
+/// `copy_` does.
+bool can_convert(DType from, DType to) noexcept;
+/// Copies the box `lengths` from `src` (strides in elements, dtype `src_dtype`) to `dst`,
+/// converting each element when the dtypes differ (torch's `static_cast` semantics: floats to
+/// integers truncate toward zero, to float16/bfloat16 round to nearest even through float32).
+/// The caller checked can_convert and that both boxes lie in their memory.
+void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtype, const std::byte* src,
+              const metadata::Shape& src_strides, DType src_dtype, const metadata::Shape& lengths);
 }  // namespace dcp::storage

@@ -1,20 +1,15 @@
-// Contiguous reads through Boost.Asio's io_uring file support, many in flight.
+// Contiguous reads through Boost.Asio's io_uring file support, many in flight from one thread.
 module;
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 #ifdef DCP_HAVE_IO_URING
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/random_access_file.hpp>
 #include <boost/asio/read_at.hpp>
 #endif
@@ -28,73 +23,93 @@ namespace {
 
 namespace asio = boost::asio;
 
-// Each completion starts the next unread piece, so `in_flight` reads stay outstanding.
+// Runs on one thread (the io_context's only runner), so its state needs no lock: io_uring
+// already keeps `in_flight` reads going in the kernel. Pieces come grouped by file; a file is
+// opened when its first piece starts and closed when its last piece completes, so at most
+// `in_flight` files are open.
 class UringReader {
  public:
-  UringReader(asio::io_context& ctx, const std::vector<ReadPiece>& pieces, std::vector<std::optional<Error>>& errors)
-      : ctx_(ctx), pieces_(pieces), errors_(errors) {}
+  UringReader(asio::io_context& ctx, const FileTable& files, const std::vector<ReadPiece>& pieces,
+              std::vector<std::optional<Error>>& errors)
+      : ctx_(ctx), files_(files), pieces_(pieces), errors_(errors) {}
 
-  void open_files() {
-    for (const auto& p : pieces_) {
-      auto& file = files_[p.path.string()];
-      if (!file) file = std::make_unique<asio::random_access_file>(ctx_, p.path.string(), asio::file_base::read_only);
-    }
-  }
+  /// Opens the first piece's file: throws system_error when io_uring itself is refused.
+  void probe() { open(pieces_.front().file); }
 
   void start_next() {
-    const std::size_t i = next_.fetch_add(1);
-    if (i >= pieces_.size()) return;
+    std::size_t i = 0;
+    while (true) {
+      if (next_ >= pieces_.size()) return;
+      i = next_++;
+      try {
+        open(pieces_[i].file);
+        break;
+      } catch (const boost::system::system_error& e) {
+        errors_[i] = Error(e.code() == boost::system::errc::no_such_file_or_directory ? Errc::not_found : Errc::io,
+                           "cannot open: " + e.code().message())
+                         .in_file(files_.path(pieces_[i].file).string());
+      }
+    }
     const ReadPiece& p = pieces_[i];
-    auto& file = *files_.at(p.path.string());
+    // The handler holds the file: it closes when its last read completes.
+    auto file = open_;
     // One operation per piece: a large completion condition avoids Asio's 64 KiB default steps.
-    asio::async_read_at(file, p.offset, asio::buffer(p.destination, p.size),
+    asio::async_read_at(*file, p.offset, asio::buffer(p.destination, p.size),
                         [](const boost::system::error_code& ec, std::size_t) -> std::size_t {
                           return ec ? 0 : std::size_t{1} << 30;
                         },
-                        [this, i](const boost::system::error_code& ec, std::size_t n) {
-                          if (ec || n != pieces_[i].size) {
+                        [this, i, file](const boost::system::error_code& ec, std::size_t n) {
+                          const ReadPiece& piece = pieces_[i];
+                          if (ec || n != piece.size) {
                             Error e(ec ? Errc::io : Errc::data_loss,
                                     ec ? "read failed: " + ec.message()
-                                       : "file ends " + std::to_string(pieces_[i].size - n) + " bytes short");
-                            e.in_file(pieces_[i].path.string()).at_offset(pieces_[i].offset + n);
-                            std::lock_guard lock(mutex_);
-                            errors_[i] = e;
+                                       : "file ends " + std::to_string(piece.size - n) + " bytes short");
+                            e.in_file(files_.path(piece.file).string()).at_offset(piece.offset + n);
+                            errors_[i] = std::move(e);
                           }
                           start_next();
                         });
+    if (next_ < pieces_.size() && pieces_[next_].file != open_name_) open_.reset();
   }
 
  private:
+  void open(const std::string& name) {
+    if (open_ && open_name_ == name) return;
+    open_.reset();
+    open_ = std::make_shared<asio::random_access_file>(ctx_, files_.path(name).string(), asio::file_base::read_only);
+    open_name_ = name;
+  }
+
   asio::io_context& ctx_;
+  const FileTable& files_;
   const std::vector<ReadPiece>& pieces_;
   std::vector<std::optional<Error>>& errors_;
-  std::map<std::string, std::unique_ptr<asio::random_access_file>> files_;
-  std::atomic<std::size_t> next_{0};
-  std::mutex mutex_;
+  std::size_t next_ = 0;
+  std::string open_name_;
+  std::shared_ptr<asio::random_access_file> open_;
 };
 
 }  // namespace
 
-bool read_pieces_uring(const std::vector<ReadPiece>& pieces, int threads, std::size_t in_flight,
+bool read_pieces_uring(const FileTable& files, const std::vector<ReadPiece>& pieces, std::size_t in_flight,
                        std::vector<std::optional<Error>>& errors) {
-  asio::io_context ctx;
-  UringReader reader(ctx, pieces, errors);
+  if (pieces.empty()) return true;
+  asio::io_context ctx(1);
+  UringReader reader(ctx, files, pieces, errors);
   try {
-    reader.open_files();
+    reader.probe();
   } catch (const boost::system::system_error&) {
-    return false;  // io_uring_queue_init refused (seccomp, old kernel): caller uses pread
+    return false;  // io_uring refused (seccomp, old kernel) or the file is missing: pread says which
   }
   for (std::size_t k = 0; k < std::min(in_flight, pieces.size()); ++k) reader.start_next();
-  asio::thread_pool runners(static_cast<std::size_t>(std::max(1, threads - 1)));
-  for (int t = 1; t < threads; ++t) asio::post(runners, [&ctx] { ctx.run(); });
   ctx.run();
-  runners.join();
   return true;
 }
 
 #else
 
-bool read_pieces_uring(const std::vector<ReadPiece>&, int, std::size_t, std::vector<std::optional<Error>>&) {
+bool read_pieces_uring(const FileTable&, const std::vector<ReadPiece>&, std::size_t,
+                       std::vector<std::optional<Error>>&) {
   return false;
 }
 

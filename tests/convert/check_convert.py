@@ -1,21 +1,26 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Check a file written by `dcpp convert` against a case's expected.json (tests/convert).
 
     check_convert.py pt CASE_DIR FILE.pt [--keys REGEX]
     check_convert.py safetensors CASE_DIR FILE.safetensors [--keys REGEX]
     check_convert.py same-as-torch-save FILE.pt [--whole-file]
+    check_convert.py batch JOBS.json        (a JSON list of argument lists; one line each)
 
-CASE_DIR is a make_checkpoint.py output or a shared/fixtures/torch2x case: expected.json plus
+Run pt and safetensors with the torch 2.13 virtualenv (.venv/bin/python: torch and the
+safetensors library); same-as-torch-save with the torch whose torch.save is the reference.
+CASE_DIR is a make_checkpoint.py or make_checkpoint2x.py output: expected.json plus
 expected/*.bin. Only keys matching REGEX (re.search) are expected, all others must be absent.
 
-pt: torch.load(FILE) with real PyTorch; every expected tensor sits at its "path" (dict keys,
-list indices) with the expected dtype, shape and bytes, contiguous, requires_grad False; every
-object has the expected repr and JSON; nothing else is there but None holes in lists.
+pt: torch.load(FILE) (weights_only=True, torch's default; where it refuses, torch.save of the
+same values must be refused too, then weights_only=False);
+every expected tensor sits at its "path" (dict keys, list indices) with the expected dtype,
+shape and bytes, contiguous, requires_grad False; every object has the expected repr and
+JSON; nothing else is there but None holes in lists.
 
-safetensors: parsed by hand (u64 little-endian header size, JSON header padded with spaces
-to a multiple of 8, data area): dtype codes, shapes, data_offsets packed back to back in key
-order and covering the data area exactly, bytes equal to expected/*.bin, "__metadata__" =
-{"format": "pt", <object key>: <its JSON as a string>}.
+safetensors: read by the safetensors library (safetensors.torch.load_file for the tensors,
+safe_open for the key list and the metadata): exactly the expected keys, each with the
+expected dtype, shape and bytes; metadata = {"format": "pt", <object key>: <its JSON as a
+string>}.
 
 same-as-torch-save: torch.save(torch.load(FILE)) to a stream gives the same data.pkl bytes
 (and, with --whole-file, the same file).
@@ -28,14 +33,11 @@ import io
 import json
 import os
 import re
-import struct
 import sys
 import zipfile
 
-ST_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
-             "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
-             "bool": "BOOL"}
-
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+from expected_common import to_json  # noqa: E402
 
 class Mismatch(Exception):
     pass
@@ -56,6 +58,34 @@ def expected_bytes(case_dir, entry):
         return f.read()
 
 
+def tensor_bytes(t):
+    """Row-major little-endian bytes of any tensor (the layout of expected/*.bin)."""
+    import torch
+    return t.detach().clone(memory_format=torch.contiguous_format).reshape(-1) \
+        .view(torch.uint8).numpy().tobytes()
+
+
+def load_pt(torch, pt):
+    """torch.load with torch's default, weights_only=True. Where that refuses the file, the
+    values must be ones that torch's own torch.save file of them is refused for too (an empty
+    bytes object pickles as GLOBAL __builtin__.bytes, outside the weights_only allow-list)."""
+    import pickle
+    try:
+        return torch.load(pt, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        refused = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+    got = torch.load(pt, map_location="cpu", weights_only=False)
+    buf = io.BytesIO()
+    torch.save(got, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, map_location="cpu")
+    except pickle.UnpicklingError:
+        return got
+    raise Mismatch("torch.load(weights_only=True) refuses the file (%s) but accepts torch.save "
+                   "of the same values" % refused)
+
+
 def path_of(key, entry):
     return tuple(entry.get("path") or [key])
 
@@ -63,7 +93,7 @@ def path_of(key, entry):
 def check_pt(case_dir, pt, keys):
     import torch
     tensors, objects = load_case(case_dir, keys)
-    got = torch.load(pt, map_location="cpu")
+    got = load_pt(torch, pt)
     leaves = {}
     for key, entry in list(tensors.items()) + list(objects.items()):
         node = got
@@ -84,13 +114,12 @@ def check_pt(case_dir, pt, keys):
                     key, entry["dtype"], entry["shape"], node.dtype, list(node.shape)))
             if not node.is_contiguous() or node.requires_grad or node.storage_offset() != 0:
                 raise Mismatch("%r: not a plain contiguous tensor" % key)
-            t = node.view(torch.int16) if node.dtype == torch.bfloat16 else node
-            if t.numpy().tobytes() != expected_bytes(case_dir, entry):
+            if tensor_bytes(node) != expected_bytes(case_dir, entry):
                 raise Mismatch("%r: tensor bytes differ" % key)
         else:
             if repr(node) != entry["repr"]:
                 raise Mismatch("%r: expected %s, got %r" % (key, entry["repr"], node))
-            if json.loads(json.dumps(node)) != entry["json"]:
+            if to_json(node) != entry["json"]:
                 raise Mismatch("%r: JSON form differs" % key)
 
     def walk(node, path):
@@ -114,44 +143,30 @@ def check_pt(case_dir, pt, keys):
 
 
 def check_safetensors(case_dir, path, keys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
     tensors, objects = load_case(case_dir, keys)
-    with open(path, "rb") as f:
-        blob = f.read()
-    if len(blob) < 8:
-        raise Mismatch("file shorter than 8 bytes")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n % 8 or 8 + n > len(blob):
-        raise Mismatch("header size %d: not a multiple of 8 or past the end" % n)
-    text = blob[8:8 + n].decode("utf-8")
-    if not text.startswith("{") or text.rstrip(" ") != text.rstrip():
-        raise Mismatch("header must start with '{' and be padded with spaces only")
-    header = json.loads(text)
-    data = blob[8 + n:]
-    meta = header.pop("__metadata__", None)
+    got = load_file(path)
+    with safe_open(path, framework="pt") as f:
+        names = list(f.keys())
+        meta = f.metadata()
+    if set(names) != set(got) or set(got) != set(tensors):
+        raise Mismatch("tensor keys differ: missing %r, extra %r" % (
+            sorted(set(tensors) - set(got))[:5], sorted(set(got) - set(tensors))[:5]))
     want_meta = {"format": "pt"}
     want_meta.update({k: v["json"] for k, v in objects.items()})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise Mismatch("__metadata__ must map strings to strings")
+        raise Mismatch("metadata must map strings to strings: %r" % (meta,))
     got_meta = {k: (v if k == "format" else json.loads(v)) for k, v in meta.items()}
     if got_meta != want_meta:
-        raise Mismatch("__metadata__ differs: %r" % sorted(set(got_meta) ^ set(want_meta)))
-    if set(header) != set(tensors):
-        raise Mismatch("tensor keys differ: missing %r, extra %r" % (
-            sorted(set(tensors) - set(header))[:5], sorted(set(header) - set(tensors))[:5]))
-    end = 0
-    for key in sorted(header, key=lambda k: k.encode("utf-8", "surrogatepass")):
-        entry, got = tensors[key], header[key]
-        if got.get("dtype") != ST_DTYPES.get(entry["dtype"]) or got.get("shape") != entry["shape"]:
+        raise Mismatch("metadata differs: %r" % sorted(set(got_meta) ^ set(want_meta)))
+    for key, entry in tensors.items():
+        t = got[key]
+        if str(t.dtype) != "torch." + entry["dtype"] or list(t.shape) != entry["shape"]:
             raise Mismatch("%r: expected %s %s, got %s %s" % (
-                key, entry["dtype"], entry["shape"], got.get("dtype"), got.get("shape")))
-        begin, stop = got["data_offsets"]
-        if begin != end:
-            raise Mismatch("%r: data starts at %d, expected %d (key order, packed)" % (key, begin, end))
-        if data[begin:stop] != expected_bytes(case_dir, entry) or stop - begin != entry["nbytes"]:
+                key, entry["dtype"], entry["shape"], t.dtype, list(t.shape)))
+        if tensor_bytes(t) != expected_bytes(case_dir, entry):
             raise Mismatch("%r: tensor bytes differ" % key)
-        end = stop
-    if end != len(data):
-        raise Mismatch("data area has %d bytes, tensors cover %d" % (len(data), end))
     return "%d tensors and %d objects match" % (len(tensors), len(objects))
 
 
@@ -172,13 +187,14 @@ def check_same_as_torch_save(pt, whole):
     return "data.pkl%s identical to torch.save's" % (" and file" if whole else "")
 
 
-def main():
+def run(argv):
+    """One check; returns the line to print (starting with "check_convert: OK" or ": FAIL")."""
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["pt", "safetensors", "same-as-torch-save"])
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--keys")
     ap.add_argument("--whole-file", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         if args.mode == "pt":
             msg = check_pt(args.paths[0], args.paths[1], args.keys)
@@ -187,10 +203,24 @@ def main():
         else:
             msg = check_same_as_torch_save(args.paths[0], args.whole_file)
     except Mismatch as e:
-        print("check_convert: FAIL: %s" % e)
-        return 1
-    print("check_convert: OK: %s" % msg)
-    return 0
+        return "check_convert: FAIL: %s" % e
+    except Exception as e:  # noqa: BLE001 - a reader that throws is a failed check
+        return "check_convert: FAIL: %s: %s" % (type(e).__name__, " ".join(str(e).split())[:500])
+    return "check_convert: OK: %s" % msg
+
+
+def main():
+    if sys.argv[1:2] == ["batch"]:
+        # batch JOBS.json: a JSON list of argument lists, one check each, in one interpreter
+        # (torch's import costs seconds); one line per job, in order.
+        with open(sys.argv[2], encoding="utf-8") as f:
+            jobs = json.load(f)
+        lines = [run(job) for job in jobs]
+        print("\n".join(lines))
+        return 0 if all(": OK: " in line for line in lines) else 1
+    line = run(sys.argv[1:])
+    print(line)
+    return 0 if ": OK: " in line else 1
 
 
 if __name__ == "__main__":

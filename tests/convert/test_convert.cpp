@@ -1,11 +1,16 @@
 // Tests for dcp.checkpoint's converters (convert_to_torch_save, convert_to_safetensors) and
-// `dcpp convert`, checked with real PyTorch 1.13 (tests/python/load_check.py, check_convert.py).
+// `dcpp convert`, on checkpoints written by torch 1.13 and torch 2.13: outputs are read by
+// torch 2.13's torch.load and the safetensors library (check_convert.py), and by torch 1.13's
+// DCP load for 1.13 checkpoints (load_check.py).
 #define BOOST_TEST_MODULE dcp.convert
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -14,6 +19,8 @@
 
 #include "support.hpp"
 import dcp.error;
+import dcp.metadata;
+import dcp.alloc;
 import dcp.checkpoint;
 
 namespace fs = std::filesystem;
@@ -23,29 +30,118 @@ using dcp::checkpoint::LoadOptions;
 namespace {
 
 const std::vector<std::string> kCases = {"flat_dtypes", "optimizer", "sharded_4ranks", "single_file"};
-const std::vector<std::string> kTorch2x = {"x2_flat_mixed", "x2_fsdp_4ranks"};
+using dcp_test::needs_python2x;
 
 fs::path script(std::string_view relative) { return dcp_test::source_root() / relative; }
 
-// Runs a checker script with real PyTorch; the test fails with its output line otherwise.
-void check(const std::string& args) {
+// Runs a checker script with `interpreter`; the test fails with its output line otherwise.
+void check_with(const std::string& interpreter, const std::string& args) {
   int status = 0;
-  const std::string out = dcp_test::run_capture(dcp_test::python() + " " + args + " 2>&1", &status);
+  const std::string out = dcp_test::run_capture(dcp_test::quote(interpreter) + " " + args + " 2>&1", &status);
   BOOST_TEST_MESSAGE(out);
   BOOST_TEST(status == 0, args << " -> " << out);
+}
+// Scripts that need torch 1.13 (load_check.py).
+void check113(const std::string& args) { check_with(dcp_test::python(), args); }
+
+// check_convert.py jobs collected during a test and run in one interpreter start (torch's
+// import costs seconds): pt and safetensors with torch 2.13 and the safetensors library,
+// same-as-torch-save with the torch whose torch.save is the reference. Outputs live in
+// directories the batch keeps until it has run.
+class ConvertChecks {
+ public:
+  explicit ConvertChecks(std::string interpreter) : interpreter_(std::move(interpreter)) {}
+  ~ConvertChecks() { BOOST_TEST(jobs_.empty(), "ConvertChecks::run() was not called"); }
+
+  fs::path out_dir() { return dirs_.emplace_back(std::make_unique<dcp_test::TempDir>())->path(); }
+
+  void add(std::string label, const std::string& mode, const fs::path& a, const fs::path& b = {},
+           const std::string& keys = {}, bool whole_file = false) {
+    boost::json::array argv{mode, a.string()};
+    if (!b.empty()) argv.emplace_back(b.string());
+    if (!keys.empty()) argv.insert(argv.end(), {"--keys", keys});
+    if (whole_file) argv.emplace_back("--whole-file");
+    jobs_.push_back(std::move(argv));
+    labels_.push_back(std::move(label));
+  }
+
+  void run() {
+    dcp_test::TempDir tmp;
+    const auto file = tmp.path() / "jobs.json";
+    const auto text = boost::json::serialize(jobs_);
+    dcp_test::write_bytes(file, std::vector<std::byte>(reinterpret_cast<const std::byte*>(text.data()),
+                                                        reinterpret_cast<const std::byte*>(text.data() + text.size())));
+    int status = 0;
+    const auto out = dcp_test::run_capture(dcp_test::quote(interpreter_) + " " +
+                                               dcp_test::quote(script("tests/convert/check_convert.py")) + " batch " +
+                                               dcp_test::quote(file) + " 2>&1",
+                                           &status);
+    std::vector<std::string> lines;
+    std::istringstream in(out);
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("check_convert: ", 0) == 0) lines.push_back(line);
+    BOOST_TEST_REQUIRE(lines.size() == labels_.size(), "check_convert.py batch printed:\n" << out);
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+      BOOST_TEST_MESSAGE(labels_[i] << ": " << lines[i]);
+      BOOST_TEST(lines[i].find(": OK: ") != std::string::npos, labels_[i] << ": " << lines[i]);
+    }
+    BOOST_TEST((status == 0) == (out.find(": FAIL: ") == std::string::npos), out);
+    jobs_.clear();
+    labels_.clear();
+  }
+
+ private:
+  std::string interpreter_;
+  std::vector<std::unique_ptr<dcp_test::TempDir>> dirs_;
+  boost::json::array jobs_;
+  std::vector<std::string> labels_;
+};
+
+// Whether this build's libtorch has a tensor type for `dtype` (Debian's 1.13 has no
+// uint16/uint32/uint64 or float8 types).
+bool libtorch_has(dcp::DType dtype) {
+  try {
+    (void)dcp::alloc::scalar_type(dtype);
+    return true;
+  } catch (const dcp::Error&) {
+    return false;
+  }
+}
+
+// The keys of a case whose tensors this libtorch can hold and safetensors can store (no complex).
+LoadOptions convertible(const fs::path& case_dir, bool safetensors) {
+  const auto m = dcp::checkpoint::inspect(case_dir / "ckpt");
+  std::vector<std::string> skip;
+  for (const auto& item : m->items) {
+    if (!item.is_tensor()) continue;
+    const auto dtype = item.tensor().properties.dtype;
+    const bool complex = dtype == dcp::DType::complex32 || dtype == dcp::DType::complex64 || dtype == dcp::DType::complex128;
+    if (!libtorch_has(dtype) || (safetensors && complex)) skip.push_back(item.fqn);
+  }
+  LoadOptions options;
+  options.select = [skip](std::string_view fqn) { return std::find(skip.begin(), skip.end(), fqn) == skip.end(); };
+  return options;
+}
+
+// The same selection as a Python regex for check_convert.py.
+std::string python_keys(const fs::path& case_dir, const LoadOptions& options) {
+  const auto m = dcp::checkpoint::inspect(case_dir / "ckpt");
+  std::string alternatives;
+  for (const auto& item : m->items) {
+    if (options.select(item.fqn)) continue;
+    std::string escaped;
+    for (char c : item.fqn) {
+      if (std::string_view(".^$*+?()[]{}|\\").find(c) != std::string_view::npos) escaped += '\\';
+      escaped += c;
+    }
+    alternatives += (alternatives.empty() ? "" : "|") + escaped;
+  }
+  return alternatives.empty() ? "" : "^(?!(" + alternatives + ")$)";
 }
 
 std::string load_check(const fs::path& ckpt, const fs::path& pt) {
   return dcp_test::quote(script("tests/python/load_check.py")) + " " + dcp_test::quote(ckpt) + " " +
          dcp_test::quote(pt);
-}
-
-std::string check_convert(const std::string& mode, const fs::path& a, const fs::path& b = {},
-                          const std::string& keys = {}) {
-  std::string args = dcp_test::quote(script("tests/convert/check_convert.py")) + " " + mode + " " + dcp_test::quote(a);
-  if (!b.empty()) args += " " + dcp_test::quote(b);
-  if (!keys.empty()) args += " --keys " + dcp_test::quote(keys);
-  return args;
 }
 
 LoadOptions keys_with_prefix(std::vector<std::string> prefixes, bool keep) {
@@ -103,34 +199,60 @@ Cli dcpp(const std::string& args, const fs::path& scratch) {
 
 BOOST_AUTO_TEST_SUITE(interop)
 
-BOOST_AUTO_TEST_CASE(torch_save_of_torch_1_13_checkpoints_matches_dcp_load) {
+BOOST_AUTO_TEST_CASE(torch_save_of_torch_1_13_checkpoints_matches_dcp_load, *boost::unit_test::precondition(needs_python2x)) {
+  ConvertChecks checks(dcp_test::python2x());
   for (const auto& name : kCases) {
     BOOST_TEST_CONTEXT("case " << name) {
       const auto& c = dcp_test::checkpoint_case(name);
-      dcp_test::TempDir out;
-      const auto pt = out.path() / "model.pt";
+      const auto out = checks.out_dir();
+      const auto pt = out / "model.pt";
       const ConvertReport report = dcp::checkpoint::convert_to_torch_save(c / "ckpt", pt);
       const auto expected = dcp_test::read_json(c / "expected.json");
       BOOST_TEST(report.tensors == expected.at("tensors").as_object().size());
       BOOST_TEST(report.objects == expected.at("objects").as_object().size());
-      BOOST_TEST(entries(out.path()) == 1u);  // no temp file left
-      check(load_check(c / "ckpt", pt));
-      check(check_convert("pt", c, pt));
+      BOOST_TEST(entries(out) == 1u);         // no temp file left
+      check113(load_check(c / "ckpt", pt));   // torch 1.13's own DCP load gives the same values
+      checks.add(name, "pt", c, pt);          // torch 2.13's torch.load reads it
     }
   }
+  checks.run();
 }
 
-BOOST_AUTO_TEST_CASE(torch_save_of_torch2x_fixtures_is_nested_along_planner_data) {
-  for (const auto& name : kTorch2x) {
-    BOOST_TEST_CONTEXT("fixture " << name) {
-      const auto c = dcp_test::torch2x_fixtures() / name;
-      dcp_test::TempDir out;
-      const auto pt = out.path() / "model.pth";
-      dcp::checkpoint::convert_to_torch_save(c / "ckpt", pt);
-      check(check_convert("pt", c, pt));
-      check(load_check(c / "ckpt", pt));
+BOOST_AUTO_TEST_CASE(torch_save_of_torch_2_13_checkpoints_is_nested_along_planner_data,
+                     *boost::unit_test::precondition(needs_python2x)) {
+  ConvertChecks checks(dcp_test::python2x());
+  for (const auto& name : dcp_test::torch2x_cases()) {
+    BOOST_TEST_CONTEXT("case " << name) {
+      const auto& c = dcp_test::checkpoint_case(name);
+      const auto options = convertible(c, false);
+      const auto pt = checks.out_dir() / "model.pth";
+      const auto report = dcp::checkpoint::convert_to_torch_save(c / "ckpt", pt, options);
+      BOOST_TEST(report.tensors > 0u);
+      checks.add(name, "pt", c, pt, python_keys(c, options));
     }
   }
+  checks.run();
+}
+
+BOOST_AUTO_TEST_CASE(dtypes_this_libtorch_lacks_are_refused_naming_the_key,
+                     *boost::unit_test::precondition(needs_python2x)) {
+  const auto& c = dcp_test::checkpoint_case("x2_dtypes_v3");
+  if (libtorch_has(dcp::DType::uint16)) {
+    BOOST_TEST_MESSAGE("this libtorch has uint16: nothing to refuse");
+    return;
+  }
+  dcp_test::TempDir out;
+  for (const char* name : {"m.pt", "m.safetensors"}) {
+    LoadOptions options;
+    options.select = [](std::string_view fqn) { return fqn == "u.uint16"; };
+    const auto e = expect_error([&] {
+      if (std::string_view(name).ends_with(".pt")) dcp::checkpoint::convert_to_torch_save(c / "ckpt", out.path() / name, options);
+      else dcp::checkpoint::convert_to_safetensors(c / "ckpt", out.path() / name, options);
+    });
+    BOOST_TEST(dcp::errc_name(e.code()) == "unimplemented", e.what());
+    BOOST_TEST(e.context().key == "u.uint16", e.what());
+  }
+  BOOST_TEST(entries(out.path()) == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(data_pkl_is_what_torch_save_writes) {
@@ -143,57 +265,55 @@ BOOST_AUTO_TEST_CASE(data_pkl_is_what_torch_save_writes) {
     bool whole_file;
   };
   const auto tensors_only = keys_with_prefix({"obj."}, false);
-  const std::vector<Run> runs = {
+  std::vector<Run> runs = {
       {dcp_test::checkpoint_case("flat_dtypes") / "ckpt", tensors_only, false},
       {dcp_test::checkpoint_case("sharded_4ranks") / "ckpt", keys_with_prefix({"meta."}, false), true},
-      {dcp_test::torch2x_fixtures() / "x2_fsdp_4ranks" / "ckpt", keys_with_prefix({"model."}, true), true},
-      {dcp_test::torch2x_fixtures() / "x2_fsdp_4ranks" / "ckpt", keys_with_prefix({"model.", "optim.state."}, true), false},
   };
+  if (dcp_test::python2x_available()) {
+    runs.push_back({dcp_test::checkpoint_case("x2_fsdp_4ranks") / "ckpt", keys_with_prefix({"model."}, true), true});
+    runs.push_back({dcp_test::checkpoint_case("x2_fsdp_4ranks") / "ckpt", keys_with_prefix({"model.", "dt."}, true), false});
+  }
+  ConvertChecks checks(dcp_test::python());  // torch 1.13's torch.save is the reference
   for (const auto& run : runs) {
     BOOST_TEST_CONTEXT(run.ckpt) {
-      dcp_test::TempDir out;
-      const auto pt = out.path() / "t.pt";
+      const auto pt = checks.out_dir() / "t.pt";
       const auto report = dcp::checkpoint::convert_to_torch_save(run.ckpt, pt, run.options);
       BOOST_TEST(report.objects == 0u);
       BOOST_TEST(report.tensors > 0u);
-      check(check_convert("same-as-torch-save", pt) + (run.whole_file ? " --whole-file" : ""));
+      checks.add(run.ckpt.parent_path().filename().string(), "same-as-torch-save", pt, {}, {}, run.whole_file);
     }
   }
+  checks.run();
 }
 
 BOOST_AUTO_TEST_CASE(torch_save_keeps_only_selected_keys) {
   const auto& c = dcp_test::checkpoint_case("optimizer");
-  dcp_test::TempDir out;
-  const auto pt = out.path() / "model.pt";
+  ConvertChecks checks(dcp_test::python());  // check_convert.py's pt mode runs on torch 1.13 too
+  const auto pt = checks.out_dir() / "model.pt";
   const auto report = dcp::checkpoint::convert_to_torch_save(c / "ckpt", pt, keys_with_prefix({"model."}, true));
   BOOST_TEST(report.tensors == 4u);  // fc1/fc2 weight and bias
   BOOST_TEST(report.objects == 0u);
-  check(check_convert("pt", c, pt, "^model\\."));
+  checks.add("optimizer", "pt", c, pt, "^model\\.");
+  checks.run();
 }
 
-BOOST_AUTO_TEST_CASE(safetensors_holds_every_tensor_and_objects_as_json) {
-  struct Run {
-    fs::path case_dir;
-    std::string python_keys;  // the same selection as a Python regex
-    LoadOptions options;
-  };
-  const auto no_complex = keys_with_prefix({"c."}, false);
-  std::vector<Run> runs;
-  for (const auto& name : kCases)
-    runs.push_back({dcp_test::checkpoint_case(name), name == "flat_dtypes" ? "^(?!c\\.)" : "",
-                    name == "flat_dtypes" ? no_complex : LoadOptions{}});
-  runs.push_back({dcp_test::torch2x_fixtures() / "x2_flat_mixed", "^(?!c\\.)", no_complex});
-  runs.push_back({dcp_test::torch2x_fixtures() / "x2_fsdp_4ranks", "", LoadOptions{}});
-  for (const auto& run : runs) {
-    BOOST_TEST_CONTEXT(run.case_dir) {
-      dcp_test::TempDir out;
-      const auto st = out.path() / "model.safetensors";
-      const auto report = dcp::checkpoint::convert_to_safetensors(run.case_dir / "ckpt", st, run.options);
+BOOST_AUTO_TEST_CASE(safetensors_holds_every_tensor_and_objects_as_json, *boost::unit_test::precondition(needs_python2x)) {
+  std::vector<fs::path> dirs;
+  for (const auto& name : kCases) dirs.push_back(dcp_test::checkpoint_case(name));
+  for (const auto& name : dcp_test::torch2x_cases()) dirs.push_back(dcp_test::checkpoint_case(name));
+  ConvertChecks checks(dcp_test::python2x());
+  for (const auto& dir : dirs) {
+    BOOST_TEST_CONTEXT(dir.filename()) {
+      const auto options = convertible(dir, true);
+      const auto out = checks.out_dir();
+      const auto st = out / "model.safetensors";
+      const auto report = dcp::checkpoint::convert_to_safetensors(dir / "ckpt", st, options);
       BOOST_TEST(report.tensors > 0u);
-      BOOST_TEST(entries(out.path()) == 1u);
-      check(check_convert("safetensors", run.case_dir, st, run.python_keys));
+      BOOST_TEST(entries(out) == 1u);
+      checks.add(dir.filename().string(), "safetensors", dir, st, python_keys(dir, options));
     }
   }
+  checks.run();
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -329,26 +449,26 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(cli)
 
-BOOST_AUTO_TEST_CASE(convert_writes_pt_and_safetensors) {
+BOOST_AUTO_TEST_CASE(convert_writes_pt_and_safetensors, *boost::unit_test::precondition(needs_python2x)) {
   if (!fs::exists(dcpp_exe())) {
     BOOST_TEST_MESSAGE("no dcpp binary at " << dcpp_exe() << "; skipped");
     return;
   }
   const auto& c = dcp_test::checkpoint_case("single_file");
-  dcp_test::TempDir dir;
+  ConvertChecks checks(dcp_test::python2x());
+  const auto dir = checks.out_dir();
   const auto ckpt = dcp_test::quote(c / "ckpt");
-  auto r = dcpp("convert " + ckpt + " " + dcp_test::quote(dir.path() / "m.pt"), dir.path());
+  auto r = dcpp("convert " + ckpt + " " + dcp_test::quote(dir / "m.pt"), dir);
   BOOST_TEST(r.status == 0, r.err);
   BOOST_TEST(r.out.starts_with("converted 6 tensors (232 bytes) and 3 objects to "), r.out);
   BOOST_TEST(r.err.empty(), r.err);
-  check(check_convert("pt", c, dir.path() / "m.pt"));
+  checks.add("m.pt", "pt", c, dir / "m.pt");
 
-  r = dcpp("convert --quiet --threads 2 --keys '^(w|i)\\.' " + ckpt + " " +
-               dcp_test::quote(dir.path() / "m.safetensors"),
-           dir.path());
+  r = dcpp("convert --quiet --threads 2 --keys '^(w|i)\\.' " + ckpt + " " + dcp_test::quote(dir / "m.safetensors"), dir);
   BOOST_TEST(r.status == 0, r.err);
   BOOST_TEST(r.out.empty(), r.out);
-  check(check_convert("safetensors", c, dir.path() / "m.safetensors", "^(w|i)\\."));
+  checks.add("m.safetensors", "safetensors", c, dir / "m.safetensors", "^(w|i)\\.");
+  checks.run();
 }
 
 BOOST_AUTO_TEST_CASE(convert_usage_errors_exit_2_before_any_io) {

@@ -10,7 +10,6 @@
 #include <random>
 #include <vector>
 import dcp.error;
-import dcp.metadata;
 import dcp.layout;
 
 using dcp::layout::Box;
@@ -117,8 +116,12 @@ BOOST_AUTO_TEST_CASE(box_helpers) {
   BOOST_TEST(!layout::is_inside(Box{{9, 0}, {2, 7}}, Shape{10, 7}));
   BOOST_TEST(!layout::is_inside(box1(0, 1), Shape{10, 7}));
   BOOST_TEST(layout::full_box(Shape{2, 3}) == (Box{{0, 0}, {2, 3}}));
-  dcp::metadata::ChunkStorageMetadata c{{1, 2}, {3, 4}};
-  BOOST_TEST(layout::box_of(c) == (Box{{1, 2}, {3, 4}}));
+  BOOST_TEST(layout::format_shape(Shape(1000, 7)) == "(7, 7, 7, 7, 7, 7, 7, 7, ..., 1000 dims)");
+  BOOST_TEST(layout::contiguous_strides(Shape{2, 3, 4}) == (Shape{12, 4, 1}));
+  BOOST_TEST(layout::contiguous_strides(Shape{2, 0, 4}) == (Shape{4, 4, 1}));
+  BOOST_TEST(layout::contiguous_strides(Shape{}).empty());
+  BOOST_TEST((code_of([] { (void)layout::contiguous_strides(Shape{1 << 30, 1 << 30, 1 << 30, 1 << 30}); }) ==
+              dcp::Errc::out_of_range));
   const std::int64_t big = std::int64_t{1} << 40;
   BOOST_TEST((code_of([&] { (void)layout::volume(Box{{0, 0}, {big, big}}); }) == dcp::Errc::out_of_range));
 }
@@ -170,12 +173,20 @@ BOOST_AUTO_TEST_CASE(chunk_index_worked_example) {
   BOOST_TEST(index.overlapping(box1(30, 0)).empty());
 }
 
-BOOST_AUTO_TEST_CASE(chunk_index_from_metadata_chunks) {
-  std::vector<dcp::metadata::ChunkStorageMetadata> chunks{{{0, 0}, {3, 7}}, {{3, 0}, {3, 7}}, {{6, 0}, {4, 7}}};
-  const ChunkIndex index(chunks);
+BOOST_AUTO_TEST_CASE(chunk_index_of_row_chunks) {
+  const ChunkIndex index(std::vector<Box>{{{0, 0}, {3, 7}}, {{3, 0}, {3, 7}}, {{6, 0}, {4, 7}}});
   BOOST_TEST(index.size() == 3u);
   BOOST_TEST(index.box(2) == (Box{{6, 0}, {4, 7}}));
   BOOST_TEST(index.overlapping(Box{{5, 3}, {2, 1}}) == (std::vector<std::size_t>{1, 2}));
+  BOOST_TEST(index.is_disjoint());
+}
+
+BOOST_AUTO_TEST_CASE(chunk_index_names_the_first_overlapping_pair) {
+  const ChunkIndex index(std::vector<Box>{{{0, 0}, {3, 7}}, {{3, 0}, {3, 7}}, {{5, 6}, {2, 1}}});
+  BOOST_TEST(!index.is_disjoint());
+  BOOST_REQUIRE(index.first_overlap().has_value());
+  BOOST_TEST(index.first_overlap()->first == 1u);
+  BOOST_TEST(index.first_overlap()->second == 2u);
 }
 
 BOOST_AUTO_TEST_CASE(chunk_index_skips_empty_chunks_and_handles_scalars) {
@@ -215,50 +226,6 @@ BOOST_AUTO_TEST_CASE(chunk_index_agrees_with_all_pairs_on_grids) {
     const std::int64_t r0 = static_cast<std::int64_t>(rng() % 1100), c0 = static_cast<std::int64_t>(rng() % 320);
     const Box dest{{r0, c0}, {static_cast<std::int64_t>(rng() % 200), static_cast<std::int64_t>(rng() % 90)}};
     BOOST_TEST(index.overlapping(dest) == brute_force(tiles, dest));
-  }
-}
-
-BOOST_AUTO_TEST_CASE(coverage_holes_full_and_partial) {
-  const auto parts = layout::chunk_split(Shape{120}, 0, 4);
-  BOOST_TEST(layout::coverage_holes(box1(40, 40), parts).empty());
-  const std::vector<Box> gappy{box1(0, 30), box1(60, 30)};
-  const auto holes = layout::coverage_holes(box1(40, 40), gappy);
-  BOOST_REQUIRE(holes.size() == 1u);
-  BOOST_TEST(holes[0] == box1(40, 20));
-  // 2-D: a 4 × 4 box missing its centre 2 × 2.
-  std::vector<Box> ring{Box{{0, 0}, {1, 4}}, Box{{3, 0}, {1, 4}}, Box{{1, 0}, {2, 1}}, Box{{1, 3}, {2, 1}}};
-  const auto centre = layout::coverage_holes(Box{{0, 0}, {4, 4}}, ring);
-  BOOST_REQUIRE(centre.size() == 1u);
-  BOOST_TEST(centre[0] == (Box{{1, 1}, {2, 2}}));
-  // Overlapping pieces cover the union exactly once.
-  std::vector<Box> overlapping{box1(0, 60), box1(30, 60)};
-  BOOST_TEST(layout::coverage_holes(box1(0, 90), overlapping).empty());
-  // Scalars, and an empty box that never has holes.
-  BOOST_TEST(layout::coverage_holes(Box{}, std::vector<Box>{}).size() == 1u);
-  BOOST_TEST(layout::coverage_holes(Box{}, std::vector<Box>{Box{}}).empty());
-  BOOST_TEST(layout::coverage_holes(box1(5, 0), std::vector<Box>{}).empty());
-}
-
-BOOST_AUTO_TEST_CASE(coverage_holes_volume_matches_random_pieces) {
-  std::mt19937_64 rng(7);
-  for (int trial = 0; trial < 50; ++trial) {
-    std::vector<Box> pieces;
-    for (int i = 0; i < 6; ++i)
-      pieces.push_back(Box{{static_cast<std::int64_t>(rng() % 12), static_cast<std::int64_t>(rng() % 12)},
-                           {static_cast<std::int64_t>(rng() % 6), static_cast<std::int64_t>(rng() % 6)}});
-    const Box dest{{2, 2}, {8, 8}};
-    std::uint64_t uncovered = 0;
-    for (std::int64_t r = 2; r < 10; ++r)
-      for (std::int64_t c = 2; c < 10; ++c) {
-        bool hit = false;
-        for (const Box& p : pieces)
-          hit = hit || (r >= p.offsets[0] && r < p.offsets[0] + p.sizes[0] && c >= p.offsets[1] &&
-                        c < p.offsets[1] + p.sizes[1]);
-        uncovered += !hit;
-      }
-    std::uint64_t hole_volume = 0;
-    for (const Box& h : layout::coverage_holes(dest, pieces)) hole_volume += layout::volume(h);
-    BOOST_TEST(hole_volume == uncovered);
   }
 }
 

@@ -4,7 +4,7 @@
     /usr/bin/python3 tests/python/check_expected.py DIR [DIR ...] [-v]
 
 Independently of make_checkpoint.py's own checks, for every case directory:
-  * the top-level keys are exactly the torch2x schema keys plus "format" and "planner_data";
+  * the top-level keys are exactly the expected.json schema keys (tests/python/README.md);
   * the tensor/object keys are exactly the keys of .metadata (read with torch 1.13);
   * each .bin has nbytes bytes and the recorded sha256 (skipped when "file" is null);
   * chunks lie inside the tensor, do not overlap and cover it exactly;

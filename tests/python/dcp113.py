@@ -45,6 +45,7 @@ if sys.version_info >= (3, 11):
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
+from expected_common import py_type, to_json  # noqa: E402,F401  (re-exported)
 import torch.distributed as dist  # noqa: E402
 import torch.distributed._shard.checkpoint as dcp  # noqa: E402
 from torch.distributed._shard.checkpoint.metadata import (  # noqa: E402
@@ -75,25 +76,6 @@ def tensor_bytes(t):
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
     return t.numpy().tobytes()
-
-
-def py_type(v):
-    """Type description in the expected.json style: int, str, list[int,int], ..."""
-    if isinstance(v, (list, tuple)):
-        return "%s[%s]" % (type(v).__name__, ",".join(py_type(e) for e in v))
-    if isinstance(v, dict):
-        return "dict[%s]" % ",".join("%s:%s" % (py_type(k), py_type(e)) for k, e in v.items())
-    return type(v).__name__
-
-
-def to_json(v):
-    if isinstance(v, (list, tuple)):
-        return [to_json(e) for e in v]
-    if isinstance(v, dict):
-        return {str(k): to_json(e) for k, e in v.items()}
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    raise TypeError("value of type %s has no JSON form" % type(v).__name__)
 
 
 def read_metadata(ckpt_dir):

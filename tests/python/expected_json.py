@@ -1,6 +1,7 @@
 """expected.json for a checkpoint written by make_checkpoint.py: what real PyTorch 1.13 says
 the checkpoint holds (its own unpickling of .metadata, the bytes it saved and loads back), in
-the schema of shared/fixtures/torch2x/README.md plus "format" and "planner_data"."""
+the schema tests/python/README.md describes; and metadata.json, metadata_json.py's document
+(what `dcpp inspect --json` must print)."""
 
 import hashlib
 import json
@@ -10,6 +11,8 @@ import os
 import dcp113
 from dcp113 import torch
 from dcp113 import BytesStorageMetadata, MetadataIndex, TensorStorageMetadata
+from expected_common import CaseError, bin_name, same_object  # noqa: F401  (CaseError re-exported)
+from metadata_json import document as metadata_document
 
 FORMAT_FOLLOWED = (
     "real PyTorch 1.13.1 (Debian python3-torch 1.13.1+dfsg, Python 3.11): "
@@ -18,34 +21,9 @@ FORMAT_FOLLOWED = (
     "planner_data None (no flattening: path is [key])")
 
 
-class CaseError(Exception):
-    pass
-
-
-
-
-def bin_name(fqn):
-    """File name for a key's bytes: the key itself when it is a safe file name, else a hash."""
-    raw = fqn.encode("utf-8", "surrogatepass")
-    if (0 < len(raw) <= 200 and "/" not in fqn and "\0" not in fqn and fqn not in (".", "..")
-            and not fqn.startswith(".")):
-        return fqn + ".bin"
-    return "key-%s.bin" % hashlib.sha256(raw).hexdigest()[:24]
-
-
 def _bitwise_equal(a, b):
     return (a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape)
             and dcp113.tensor_bytes(a) == dcp113.tensor_bytes(b))
-
-
-def _same_object(a, b):
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_object(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return list(a) == list(b) and all(_same_object(a[k], b[k]) for k in a)
-    return a == b
 
 
 def build_expected(case, out, ckpt, reference, world, single_file, description,
@@ -119,7 +97,7 @@ def build_expected(case, out, ckpt, reference, world, single_file, description,
         elif isinstance(md, BytesStorageMetadata):
             value = reference[fqn]
             if loaded is not None:
-                if not _same_object(value, loaded[fqn]):
+                if not same_object(value, loaded[fqn]):
                     raise CaseError("%r: load_state_dict returned %r, saved %r" % (
                         fqn, loaded[fqn], value))
                 value = loaded[fqn]
@@ -152,3 +130,5 @@ def build_expected(case, out, ckpt, reference, world, single_file, description,
         "objects": objects,
     }
     (out / "expected.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    (out / "metadata.json").write_text(json.dumps(metadata_document(str(ckpt)), indent=1) + "\n",
+                                       encoding="utf-8")

@@ -16,7 +16,8 @@ are dict keys, int parts list indices); `auto` (default) = nested when planner_d
 else flat.
 
 A torch 2.x `.metadata` (torch.distributed.checkpoint.* classes) is read by mapping its classes
-onto the 1.13 ones, so 2.x checkpoints (e.g. shared/fixtures/torch2x) can be checked too.
+onto the 1.13 ones, so 2.x checkpoints can be checked with torch 1.13 too (the tests check
+2.x conversions with torch 2.13 itself: tests/convert/check_convert.py).
 
 Prints one line and exits 0 when everything matches, 1 otherwise (the line says why).
 """

@@ -8,7 +8,8 @@ Usage (Debian's torch 1.13 lives in the system Python, so use /usr/bin/python3):
 
 Writes DIR/ckpt/ (the checkpoint, written by torch.distributed._shard.checkpoint
 .save_state_dict + FileSystemWriter), DIR/expected.json and DIR/expected/<key>.bin, in the
-schema of shared/fixtures/torch2x/README.md plus "format": "torch-1.13" and "planner_data".
+schema tests/python/README.md describes ("format": "torch-1.13", "planner_data": null), and
+DIR/metadata.json (metadata_json.py's document: what `dcpp inspect --json` must print).
 Existing DIR/ckpt, DIR/expected and DIR/expected.json are replaced; nothing else in DIR is
 touched. Quiet on success (except `bench`, which prints one timing line); on failure prints a
 message to stderr and exits 1.
@@ -468,7 +469,7 @@ def run_multi_rank(case, world, ckpt, opts, timeout_s=600):
 
 
 def _clean(out):
-    for p in (out / "ckpt", out / "expected"):
+    for p in (out / "ckpt", out / "expected", out / "metadata.json"):
         if p.is_symlink() or p.is_file():
             p.unlink()
         elif p.exists():

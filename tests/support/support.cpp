@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <random>
@@ -17,14 +18,51 @@ std::filesystem::path source_root() {
   return env ? env : DCPP_SOURCE_ROOT_DEFAULT;
 }
 
-std::filesystem::path torch2x_fixtures() {
-  if (const char* env = std::getenv("DCPP_SHARED_FIXTURES")) return std::filesystem::path(env) / "torch2x";
-  return source_root() / ".." / "shared" / "fixtures" / "torch2x";
-}
-
 std::string python() {
   const char* env = std::getenv("DCPP_PYTHON");
   return env ? env : "/usr/bin/python3";
+}
+
+std::string python2x() {
+  const char* env = std::getenv("DCPP_PYTHON2X");
+  return env && *env ? std::string(env) : (source_root() / ".venv" / "bin" / "python").string();
+}
+
+namespace {
+// Why python2x() cannot be used; empty when it can.
+const std::string& python2x_problem() {
+  static const std::string problem = [] () -> std::string {
+    const auto exe = python2x();
+    if (!std::filesystem::exists(exe))
+      return exe + " does not exist (tools/install-deps creates the .venv with torch 2.13)";
+    int status = 0;
+    // Package versions without importing torch (that takes seconds).
+    const auto out = run_capture(quote(exe) +
+                                     " -c 'import importlib.metadata as m; m.version(\"safetensors\"); "
+                                     "print(m.version(\"torch\"))' 2>&1",
+                                 &status);
+    if (status != 0) return exe + " has no torch or no safetensors: " + out;
+    if (out.rfind("2.13.0", 0) != 0) return exe + " has torch " + out + ", not 2.13.0";
+    return {};
+  }();
+  return problem;
+}
+}  // namespace
+
+bool python2x_available() { return python2x_problem().empty(); }
+
+boost::test_tools::assertion_result needs_python2x(boost::unit_test::test_unit_id) {
+  boost::test_tools::assertion_result result(python2x_available());
+  if (!result) {
+    result.message() << "skipped: no torch 2.13 oracle: " << python2x_problem();
+    // Boost reports a skip only at --log_level=test_suite; say it once in every log as well.
+    static const bool said = [] {
+      std::cerr << "dcp_test: SKIPPING the tests that need torch 2.13: " << python2x_problem() << std::endl;
+      return true;
+    }();
+    (void)said;
+  }
+  return result;
 }
 
 TempDir::TempDir() {
@@ -74,14 +112,51 @@ void make_checkpoint(const std::string& case_name, const std::filesystem::path& 
   if (status != 0) BOOST_FAIL("PyTorch failed to write case '" << case_name << "' (exit " << status << ")");
 }
 
+const std::vector<std::string>& torch2x_cases() {
+  static const std::vector<std::string> cases = {"x2_flat",     "x2_dtypes_v3",   "x2_optim",    "x2_threads",
+                                                 "x2_per_item", "x2_fsdp_4ranks", "x2_2d_4ranks"};
+  return cases;
+}
+
 const std::filesystem::path& checkpoint_case(const std::string& case_name) {
   static TempDir root;
   static std::map<std::string, std::filesystem::path> made;
   auto it = made.find(case_name);
   if (it != made.end()) return it->second;
+  if (case_name.rfind("x2_", 0) == 0) {
+    // All torch 2.13 cases in one run: torch's import and the 4-rank spawn are paid once.
+    BOOST_TEST_REQUIRE(python2x_available(), python2x_problem());
+    const auto x2 = root.path() / "torch2x";
+    const std::string command = quote(python2x()) + " " + quote(source_root() / "tests/python/make_checkpoint2x.py") +
+                                " --out " + quote(x2);
+    const int status = run(command);
+    if (status != 0) BOOST_FAIL("PyTorch 2.13 failed to write its cases (exit " << status << ")");
+    for (const auto& name : torch2x_cases()) made.emplace(name, x2 / name);
+    it = made.find(case_name);
+    if (it == made.end()) BOOST_FAIL("no torch 2.13 case '" << case_name << "'");
+    return it->second;
+  }
   auto dir = root.path() / case_name;
   make_checkpoint(case_name, dir);
   return made.emplace(case_name, dir).first->second;
+}
+
+std::vector<boost::json::value> torch_metadata_json(const std::string& interpreter,
+                                                    const std::vector<std::filesystem::path>& ckpts) {
+  std::string command = quote(interpreter) + " " + quote(source_root() / "tests/python/metadata_json.py");
+  for (const auto& c : ckpts) command += " " + quote(c);
+  int status = 0;
+  const auto out = run_capture(command, &status);
+  BOOST_TEST_REQUIRE(status == 0, "metadata_json.py failed: " << command);
+  std::vector<boost::json::value> docs;
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) docs.push_back(boost::json::parse(line));
+  BOOST_TEST_REQUIRE(docs.size() == ckpts.size(), "metadata_json.py printed " << docs.size() << " documents");
+  return docs;
+}
+
+boost::json::value case_metadata_json(const std::filesystem::path& case_dir) {
+  return read_json(case_dir / "metadata.json");
 }
 
 std::vector<std::byte> read_bytes(const std::filesystem::path& path) {

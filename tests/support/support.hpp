@@ -1,6 +1,8 @@
 // Test support shared by the suites: paths, temp dirs, running real PyTorch, expected.json.
 #pragma once
 #include <boost/json.hpp>
+#include <boost/test/tree/test_unit.hpp>
+#include <boost/test/tools/assertion_result.hpp>
 #include <cstddef>
 #include <filesystem>
 #include <string>
@@ -9,10 +11,16 @@
 namespace dcp_test {
 
 std::filesystem::path source_root();
-/// shared/fixtures/torch2x (checkpoints in torch 2.x's layout with expected values).
-std::filesystem::path torch2x_fixtures();
 /// The interpreter with python3-torch 1.13 (DCPP_PYTHON, default /usr/bin/python3).
 std::string python();
+/// The interpreter with torch 2.13 and safetensors: the repository's virtualenv that
+/// tools/install-deps makes (DCPP_PYTHON2X, default <source root>/.venv/bin/python).
+std::string python2x();
+/// Whether python2x() exists and imports torch and safetensors (checked once per binary).
+bool python2x_available();
+/// For Boost.Test's `precondition` decorator: a test that needs torch 2.13 is skipped, with
+/// the reason in the log, when python2x() is missing.
+boost::test_tools::assertion_result needs_python2x(boost::unit_test::test_unit_id);
 
 /// A fresh directory under /tmp, removed with its contents on destruction.
 class TempDir {
@@ -37,8 +45,23 @@ std::string quote(const std::filesystem::path& p);
 /// into `out` (out/ckpt, out/expected.json, out/expected/*.bin); fails the test on error.
 void make_checkpoint(const std::string& case_name, const std::filesystem::path& out);
 
+/// The torch 2.13 cases of tests/python/make_checkpoint2x.py (names start with "x2_").
+const std::vector<std::string>& torch2x_cases();
+
 /// A cached checkpoint per case for the whole test binary (made once, under one TempDir).
+/// Names starting with "x2_" are torch 2.13 cases: the first request writes all of them with
+/// one run of make_checkpoint2x.py (one 4-rank spawn for the distributed ones); the test
+/// fails when python2x() is missing (guard such tests with `needs_python2x`).
 const std::filesystem::path& checkpoint_case(const std::string& case_name);
+
+/// `tests/python/metadata_json.py CKPT_DIR...` run once with `interpreter`: for each checkpoint
+/// the `dcpp inspect --json` document computed from PyTorch's own unpickling of .metadata;
+/// fails the test on error.
+std::vector<boost::json::value> torch_metadata_json(const std::string& interpreter,
+                                                    const std::vector<std::filesystem::path>& ckpts);
+/// The same document for a generated case, written by the torch that wrote it
+/// (case_dir/metadata.json).
+boost::json::value case_metadata_json(const std::filesystem::path& case_dir);
 
 boost::json::value read_json(const std::filesystem::path& path);
 std::vector<std::byte> read_bytes(const std::filesystem::path& path);

@@ -40,10 +40,7 @@ int run_convert(const Args& args) {
   const auto options = load_options(args);
   const auto start = std::chrono::steady_clock::now();
 
-  std::uint64_t total = 0;
-  for (const auto& item : dcp::checkpoint::inspect(checkpoint).items)
-    if (item.is_tensor() && (!options.select || options.select(item.fqn)))
-      total += dcp::metadata::numel(item.tensor().size) * dcp::dtype_itemsize(item.tensor().properties.dtype);
+  const std::uint64_t total = dcp::checkpoint::selected_tensor_bytes(*dcp::checkpoint::inspect(checkpoint), options);
   dcp::checkpoint::ConvertReport report;
   {
     Progress progress(!args.has("quiet"), total, "converting");

@@ -37,7 +37,8 @@ std::string human_bytes(std::uint64_t n) {
 
 int run_inspect(const Args& args) {
   namespace md = dcp::metadata;
-  const md::Metadata metadata = dcp::checkpoint::inspect(args.positional[0]);
+  const auto validated = dcp::checkpoint::inspect(args.positional[0]);
+  const md::Metadata& metadata = *validated;
   if (args.has("json")) {
     std::fputs(md::to_json(metadata).c_str(), stdout);
     std::fputc('\n', stdout);

@@ -34,7 +34,7 @@ int parse_threads(const Args& args) {
 
 dcp::checkpoint::LoadOptions load_options(const Args& args) {
   dcp::checkpoint::LoadOptions options;
-  options.threads = parse_threads(args);
+  options.read.threads = parse_threads(args);
   if (auto device = args.get("device")) {
     try {
       options.allocation.device = dcp::alloc::Device::parse(*device);
@@ -43,8 +43,8 @@ dcp::checkpoint::LoadOptions load_options(const Args& args) {
     }
   }
   if (auto io = args.get("io")) {
-    if (*io == "uring") options.backend = dcp::storage::ReadBackend::io_uring;
-    else if (*io == "pread") options.backend = dcp::storage::ReadBackend::pread;
+    if (*io == "uring") options.read.backend = dcp::storage::ReadBackend::io_uring;
+    else if (*io == "pread") options.read.backend = dcp::storage::ReadBackend::pread;
     else throw UsageError{"--io takes uring or pread, not '" + *io + "'"};
   }
   if (auto keys = args.get("keys")) {
@@ -61,13 +61,6 @@ dcp::checkpoint::LoadOptions load_options(const Args& args) {
 namespace {
 
 
-std::uint64_t selected_bytes(const dcp::metadata::Metadata& md, const dcp::checkpoint::LoadOptions& options) {
-  std::uint64_t total = 0;
-  for (const auto& item : md.items)
-    if (item.is_tensor() && (!options.select || options.select(item.fqn)))
-      total += dcp::metadata::numel(item.tensor().size) * dcp::dtype_itemsize(item.tensor().properties.dtype);
-  return total;
-}
 
 }  // namespace
 
@@ -75,7 +68,7 @@ int run_load(const Args& args) {
   const auto options = load_options(args);
   const auto start = std::chrono::steady_clock::now();
   const auto md = dcp::checkpoint::inspect(args.positional[0]);
-  Progress progress(!args.has("quiet") && !args.has("json"), selected_bytes(md, options), "loading");
+  Progress progress(!args.has("quiet") && !args.has("json"), dcp::checkpoint::selected_tensor_bytes(*md, options), "loading");
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   const auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string& fqn, at::Tensor t) {
     progress.advance(static_cast<std::uint64_t>(t.numel()) * t.element_size());
@@ -107,10 +100,10 @@ int run_load(const Args& args) {
 
 int run_verify(const Args& args) {
   auto options = load_options(args);
-  options.verify_crc = true;
-  options.collect_errors = args.has("all");
+  options.read.verify_crc = true;
+  options.read.collect_errors = args.has("all");
   const auto md = dcp::checkpoint::inspect(args.positional[0]);
-  Progress progress(!args.has("quiet"), selected_bytes(md, options), "verifying");
+  Progress progress(!args.has("quiet"), dcp::checkpoint::selected_tensor_bytes(*md, options), "verifying");
   std::uint64_t tensors = 0, bytes = 0;
   auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string&, at::Tensor t) {
     ++tensors;
@@ -121,7 +114,7 @@ int run_verify(const Args& args) {
   try {
     objects = dcp::checkpoint::load_objects(args.positional[0], md, options).size();
   } catch (const dcp::Error& e) {
-    if (!options.collect_errors) throw;
+    if (!options.read.collect_errors) throw;
     report.errors.push_back(e);
   }
   for (const auto& e : report.errors) std::fprintf(stderr, "dcpp: error: %s\n", e.what());
