@@ -285,6 +285,7 @@ ItemMetadata MetadataDecoder::item(NodeId key, NodeId value) {
     });
   } catch (Error& e) {
     e.for_key(item.fqn);
+    if (auto offset = doc_.at(key).offset()) e.at_offset(*offset);  // e.g. the value is a shared None
     throw;
   }
 }

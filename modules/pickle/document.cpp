@@ -129,8 +129,24 @@ Document::Document() {
   add_slot(NodeKind::tuple, 0, 0);
   for (NodeId id = 0; id <= kEmptyTuple; ++id) slots_[0][id].head &= 0xFF;  // no offset
 }
-Document::Document(Document&&) noexcept = default;
-Document& Document::operator=(Document&&) noexcept = default;
+// A moved-from document holds no nodes (at() throws internal), not dangling block pointers.
+Document::Document(Document&& other) noexcept { *this = std::move(other); }
+
+Document& Document::operator=(Document&& other) noexcept {
+  slots_ = std::move(other.slots_);
+  slot_count_ = std::exchange(other.slot_count_, 0);
+  texts_ = std::move(other.texts_);
+  text_blocks_ = std::move(other.text_blocks_);
+  text_bytes_ = std::exchange(other.text_bytes_, 0);
+  text_block_ = std::exchange(other.text_block_, nullptr);
+  text_block_left_ = std::exchange(other.text_block_left_, 0);
+  items_ = std::move(other.items_);
+  calls_ = std::move(other.calls_);
+  root_ = std::exchange(other.root_, kNoNode);
+  stop_offset_ = std::exchange(other.stop_offset_, 0);
+  source_size_ = std::exchange(other.source_size_, 0);
+  return *this;
+}
 Document::~Document() = default;
 
 const Document::Slot& Document::slot(NodeId id) const {

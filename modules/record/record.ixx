@@ -38,10 +38,6 @@ struct TensorRecord {
   bool requires_grad = false;
 };
 
-/// Decodes a tensor's data.pkl. Throws data_loss / permission_denied / unimplemented
-/// (quantized tensors, conj/neg flags) with the offset inside data.pkl.
-TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl);
-
 /// A tensor item resolved to raw bytes.
 struct TensorLocation {
   TensorRecord record;

@@ -109,8 +109,9 @@ std::uint64_t entry_data_offset(ArchiveReader& reader, const zip::Entry& entry, 
   return zip::data_offset(header, entry, archive_size);
 }
 
-}  // namespace
-
+// A tensor's data.pkl (_rebuild_tensor_v2/_v3 arguments). Throws data_loss /
+// permission_denied / unimplemented (quantized tensors, conj/neg flags) with the offset
+// inside data.pkl.
 TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
   pickle::Limits limits;
   limits.allow_persistent_ids = true;
@@ -164,6 +165,8 @@ TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
   if (doc.at(args[4]).kind() == NodeKind::boolean) r.requires_grad = doc.at(args[4]).boolean();
   return r;
 }
+
+}  // namespace
 
 TensorLocation locate_tensor(std::uint64_t archive_size, const ReadAt& read_at) {
   if (archive_size < zip::kEndRecordsTail)
