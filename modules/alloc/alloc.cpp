@@ -98,6 +98,12 @@ c10::ScalarType scalar_type(DType dtype) {
   throw Error(Errc::unimplemented, "dtype " + std::string(dtype_name(dtype)) + " has no tensor type in this libtorch");
 }
 
+bool has_tensor_type(DType dtype) noexcept {
+  for (const auto& s : kScalarTypes)
+    if (s.dtype == dtype) return true;
+  return false;
+}
+
 DType dtype_of(const at::Tensor& tensor) {
   for (const auto& s : kScalarTypes)
     if (s.type == tensor.scalar_type()) return s.dtype;

@@ -34,8 +34,11 @@ struct AllocOptions {
   bool pinned = false;  ///< page-locked CPU memory (faster later copies to a GPU)
 };
 
-/// torch's scalar type for a checkpoint dtype; throws unimplemented for quantized types.
+/// torch's scalar type for a checkpoint dtype; throws unimplemented for quantized types and
+/// for dtypes this libtorch lacks (Debian's 1.13 has no uint16/32/64 and no float8).
 c10::ScalarType scalar_type(DType dtype);
+/// Whether this libtorch has a tensor type for `dtype` (scalar_type would not throw).
+bool has_tensor_type(DType dtype) noexcept;
 /// The checkpoint dtype of a tensor's scalar type.
 DType dtype_of(const at::Tensor& tensor);
 

@@ -32,16 +32,6 @@ std::vector<std::byte> tensor_bytes(const at::Tensor& t) {
   return std::vector<std::byte>(p, p + t.numel() * t.element_size());
 }
 
-// Whether this build's libtorch has a tensor type for `dtype` (Debian's 1.13 has no uint16/32/64
-// and no float8 types).
-bool libtorch_has(dcp::DType dtype) {
-  try {
-    (void)dcp::alloc::scalar_type(dtype);
-    return true;
-  } catch (const dcp::Error&) {
-    return false;
-  }
-}
 
 // Every tensor byte and every object value equals what PyTorch saved. Tensors whose dtype this
 // libtorch lacks are left to check_raw_load.
@@ -54,10 +44,10 @@ void check_full_load(const std::filesystem::path& dir,
   const auto& tensors = expected.at("tensors").as_object();
   std::size_t want_tensors = 0;
   for (const auto& [fqn, t] : tensors)
-    want_tensors += libtorch_has(*dcp::dtype_from_name(std::string(t.at("dtype").as_string())));
+    want_tensors += dcp::alloc::has_tensor_type(*dcp::dtype_from_name(std::string(t.at("dtype").as_string())));
   options.select = [&](std::string_view fqn) {
     const auto* t = tensors.if_contains(fqn);
-    return !t || libtorch_has(*dcp::dtype_from_name(std::string(t->at("dtype").as_string())));
+    return !t || dcp::alloc::has_tensor_type(*dcp::dtype_from_name(std::string(t->at("dtype").as_string())));
   };
   const auto loaded = dcp::checkpoint::load_full(dir / "ckpt", options);
   BOOST_TEST(loaded.tensors.size() == want_tensors);

@@ -97,16 +97,6 @@ class ConvertChecks {
   std::vector<std::string> labels_;
 };
 
-// Whether this build's libtorch has a tensor type for `dtype` (Debian's 1.13 has no
-// uint16/uint32/uint64 or float8 types).
-bool libtorch_has(dcp::DType dtype) {
-  try {
-    (void)dcp::alloc::scalar_type(dtype);
-    return true;
-  } catch (const dcp::Error&) {
-    return false;
-  }
-}
 
 // The keys of a case whose tensors this libtorch can hold and safetensors can store (no complex).
 LoadOptions convertible(const fs::path& case_dir, bool safetensors) {
@@ -116,7 +106,7 @@ LoadOptions convertible(const fs::path& case_dir, bool safetensors) {
     if (!item.is_tensor()) continue;
     const auto dtype = item.tensor().properties.dtype;
     const bool complex = dtype == dcp::DType::complex32 || dtype == dcp::DType::complex64 || dtype == dcp::DType::complex128;
-    if (!libtorch_has(dtype) || (safetensors && complex)) skip.push_back(item.fqn);
+    if (!dcp::alloc::has_tensor_type(dtype) || (safetensors && complex)) skip.push_back(item.fqn);
   }
   LoadOptions options;
   options.select = [skip](std::string_view fqn) { return std::find(skip.begin(), skip.end(), fqn) == skip.end(); };
@@ -237,7 +227,7 @@ BOOST_AUTO_TEST_CASE(torch_save_of_torch_2_13_checkpoints_is_nested_along_planne
 BOOST_AUTO_TEST_CASE(dtypes_this_libtorch_lacks_are_refused_naming_the_key,
                      *boost::unit_test::precondition(needs_python2x)) {
   const auto& c = dcp_test::checkpoint_case("x2_dtypes_v3");
-  if (libtorch_has(dcp::DType::uint16)) {
+  if (dcp::alloc::has_tensor_type(dcp::DType::uint16)) {
     BOOST_TEST_MESSAGE("this libtorch has uint16: nothing to refuse");
     return;
   }

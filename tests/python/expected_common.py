@@ -11,6 +11,23 @@ class CaseError(Exception):
     pass
 
 
+def name_seed(name):
+    """A stable 48-bit seed from a key, so each tensor's random values depend on its name only."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:6], "little")
+
+
+def generator(torch, seed):
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def randn(torch, name, *shape, dtype=None):
+    """Normal values seeded by `name`, made as float32 and then cast (identical in 1.13 and 2.13)."""
+    t = torch.randn(*shape, generator=generator(torch, name_seed(name)))
+    return t if dtype is None else t.to(dtype)
+
+
 def bin_name(fqn):
     """File name for a key's bytes: the key itself when it is a safe file name, else a hash."""
     raw = fqn.encode("utf-8", "surrogatepass")

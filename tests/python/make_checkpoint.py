@@ -24,7 +24,6 @@ Cases: flat_dtypes, single_file, sharded_4ranks, optimizer, example, bench (see 
 """
 
 import argparse
-import hashlib
 import math
 import multiprocessing
 import os
@@ -40,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dcp113  # noqa: E402  (applies the Python 3.11 dataclasses fix before torch DCP)
 from dcp113 import dcp, dist, torch  # noqa: E402
 
+from expected_common import generator, name_seed, randn  # noqa: E402
 from expected_json import CaseError, build_expected  # noqa: E402
 
 
@@ -48,17 +48,11 @@ from expected_json import CaseError, build_expected  # noqa: E402
 
 
 def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-def _name_seed(name):
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:6], "little")
+    return generator(torch, seed)
 
 
 def _randn(name, *shape, dtype=torch.float32):
-    return torch.randn(*shape, generator=_gen(_name_seed(name))).to(dtype)
+    return randn(torch, name, *shape, dtype=dtype)
 
 
 def _signed(pattern, bits):
@@ -93,7 +87,7 @@ def _complex(name, n, dtype, fdtype, idtype, bits, patterns):
 
 
 def _ints(name, dtype, lo, hi, n, extremes):
-    t = torch.randint(lo, hi, (n,), generator=_gen(_name_seed(name)), dtype=torch.int64)
+    t = torch.randint(lo, hi, (n,), generator=_gen(name_seed(name)), dtype=torch.int64)
     t[: len(extremes)] = torch.tensor(extremes, dtype=torch.int64)
     return t.to(dtype)
 
@@ -341,7 +335,7 @@ def case_bench_rank(rank, world, size_mb):
         shards = []
         if rank < len(layout):
             off, rows = layout[rank]
-            g = _gen(_name_seed(name) + rank)
+            g = _gen(name_seed(name) + rank)
             local = torch.empty(rows, shape[1], dtype=torch.float32).uniform_(-1, 1, generator=g)
             local = local.to(dtype)
             shards.append(Shard(local, ShardMetadata([off, 0], [rows, shape[1]],

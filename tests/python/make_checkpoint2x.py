@@ -45,7 +45,8 @@ from torch.distributed.checkpoint._traverse import get_element, set_element  # n
 from torch.distributed.checkpoint.metadata import (  # noqa: E402
     BytesStorageMetadata, MetadataIndex, TensorStorageMetadata)
 
-from expected_common import CaseError, bin_name, py_type, same_object, to_json  # noqa: E402
+from expected_common import (  # noqa: E402
+    CaseError, bin_name, generator, name_seed, py_type, randn, same_object, to_json)
 from metadata_json import document as metadata_document  # noqa: E402
 
 if sys.byteorder != "little":
@@ -59,24 +60,18 @@ WORLD = 4
 
 
 def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
-def _seed(name):
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:6], "little")
+    return generator(torch, seed)
 
 
 def _randn(name, *shape, dtype=torch.float32):
-    return torch.randn(*shape, generator=_gen(_seed(name))).to(dtype)
+    return randn(torch, name, *shape, dtype=dtype)
 
 
 def _raw(name, dtype, *shape):
     """A tensor of `dtype` whose bytes are seeded random bytes (every bit pattern, NaNs too)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     n = math.prod(shape) * itemsize
-    b = torch.randint(0, 256, (n,), generator=_gen(_seed(name)), dtype=torch.int64).to(torch.uint8)
+    b = torch.randint(0, 256, (n,), generator=_gen(name_seed(name)), dtype=torch.int64).to(torch.uint8)
     return b.view(dtype).reshape(shape)
 
 
@@ -97,7 +92,7 @@ BF16_BITS = [0x8000, 0x7F80, 0xFF80, 0x7FC1, 0x0001, 0x7F7F]
 
 
 def _ints(name, dtype, lo, hi, n, extremes):
-    t = torch.randint(lo, hi, (n,), generator=_gen(_seed(name)), dtype=torch.int64)
+    t = torch.randint(lo, hi, (n,), generator=_gen(name_seed(name)), dtype=torch.int64)
     t[: len(extremes)] = torch.tensor(extremes, dtype=torch.int64)
     return t.to(dtype)
 
