@@ -1,6 +1,7 @@
-// dcpp: the command-line tool. Parses arguments against one flag table, then hands off to a
-// subcommand; every subcommand is a few calls into dcp.checkpoint. Exit status: 0 success,
-// 1 the checkpoint (or another input) is bad, 2 bad usage.
+// dcpp's command line, shared by dcpp and dcpp-torch: one flag table, the parser, help, and
+// the mapping of errors to exit status (0 success, 1 the checkpoint or another input is bad,
+// 2 bad usage). Each binary says what `load` runs (main.cpp, torch_main.cpp); every other
+// subcommand is a few calls into dcp.checkpoint.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -18,7 +19,7 @@ struct Command {
   std::string_view name;
   std::string_view usage;
   std::string_view summary;
-  int (*run)(const Args&);
+  int (*run)(const Args&);  ///< nullptr: the binary's own `load`
   std::size_t positional;
 };
 
@@ -30,7 +31,7 @@ constexpr Command kCommands[] = {
     {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] CKPT_DIR",
      "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
      "object, and print bytes, seconds and GB/s",
-     run_load, 1},
+     nullptr, 1},
     {"verify", "dcpp verify [--all] [--threads N] [--keys REGEX] CKPT_DIR",
      "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
      "(--all: report every problem)",
@@ -93,6 +94,7 @@ void print_help(const Command* command, bool long_help) {
 
 Args parse(int argc, char** argv) {
   Args args;
+  args.argv = argv;
   int i = 1;
   for (; i < argc; ++i) {  // global flags before the command
     std::string_view a = argv[i];
@@ -142,7 +144,7 @@ Args parse(int argc, char** argv) {
   return args;
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, int (*load)(const Args&)) {
   const Args args = parse(argc, argv);
   if (args.has("version")) {
     std::printf("%s\n", kVersion.data());
@@ -161,16 +163,15 @@ int run(int argc, char** argv) {
   if (args.positional.size() != command->positional)
     throw UsageError{"'" + args.command + "' takes " + std::to_string(command->positional) +
                      " argument(s); usage: " + std::string(command->usage)};
-  return command->run(args);
+  return (command->run ? command->run : load)(args);
 }
 
 }  // namespace
-}  // namespace dcpp_cli
 
-int main(int argc, char** argv) {
+int main_with(int argc, char** argv, int (*load)(const Args&)) {
   try {
-    return dcpp_cli::run(argc, argv);
-  } catch (const dcpp_cli::UsageError& e) {
+    return run(argc, argv, load);
+  } catch (const UsageError& e) {
     std::fprintf(stderr, "dcpp: error: %s\n", e.message.c_str());
     return 2;
   } catch (const dcp::Error& e) {
@@ -181,3 +182,5 @@ int main(int argc, char** argv) {
     return 1;
   }
 }
+
+}  // namespace dcpp_cli
