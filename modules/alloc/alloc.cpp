@@ -1,18 +1,20 @@
-// dtype mapping, allocation and device copies through the C++17 bridge.
+// dtype mapping, allocation, adoption of core buffers and device copies through the C++17 bridge.
 module;
 #include <ATen/core/Tensor.h>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <new>
-#include <sys/mman.h>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 #include "torch_bridge.hpp"
 module dcp.alloc;
 import dcp.error;
 import dcp.metadata;
 import dcp.planning;
+import dcp.memory;
 
 namespace dcp::alloc {
 namespace {
@@ -31,29 +33,8 @@ constexpr ScalarTypeOf kScalarTypes[] = {
     {DType::complex32, c10::ScalarType::ComplexHalf},
 };
 
-c10::DeviceType device_type(const Device& d) {
-  return d.kind == DeviceKind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
-}
-
-constexpr std::size_t kHugePage = std::size_t{2} << 20;
-constexpr std::size_t kSmallPage = 4096;
-
-void unmap(void* data, std::size_t length) { ::munmap(data, length); }
-
-// Large CPU tensors: a mapping aligned to 2 MiB with MADV_HUGEPAGE, so first-touch page faults
-// (the bound on loading into fresh memory) come 512 times less often. The mapping is trimmed
-// to the tensor's size, so the resident set does not grow. nullptr when not applicable.
-void* map_huge(std::size_t bytes, std::size_t& length) {
-  length = (bytes + kSmallPage - 1) / kSmallPage * kSmallPage;
-  void* raw = ::mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  const auto start = reinterpret_cast<std::uintptr_t>(raw);
-  const auto aligned = (start + kHugePage - 1) / kHugePage * kHugePage;
-  if (aligned > start) ::munmap(raw, aligned - start);
-  const auto end = start + length + kHugePage;
-  if (end > aligned + length) ::munmap(reinterpret_cast<void*>(aligned + length), end - (aligned + length));
-  ::madvise(reinterpret_cast<void*>(aligned), length, MADV_HUGEPAGE);
-  return reinterpret_cast<void*>(aligned);
+c10::DeviceType device_type(const memory::Device& d) {
+  return d.kind == memory::DeviceKind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
 }
 
 template <class Fn>
@@ -72,25 +53,10 @@ auto torch_call(std::string_view what, Fn&& fn) {
   }
 }
 
+void release_buffer(void* context) { delete static_cast<memory::Buffer*>(context); }
+void release_tensor(std::byte*, std::size_t, void* context) noexcept { delete static_cast<at::Tensor*>(context); }
+
 }  // namespace
-
-Device Device::parse(std::string_view text) {
-  if (text == "cpu") return {DeviceKind::cpu, 0};
-  if (text == "cuda") return {DeviceKind::cuda, 0};
-  if (text.substr(0, 5) == "cuda:" && text.size() > 5 && text.size() < 9) {
-    int index = 0;
-    for (char c : text.substr(5)) {
-      if (c < '0' || c > '9') throw Error(Errc::invalid_argument, "bad device '" + std::string(text) + "'");
-      index = index * 10 + (c - '0');
-    }
-    return {DeviceKind::cuda, index};
-  }
-  throw Error(Errc::invalid_argument, "bad device '" + std::string(text) + "' (cpu, cuda or cuda:N)");
-}
-
-std::string Device::to_string() const {
-  return kind == DeviceKind::cpu ? "cpu" : "cuda:" + std::to_string(index);
-}
 
 c10::ScalarType scalar_type(DType dtype) {
   for (const auto& s : kScalarTypes)
@@ -112,19 +78,42 @@ DType dtype_of(const at::Tensor& tensor) {
 
 bool cuda_available() { return dcp_torch_bridge::cuda_available(); }
 
+void check_device(const memory::Device& device) {
+  if (device.kind == memory::DeviceKind::cuda && !cuda_available())
+    throw Error(Errc::unimplemented, "device " + device.to_string() + ": this libtorch has no CUDA");
+}
+
 at::Tensor allocate(DType dtype, const metadata::Shape& sizes, const AllocOptions& options) {
-  if (options.device.kind == DeviceKind::cuda && !cuda_available())
-    throw Error(Errc::unimplemented, "device " + options.device.to_string() + ": this libtorch has no CUDA");
+  check_device(options.device);
   const auto type = scalar_type(dtype);
-  const auto bytes = metadata::byte_size(sizes, dtype);
-  if (options.device.kind == DeviceKind::cpu && !options.pinned && bytes >= kHugePage) {
-    std::size_t length = 0;
-    if (void* data = map_huge(bytes, length))
-      return torch_call("allocating a tensor", [&] { return dcp_torch_bridge::from_memory(data, sizes, type, unmap, length); });
-  }
+  if (options.device.kind == memory::DeviceKind::cpu && !options.pinned)
+    return adopt(memory::allocate(metadata::byte_size(sizes, dtype)), dtype, sizes);
   return torch_call("allocating a tensor", [&] {
     return dcp_torch_bridge::empty(sizes, type, options.pinned, device_type(options.device), options.device.index);
   });
+}
+
+at::Tensor adopt(memory::Buffer buffer, DType dtype, const metadata::Shape& sizes) {
+  const auto type = scalar_type(dtype);
+  const auto bytes = metadata::byte_size(sizes, dtype);
+  if (buffer.size() < bytes)
+    throw Error(Errc::invalid_argument, "a buffer of " + std::to_string(buffer.size()) + " bytes cannot hold a " +
+                                            std::string(dtype_name(dtype)) + " tensor of shape " + format_shape(sizes));
+  auto owner = std::make_unique<memory::Buffer>(std::move(buffer));
+  auto tensor = torch_call("adopting a buffer", [&] {
+    return dcp_torch_bridge::from_memory(owner->data(), sizes, type, release_buffer, owner.get());
+  });
+  (void)owner.release();  // the tensor's deleter frees it now
+  return tensor;
+}
+
+memory::Buffer allocate_pinned(std::uint64_t bytes) {
+  auto tensor = torch_call("allocating pinned memory", [&] {
+    return dcp_torch_bridge::empty({static_cast<std::int64_t>(bytes)}, c10::ScalarType::Byte, /*pinned=*/true,
+                                   c10::DeviceType::CPU, 0);
+  });
+  auto* data = static_cast<std::byte*>(tensor.data_ptr());
+  return memory::Buffer(data, static_cast<std::size_t>(bytes), release_tensor, new at::Tensor(std::move(tensor)));
 }
 
 planning::TensorSlice slice_of(const at::Tensor& tensor) {
@@ -137,9 +126,9 @@ planning::TensorSlice slice_of(const at::Tensor& tensor) {
   return slice;
 }
 
-at::Tensor to_device(const at::Tensor& tensor, const Device& device) {
-  if (device.kind == DeviceKind::cpu) return tensor;
-  if (!cuda_available()) throw Error(Errc::unimplemented, "device " + device.to_string() + ": this libtorch has no CUDA");
+at::Tensor to_device(const at::Tensor& tensor, const memory::Device& device) {
+  if (device.kind == memory::DeviceKind::cpu) return tensor;
+  check_device(device);
   return torch_call("copying to " + device.to_string(),
                     [&] { return dcp_torch_bridge::to_device(tensor, device_type(device), device.index); });
 }

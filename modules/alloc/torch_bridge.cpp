@@ -14,8 +14,8 @@ at::Tensor empty(const std::vector<std::int64_t>& sizes, c10::ScalarType dtype, 
 }
 
 at::Tensor from_memory(void* data, const std::vector<std::int64_t>& sizes, c10::ScalarType dtype,
-                       void (*deleter)(void*, std::size_t), std::size_t context) {
-  return at::from_blob(data, sizes, [deleter, context](void* p) { deleter(p, context); },
+                       void (*deleter)(void*), void* context) {
+  return at::from_blob(data, sizes, [deleter, context](void*) { deleter(context); },
                        at::TensorOptions().dtype(dtype));
 }
 

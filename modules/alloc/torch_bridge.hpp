@@ -12,10 +12,10 @@ namespace dcp_torch_bridge {
 /// at::empty with a contiguous layout; `pinned` asks for page-locked CPU memory.
 at::Tensor empty(const std::vector<std::int64_t>& sizes, c10::ScalarType dtype, bool pinned,
                  c10::DeviceType device_type, int device_index);
-/// A contiguous CPU tensor over memory the caller allocated; `deleter(data, context)` runs
-/// when the last reference goes.
+/// A contiguous CPU tensor over memory the caller allocated; `deleter(context)` runs when the
+/// last reference goes.
 at::Tensor from_memory(void* data, const std::vector<std::int64_t>& sizes, c10::ScalarType dtype,
-                       void (*deleter)(void* data, std::size_t context), std::size_t context);
+                       void (*deleter)(void* context), void* context);
 /// A copy of `tensor` on the given device (non_blocking from pinned memory).
 at::Tensor to_device(const at::Tensor& tensor, c10::DeviceType device_type, int device_index);
 /// True when this libtorch was built with CUDA and a GPU is visible.

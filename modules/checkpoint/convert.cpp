@@ -3,7 +3,6 @@
 // The safetensors side is safetensors.cpp; the output file, temp_file.cpp; the data.pkl
 // pickler, dcp.record's StateDictPickler; dtype facts, dcp.metadata's dtype table.
 module;
-#include <ATen/core/Tensor.h>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -20,28 +19,17 @@ import dcp.error;
 import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
-import dcp.alloc;
 import dcp.record;
 import dcp.zip;
 
 namespace dcp::checkpoint {
 namespace detail {
-namespace {
 
-// for_each_tensor's batch bound while converting: at most this much tensor memory at once
-// (or one tensor, if larger).
-constexpr std::uint64_t kConvertBatchBytes = std::uint64_t{256} << 20;
-
-// The options for_each_tensor gets: CPU memory, bounded batches, stop at the first error.
 LoadOptions streaming_options(const LoadOptions& options) {
   LoadOptions o = options;
-  o.batch_bytes = std::min(options.batch_bytes == 0 ? kConvertBatchBytes : options.batch_bytes, kConvertBatchBytes);
-  o.read.collect_errors = false;
-  o.allocation = {};
+  o.batch_bytes = std::min(options.batch_bytes == 0 ? kStreamingBatchBytes : options.batch_bytes, kStreamingBatchBytes);
   return o;
 }
-
-}  // namespace
 
 void fail_for_key(Errc code, std::string_view fqn, std::string message) {
   Error e(code, std::move(message));
@@ -71,18 +59,20 @@ Selection select_items(const std::filesystem::path& dir, const metadata::Validat
 }
 
 std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options,
-                             const Selection& selection, const ConvertProgress& progress,
+                             const Selection& selection, const Progress& progress,
                              const std::function<void(const std::string&, std::span<const std::byte>)>& write) {
   std::size_t count = 0;
   std::uint64_t bytes = 0;
-  (void)for_each_tensor(dir, md, streaming_options(options), [&](const std::string& fqn, at::Tensor tensor) {
+  LoadOptions streaming = streaming_options(options);
+  streaming.read.collect_errors = false;  // a conversion stops at the first error
+  (void)for_each_tensor(dir, md, streaming, [&](const std::string& fqn, TensorBuffer tensor) {
     const auto* item = md->find_item(fqn);
     if (!item || !item->is_tensor()) fail_for_key(Errc::internal, fqn, "converter got a tensor it did not ask for");
-    const auto slice = alloc::slice_of(tensor);
     const auto size = metadata::byte_size(item->tensor().size, item->tensor().properties.dtype);
-    if (!planning::is_contiguous(slice) || planning::numel(slice) * dtype_itemsize(slice.dtype) != size)
+    const auto data = tensor.bytes();
+    if (tensor.dtype != item->tensor().properties.dtype || data.size() != size)
       fail_for_key(Errc::internal, fqn, "loaded tensor is not a dense " + std::to_string(size) + "-byte block");
-    write(fqn, std::span<const std::byte>(slice.data, static_cast<std::size_t>(size)));
+    write(fqn, data);
     ++count;
     bytes += size;
     if (progress) progress(size);
@@ -98,7 +88,7 @@ std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::V
 using namespace detail;
 
 ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
-                                    const LoadOptions& options, const ConvertProgress& progress) {
+                                    const LoadOptions& options, const Progress& progress) {
   const auto md = inspect(checkpoint_dir);
   // Everything data.pkl needs comes from metadata and the (small) objects: check and
   // encode it all before the output file exists.

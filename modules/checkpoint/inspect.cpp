@@ -1,6 +1,5 @@
 // Reading and cross-checking metadata.
 module;
-#include <ATen/core/Tensor.h>
 #include <filesystem>
 module dcp.checkpoint;
 import dcp.metadata;

@@ -1,9 +1,10 @@
-// Loading: torch's in-place load, and full-tensor loads in bounded batches.
+// Loading: torch's in-place load, and full-tensor loads into host buffers in bounded batches.
 module;
-#include <ATen/core/Tensor.h>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -13,7 +14,7 @@ import dcp.error;
 import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
-import dcp.alloc;
+import dcp.memory;
 import dcp.record;
 import dcp.storage;
 
@@ -37,9 +38,15 @@ storage::ReadReport load(planning::Destination& destination, storage::StorageRea
   return reader.read_data(plan, planner);
 }
 
+std::span<const std::byte> TensorBuffer::bytes() const {
+  return {memory.data(), static_cast<std::size_t>(metadata::byte_size(shape, dtype))};
+}
+
+planning::TensorSlice TensorBuffer::slice() { return planning::contiguous_slice(memory.data(), dtype, shape); }
+
 storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir, const metadata::ValidatedMetadata& md,
                                     const LoadOptions& options,
-                                    const std::function<void(const std::string&, at::Tensor)>& consume) {
+                                    const std::function<void(const std::string&, TensorBuffer)>& consume) {
   storage::ReadReport total;
 
   std::vector<const metadata::ItemMetadata*> pending;
@@ -48,21 +55,21 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
 
   std::size_t next = 0;
   while (next < pending.size()) {
-    // One batch: tensors up to batch_bytes, allocated on the CPU and read in parallel.
+    // One batch: tensors up to batch_bytes, allocated and read in parallel.
     planning::Destination destination;
-    std::vector<std::pair<std::string, at::Tensor>> batch;
+    std::vector<std::pair<std::string, TensorBuffer>> batch;
     std::uint64_t bytes = 0;
-    alloc::AllocOptions cpu = options.allocation;
-    cpu.device = {};  // read into CPU memory, move to the device afterwards
-    cpu.pinned = options.allocation.pinned || options.allocation.device.kind == alloc::DeviceKind::cuda;
     while (next < pending.size()) {
       const auto& item = *pending[next];
       const auto& t = item.tensor();
       const auto size = metadata::byte_size(t.size, t.properties.dtype);
       if (!batch.empty() && bytes + size > options.batch_bytes) break;
-      at::Tensor tensor;
+      TensorBuffer tensor{t.properties.dtype, t.size, {}};
       try {
-        tensor = alloc::allocate(t.properties.dtype, t.size, cpu);
+        tensor.memory = options.allocate ? options.allocate(size) : memory::allocate(size);
+        if (tensor.memory.size() < size)
+          throw Error(Errc::internal, "LoadOptions::allocate gave " + std::to_string(tensor.memory.size()) +
+                                          " bytes for a " + std::to_string(size) + "-byte tensor");
       } catch (Error& e) {
         e.for_key(item.fqn);
         throw;
@@ -70,7 +77,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
       planning::TensorDestination dest;
       dest.global_size = t.size;
       dest.dtype = t.properties.dtype;
-      dest.chunks.push_back({metadata::Shape(t.size.size(), 0), t.size, alloc::slice_of(tensor)});
+      dest.chunks.push_back({metadata::Shape(t.size.size(), 0), t.size, tensor.slice()});
       destination.add_tensor(item.fqn, std::move(dest));
       batch.emplace_back(item.fqn, std::move(tensor));
       bytes += size;
@@ -85,7 +92,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
     total.bytes_read += report.bytes_read;
     total.items += report.items;
     for (auto& e : report.errors) total.errors.push_back(std::move(e));
-    for (auto& [fqn, tensor] : batch) consume(fqn, alloc::to_device(tensor, options.allocation.device));
+    for (auto& [fqn, tensor] : batch) consume(fqn, std::move(tensor));
   }
   return total;
 }
@@ -118,15 +125,6 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
     }
   }
   return objects;
-}
-
-LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const LoadOptions& options) {
-  LoadedCheckpoint result{inspect(checkpoint_dir), {}, {}, {}};
-  result.report = for_each_tensor(checkpoint_dir, result.metadata, options, [&](const std::string& fqn, at::Tensor t) {
-    result.tensors.emplace_back(fqn, std::move(t));
-  });
-  result.objects = load_objects(checkpoint_dir, result.metadata, options);
-  return result;
 }
 
 }  // namespace dcp::checkpoint

@@ -2,7 +2,6 @@
 // (tensors sorted by key, packed back to back; objects as JSON strings in __metadata__), then
 // the tensor bytes written in place as they stream in.
 module;
-#include <ATen/core/Tensor.h>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -30,7 +29,7 @@ constexpr std::size_t kMaxHeaderBytes = 100'000'000;
 using namespace detail;
 
 ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
-                                     const LoadOptions& options, const ConvertProgress& progress) {
+                                     const LoadOptions& options, const Progress& progress) {
   const auto md = inspect(checkpoint_dir);
   for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;

@@ -1,19 +1,20 @@
-// The loader against real PyTorch: every tensor and object of checkpoints written at test time
-// by torch 1.13 and by torch 2.13, loads into other layouts (resharding), and damaged data
-// files.
+// The core loader (no libtorch) against real PyTorch: every tensor and object of checkpoints
+// written at test time by torch 1.13 and by torch 2.13, loads into other layouts
+// (resharding), and damaged data files. dcp.torch's at::Tensor API is tests/torch.
 #define BOOST_TEST_MODULE dcp.checkpoint
 #include <boost/test/unit_test.hpp>
-#include <ATen/core/Tensor.h>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "support.hpp"
 import dcp.error;
+import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
 import dcp.layout;
-import dcp.alloc;
+import dcp.memory;
 import dcp.record;
 import dcp.storage;
 import dcp.checkpoint;
@@ -26,15 +27,27 @@ using dcp_test::needs_python2x;
 
 namespace {
 
-std::vector<std::byte> tensor_bytes(const at::Tensor& t) {
-  // Full tensors from the loader are contiguous: their memory is the row-major value.
-  const auto* p = static_cast<const std::byte*>(t.data_ptr());
-  return std::vector<std::byte>(p, p + t.numel() * t.element_size());
+std::vector<std::byte> tensor_bytes(const dcp::checkpoint::TensorBuffer& t) {
+  return std::vector<std::byte>(t.bytes().begin(), t.bytes().end());
 }
 
+// Every selected tensor as a full tensor in host buffers, and every object.
+struct Loaded {
+  std::vector<std::pair<std::string, dcp::checkpoint::TensorBuffer>> tensors;
+  std::vector<std::pair<std::string, dcp::pickle::Document>> objects;
+};
+Loaded load_everything(const std::filesystem::path& ckpt, const dcp::checkpoint::LoadOptions& options = {}) {
+  Loaded loaded;
+  const auto md = dcp::checkpoint::inspect(ckpt);
+  (void)dcp::checkpoint::for_each_tensor(ckpt, md, options, [&](const std::string& fqn, dcp::checkpoint::TensorBuffer t) {
+    loaded.tensors.emplace_back(fqn, std::move(t));
+  });
+  loaded.objects = dcp::checkpoint::load_objects(ckpt, md, options);
+  return loaded;
+}
 
-// Every tensor byte and every object value equals what PyTorch saved. Tensors whose dtype this
-// libtorch lacks are left to check_raw_load.
+// Every tensor byte and every object value equals what PyTorch saved, for every dtype (the
+// core needs no tensor type for a dtype).
 void check_full_load(const std::filesystem::path& dir,
                      dcp::storage::ReadBackend backend = dcp::storage::ReadBackend::automatic) {
   const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
@@ -42,19 +55,12 @@ void check_full_load(const std::filesystem::path& dir,
   options.read.backend = backend;
   options.batch_bytes = 4096;  // many batches: exercises the bounded-memory path
   const auto& tensors = expected.at("tensors").as_object();
-  std::size_t want_tensors = 0;
-  for (const auto& [fqn, t] : tensors)
-    want_tensors += dcp::alloc::has_tensor_type(*dcp::dtype_from_name(std::string(t.at("dtype").as_string())));
-  options.select = [&](std::string_view fqn) {
-    const auto* t = tensors.if_contains(fqn);
-    return !t || dcp::alloc::has_tensor_type(*dcp::dtype_from_name(std::string(t->at("dtype").as_string())));
-  };
-  const auto loaded = dcp::checkpoint::load_full(dir / "ckpt", options);
-  BOOST_TEST(loaded.tensors.size() == want_tensors);
+  const auto loaded = load_everything(dir / "ckpt", options);
+  BOOST_TEST(loaded.tensors.size() == tensors.size());
   for (const auto& [fqn, tensor] : loaded.tensors) {
     const auto& want = tensors.at(fqn).as_object();
-    BOOST_TEST_REQUIRE(tensor.is_contiguous(), fqn);
-    BOOST_TEST(dcp::dtype_name(dcp::alloc::dtype_of(tensor)) == std::string(want.at("dtype").as_string()), fqn);
+    BOOST_TEST(dcp::dtype_name(tensor.dtype) == std::string(want.at("dtype").as_string()), fqn);
+    BOOST_TEST(reinterpret_cast<std::uintptr_t>(tensor.memory.data()) % dcp::memory::kMinAlignment == 0u, fqn);
     const auto bytes = dcp_test::read_bytes(dir / std::string(want.at("file").as_string()));
     BOOST_TEST((tensor_bytes(tensor) == bytes), fqn << ": loaded bytes differ from PyTorch's");
   }
@@ -66,8 +72,7 @@ void check_full_load(const std::filesystem::path& dir,
   }
 }
 
-// Every tensor loaded without libtorch: into caller-owned memory through a Destination and the
-// default planner, each tensor as one full chunk; the bytes must equal what PyTorch saved.
+// Every tensor loaded into caller-owned memory through a Destination and the default planner, each tensor as one full chunk; the bytes must equal what PyTorch saved.
 void check_raw_load(const std::filesystem::path& dir) {
   const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
   const auto m = dcp::checkpoint::inspect(dir / "ckpt");
@@ -95,7 +100,7 @@ void check_raw_load(const std::filesystem::path& dir) {
 
 dcp::Error load_error(const std::filesystem::path& dir) {
   try {
-    (void)dcp::checkpoint::load_full(dir);
+    (void)load_everything(dir);
   } catch (const dcp::Error& e) {
     return e;
   }
@@ -127,7 +132,7 @@ BOOST_AUTO_TEST_CASE(torch213_cases_load_exactly, *boost::unit_test::preconditio
     BOOST_TEST_CONTEXT(name) { check_full_load(checkpoint_case(name)); }
 }
 
-BOOST_AUTO_TEST_CASE(torch213_cases_load_exactly_without_libtorch, *boost::unit_test::precondition(needs_python2x)) {
+BOOST_AUTO_TEST_CASE(torch213_cases_load_exactly_into_caller_memory, *boost::unit_test::precondition(needs_python2x)) {
   for (const auto& name : dcp_test::torch2x_cases())
     BOOST_TEST_CONTEXT(name) { check_raw_load(checkpoint_case(name)); }
 }
@@ -232,6 +237,19 @@ BOOST_AUTO_TEST_CASE(strict_planner_rejects_mismatches) {
   BOOST_CHECK_THROW((void)dcp::checkpoint::load(missing, reader, planner), dcp::Error);
 }
 
+BOOST_AUTO_TEST_CASE(verify_reads_every_record) {
+  const auto dir = checkpoint_case("flat_dtypes");
+  const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
+  std::uint64_t bytes = 0, progress = 0;
+  for (const auto& [fqn, t] : expected.at("tensors").as_object()) bytes += t.at("nbytes").to_number<std::uint64_t>();
+  const auto report = dcp::checkpoint::verify(dir / "ckpt", {}, [&](std::uint64_t n) { progress += n; });
+  BOOST_TEST(report.tensors == expected.at("tensors").as_object().size());
+  BOOST_TEST(report.objects == expected.at("objects").as_object().size());
+  BOOST_TEST(report.bytes == bytes);
+  BOOST_TEST(progress == bytes);
+  BOOST_TEST(report.errors.empty());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(bad_input)
@@ -271,7 +289,7 @@ BOOST_AUTO_TEST_CASE(every_byte_flip_in_an_item_is_caught_or_harmless) {
     copy[pos] ^= std::byte{0x40};
     dcp_test::write_bytes(path, copy);
     try {
-      (void)dcp::checkpoint::for_each_tensor(tmp.path(), validated, options, [&](const std::string&, at::Tensor t) {
+      (void)dcp::checkpoint::for_each_tensor(tmp.path(), validated, options, [&](const std::string&, dcp::checkpoint::TensorBuffer t) {
         // Not caught: then it must not matter, the value is exactly PyTorch's.
         BOOST_TEST_REQUIRE((tensor_bytes(t) == want), "flip at byte " << pos << " loaded a wrong tensor");
         ++harmless;
@@ -327,6 +345,73 @@ BOOST_AUTO_TEST_CASE(missing_data_file) {
   auto e = load_error(tmp.path());
   BOOST_TEST((e.code() == dcp::Errc::not_found), e.what());
   BOOST_TEST(std::string(e.what()).find(info.relative_path) != std::string::npos, e.what());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(memory)
+
+BOOST_AUTO_TEST_CASE(buffers_are_aligned_by_size) {
+  namespace mem = dcp::memory;
+  auto address = [](const mem::Buffer& b) { return reinterpret_cast<std::uintptr_t>(b.data()); };
+  const auto empty = mem::allocate(0);
+  BOOST_TEST(empty.data() != nullptr);
+  BOOST_TEST(address(empty) % mem::kMinAlignment == 0u);
+  for (std::uint64_t size : {1ull, 63ull, 100ull, 4095ull}) {
+    const auto b = mem::allocate(size);
+    BOOST_TEST(b.size() == size);
+    BOOST_TEST(address(b) % mem::kMinAlignment == 0u, size);
+  }
+  for (std::uint64_t size : {4096ull, 5000ull, (2ull << 20) - 1})
+    BOOST_TEST(address(mem::allocate(size)) % mem::kPageBytes == 0u, size);
+  for (std::uint64_t size : {2ull << 20, (3ull << 20) + 17}) {
+    auto b = mem::allocate(size);
+    BOOST_TEST(address(b) % mem::kHugePageBytes == 0u, size);
+    b.data()[size - 1] = std::byte{7};  // the whole size is mapped
+    mem::Buffer moved = std::move(b);
+    BOOST_TEST(b.data() == nullptr);
+    BOOST_TEST((moved.data()[size - 1] == std::byte{7}));
+  }
+  const auto e = dcp_test::thrown<dcp::Error>([] { (void)mem::allocate(~0ull); });
+  BOOST_TEST(dcp::errc_name(e.code()) == "resource_exhausted", e.what());
+}
+
+BOOST_AUTO_TEST_CASE(device_names) {
+  using dcp::memory::Device;
+  BOOST_TEST(Device::parse("cpu").to_string() == "cpu");
+  BOOST_TEST(Device::parse("cuda").to_string() == "cuda:0");
+  BOOST_TEST(Device::parse("cuda:12").to_string() == "cuda:12");
+  for (const char* bad : {"", "gpu", "cuda:", "cuda:x", "cuda:12345", "CPU"})
+    BOOST_CHECK_THROW((void)Device::parse(bad), dcp::Error);
+}
+
+BOOST_AUTO_TEST_CASE(for_each_tensor_reads_into_the_callers_allocator) {
+  // An engine's arena: one block, tensors at 256-byte offsets; the buffers do not own it.
+  const auto dir = checkpoint_case("flat_dtypes");
+  std::vector<std::byte> arena(std::size_t{1} << 20);
+  std::size_t used = 0, calls = 0;
+  dcp::checkpoint::LoadOptions options;
+  options.allocate = [&](std::uint64_t bytes) {
+    ++calls;
+    auto* at = arena.data() + used;
+    used += (bytes + 255) / 256 * 256;
+    BOOST_TEST_REQUIRE(used <= arena.size());
+    return dcp::memory::Buffer(at, bytes, nullptr, nullptr);
+  };
+  const auto loaded = load_everything(dir / "ckpt", options);
+  BOOST_TEST(calls == loaded.tensors.size());
+  const auto expected = dcp_test::read_json(dir / "expected.json").as_object();
+  for (const auto& [fqn, t] : loaded.tensors) {
+    BOOST_TEST((t.memory.data() >= arena.data() && t.memory.data() < arena.data() + used), fqn);
+    const auto& want = expected.at("tensors").at(fqn).as_object();
+    BOOST_TEST((tensor_bytes(t) == dcp_test::read_bytes(dir / std::string(want.at("file").as_string()))), fqn);
+  }
+  // An allocator that gives too little is a bug, reported with the key before any read.
+  options.allocate = [](std::uint64_t bytes) { return dcp::memory::allocate(bytes / 2); };
+  options.select = [](std::string_view fqn) { return fqn == "w.fp32"; };
+  const auto short_buffer = dcp_test::thrown<dcp::Error>([&] { (void)load_everything(dir / "ckpt", options); });
+  BOOST_TEST(dcp::errc_name(short_buffer.code()) == "internal", short_buffer.what());
+  BOOST_TEST(short_buffer.context().key == "w.fp32", short_buffer.what());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

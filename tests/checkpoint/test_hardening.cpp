@@ -2,11 +2,11 @@
 // exact error context, budgets (object size, open files, bounce buffers), plans from other
 // ranks, and dtype conversion against torch's own `Tensor.to`.
 #include <boost/test/unit_test.hpp>
-#include <ATen/core/Tensor.h>
 #include <cstring>
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -47,13 +47,7 @@ void add_full(Loaded& l, const std::string& fqn, const md::Shape& size, dcp::DTy
 
 template <class Fn>
 dcp::Error error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const dcp::Error& e) {
-    return e;
-  }
-  BOOST_FAIL("no dcp::Error was thrown");
-  throw;
+  return dcp_test::thrown<dcp::Error>(std::forward<Fn>(fn));
 }
 
 const md::ItemMetadata& first_object(const md::Metadata& m) {
@@ -67,11 +61,11 @@ void check_tensor_loads_exactly(const std::filesystem::path& case_dir, const dcp
   const auto expected = dcp_test::read_json(case_dir / "expected.json").as_object();
   const auto validated = dcp::checkpoint::inspect(case_dir / "ckpt");
   std::size_t seen = 0;
-  (void)dcp::checkpoint::for_each_tensor(case_dir / "ckpt", validated, options, [&](const std::string& fqn, at::Tensor t) {
+  (void)dcp::checkpoint::for_each_tensor(case_dir / "ckpt", validated, options,
+                                         [&](const std::string& fqn, dcp::checkpoint::TensorBuffer t) {
     const auto& want = expected.at("tensors").as_object().at(fqn).as_object();
     const auto bytes = dcp_test::read_bytes(case_dir / std::string(want.at("file").as_string()));
-    const auto* p = static_cast<const std::byte*>(t.data_ptr());
-    BOOST_TEST((std::vector<std::byte>(p, p + t.numel() * t.element_size()) == bytes), fqn);
+    BOOST_TEST((std::vector<std::byte>(t.bytes().begin(), t.bytes().end()) == bytes), fqn);
     ++seen;
   });
   BOOST_TEST(seen == expected.at("tensors").as_object().size());

@@ -1,9 +1,11 @@
 // The dcpp command line: inspect --json against PyTorch's own reading of .metadata (1.13 and
-// 2.13), exit codes, one-line errors, load/verify on real checkpoints and damaged ones.
+// 2.13), exit codes, one-line errors, load/verify on real checkpoints and damaged ones, and
+// dcpp itself never loading libtorch (only dcpp-torch, for load --device cuda, does).
 #define BOOST_TEST_MODULE dcp.cli
 #include <boost/test/unit_test.hpp>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "support.hpp"
 
@@ -11,6 +13,12 @@ namespace json = boost::json;
 using dcp_test::checkpoint_case;
 
 namespace {
+
+bool have_torch() {
+  const char* flag = std::getenv("DCPP_HAVE_TORCH");
+  BOOST_TEST_REQUIRE(flag != nullptr, "DCPP_HAVE_TORCH is not set");
+  return std::string(flag) == "1";
+}
 
 std::string dcpp() {
   const char* exe = std::getenv("DCPP_EXE");
@@ -36,6 +44,25 @@ Outcome run_dcpp(const std::string& args) {
 // dcpp inspect --json must say exactly what PyTorch's own unpickling of .metadata says: the
 // whole document, computed independently by tests/python/metadata_json.py with the torch that
 // wrote the case (stored beside it as metadata.json).
+// What the dynamic loader said (LD_DEBUG=libs) while running `dcpp ARGS`, in every process.
+std::string libraries_loaded(const std::string& args) {
+  dcp_test::TempDir tmp;
+  const auto log = tmp.path() / "ld.log";
+  (void)dcp_test::run_capture("LD_DEBUG=libs LD_DEBUG_OUTPUT=" + dcp_test::quote(log) + " " + dcpp() + " " + args +
+                              " >/dev/null 2>&1");
+  std::string text;
+  for (const auto& entry : std::filesystem::directory_iterator(tmp.path())) {  // ld.log.<pid>, one per process
+    const auto bytes = dcp_test::read_bytes(entry.path());
+    text.append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  BOOST_TEST_REQUIRE(text.find("calling init") != std::string::npos, "no LD_DEBUG output for dcpp " << args);
+  return text;
+}
+
+bool mentions_libtorch(const std::string& text) {
+  return text.find("libtorch") != std::string::npos || text.find("libc10") != std::string::npos;
+}
+
 void check_inspect_json(const std::filesystem::path& dir) {
   const auto r = run_dcpp("inspect --json " + dcp_test::quote(dir / "ckpt"));
   BOOST_TEST_REQUIRE(r.status == 0, r.err);
@@ -106,10 +133,52 @@ BOOST_AUTO_TEST_CASE(load_and_verify_real_checkpoints) {
     BOOST_TEST_CONTEXT(name) { check_load_and_verify(checkpoint_case(name)); }
 }
 
-// x2_dtypes_v3 is left out: Debian's libtorch 1.13 has no uint16/uint32/uint64 or float8 tensors.
+// Every case, x2_dtypes_v3 too: dcpp loads into host buffers and needs no tensor type for
+// uint16/32/64 or float8 (which Debian's libtorch 1.13 lacks).
 BOOST_AUTO_TEST_CASE(load_and_verify_torch213_checkpoints, *boost::unit_test::precondition(dcp_test::needs_python2x)) {
   for (const auto& name : dcp_test::torch2x_cases())
-    if (name != "x2_dtypes_v3") BOOST_TEST_CONTEXT(name) { check_load_and_verify(checkpoint_case(name)); }
+    BOOST_TEST_CONTEXT(name) { check_load_and_verify(checkpoint_case(name)); }
+}
+
+// dcpp starts without libtorch: no NEEDED entry names it, and the loader opens none of its
+// libraries for help, inspect, verify, convert or a CPU load.
+BOOST_AUTO_TEST_CASE(dcpp_does_not_load_libtorch) {
+  int status = 0;
+  const auto dynamic = dcp_test::run_capture("readelf -d " + dcp_test::quote(dcpp()), &status);
+  BOOST_TEST_REQUIRE(status == 0, "readelf -d failed");
+  BOOST_TEST_REQUIRE(dynamic.find("(NEEDED)") != std::string::npos, dynamic);
+  BOOST_TEST(!mentions_libtorch(dynamic), dynamic);
+  dcp_test::TempDir out;
+  const auto tiny = dcp_test::quote(dcp_test::source_root() / "examples/tiny/ckpt");
+  for (const std::string& args : std::vector<std::string>{"--help", "inspect " + tiny, "inspect --json " + tiny, "verify " + tiny,
+                                 "load --json " + tiny, "load --device cpu " + tiny,
+                                 "convert " + tiny + " " + dcp_test::quote(out.path() / "m.safetensors")}) {
+    const auto libs = libraries_loaded(args);
+    BOOST_TEST(!mentions_libtorch(libs), "dcpp " << args << " loaded libtorch");
+  }
+}
+
+// A load that needs tensors on a GPU runs dcpp-torch (which loads libtorch); a build without
+// libtorch refuses it as bad usage, in one line.
+BOOST_AUTO_TEST_CASE(load_to_a_gpu_needs_libtorch) {
+  const auto tiny = dcp_test::quote(dcp_test::source_root() / "examples/tiny/ckpt");
+  const auto bad = run_dcpp("load --device gpu " + tiny);
+  BOOST_TEST(bad.status == 2, bad.err);
+  const auto r = run_dcpp("load --json --device cuda:0 " + tiny);
+  if (!have_torch()) {
+    BOOST_TEST(r.status == 2, r.err);
+    BOOST_TEST(r.err.find("built without it (-Dtorch=disabled)") != std::string::npos, r.err);
+    BOOST_TEST(r.err.find('\n') == r.err.size() - 1, "one line: " << r.err);
+    return;
+  }
+  BOOST_TEST(mentions_libtorch(libraries_loaded("load --device cuda:0 " + tiny)), "dcpp-torch did not run");
+  if (r.status == 0) {  // a CUDA libtorch and a GPU
+    BOOST_TEST(json::parse(r.out).at("device") == "cuda:0", r.out);
+  } else {
+    BOOST_TEST(r.status == 1, r.err);
+    BOOST_TEST(r.err.find("this libtorch has no CUDA") != std::string::npos, r.err);
+    BOOST_TEST(r.err.find('\n') == r.err.size() - 1, "one line: " << r.err);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(verify_reports_damage) {

@@ -1,6 +1,7 @@
 // Test support shared by the suites: paths, temp dirs, running real PyTorch, expected.json.
 #pragma once
 #include <boost/json.hpp>
+#include <boost/test/unit_test.hpp>
 #include <boost/test/tree/test_unit.hpp>
 #include <boost/test/tools/assertion_result.hpp>
 #include <cstddef>
@@ -69,5 +70,17 @@ void write_bytes(const std::filesystem::path& path, const std::vector<std::byte>
 
 /// Copies a checkpoint directory (files only) to `to`.
 void copy_checkpoint(const std::filesystem::path& from, const std::filesystem::path& to);
+
+/// The exception of type E that `fn()` throws; fails the test when it throws none.
+template <class E, class Fn>
+E thrown(Fn&& fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e;
+  }
+  BOOST_FAIL("no exception was thrown");
+  throw;
+}
 
 }  // namespace dcp_test

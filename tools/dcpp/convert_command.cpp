@@ -15,7 +15,7 @@ import dcp.checkpoint;
 
 namespace dcpp_cli {
 
-// Shared with load/verify (load_command.cpp): --threads, --io, --keys, --device.
+// Shared with load/verify (load_command.cpp): --threads, --io, --keys.
 dcp::checkpoint::LoadOptions load_options(const Args& args);
 
 namespace {

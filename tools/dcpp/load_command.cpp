@@ -1,18 +1,20 @@
-// `dcpp load` and `dcpp verify`: read every record of a checkpoint into full tensors.
-#include <ATen/core/Tensor.h>
+// `dcpp load` (into host buffers, no libtorch) and `dcpp verify` (checkpoint::verify); the
+// options and the load report they share with dcpp-torch's load.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <regex>
 #include <string>
-#include <unistd.h>
+#include <utility>
+#include <vector>
 
 #include "cli.hpp"
 #include "progress.hpp"
 import dcp.error;
 import dcp.json;
 import dcp.metadata;
-import dcp.alloc;
+import dcp.memory;
 import dcp.storage;
 import dcp.checkpoint;
 
@@ -32,16 +34,10 @@ int parse_threads(const Args& args) {
 
 }  // namespace
 
+// Shared with convert (convert_command.cpp) and dcpp-torch's load: --threads, --io, --keys.
 dcp::checkpoint::LoadOptions load_options(const Args& args) {
   dcp::checkpoint::LoadOptions options;
   options.read.threads = parse_threads(args);
-  if (auto device = args.get("device")) {
-    try {
-      options.allocation.device = dcp::alloc::Device::parse(*device);
-    } catch (const dcp::Error& e) {
-      throw UsageError{e.message()};
-    }
-  }
   if (auto io = args.get("io")) {
     if (*io == "uring") options.read.backend = dcp::storage::ReadBackend::io_uring;
     else if (*io == "pread") options.read.backend = dcp::storage::ReadBackend::pread;
@@ -58,70 +54,78 @@ dcp::checkpoint::LoadOptions load_options(const Args& args) {
   return options;
 }
 
-namespace {
+// --device (the CPU when absent); a malformed name is a usage error.
+dcp::memory::Device device_of(const Args& args) {
+  const auto text = args.get("device");
+  if (!text) return {};
+  try {
+    return dcp::memory::Device::parse(*text);
+  } catch (const dcp::Error& e) {
+    throw UsageError{e.message()};
+  }
+}
 
-
-
-}  // namespace
+void print_load_result(const Args& args, const LoadResult& r) {
+  const double gbps = r.seconds > 0 ? static_cast<double>(r.bytes) / r.seconds / 1e9 : 0.0;
+  if (args.has("json")) {
+    dcp::json::JsonWriter w;
+    w.begin_object()
+        .key("tensors").value(r.tensors)
+        .key("objects").value(r.objects)
+        .key("bytes").value(r.bytes)
+        .key("seconds").value(r.seconds)
+        .key("gbps").value(gbps)
+        .key("items_read").value(r.items_read)
+        .key("device").value(r.device)
+        .end_object();
+    std::printf("%s\n", w.str().c_str());
+  } else if (!args.has("quiet")) {
+    std::printf("loaded %llu tensors (%llu bytes) and %llu objects in %.3f s: %.2f GB/s\n",
+                static_cast<unsigned long long>(r.tensors), static_cast<unsigned long long>(r.bytes),
+                static_cast<unsigned long long>(r.objects), r.seconds, gbps);
+  }
+}
 
 int run_load(const Args& args) {
+  const auto device = device_of(args);
+  if (device.kind != dcp::memory::DeviceKind::cpu)
+    throw UsageError{"--device " + device.to_string() + " needs libtorch (dcpp-torch)"};
   const auto options = load_options(args);
   const auto start = std::chrono::steady_clock::now();
   const auto md = dcp::checkpoint::inspect(args.positional[0]);
   Progress progress(!args.has("quiet") && !args.has("json"), dcp::checkpoint::selected_tensor_bytes(*md, options), "loading");
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  const auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string& fqn, at::Tensor t) {
-    progress.advance(static_cast<std::uint64_t>(t.numel()) * t.element_size());
-    tensors.emplace_back(fqn, std::move(t));
-  });
-  const auto objects = dcp::checkpoint::load_objects(args.positional[0], md, options);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::uint64_t bytes = 0;
-  for (const auto& [fqn, t] : tensors) bytes += static_cast<std::uint64_t>(t.numel()) * t.element_size();
-  const double gbps = seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0;
-  if (args.has("json")) {
-    dcp::json::JsonWriter w;
-    w.begin_object()
-        .key("tensors").value(static_cast<std::uint64_t>(tensors.size()))
-        .key("objects").value(static_cast<std::uint64_t>(objects.size()))
-        .key("bytes").value(bytes)
-        .key("seconds").value(seconds)
-        .key("gbps").value(gbps)
-        .key("items_read").value(report.items)
-        .key("device").value(options.allocation.device.to_string())
-        .end_object();
-    std::printf("%s\n", w.str().c_str());
-  } else if (!args.has("quiet")) {
-    std::printf("loaded %zu tensors (%llu bytes) and %zu objects in %.3f s: %.2f GB/s\n", tensors.size(),
-                static_cast<unsigned long long>(bytes), objects.size(), seconds, gbps);
-  }
+  std::vector<std::pair<std::string, dcp::checkpoint::TensorBuffer>> tensors;
+  LoadResult result;
+  const auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options,
+                                                       [&](const std::string& fqn, dcp::checkpoint::TensorBuffer t) {
+                                                         progress.advance(t.bytes().size());
+                                                         result.bytes += t.bytes().size();
+                                                         tensors.emplace_back(fqn, std::move(t));
+                                                       });
+  result.objects = dcp::checkpoint::load_objects(args.positional[0], md, options).size();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.tensors = tensors.size();
+  result.items_read = report.items;
+  result.device = device.to_string();
+  print_load_result(args, result);
   return 0;
 }
 
 int run_verify(const Args& args) {
   auto options = load_options(args);
-  options.read.verify_crc = true;
   options.read.collect_errors = args.has("all");
-  const auto md = dcp::checkpoint::inspect(args.positional[0]);
-  Progress progress(!args.has("quiet"), dcp::checkpoint::selected_tensor_bytes(*md, options), "verifying");
-  std::uint64_t tensors = 0, bytes = 0;
-  auto report = dcp::checkpoint::for_each_tensor(args.positional[0], md, options, [&](const std::string&, at::Tensor t) {
-    ++tensors;
-    bytes += static_cast<std::uint64_t>(t.numel()) * t.element_size();
-    progress.advance(static_cast<std::uint64_t>(t.numel()) * t.element_size());
-  });
-  std::size_t objects = 0;
-  try {
-    objects = dcp::checkpoint::load_objects(args.positional[0], md, options).size();
-  } catch (const dcp::Error& e) {
-    if (!options.read.collect_errors) throw;
-    report.errors.push_back(e);
+  const auto total = dcp::checkpoint::selected_tensor_bytes(*dcp::checkpoint::inspect(args.positional[0]), options);
+  dcp::checkpoint::VerifyReport report;
+  {
+    Progress progress(!args.has("quiet"), total, "verifying");
+    report = dcp::checkpoint::verify(args.positional[0], options, [&](std::uint64_t bytes) { progress.advance(bytes); });
   }
   for (const auto& e : report.errors) std::fprintf(stderr, "dcpp: error: %s\n", e.what());
   if (!report.errors.empty()) return 1;
   if (!args.has("quiet"))
-    std::printf("ok: %llu tensors (%llu bytes, CRC-32 checked) and %zu objects\n",
-                static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(bytes), objects);
+    std::printf("ok: %llu tensors (%llu bytes, CRC-32 checked) and %llu objects\n",
+                static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
+                static_cast<unsigned long long>(report.objects));
   return 0;
 }
 

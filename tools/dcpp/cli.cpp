@@ -1,0 +1,186 @@
+// dcpp's command line, shared by dcpp and dcpp-torch: one flag table, the parser, help, and
+// the mapping of errors to exit status (0 success, 1 the checkpoint or another input is bad,
+// 2 bad usage). Each binary says what `load` runs (main.cpp, torch_main.cpp); every other
+// subcommand is a few calls into dcp.checkpoint.
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <string_view>
+
+#include "cli.hpp"
+import dcp.error;
+
+namespace dcpp_cli {
+namespace {
+
+constexpr std::string_view kVersion = "dcpp 0.1.0";
+
+struct Command {
+  std::string_view name;
+  std::string_view usage;
+  std::string_view summary;
+  int (*run)(const Args&);  ///< nullptr: the binary's own `load`
+  std::size_t positional;
+};
+
+constexpr Command kCommands[] = {
+    {"inspect", "dcpp inspect [--json] CKPT_DIR",
+     "print what a checkpoint holds (keys, dtypes, shapes, chunks, files), read from .metadata "
+     "without running any pickle code, after checking it against the data files",
+     run_inspect, 1},
+    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] CKPT_DIR",
+     "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
+     "object, and print bytes, seconds and GB/s",
+     nullptr, 1},
+    {"verify", "dcpp verify [--all] [--threads N] [--keys REGEX] CKPT_DIR",
+     "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
+     "(--all: report every problem)",
+     run_verify, 1},
+    {"convert", "dcpp convert [--threads N] [--keys REGEX] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors",
+     "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
+     "(nested as saved, torch.load reads it), safetensors for .safetensors (objects as JSON in "
+     "__metadata__); streams tensor by tensor, writes OUT only when complete",
+     run_convert, 2},
+};
+
+constexpr Flag kFlags[] = {
+    {"json", "", "inspect load", "print one JSON document (schema in README.md)"},
+    {"threads", "N", "load verify convert", "storage worker threads (default: up to 8)"},
+    {"io", "KIND", "load verify convert", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
+    {"device", "DEV", "load", "where tensors go: cpu (default), cuda or cuda:N"},
+    {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
+    {"all", "", "verify", "report every problem, not only the first"},
+    {"quiet", "", "load verify convert", "no progress bar and no summary line"},
+    {"help", "", "*", "print help (-h: short)"},
+    {"version", "", "*", "print the version"},
+};
+
+const Command* find_command(std::string_view name) {
+  for (const auto& c : kCommands)
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+bool flag_applies(const Flag& f, std::string_view command) {
+  if (f.commands == "*") return true;
+  std::string_view list = f.commands;
+  while (!list.empty()) {
+    const auto space = list.find(' ');
+    if (list.substr(0, space) == command) return true;
+    if (space == std::string_view::npos) break;
+    list.remove_prefix(space + 1);
+  }
+  return false;
+}
+
+void print_help(const Command* command, bool long_help) {
+  if (!command) {
+    std::printf("%s: PyTorch Distributed Checkpoint tools, without Python\n\n", kVersion.data());
+    std::printf("usage: dcpp COMMAND [FLAGS] ARGS\n\ncommands:\n");
+    for (const auto& c : kCommands) std::printf("  %-10s %s\n", std::string(c.name).c_str(), std::string(c.summary).c_str());
+    std::printf("\nflags: -h, --help; --version\nrun 'dcpp COMMAND --help' for a command's flags.\n");
+    if (long_help)
+      std::printf("\nexit status: 0 success, 1 a checkpoint or input problem, 2 bad usage.\n");
+    return;
+  }
+  std::printf("usage: %s\n\n%s\n\nflags:\n", std::string(command->usage).c_str(), std::string(command->summary).c_str());
+  for (const auto& f : kFlags) {
+    if (!flag_applies(f, command->name)) continue;
+    std::string left = "--" + std::string(f.name);
+    if (!f.value_name.empty()) left += " " + std::string(f.value_name);
+    std::printf("  %-22s %s\n", left.c_str(), std::string(f.help).c_str());
+  }
+}
+
+Args parse(int argc, char** argv) {
+  Args args;
+  args.argv = argv;
+  int i = 1;
+  for (; i < argc; ++i) {  // global flags before the command
+    std::string_view a = argv[i];
+    if (a == "-h" || a == "--help") {
+      args.flags["help"] = "";
+    } else if (a == "--version") {
+      args.flags["version"] = "";
+    } else if (!a.empty() && a[0] == '-') {
+      throw UsageError{"unknown flag '" + std::string(a) + "' before the command"};
+    } else {
+      args.command = a;
+      ++i;
+      break;
+    }
+  }
+  for (; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a == "-h") {
+      args.flags["help"] = "";
+      continue;
+    }
+    if (a.size() < 3 || a.substr(0, 2) != "--") {
+      args.positional.emplace_back(a);
+      continue;
+    }
+    std::string_view name = a.substr(2);
+    std::optional<std::string> value;
+    if (auto eq = name.find('='); eq != std::string_view::npos) {
+      value = std::string(name.substr(eq + 1));
+      name = name.substr(0, eq);
+    }
+    const Flag* flag = nullptr;
+    for (const auto& f : kFlags)
+      if (f.name == name && flag_applies(f, args.command)) flag = &f;
+    if (!flag) throw UsageError{"unknown flag '--" + std::string(name) + "' for '" + args.command + "'"};
+    if (flag->value_name.empty()) {
+      if (value) throw UsageError{"flag '--" + std::string(name) + "' takes no value"};
+      args.flags[std::string(name)] = "";
+    } else {
+      if (!value) {
+        if (i + 1 >= argc) throw UsageError{"flag '--" + std::string(name) + "' needs a value " + std::string(flag->value_name)};
+        value = argv[++i];
+      }
+      args.flags[std::string(name)] = *value;
+    }
+  }
+  return args;
+}
+
+int run(int argc, char** argv, int (*load)(const Args&)) {
+  const Args args = parse(argc, argv);
+  if (args.has("version")) {
+    std::printf("%s\n", kVersion.data());
+    return 0;
+  }
+  const Command* command = args.command.empty() ? nullptr : find_command(args.command);
+  if (!args.command.empty() && !command) throw UsageError{"unknown command '" + args.command + "'"};
+  if (args.has("help") || !command) {
+    if (!command && !args.has("help")) {
+      print_help(nullptr, false);
+      return 2;
+    }
+    print_help(command, true);
+    return 0;
+  }
+  if (args.positional.size() != command->positional)
+    throw UsageError{"'" + args.command + "' takes " + std::to_string(command->positional) +
+                     " argument(s); usage: " + std::string(command->usage)};
+  return (command->run ? command->run : load)(args);
+}
+
+}  // namespace
+
+int main_with(int argc, char** argv, int (*load)(const Args&)) {
+  try {
+    return run(argc, argv, load);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "dcpp: error: %s\n", e.message.c_str());
+    return 2;
+  } catch (const dcp::Error& e) {
+    std::fprintf(stderr, "dcpp: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dcpp: error: internal: %s\n", e.what());
+    return 1;
+  }
+}
+
+}  // namespace dcpp_cli
