@@ -1,5 +1,5 @@
 """What both oracles (torch 1.13 under /usr/bin/python3, torch 2.13 under .venv/bin/python)
-write into expected.json the same way. No torch import here: the helpers that need torch take
+write into expected.json the same way, and the value helpers both case scripts use. No torch import here: the helpers that need torch take
 it as an argument, so this module loads under either interpreter.
 
 The expected.json schema is described in tests/python/README.md."""
@@ -20,6 +20,35 @@ def generator(torch, seed):
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+# Raw bit patterns that every float dtype case carries: zeros, infinities, NaNs with payloads,
+# subnormals, extremes.
+F32_BITS = [0x00000000, 0x80000000, 0x3F800000, 0x7F800000, 0xFF800000, 0x7FC00000,
+            0x7FC00001, 0xFFC00000, 0x7F800001, 0x00000001, 0x80000001, 0x7F7FFFFF,
+            0x00800000, 0xFF7FFFFF]
+F64_BITS = [0x0000000000000000, 0x8000000000000000, 0x3FF0000000000000, 0x7FF0000000000000,
+            0xFFF0000000000000, 0x7FF8000000000000, 0x7FF8000000000001, 0xFFF8000000000000,
+            0x7FF0000000000001, 0x0000000000000001, 0x7FEFFFFFFFFFFFFF, 0x0010000000000000]
+F16_BITS = [0x0000, 0x8000, 0x3C00, 0x7C00, 0xFC00, 0x7E00, 0x7E01, 0xFE00, 0x7C01, 0x0001,
+            0x8001, 0x7BFF, 0x0400, 0xFBFF]
+BF16_BITS = [0x0000, 0x8000, 0x3F80, 0x7F80, 0xFF80, 0x7FC0, 0x7FC1, 0xFFC0, 0x7F81, 0x0001,
+             0x8001, 0x7F7F, 0x0080, 0xFF7F]
+
+
+def with_bits(torch, t, int_dtype, bits, patterns):
+    """Overwrite the first len(patterns) elements of t with raw bit patterns."""
+    flat = t.view(-1).view(int_dtype)
+    flat[: len(patterns)] = torch.tensor(
+        [p - (1 << bits) if p >= (1 << (bits - 1)) else p for p in patterns], dtype=int_dtype)
+    return t
+
+
+def ints(torch, name, dtype, lo, hi, n, extremes):
+    """n integers in [lo, hi) seeded by `name`, starting with `extremes`."""
+    t = torch.randint(lo, hi, (n,), generator=generator(torch, name_seed(name)), dtype=torch.int64)
+    t[: len(extremes)] = torch.tensor(extremes, dtype=torch.int64)
+    return t.to(dtype)
 
 
 def randn(torch, name, *shape, dtype=None):

@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dcp113  # noqa: E402  (applies the Python 3.11 dataclasses fix before torch DCP)
 from dcp113 import dcp, dist, torch  # noqa: E402
 
-from expected_common import generator, name_seed, randn  # noqa: E402
+from expected_common import (  # noqa: E402
+    BF16_BITS, F16_BITS, F32_BITS, F64_BITS, generator, ints, name_seed, randn, with_bits)
 from expected_json import CaseError, build_expected  # noqa: E402
 
 
@@ -55,27 +56,8 @@ def _randn(name, *shape, dtype=torch.float32):
     return randn(torch, name, *shape, dtype=dtype)
 
 
-def _signed(pattern, bits):
-    return pattern - (1 << bits) if pattern >= (1 << (bits - 1)) else pattern
-
-
 def _with_bits(t, int_dtype, bits, patterns):
-    """Overwrite the first len(patterns) elements of t with raw bit patterns."""
-    flat = t.view(-1).view(int_dtype)
-    flat[: len(patterns)] = torch.tensor([_signed(p, bits) for p in patterns], dtype=int_dtype)
-    return t
-
-
-F32_BITS = [0x00000000, 0x80000000, 0x3F800000, 0x7F800000, 0xFF800000, 0x7FC00000,
-            0x7FC00001, 0xFFC00000, 0x7F800001, 0x00000001, 0x80000001, 0x7F7FFFFF,
-            0x00800000, 0xFF7FFFFF]
-F64_BITS = [0x0000000000000000, 0x8000000000000000, 0x3FF0000000000000, 0x7FF0000000000000,
-            0xFFF0000000000000, 0x7FF8000000000000, 0x7FF8000000000001, 0xFFF8000000000000,
-            0x7FF0000000000001, 0x0000000000000001, 0x7FEFFFFFFFFFFFFF, 0x0010000000000000]
-F16_BITS = [0x0000, 0x8000, 0x3C00, 0x7C00, 0xFC00, 0x7E00, 0x7E01, 0xFE00, 0x7C01, 0x0001,
-            0x8001, 0x7BFF, 0x0400, 0xFBFF]
-BF16_BITS = [0x0000, 0x8000, 0x3F80, 0x7F80, 0xFF80, 0x7FC0, 0x7FC1, 0xFFC0, 0x7F81, 0x0001,
-             0x8001, 0x7F7F, 0x0080, 0xFF7F]
+    return with_bits(torch, t, int_dtype, bits, patterns)
 
 
 def _complex(name, n, dtype, fdtype, idtype, bits, patterns):
@@ -87,9 +69,7 @@ def _complex(name, n, dtype, fdtype, idtype, bits, patterns):
 
 
 def _ints(name, dtype, lo, hi, n, extremes):
-    t = torch.randint(lo, hi, (n,), generator=_gen(name_seed(name)), dtype=torch.int64)
-    t[: len(extremes)] = torch.tensor(extremes, dtype=torch.int64)
-    return t.to(dtype)
+    return ints(torch, name, dtype, lo, hi, n, extremes)
 
 
 # --------------------------------------------------------------------------------------

@@ -46,7 +46,8 @@ from torch.distributed.checkpoint.metadata import (  # noqa: E402
     BytesStorageMetadata, MetadataIndex, TensorStorageMetadata)
 
 from expected_common import (  # noqa: E402
-    CaseError, bin_name, generator, name_seed, py_type, randn, same_object, to_json)
+    BF16_BITS, F16_BITS, F32_BITS, F64_BITS, CaseError, bin_name, generator, ints, name_seed, py_type,
+    randn, same_object, to_json, with_bits)
 from metadata_json import document as metadata_document  # noqa: E402
 
 if sys.byteorder != "little":
@@ -76,25 +77,13 @@ def _raw(name, dtype, *shape):
 
 
 def _with_bits(t, int_dtype, bits, patterns):
-    """Overwrite the first len(patterns) elements of t with raw bit patterns."""
-    flat = t.view(-1).view(int_dtype)
-    flat[: len(patterns)] = torch.tensor(
-        [p - (1 << bits) if p >= (1 << (bits - 1)) else p for p in patterns], dtype=int_dtype)
-    return t
+    return with_bits(torch, t, int_dtype, bits, patterns)
 
 
-F32_BITS = [0x00000000, 0x80000000, 0x3F800000, 0x7F800000, 0xFF800000, 0x7FC00000,
-            0x7FC00001, 0xFFC00000, 0x7F800001, 0x00000001, 0x80000001, 0x7F7FFFFF]
-F64_BITS = [0x8000000000000000, 0x7FF0000000000000, 0xFFF0000000000000, 0x7FF8000000000001,
-            0x0000000000000001, 0x7FEFFFFFFFFFFFFF]
-F16_BITS = [0x8000, 0x7C00, 0xFC00, 0x7E01, 0x0001, 0x7BFF]
-BF16_BITS = [0x8000, 0x7F80, 0xFF80, 0x7FC1, 0x0001, 0x7F7F]
 
 
 def _ints(name, dtype, lo, hi, n, extremes):
-    t = torch.randint(lo, hi, (n,), generator=_gen(name_seed(name)), dtype=torch.int64)
-    t[: len(extremes)] = torch.tensor(extremes, dtype=torch.int64)
-    return t.to(dtype)
+    return ints(torch, name, dtype, lo, hi, n, extremes)
 
 
 def _complex(name, n, dtype):
