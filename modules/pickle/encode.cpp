@@ -105,6 +105,9 @@ void Encoder::bytes(std::span<const std::byte> data) {
 }
 
 void Encoder::global(std::string_view module, std::string_view name) {
+  // Python 3 reads the Python 2 name `__builtin__` only below protocol 3 (fix_imports), so the
+  // builtins module is spelled for the protocol written, whichever spelling the caller used.
+  if (module == "builtins" || module == "__builtin__") module = protocol_ < 3 ? "__builtin__" : "builtins";
   op('c');
   raw(module.data(), module.size());
   op('\n');
@@ -307,8 +310,8 @@ class ValueWriter {
         return n.kind() == NodeKind::list ? e_.appends_from_mark() : e_.setitems_from_mark();
       case NodeKind::set:
       case NodeKind::frozenset:
-        // Protocol 2 spelling: builtins.set([items]).
-        e_.global("__builtin__", n.kind() == NodeKind::set ? "set" : "frozenset");
+        // builtins.set([items]), as protocol 2 writes a set (EMPTY_SET needs protocol 4).
+        e_.global("builtins", n.kind() == NodeKind::set ? "set" : "frozenset");
         e_.empty_list();
         if (!children.empty()) {
           e_.mark();
@@ -320,7 +323,7 @@ class ValueWriter {
         if (fetched_instead(id, 1)) return;
         return remember(id);
       case NodeKind::global:
-        e_.global(n.text() == "builtins" ? "__builtin__" : n.text(), n.name());
+        e_.global(n.text(), n.name());
         return remember(id);
       case NodeKind::call:
       case NodeKind::object:

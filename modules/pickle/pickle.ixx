@@ -228,6 +228,8 @@ class Encoder {
   void floating(double value);
   void string(std::string_view utf8);
   void bytes(std::span<const std::byte> data);
+  /// GLOBAL module.name; the builtins module is spelled `__builtin__` below protocol 3 and
+  /// `builtins` from 3 on, as CPython's unpickler expects.
   void global(std::string_view module, std::string_view name);
   void mark();
   void empty_tuple();

@@ -373,12 +373,10 @@ BOOST_AUTO_TEST_CASE(encoder_output_loads_in_cpython_to_the_meant_values) {
   python_loads(tmp.path(), cases.size());
 }
 
-// Known bug, left to dcp.pickle's owners: Encoder::value spells a builtins global (a set node,
-// builtins.complex, ...) as `__builtin__` under every protocol, but CPython maps that name only
-// for protocols below 3 (`No module named '__builtin__'`). dcpp itself encodes with protocol 2
-// only, so no file it writes is affected. Expected to fail once per protocol: remove the
-// expected_failures decorator with the fix.
-BOOST_AUTO_TEST_CASE(encoder_value_above_protocol_2_spells_builtins, *boost::unit_test::expected_failures(3)) {
+// Regression: Encoder::value spelled a builtins global (a set node, builtins.complex, ...) as
+// `__builtin__` under every protocol, but CPython maps that name only below protocol 3
+// (`No module named '__builtin__'`).
+BOOST_AUTO_TEST_CASE(encoder_value_above_protocol_2_spells_builtins) {
   const auto doc = pk::decode(std::span(reinterpret_cast<const std::byte*>("\x80\x04\x8f\x94(K\x01\x90."), 9), allow_list());
   for (int protocol : {3, 4, 5}) {
     dcp_test::TempDir tmp;
