@@ -410,8 +410,14 @@ Metadata MetadataDecoder::run_unchecked() {
           throw;
         }
       } catch (Error& e) {
-        if (e.code() == Errc::resource_exhausted) throw at_entry(e, sd[i], "storage_data entry", i / 2, sd.size() / 2);
-        throw;
+        if (e.code() != Errc::resource_exhausted) throw;
+        Error moved = at_entry(e, sd[i], "storage_data entry", i / 2, sd.size() / 2);
+        // The budget ran out inside the key itself: name its fqn, read without copying it.
+        const auto& key = doc_.at(sd[i]);
+        if (key.kind() == NodeKind::object && key.state() != pickle::kNoNode)
+          if (auto fqn = doc_.find_key(key.state(), "fqn"); fqn && doc_.at(*fqn).kind() == NodeKind::string)
+            moved.for_key(doc_.at(*fqn).text());
+        throw moved;
       }
     }
   }

@@ -89,7 +89,7 @@ BOOST_AUTO_TEST_CASE(one_chunk_shared_by_the_memo_many_times) {
   expect_one_line_error(run_measured("inspect " + dcp_test::quote(wide)), (wide / ".metadata").string(), "w",
                         "torch.Size of 1000 dims");
   expect_one_line_error(run_measured("inspect " + dcp_test::quote(deep)), (deep / ".metadata").string(), "w", "budget");
-  expect_one_line_error(run_measured("inspect " + dcp_test::quote(stored)), (stored / ".metadata").string(), "",
+  expect_one_line_error(run_measured("inspect " + dcp_test::quote(stored)), (stored / ".metadata").string(), "w",
                         "storage_data entry");
 }
 
