@@ -27,15 +27,24 @@ std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOpti
   return total;
 }
 
-storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner) {
-  const auto md = reader.read_metadata();
+namespace {
+
+// torch's load sequence on one rank, over metadata the caller already read and validated.
+storage::ReadReport run_load(planning::Destination& destination, storage::StorageReader& reader,
+                             planning::LoadPlanner& planner, const metadata::ValidatedMetadata& md) {
   planner.set_up_planner(destination, md, /*is_coordinator=*/true);
   reader.set_up_storage_reader(md, true);
   auto local = reader.prepare_local_plan(planner.create_local_plan());
   auto global = reader.prepare_global_plan(planner.create_global_plan({std::move(local)}));
   const auto plan = planner.finish_plan(std::move(global.at(0)));
   return reader.read_data(plan, planner);
+}
+
+}  // namespace
+
+storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
+                         planning::LoadPlanner& planner) {
+  return run_load(destination, reader, planner, reader.read_metadata());
 }
 
 std::span<const std::byte> TensorBuffer::bytes() const {
@@ -85,10 +94,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
     }
     planning::DefaultLoadPlanner planner;
     storage::FileSystemReader reader(checkpoint_dir, options.read);
-    planner.set_up_planner(destination, md, true);
-    reader.set_up_storage_reader(md, true);
-    const auto plan = planner.finish_plan(planner.create_global_plan({planner.create_local_plan()}).at(0));
-    auto report = reader.read_data(plan, planner);
+    auto report = run_load(destination, reader, planner, md);
     total.bytes_read += report.bytes_read;
     total.items += report.items;
     for (auto& e : report.errors) total.errors.push_back(std::move(e));
@@ -109,9 +115,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
   read_options.collect_errors = false;  // every object below must have loaded
   storage::FileSystemReader reader(checkpoint_dir, read_options);
   planning::DefaultLoadPlanner planner;
-  planner.set_up_planner(destination, md, true);
-  reader.set_up_storage_reader(md, true);
-  (void)reader.read_data(planner.create_local_plan(), planner);
+  (void)run_load(destination, reader, planner, md);
   for (const auto& [fqn, entry] : destination.entries()) {
     const auto* bytes = planner.loaded_bytes(fqn);
     const auto* info = md->find_storage(fqn, nullptr);

@@ -41,6 +41,7 @@ struct Group {
   const metadata::StorageInfo* info = nullptr;
   std::string fqn;
   const metadata::ChunkStorageMetadata* chunk = nullptr;  // nullptr for a bytes item
+  DType dtype = DType::float32;                           // the saved tensor's dtype
   std::vector<std::size_t> items;                         // indices into the plan
   // Filled by the locate phase:
   record::TensorLocation location;
@@ -188,7 +189,10 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
       if (!g.info || !saved || saved->is_tensor() != is_tensor)
         throw Error(Errc::invalid_argument, "read item names no saved " + std::string(is_tensor ? "chunk" : "object"))
             .for_key(index.fqn);
-      if (is_tensor) g.chunk = &saved->tensor().chunks[*metadata_->chunk_position(index.fqn, *index.offset)];
+      if (is_tensor) {
+        g.chunk = &saved->tensor().chunks[*metadata_->chunk_position(index.fqn, *index.offset)];
+        g.dtype = saved->tensor().properties.dtype;
+      }
       groups.push_back(std::move(g));
     }
     Group& g = groups[it->second];
@@ -196,9 +200,8 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
     if (!is_tensor) continue;
     check_against_saved_chunk(item, *g.chunk);
     destinations[i] = planner.resolve_tensor(item);
-    const DType saved_dtype = md.find_item(index.fqn)->tensor().properties.dtype;
-    if (!can_convert(saved_dtype, destinations[i].dtype))
-      throw Error(Errc::unimplemented, "loading " + std::string(dtype_name(saved_dtype)) + " into " +
+    if (!can_convert(g.dtype, destinations[i].dtype))
+      throw Error(Errc::unimplemented, "loading " + std::string(dtype_name(g.dtype)) + " into " +
                                            std::string(dtype_name(destinations[i].dtype)) + " is not supported")
           .for_key(index.fqn);
   }
@@ -236,7 +239,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                               throw Error(e.code(), e.message()).at_offset(e.context().byte_offset.value_or(base + offset) - base);
                             }
                           });
-                          record::check_against_chunk(g.location, md.find_item(g.fqn)->tensor().properties.dtype,
+                          record::check_against_chunk(g.location, g.dtype,
                                                       g.chunk->sizes);
                         } catch (Error& e) {
                           throw e.add_offset(base);  // archive offsets -> file offsets
