@@ -6,17 +6,29 @@
 // `for_each_tensor` loads a whole checkpoint as full, unsharded tensors into dcp.memory
 // buffers, in bounded batches (what `dcpp load`/`verify`/`convert` and dcp.torch's at::Tensor
 // API build on), and `load_objects` decodes the BYTE_IO values. Nothing here includes a
-// libtorch header: the tensor-facing API is dcp.torch's. Later steps add save, async_save and
-// the Checkpointer. Imports every core module below it.
+// libtorch header: the tensor-facing API is dcp.torch's.
+//
+// `save` is torch's save sequence (local plans → coordinator's global plan → write → results →
+// `.metadata`) over a SavePlanner and a StorageWriter, on one process or across the ranks of a
+// `ProcessGroup` (an interface: dcp.dist implements it over c10d; `save_ranks` plays several
+// ranks in one process, as `dcpp convert --ranks` does). `Checkpointer` is torch's
+// _Checkpointer: save, async_save (stages the tensors into reusable host buffers, then writes
+// on a background thread; the caller may change its tensors once it returns) and load.
+// Imports every core module below it.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 export module dcp.checkpoint;
@@ -114,6 +126,97 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
 ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
                                      const LoadOptions& options = {}, const Progress& progress = {});
 
+// ---------------------------------------------------------------------------------------------
+// Saving.
+
+/// The collectives torch's save and load sequences need, over bytes, with `root` the
+/// coordinator. Every rank calls each collective in the same order. dcp.dist implements it
+/// over c10d (Gloo, NCCL); a null group means one process.
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  /// Every rank's `local`, in rank order, on `root`; empty elsewhere.
+  virtual std::vector<std::vector<std::byte>> gather(std::vector<std::byte> local, int root) = 0;
+  /// Rank r receives `per_rank[r]` (given on `root` only).
+  virtual std::vector<std::byte> scatter(std::vector<std::vector<std::byte>> per_rank, int root) = 0;
+  /// `root`'s bytes on every rank.
+  virtual std::vector<std::byte> broadcast(std::vector<std::byte> bytes, int root) = 0;
+};
+
+/// `size` ranks played by threads of one process: handle r is rank r's group (each handle used
+/// by one thread). For `save_ranks`, tests and simulations; the protocol is the one c10d runs.
+std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size);
+
+/// torch's save(state_dict, storage_writer, planner, process_group, coordinator_rank): every
+/// rank plans its items, the coordinator builds the global plan and metadata, every rank writes
+/// its items, and the coordinator writes `.metadata`. A failure on any rank makes every rank
+/// throw (the error names the failed rank) after the writer's `abort`. Returns the metadata.
+metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageWriter& writer,
+                        planning::SavePlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0);
+
+/// The same sequence for several ranks played in one process (rank r = `state_dicts[r]`,
+/// written through `writers[r]` and `planners[r]`; rank 0 coordinates). What `dcpp convert
+/// --ranks N` uses to write an N-rank checkpoint.
+metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_dicts,
+                              std::span<storage::StorageWriter* const> writers,
+                              std::span<planning::SavePlanner* const> planners);
+
+/// torch.chunk along dim 0 over `ranks`, as if each rank held its rows of every tensor
+/// (ChunkShardingSpec: ranks past the last non-empty part hold nothing); 0-dim and empty
+/// tensors and every object stay whole on rank 0. Chunks view `state_dict`'s memory.
+std::vector<planning::StateDict> split_rows(const planning::StateDict& state_dict, int ranks);
+
+/// Copies of a state dict's tensors in host memory that persist between saves: each
+/// `stage` copies every tensor chunk into a buffer kept for its (fqn, chunk), reallocated
+/// only when its size changes, and returns a state dict over those buffers (objects shared).
+class StagingArea {
+ public:
+  /// `allocate` as in LoadOptions (dcp.torch passes pinned memory when CUDA is present).
+  explicit StagingArea(std::function<memory::Buffer(std::uint64_t bytes)> allocate = {});
+  planning::StateDict stage(const planning::StateDict& state_dict);
+  /// Bytes held by the staging buffers.
+  std::uint64_t bytes() const noexcept;
+
+ private:
+  std::function<memory::Buffer(std::uint64_t)> allocate_;
+  std::unordered_map<std::string, memory::Buffer> buffers_;
+};
+
+/// torch's _Checkpointer: a storage writer and reader, an optional process group and planners
+/// (the defaults when null). At most one async save is in flight: `save`, `async_save` and
+/// `load` first wait for the previous one (its error, if any, stays in its future).
+class Checkpointer {
+ public:
+  Checkpointer(std::shared_ptr<storage::StorageWriter> storage_writer,
+               std::shared_ptr<storage::StorageReader> storage_reader, ProcessGroup* process_group = nullptr,
+               int coordinator_rank = 0, bool no_dist = false,
+               std::shared_ptr<planning::LoadPlanner> load_planner = nullptr,
+               std::shared_ptr<planning::SavePlanner> save_planner = nullptr,
+               std::function<memory::Buffer(std::uint64_t bytes)> allocate_staging = {});
+  ~Checkpointer();  ///< waits for an async save in flight
+  Checkpointer(const Checkpointer&) = delete;
+  Checkpointer& operator=(const Checkpointer&) = delete;
+
+  metadata::Metadata save(const planning::StateDict& state_dict);
+  /// Copies the tensors into the staging area (the only work done before returning), then
+  /// saves the copy on a background thread. Errors surface through the future.
+  std::future<metadata::Metadata> async_save(const planning::StateDict& state_dict);
+  storage::ReadReport load(planning::Destination& destination);
+
+ private:
+  void wait_for_pending();
+  std::shared_ptr<storage::StorageWriter> writer_;
+  std::shared_ptr<storage::StorageReader> reader_;
+  ProcessGroup* group_;
+  int coordinator_rank_;
+  std::shared_ptr<planning::LoadPlanner> load_planner_;
+  std::shared_ptr<planning::SavePlanner> save_planner_;
+  StagingArea staging_;
+  std::thread worker_;  // the async save in flight, if any
+};
+
 }  // namespace dcp::checkpoint
 
 // Not exported: shared by the implementation units (convert.cpp, safetensors.cpp,
@@ -121,7 +224,8 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
 namespace dcp::checkpoint::detail {
 
 /// The output of a conversion: a temporary file next to `out`, renamed over it by commit()
-/// and removed if the conversion fails first, so a failed conversion leaves nothing behind.
+/// (file and directory synced) and removed if the conversion fails first, so a failed
+/// conversion leaves nothing behind.
 class TempFile {
  public:
   explicit TempFile(const std::filesystem::path& out);
@@ -129,20 +233,17 @@ class TempFile {
   TempFile& operator=(const TempFile&) = delete;
   ~TempFile();
   /// Appends at the current position (buffered).
-  void write(std::span<const std::byte> data);
+  void write(std::span<const std::byte> data) { file_->write(data); }
   /// Writes at an absolute offset (unbuffered; pending appends are flushed first).
-  void write_at(std::span<const std::byte> data, std::uint64_t offset);
+  void write_at(std::span<const std::byte> data, std::uint64_t offset) { file_->write_at(data, offset); }
   /// Flushes, sets the final size (if given), syncs and renames the file over `out`.
   void commit(std::optional<std::uint64_t> size = std::nullopt);
 
  private:
-  void flush();
   std::filesystem::path out_;
-  std::string tmp_;
-  int fd_ = -1;
+  std::filesystem::path tmp_;
+  std::unique_ptr<storage::OutputFile> file_;
   bool committed_ = false;
-  std::uint64_t position_ = 0;
-  std::vector<std::byte> buffer_;
 };
 
 /// What a conversion's selection holds, in metadata order.

@@ -1,4 +1,5 @@
-// dcp.planning — the load half of torch's planner protocol: which saved bytes go where.
+// dcp.planning — torch's planner protocol, both halves: which saved bytes go where on load,
+// and which values become which saved items on save.
 //
 // dcp.planning does no I/O. A caller describes where values should land (`Destination`:
 // per fqn either a tensor's local chunks over caller-owned memory, or an object whose
@@ -20,10 +21,19 @@
 // chunks already proved inside their tensors and disjoint, their index built once), and plan
 // bytes from other ranks (`decode_plan`; `resolve_tensor` re-checks every item against the
 // destination, the storage layer against the saved chunk).
-// Imports: dcp.error, dcp.metadata, dcp.layout.
+//
+// The save half (`SavePlanner`, `DefaultSavePlanner`): a caller's `StateDict` (flat keys with
+// their nested paths, tensors as strided views of caller memory, objects as pickle values)
+// becomes a `SavePlan` of `WriteItem`s per rank; the coordinator de-duplicates replicated
+// items across ranks (`dedup_save_plans`) and builds the global `Metadata`
+// (`create_global_save_plan`, O(n log n) in chunks); the storage writer then asks
+// `resolve_data` for each item's bytes (a tensor chunk's memory, or an object's torch.save
+// archive) and reports `WriteResult`s that the coordinator puts into `.metadata`.
+// Imports: dcp.error, dcp.pickle, dcp.metadata, dcp.layout, dcp.record.
 module;
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -34,6 +44,7 @@ module;
 #include <vector>
 export module dcp.planning;
 import dcp.error;
+import dcp.pickle;
 import dcp.metadata;
 import dcp.layout;
 
@@ -208,6 +219,181 @@ class DefaultLoadPlanner : public LoadPlanner {
   bool is_coordinator_ = false;
   std::unordered_map<std::string, std::vector<std::byte>> bytes_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// The save half.
+
+/// What a WriteItem saves: a whole plain tensor, one local shard of a sharded tensor, or an
+/// object (torch.save'd into its own archive).
+enum class WriteItemType : std::uint8_t { tensor, shard, byte_io };
+
+/// The tensor facts of a WriteItem: the chunk it writes, and the whole tensor's properties
+/// and global size.
+struct TensorWriteData {
+  layout::Box chunk;
+  metadata::TensorProperties properties;
+  Shape size;
+  friend bool operator==(const TensorWriteData& a, const TensorWriteData& b);
+};
+
+/// One saved item. `index` is (fqn, chunk offsets) for tensors, (fqn) for objects; the global
+/// plan rewrites `index.index` to the chunk's position in the metadata chunk list.
+struct WriteItem {
+  metadata::MetadataIndex index;
+  WriteItemType type = WriteItemType::tensor;
+  std::optional<TensorWriteData> tensor_data;  ///< set for tensor and shard items
+  /// Bytes of the chunk's elements; nullopt for objects (torch's tensor_storage_size).
+  std::optional<std::uint64_t> tensor_storage_size() const;
+  friend bool operator==(const WriteItem& a, const WriteItem& b);
+};
+
+/// The writes of one rank. `storage_data` belongs to the storage writer (torch's
+/// `_StoragePrefix`: the filesystem writer puts the file prefix and its staging directory
+/// there in prepare_global_plan); `planner_data` is this rank's flat key → nested path map.
+struct SavePlan {
+  std::vector<WriteItem> items;
+  std::string storage_data;
+  std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> planner_data;
+  bool usable = true;
+  friend bool operator==(const SavePlan&, const SavePlan&) = default;
+};
+
+/// Where the writer put one item (gathered to the coordinator for `.metadata`).
+struct WriteResult {
+  metadata::MetadataIndex index;
+  std::uint64_t size_in_bytes = 0;
+  metadata::StorageInfo storage_data;
+};
+
+/// SavePlans and WriteResults as bytes for gather and scatter between ranks ("DSP1" / "DWR1",
+/// same conventions as encode_plan). Decoders throw data_loss with the byte offset.
+std::vector<std::byte> encode_save_plan(const SavePlan& plan);
+SavePlan decode_save_plan(std::span<const std::byte> bytes);
+std::vector<std::byte> encode_write_results(std::span<const WriteResult> results);
+std::vector<WriteResult> decode_write_results(std::span<const std::byte> bytes);
+
+/// A Python value to save as an object: node `id` of a shared pickle document (plain
+/// containers and scalars; tensors inside objects are not supported).
+struct ObjectValue {
+  std::shared_ptr<const pickle::Document> document;
+  pickle::NodeId id = pickle::kNoNode;
+  /// Scalars, for callers without a document at hand.
+  static ObjectValue integer(std::int64_t value);
+  static ObjectValue floating(double value);
+  static ObjectValue string(std::string_view utf8);
+  static ObjectValue boolean(bool value);
+  static ObjectValue none();
+};
+
+/// One chunk of a tensor to save: its offsets in the global tensor and its memory (sizes =
+/// `memory.sizes`, any strides). The save never writes through `memory.data`.
+struct SaveChunk {
+  Shape offsets;
+  TensorSlice memory;
+};
+
+/// A tensor to save: global size and properties, and the chunks this rank holds (one chunk
+/// at offset 0 covering the tensor for a plain tensor).
+struct SaveTensor {
+  Shape global_size;
+  metadata::TensorProperties properties;
+  std::vector<SaveChunk> chunks;
+  bool sharded = false;  ///< items are shards (ShardedTensor / DTensor), not a plain tensor
+};
+
+/// What a save writes: flat keys in insertion order, each with the nested path it came from
+/// (torch's flatten_state_dict: the fqn is the path joined with '.').
+class StateDict {
+ public:
+  using Value = std::variant<SaveTensor, ObjectValue>;
+  struct Entry {
+    std::string fqn;
+    std::vector<metadata::PathPart> path;
+    Value value;
+  };
+  /// A plain tensor over `memory` (replicated: every rank that adds it may be the one that
+  /// writes it). Throws invalid_argument (with the key) for a key that is already present
+  /// after flattening, an empty path, or an unsupported dtype.
+  void add_tensor(std::vector<metadata::PathPart> path, TensorSlice memory, bool requires_grad = false);
+  /// This rank's shards of a sharded tensor (none is allowed). Each chunk must lie inside
+  /// `global_size` and have `properties.dtype`.
+  void add_sharded_tensor(std::vector<metadata::PathPart> path, Shape global_size,
+                          metadata::TensorProperties properties, std::vector<SaveChunk> chunks);
+  void add_object(std::vector<metadata::PathPart> path, ObjectValue value);
+  /// nullptr when absent.
+  const Entry* find(std::string_view fqn) const;
+  const std::vector<Entry>& entries() const noexcept { return entries_; }
+  std::size_t size() const noexcept { return entries_.size(); }
+  /// Bytes of tensor elements this state dict holds locally.
+  std::uint64_t tensor_bytes() const;
+
+ private:
+  void insert(std::vector<metadata::PathPart> path, Value value);
+  std::vector<Entry> entries_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+/// torch's flattening of one path: parts joined with '.', list indices in decimal.
+std::string join_path(const std::vector<metadata::PathPart>& path);
+
+/// What `resolve_data` hands the writer: a tensor chunk's memory, or an object's whole
+/// torch.save archive.
+using ResolvedData = std::variant<TensorSlice, std::vector<std::byte>>;
+
+/// torch's SavePlanner protocol, called in this order: set_up_planner (all ranks),
+/// create_local_plan (all), create_global_plan (coordinator), finish_plan (all), then the
+/// storage writer's resolve_data per item.
+class SavePlanner {
+ public:
+  virtual ~SavePlanner() = default;
+  /// Keeps a reference to `state_dict` (it must outlive the save).
+  virtual void set_up_planner(const StateDict& state_dict, bool is_coordinator) = 0;
+  virtual SavePlan create_local_plan() = 0;
+  /// Gets every rank's local plan (rank order); returns each rank's plan and the global
+  /// Metadata (without storage_data: the writer's results fill it).
+  virtual std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_plan(std::vector<SavePlan> plans) = 0;
+  virtual SavePlan finish_plan(SavePlan central_plan) = 0;
+  virtual ResolvedData resolve_data(const WriteItem& item) = 0;
+};
+
+struct SavePlannerOptions {
+  /// Which torch the saved objects' archives and the metadata target.
+  metadata::Flavor flavor = metadata::Flavor::torch_2x;
+  /// A replicated item goes to the lowest rank holding it, instead of the rank with the
+  /// fewest bytes planned so far (torch's dedup_save_to_lowest_rank).
+  bool dedup_save_to_lowest_rank = false;
+};
+
+/// The default planner: one item per plain tensor, per local shard and per object, on every
+/// rank; the coordinator de-duplicates and builds the metadata.
+class DefaultSavePlanner : public SavePlanner {
+ public:
+  explicit DefaultSavePlanner(SavePlannerOptions options = {}) : options_(options) {}
+  void set_up_planner(const StateDict& state_dict, bool is_coordinator) override;
+  SavePlan create_local_plan() override;
+  /// Throws invalid_argument (with the key) when ranks disagree on a tensor's size or
+  /// properties, a key is a tensor on one rank and an object on another, shards overlap or
+  /// leave the tensor, or (after de-duplication) a tensor's chunks do not cover it.
+  std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_plan(std::vector<SavePlan> plans) override;
+  SavePlan finish_plan(SavePlan central_plan) override;
+  /// Throws invalid_argument when the item names nothing in the state dict; an object that
+  /// cannot be encoded throws unimplemented with its key.
+  ResolvedData resolve_data(const WriteItem& item) override;
+
+ private:
+  SavePlannerOptions options_;
+  const StateDict* state_dict_ = nullptr;
+  bool is_coordinator_ = false;
+};
+
+/// torch's dedup_save_plans: an item (by fqn and offsets) planned on several ranks is kept on
+/// one: the lowest rank, or the rank with the fewest bytes so far (objects count 1 byte).
+/// O(n log n) in items.
+std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank);
+/// torch's create_default_global_save_plan plus validation: the Metadata of every item in
+/// every plan (index hints rewritten to chunk positions), planner_data merged from every
+/// plan, and the chunks checked (inside the tensor, disjoint, covering it) in O(n log n).
+std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans);
 
 /// A node of a nested state dict rebuilt from flat keys: a hole (`none`, Python's None in a
 /// list), a leaf naming the flat key whose value goes there, a dict (string keys in

@@ -7,7 +7,8 @@
 // bytes it needs straight into destination memory. `parse_object` decodes a BYTE_IO item
 // into a pickle value tree with an allow-list of plain Python types (nothing is executed);
 // `object_to_json` renders such values. `StateDictPickler` writes torch.save's data.pkl for
-// `dcpp convert`. Untrusted input: every byte of the item.
+// `dcpp convert`; `write_tensor_archive` and `object_archive` write whole item archives as
+// torch 1.13's or 2.x's torch.save does, for the save path. Untrusted input: every byte of the item.
 // Imports: dcp.error, dcp.pickle, dcp.zip, dcp.metadata, dcp.json.
 module;
 #include <cstddef>
@@ -97,6 +98,8 @@ class StateDictPickler {
   void list_items(std::size_t count, const std::function<void(std::size_t)>& element);
   /// A decoded BYTE_IO value (its root).
   void object(const pickle::Document& doc);
+  /// Node `id` of a decoded value.
+  void object(const pickle::Document& doc, pickle::NodeId id);
   /// Appends STOP and returns data.pkl.
   std::vector<std::byte> finish();
 
@@ -111,5 +114,27 @@ class StateDictPickler {
   std::unordered_map<std::string, std::uint32_t> globals_;
   std::optional<std::uint32_t> storage_, cpu_;
 };
+
+/// Which torch.save an item archive copies: 1.13's records (data.pkl, data/<key>, version) or
+/// 2.x's (data.pkl, .format_version, .storage_alignment, byteorder, data/<key>, version,
+/// .data/serialization_id). Both torch versions load both.
+enum class ArchiveStyle : std::uint8_t { torch_1_13, torch_2x };
+
+/// Receives storage bytes in order.
+using StorageSink = std::function<void(std::span<const std::byte>)>;
+
+/// Writes, through `sink`, the torch.save archive DCP stores for one tensor item: a
+/// contiguous CPU tensor of `dtype` and `sizes` over storage "0", whose
+/// byte_size(sizes, dtype) bytes `write_storage` passes to the StorageSink it is given, in
+/// order and in any number of pieces (a wrong total throws invalid_argument). Returns the
+/// archive's length. Throws unimplemented for quantized dtypes.
+std::uint64_t write_tensor_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
+                                   DType dtype, const metadata::Shape& sizes,
+                                   const std::function<void(const StorageSink&)>& write_storage);
+
+/// The archive torch.save(value) writes for node `id` of `doc` (a BYTE_IO item). Throws
+/// unimplemented (naming the value) for tensors and other values torch.save would write
+/// with storages, resource_exhausted past the encoder's budget.
+std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeId id, ArchiveStyle style);
 
 }  // namespace dcp::record

@@ -150,6 +150,8 @@ void StateDictPickler::list_items(std::size_t count, const std::function<void(st
 
 void StateDictPickler::object(const pickle::Document& doc) { e_.value(doc, doc.root()); }
 
+void StateDictPickler::object(const pickle::Document& doc, pickle::NodeId id) { e_.value(doc, id); }
+
 std::vector<std::byte> StateDictPickler::finish() { return e_.finish(); }
 
 }  // namespace dcp::record

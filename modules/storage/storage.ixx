@@ -1,4 +1,4 @@
-// dcp.storage — reading checkpoint bytes from a directory, driven by Boost.Asio.
+// dcp.storage — reading and writing checkpoint bytes in a directory, driven by Boost.Asio.
 //
 // `FileSystemReader` is torch's FileSystemReader in C++ behind the `StorageReader` protocol
 // (read_metadata, set_up_storage_reader, prepare_local_plan, prepare_global_plan, read_data),
@@ -15,11 +15,22 @@
 // after), so workers share no mutable state; every exception is caught at the pool boundary
 // (out of memory as resource_exhausted). At most `max_open_files` files are open at once.
 // Every error names the file, key and byte offset in that file.
+//
+// `FileSystemWriter` is torch's FileSystemWriter behind the `StorageWriter` protocol
+// (set_up_storage_writer, prepare_local_plan, prepare_global_plan, write_data, finish): each
+// rank's items go into `__{rank}_{n}.distcp` files (n size-balanced files written in parallel
+// on an Asio pool, or one file per item), each item a torch.save archive of the chosen torch
+// version, and the coordinator writes `.metadata` last. Unlike torch it is crash-safe: the
+// whole checkpoint is written into a hidden staging directory beside the target, every file
+// and the directory are fsync'ed, and the staging directory is then swapped into place with
+// one atomic rename (renameat2 RENAME_EXCHANGE), so the target always holds the previous
+// complete checkpoint or the new complete one. docs/format.md, "Saving", has the details.
 // Imports: dcp.error, dcp.metadata, dcp.planning, dcp.record, dcp.zip.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -107,6 +118,129 @@ class FileSystemReader : public StorageReader {
   std::optional<metadata::ValidatedMetadata> metadata_;
 };
 
+/// dtypes that `copy_box` converts between (floating, integer and bool types), as torch's
+/// `copy_` does.
+bool can_convert(DType from, DType to) noexcept;
+/// Copies the box `lengths` from `src` (strides in elements, dtype `src_dtype`) to `dst`,
+/// converting each element when the dtypes differ (torch's `static_cast` semantics: floats to
+/// integers truncate toward zero, to float16/bfloat16 round to nearest even through float32).
+/// The caller checked can_convert and that both boxes lie in their memory.
+void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtype, const std::byte* src,
+              const metadata::Shape& src_strides, DType src_dtype, const metadata::Shape& lengths);
+
+/// A file being written: small appends are buffered, large ones go straight from the caller's
+/// memory. The destructor closes the file (it never removes it). Errors name the path.
+class OutputFile {
+ public:
+  /// Creates `path`, which must not exist when `exclusive` (else it is truncated).
+  OutputFile(std::filesystem::path path, bool exclusive);
+  ~OutputFile();
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  /// Appends at the current position.
+  void write(std::span<const std::byte> data);
+  /// Writes at an absolute offset (pending appends are flushed first).
+  void write_at(std::span<const std::byte> data, std::uint64_t offset);
+  /// Bytes appended so far.
+  std::uint64_t position() const noexcept { return position_; }
+  /// Flushes, sets the size (if given), fsyncs (if `sync`) and closes.
+  void close(bool sync, std::optional<std::uint64_t> size = std::nullopt);
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  void flush();
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::uint64_t position_ = 0;
+  std::vector<std::byte> buffer_;
+};
+
+/// fsync of a directory: makes the creation, renaming and removal of its entries durable.
+void sync_directory(const std::filesystem::path& dir);
+
+/// How a FileSystemWriter writes.
+struct WriteOptions {
+  /// The torch whose layout and metadata classes the checkpoint uses.
+  metadata::Flavor format = metadata::Flavor::torch_2x;
+  /// Files per rank (torch's thread_count), written in parallel, items size-balanced over
+  /// them; 0 = min(hardware threads, 8). Ignored with single_file_per_rank false.
+  int files_per_rank = 0;
+  /// torch's single_file_per_rank: false writes one file per item.
+  bool single_file_per_rank = true;
+  /// fsync every file and directory (torch's sync_files). Off only for benchmarks and tests.
+  bool sync_files = true;
+  /// Replace a checkpoint that is already there (torch 2.x defaults to true; we refuse unless
+  /// asked).
+  bool overwrite = false;
+  /// Largest bounce buffer for a strided tensor chunk (one per writing thread at a time).
+  std::uint64_t bounce_bytes = std::uint64_t{16} << 20;
+  /// Called after each item is written, with its tensor bytes (0 for an object), from the
+  /// writing threads one at a time.
+  std::function<void(std::uint64_t bytes)> progress;
+};
+
+/// torch's StorageWriter protocol, called in this order: set_up_storage_writer (all ranks),
+/// prepare_local_plan (all), prepare_global_plan (coordinator), write_data (all), finish
+/// (coordinator, with every rank's results). `abort` (any rank, after a failure anywhere)
+/// removes what this save wrote.
+class StorageWriter {
+ public:
+  virtual ~StorageWriter() = default;
+  /// Starts a new save (torch's reset: a new save id), into `checkpoint_id` when given.
+  virtual void reset(std::optional<std::filesystem::path> checkpoint_id = std::nullopt) { (void)checkpoint_id; }
+  virtual void set_up_storage_writer(bool is_coordinator, int rank, int world_size) = 0;
+  virtual planning::SavePlan prepare_local_plan(planning::SavePlan plan) { return plan; }
+  virtual std::vector<planning::SavePlan> prepare_global_plan(std::vector<planning::SavePlan> plans) { return plans; }
+  /// Writes every item of `plan`, asking the planner for each item's data.
+  virtual std::vector<planning::WriteResult> write_data(const planning::SavePlan& plan, planning::SavePlanner& planner) = 0;
+  /// Completes the checkpoint: `metadata` (from the global plan) gets storage_data from the
+  /// results; returns the metadata written.
+  virtual metadata::Metadata finish(metadata::Metadata metadata,
+                                    const std::vector<std::vector<planning::WriteResult>>& results) = 0;
+  /// Undoes an unfinished save (best effort, never throws).
+  virtual void abort() noexcept {}
+};
+
+class FileSystemWriter : public StorageWriter {
+ public:
+  explicit FileSystemWriter(std::filesystem::path checkpoint_dir, WriteOptions options = {});
+  ~FileSystemWriter() override;
+  FileSystemWriter(const FileSystemWriter&) = delete;
+  FileSystemWriter& operator=(const FileSystemWriter&) = delete;
+
+  /// Checks the target: a missing or empty directory, or (with overwrite) one that holds only
+  /// a checkpoint's files. Throws failed_precondition (with the path) otherwise, and when
+  /// another save into the same target is in progress (an flock on the target).
+  void set_up_storage_writer(bool is_coordinator, int rank, int world_size) override;
+  /// Coordinator: creates the staging directory and gives plan i the file prefix `__{i}_`.
+  std::vector<planning::SavePlan> prepare_global_plan(std::vector<planning::SavePlan> plans) override;
+  std::vector<planning::WriteResult> write_data(const planning::SavePlan& plan, planning::SavePlanner& planner) override;
+  /// Writes `.metadata` into the staging directory, syncs it and swaps it into place, then
+  /// removes the previous checkpoint.
+  metadata::Metadata finish(metadata::Metadata metadata,
+                            const std::vector<std::vector<planning::WriteResult>>& results) override;
+  void abort() noexcept override;
+
+  const std::filesystem::path& directory() const { return dir_; }
+  const WriteOptions& options() const { return options_; }
+  /// Restarts the writer for another save (a new save id), into `checkpoint_dir` if given.
+  void reset(std::optional<std::filesystem::path> checkpoint_dir = std::nullopt) override;
+
+ private:
+  struct Lock;
+  std::filesystem::path dir_;
+  WriteOptions options_;
+  std::string save_id_;
+  bool is_coordinator_ = true;
+  int rank_ = 0;
+  std::filesystem::path staging_;  // set by prepare_global_plan (coordinator) or write_data
+  bool created_target_ = false;    // set_up made the target directory (abort removes it if empty)
+  std::unique_ptr<Lock> lock_;
+};
+
+/// Staging directories a crashed save left beside `checkpoint_dir`.
+std::vector<std::filesystem::path> stale_staging_dirs(const std::filesystem::path& checkpoint_dir);
+
 }  // namespace dcp::storage
 
 namespace dcp::storage {
@@ -162,13 +296,4 @@ struct ReadPiece {
 bool read_pieces_uring(const FileTable& files, const std::vector<ReadPiece>& pieces, std::size_t in_flight,
                        std::vector<std::optional<Error>>& errors);
 
-/// dtypes that `copy_box` converts between (floating, integer and bool types), as torch's
-/// `copy_` does.
-bool can_convert(DType from, DType to) noexcept;
-/// Copies the box `lengths` from `src` (strides in elements, dtype `src_dtype`) to `dst`,
-/// converting each element when the dtypes differ (torch's `static_cast` semantics: floats to
-/// integers truncate toward zero, to float16/bfloat16 round to nearest even through float32).
-/// The caller checked can_convert and that both boxes lie in their memory.
-void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtype, const std::byte* src,
-              const metadata::Shape& src_strides, DType src_dtype, const metadata::Shape& lengths);
 }  // namespace dcp::storage

@@ -1,0 +1,120 @@
+// torch's _Checkpointer, and the staging area behind async_save.
+module;
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <variant>
+#include <vector>
+module dcp.checkpoint;
+import dcp.error;
+import dcp.layout;
+import dcp.metadata;
+import dcp.planning;
+import dcp.memory;
+import dcp.storage;
+
+namespace dcp::checkpoint {
+
+StagingArea::StagingArea(std::function<memory::Buffer(std::uint64_t)> allocate) : allocate_(std::move(allocate)) {}
+
+std::uint64_t StagingArea::bytes() const noexcept {
+  std::uint64_t total = 0;
+  for (const auto& [key, buffer] : buffers_) total += buffer.size();
+  return total;
+}
+
+planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
+  planning::StateDict staged;
+  for (const auto& entry : state_dict.entries()) {
+    const auto* tensor = std::get_if<planning::SaveTensor>(&entry.value);
+    if (!tensor) {
+      staged.add_object(entry.path, std::get<planning::ObjectValue>(entry.value));
+      continue;
+    }
+    std::vector<planning::SaveChunk> chunks;
+    for (std::size_t c = 0; c < tensor->chunks.size(); ++c) {
+      const auto& source = tensor->chunks[c].memory;
+      const auto bytes = metadata::byte_size(source.sizes, source.dtype);
+      auto& buffer = buffers_[entry.fqn + '\n' + std::to_string(c)];
+      if (buffer.size() != bytes || !buffer.data()) {
+        buffer = memory::Buffer();  // free first: the peak stays one copy
+        try {
+          buffer = allocate_ ? allocate_(bytes) : memory::allocate(bytes);
+        } catch (Error& e) {
+          e.for_key(entry.fqn);
+          throw;
+        }
+        if (buffer.size() < bytes)
+          throw Error(Errc::internal, "staging allocator gave " + std::to_string(buffer.size()) + " bytes for " +
+                                          std::to_string(bytes)).for_key(entry.fqn);
+      }
+      auto copy = planning::contiguous_slice(buffer.data(), source.dtype, source.sizes);
+      if (bytes != 0) {
+        if (planning::is_contiguous(source)) std::memcpy(copy.data, source.data, static_cast<std::size_t>(bytes));
+        else storage::copy_box(copy.data, copy.strides, copy.dtype, source.data, source.strides, source.dtype, source.sizes);
+      }
+      chunks.push_back({tensor->chunks[c].offsets, std::move(copy)});
+    }
+    if (tensor->sharded) {
+      staged.add_sharded_tensor(entry.path, tensor->global_size, tensor->properties, std::move(chunks));
+    } else {
+      staged.add_tensor(entry.path, chunks.at(0).memory, tensor->properties.requires_grad);
+    }
+  }
+  return staged;
+}
+
+Checkpointer::Checkpointer(std::shared_ptr<storage::StorageWriter> storage_writer,
+                           std::shared_ptr<storage::StorageReader> storage_reader, ProcessGroup* process_group,
+                           int coordinator_rank, bool no_dist, std::shared_ptr<planning::LoadPlanner> load_planner,
+                           std::shared_ptr<planning::SavePlanner> save_planner,
+                           std::function<memory::Buffer(std::uint64_t)> allocate_staging)
+    : writer_(std::move(storage_writer)),
+      reader_(std::move(storage_reader)),
+      group_(no_dist ? nullptr : process_group),
+      coordinator_rank_(no_dist ? 0 : coordinator_rank),
+      load_planner_(load_planner ? std::move(load_planner) : std::make_shared<planning::DefaultLoadPlanner>()),
+      save_planner_(save_planner ? std::move(save_planner) : std::make_shared<planning::DefaultSavePlanner>()),
+      staging_(std::move(allocate_staging)) {}
+
+Checkpointer::~Checkpointer() { wait_for_pending(); }
+
+void Checkpointer::wait_for_pending() {
+  if (worker_.joinable()) worker_.join();  // the outcome stays in the caller's future
+}
+
+metadata::Metadata Checkpointer::save(const planning::StateDict& state_dict) {
+  wait_for_pending();
+  if (!writer_) throw Error(Errc::failed_precondition, "this Checkpointer has no storage writer");
+  return checkpoint::save(state_dict, *writer_, *save_planner_, group_, coordinator_rank_);
+}
+
+std::future<metadata::Metadata> Checkpointer::async_save(const planning::StateDict& state_dict) {
+  wait_for_pending();  // the staging buffers are free again
+  if (!writer_) throw Error(Errc::failed_precondition, "this Checkpointer has no storage writer");
+  auto staged = std::make_shared<planning::StateDict>(staging_.stage(state_dict));
+  std::promise<metadata::Metadata> promise;
+  auto future = promise.get_future();
+  worker_ = std::thread([this, staged = std::move(staged), promise = std::move(promise)]() mutable {
+    try {
+      promise.set_value(checkpoint::save(*staged, *writer_, *save_planner_, group_, coordinator_rank_));
+    } catch (...) {
+      promise.set_exception(std::current_exception());
+    }
+  });
+  return future;
+}
+
+storage::ReadReport Checkpointer::load(planning::Destination& destination) {
+  wait_for_pending();
+  if (!reader_) throw Error(Errc::failed_precondition, "this Checkpointer has no storage reader");
+  return checkpoint::load(destination, *reader_, *load_planner_);
+}
+
+}  // namespace dcp::checkpoint

@@ -1,0 +1,344 @@
+// The save half of the planner protocol: state dicts, write items, de-duplication and the
+// coordinator's global plan (torch's default_planner.py and _dedup_save_plans.py).
+module;
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+module dcp.planning;
+import dcp.error;
+import dcp.pickle;
+import dcp.metadata;
+import dcp.layout;
+import dcp.record;
+
+namespace dcp::planning {
+
+std::optional<std::uint64_t> WriteItem::tensor_storage_size() const {
+  if (!tensor_data) return std::nullopt;
+  return metadata::byte_size(tensor_data->chunk.sizes, tensor_data->properties.dtype);
+}
+
+static bool same_index(const metadata::MetadataIndex& a, const metadata::MetadataIndex& b) {
+  return a.fqn == b.fqn && a.offset == b.offset && a.index == b.index;
+}
+
+bool operator==(const TensorWriteData& a, const TensorWriteData& b) {
+  const auto& p = a.properties;
+  const auto& q = b.properties;
+  return a.chunk == b.chunk && a.size == b.size && p.dtype == q.dtype && p.requires_grad == q.requires_grad &&
+         p.memory_format == q.memory_format && p.pin_memory == q.pin_memory;
+}
+
+bool operator==(const WriteItem& a, const WriteItem& b) {
+  return same_index(a.index, b.index) && a.type == b.type && a.tensor_data == b.tensor_data;
+}
+
+// ---- Objects ---------------------------------------------------------------------------------
+
+namespace {
+template <class Add>
+ObjectValue make_scalar(Add add) {
+  auto doc = std::make_shared<pickle::Document>();
+  const auto id = add(*doc);
+  doc->set_root(id);
+  return ObjectValue{std::move(doc), id};
+}
+}  // namespace
+
+ObjectValue ObjectValue::integer(std::int64_t value) {
+  return make_scalar([&](pickle::Document& d) { return d.add_integer(0, value); });
+}
+ObjectValue ObjectValue::floating(double value) {
+  return make_scalar([&](pickle::Document& d) { return d.add_floating(0, value); });
+}
+ObjectValue ObjectValue::string(std::string_view utf8) {
+  return make_scalar([&](pickle::Document& d) { return d.add_text(pickle::NodeKind::string, 0, utf8); });
+}
+ObjectValue ObjectValue::boolean(bool value) {
+  return make_scalar([&](pickle::Document&) { return value ? pickle::Document::kTrue : pickle::Document::kFalse; });
+}
+ObjectValue ObjectValue::none() {
+  return make_scalar([&](pickle::Document&) { return pickle::Document::kNone; });
+}
+
+// ---- StateDict --------------------------------------------------------------------------------
+
+std::string join_path(const std::vector<metadata::PathPart>& path) {
+  std::string fqn;
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    if (i) fqn += '.';
+    if (const auto* key = std::get_if<std::string>(&path[i])) fqn += *key;
+    else fqn += std::to_string(std::get<std::int64_t>(path[i]));
+  }
+  return fqn;
+}
+
+void StateDict::insert(std::vector<metadata::PathPart> path, Value value) {
+  if (path.empty()) throw Error(Errc::invalid_argument, "a state dict entry needs a non-empty path");
+  std::string fqn = join_path(path);
+  if (index_.contains(fqn))
+    fail_for_key(Errc::invalid_argument, fqn, "the state dict holds this key twice after flattening");
+  index_.emplace(fqn, entries_.size());
+  entries_.push_back(Entry{std::move(fqn), std::move(path), std::move(value)});
+}
+
+namespace {
+void check_chunk_memory(std::string_view fqn, DType dtype, const SaveChunk& chunk, const Shape& global_size) {
+  const auto& m = chunk.memory;
+  if (dtype_info(dtype).rebuild == TensorRebuild::none)
+    fail_for_key(Errc::unimplemented, fqn, std::string("saving ") + std::string(dtype_name(dtype)) + " tensors is not supported");
+  if (m.dtype != dtype)
+    fail_for_key(Errc::invalid_argument, fqn, std::string("chunk memory is ") + std::string(dtype_name(m.dtype)) +
+                                                  ", the tensor " + std::string(dtype_name(dtype)));
+  if (m.strides.size() != m.sizes.size())
+    fail_for_key(Errc::invalid_argument, fqn, "chunk memory has " + std::to_string(m.strides.size()) + " strides for " +
+                                                  std::to_string(m.sizes.size()) + " dims");
+  for (auto s : m.strides)
+    if (s < 0) fail_for_key(Errc::invalid_argument, fqn, "chunk memory has a negative stride");
+  const layout::Box box{chunk.offsets, m.sizes};
+  if (!layout::is_inside(box, global_size))
+    fail_for_key(Errc::invalid_argument, fqn, "chunk " + layout::format_box(box) + " lies outside the tensor of shape " +
+                                                  layout::format_shape(global_size));
+  if (!m.data && numel(m) != 0) fail_for_key(Errc::invalid_argument, fqn, "chunk has no memory");
+}
+}  // namespace
+
+void StateDict::add_tensor(std::vector<metadata::PathPart> path, TensorSlice memory, bool requires_grad) {
+  SaveTensor t;
+  t.global_size = memory.sizes;
+  t.properties.dtype = memory.dtype;
+  t.properties.requires_grad = requires_grad;
+  t.chunks.push_back(SaveChunk{Shape(memory.sizes.size(), 0), std::move(memory)});
+  check_chunk_memory(join_path(path), t.properties.dtype, t.chunks[0], t.global_size);
+  insert(std::move(path), std::move(t));
+}
+
+void StateDict::add_sharded_tensor(std::vector<metadata::PathPart> path, Shape global_size,
+                                   metadata::TensorProperties properties, std::vector<SaveChunk> chunks) {
+  const auto fqn = join_path(path);
+  for (auto s : global_size)
+    if (s < 0) fail_for_key(Errc::invalid_argument, fqn, "negative size in " + layout::format_shape(global_size));
+  for (const auto& c : chunks) check_chunk_memory(fqn, properties.dtype, c, global_size);
+  insert(std::move(path), SaveTensor{std::move(global_size), properties, std::move(chunks), /*sharded=*/true});
+}
+
+void StateDict::add_object(std::vector<metadata::PathPart> path, ObjectValue value) {
+  if (!value.document || value.id == pickle::kNoNode || value.id >= value.document->size())
+    fail_for_key(Errc::invalid_argument, join_path(path), "object value without a document node");
+  insert(std::move(path), std::move(value));
+}
+
+const StateDict::Entry* StateDict::find(std::string_view fqn) const {
+  auto it = index_.find(std::string(fqn));
+  return it == index_.end() ? nullptr : &entries_[it->second];
+}
+
+std::uint64_t StateDict::tensor_bytes() const {
+  std::uint64_t total = 0;
+  for (const auto& e : entries_)
+    if (const auto* t = std::get_if<SaveTensor>(&e.value))
+      for (const auto& c : t->chunks) total = add_or_throw(total, metadata::byte_size(c.memory.sizes, c.memory.dtype), "state dict bytes");
+  return total;
+}
+
+// ---- DefaultSavePlanner -----------------------------------------------------------------------
+
+void DefaultSavePlanner::set_up_planner(const StateDict& state_dict, bool is_coordinator) {
+  state_dict_ = &state_dict;
+  is_coordinator_ = is_coordinator;
+}
+
+SavePlan DefaultSavePlanner::create_local_plan() {
+  if (!state_dict_) throw Error(Errc::failed_precondition, "create_local_plan before set_up_planner");
+  SavePlan plan;
+  for (const auto& entry : state_dict_->entries()) {
+    plan.planner_data.emplace_back(entry.fqn, entry.path);
+    if (const auto* t = std::get_if<SaveTensor>(&entry.value)) {
+      for (const auto& chunk : t->chunks) {
+        WriteItem item;
+        item.index = metadata::MetadataIndex{entry.fqn, chunk.offsets, std::nullopt};
+        item.type = t->sharded ? WriteItemType::shard : WriteItemType::tensor;
+        item.tensor_data = TensorWriteData{layout::Box{chunk.offsets, chunk.memory.sizes}, t->properties, t->global_size};
+        plan.items.push_back(std::move(item));
+      }
+    } else {
+      WriteItem item;
+      item.index = metadata::MetadataIndex{entry.fqn, std::nullopt, std::nullopt};
+      item.type = WriteItemType::byte_io;
+      plan.items.push_back(std::move(item));
+    }
+  }
+  return plan;
+}
+
+std::pair<std::vector<SavePlan>, metadata::Metadata> DefaultSavePlanner::create_global_plan(std::vector<SavePlan> plans) {
+  auto global = create_global_save_plan(dedup_save_plans(std::move(plans), options_.dedup_save_to_lowest_rank));
+  global.second.flavor = options_.flavor;
+  return global;
+}
+
+SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) { return central_plan; }
+
+ResolvedData DefaultSavePlanner::resolve_data(const WriteItem& item) {
+  if (!state_dict_) throw Error(Errc::failed_precondition, "resolve_data before set_up_planner");
+  const auto* entry = state_dict_->find(item.index.fqn);
+  if (!entry) fail_for_key(Errc::invalid_argument, item.index.fqn, "write item names no state dict entry");
+  if (item.type == WriteItemType::byte_io) {
+    const auto* object = std::get_if<ObjectValue>(&entry->value);
+    if (!object) fail_for_key(Errc::invalid_argument, item.index.fqn, "object write item for a tensor entry");
+    try {
+      const auto style = options_.flavor == metadata::Flavor::torch_1_13 ? record::ArchiveStyle::torch_1_13
+                                                                          : record::ArchiveStyle::torch_2x;
+      return record::object_archive(*object->document, object->id, style);
+    } catch (Error& e) {
+      e.for_key(item.index.fqn);
+      throw;
+    }
+  }
+  const auto* tensor = std::get_if<SaveTensor>(&entry->value);
+  if (!tensor || !item.index.offset)
+    fail_for_key(Errc::invalid_argument, item.index.fqn, "tensor write item for an object entry");
+  for (const auto& chunk : tensor->chunks)
+    if (chunk.offsets == *item.index.offset) return chunk.memory;
+  fail_for_key(Errc::invalid_argument, item.index.fqn,
+               "no local chunk at offsets " + layout::format_shape(*item.index.offset));
+}
+
+// ---- Global planning --------------------------------------------------------------------------
+
+namespace {
+// (fqn, offsets) as one map key; offsets absent for objects.
+std::string item_key(const metadata::MetadataIndex& index) {
+  std::string key = index.fqn;
+  key += '\0';
+  if (index.offset)
+    for (auto o : *index.offset) key += std::to_string(o) + ',';
+  else
+    key += '-';
+  return key;
+}
+}  // namespace
+
+std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
+  struct Holders {
+    std::vector<std::size_t> plans;  // ascending: plans are visited in order
+    std::uint64_t size = 1;          // objects count 1, as in torch
+  };
+  std::unordered_map<std::string, std::size_t> where;  // key → position in `order`
+  std::vector<Holders> order;
+  for (std::size_t p = 0; p < plans.size(); ++p)
+    for (const auto& item : plans[p].items) {
+      auto [it, fresh] = where.emplace(item_key(item.index), order.size());
+      if (fresh) order.push_back(Holders{{}, item.tensor_storage_size().value_or(1)});
+      auto& holders = order[it->second].plans;
+      if (holders.empty() || holders.back() != p) holders.push_back(p);
+    }
+  // Keys in first-seen order (torch iterates its dict in insertion order); each goes to the
+  // lowest rank, or the rank with the fewest bytes so far (ties: the lowest rank).
+  std::vector<std::uint64_t> planned(plans.size(), 0);
+  std::vector<std::size_t> keeper(order.size());
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const auto& holders = order[k].plans;
+    std::size_t best = holders.front();
+    if (!save_to_lowest_rank)
+      for (auto p : holders)
+        if (planned[p] < planned[best]) best = p;
+    keeper[k] = best;
+    planned[best] += order[k].size;
+  }
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    auto& items = plans[p].items;
+    std::erase_if(items, [&](const WriteItem& item) { return keeper[where.at(item_key(item.index))] != p; });
+  }
+  return plans;
+}
+
+std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
+  metadata::Metadata md;
+  std::unordered_map<std::string, std::size_t> item_of;  // fqn → position in md.items
+  std::vector<bool> has_plain;                           // per md item: a non-shard item was seen
+  for (auto& plan : plans) {
+    for (auto& item : plan.items) {
+      const auto& fqn = item.index.fqn;
+      auto [it, fresh] = item_of.emplace(fqn, md.items.size());
+      if (item.type == WriteItemType::byte_io) {
+        if (!fresh) fail_for_key(Errc::invalid_argument, fqn, "saved twice, or as an object and as a tensor");
+        md.items.push_back(metadata::ItemMetadata{fqn, metadata::BytesStorageMetadata{}, 0});
+        has_plain.push_back(true);
+        continue;
+      }
+      if (!item.tensor_data || !item.index.offset || *item.index.offset != item.tensor_data->chunk.offsets)
+        fail_for_key(Errc::invalid_argument, fqn, "tensor write item without matching chunk data");
+      const auto& data = *item.tensor_data;
+      if (fresh) {
+        md.items.push_back(metadata::ItemMetadata{fqn, metadata::TensorStorageMetadata{data.properties, data.size, {}}, 0});
+        has_plain.push_back(false);
+      }
+      auto& entry = md.items[it->second];
+      if (!entry.is_tensor()) fail_for_key(Errc::invalid_argument, fqn, "saved as an object and as a tensor");
+      auto& tensor = std::get<metadata::TensorStorageMetadata>(entry.storage);
+      if (tensor.size != data.size)
+        fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the global size: " + layout::format_shape(tensor.size) +
+                                                      " and " + layout::format_shape(data.size));
+      const auto& a = tensor.properties;
+      const auto& b = data.properties;
+      if (a.dtype != b.dtype || a.requires_grad != b.requires_grad || a.memory_format != b.memory_format ||
+          a.pin_memory != b.pin_memory)
+        fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the tensor's properties (dtype " +
+                                                      std::string(dtype_name(a.dtype)) + " and " +
+                                                      std::string(dtype_name(b.dtype)) + ")");
+      if (item.type == WriteItemType::tensor) {
+        if (has_plain[it->second] || !tensor.chunks.empty())
+          fail_for_key(Errc::invalid_argument, fqn, "a plain tensor saved twice, or also as shards");
+        has_plain[it->second] = true;
+      } else if (has_plain[it->second]) {
+        fail_for_key(Errc::invalid_argument, fqn, "shards of a tensor that is also saved plain");
+      }
+      item.index.index = static_cast<std::int64_t>(tensor.chunks.size());
+      tensor.chunks.push_back(metadata::ChunkStorageMetadata{data.chunk.offsets, data.chunk.sizes, 0});
+    }
+  }
+  // The chunks must tile each tensor: inside, disjoint (bounding-box tree), and covering it.
+  for (const auto& entry : md.items) {
+    if (!entry.is_tensor()) continue;
+    const auto& t = entry.tensor();
+    std::vector<layout::Box> boxes;
+    boxes.reserve(t.chunks.size());
+    std::uint64_t covered = 0;
+    for (const auto& c : t.chunks) {
+      if (!layout::is_inside(c.box(), t.size))
+        fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + layout::format_box(c.box()) +
+                                                            " lies outside the tensor of shape " + layout::format_shape(t.size));
+      covered = add_or_throw(covered, layout::volume(c.box()), "chunk volume");
+      boxes.push_back(c.box());
+    }
+    const layout::ChunkIndex index(std::move(boxes));
+    if (const auto& pair = index.first_overlap())
+      fail_for_key(Errc::invalid_argument, entry.fqn, "chunks " + layout::format_box(index.box(pair->first)) + " and " +
+                                                          layout::format_box(index.box(pair->second)) + " overlap");
+    const auto total = layout::volume(layout::full_box(t.size));
+    if (covered != total)
+      fail_for_key(Errc::invalid_argument, entry.fqn, "the saved chunks cover " + std::to_string(covered) + " of " +
+                                                          std::to_string(total) + " elements");
+  }
+  // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
+  std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
+  std::unordered_map<std::string, bool> seen;
+  for (const auto& plan : plans)
+    for (const auto& [fqn, path] : plan.planner_data)
+      if (item_of.contains(fqn) && seen.emplace(fqn, true).second) paths.emplace_back(fqn, path);
+  md.planner_data = std::move(paths);
+  md.reindex();
+  return {std::move(plans), std::move(md)};
+}
+
+}  // namespace dcp::planning

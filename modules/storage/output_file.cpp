@@ -1,0 +1,85 @@
+// Files being written: buffered appends, direct large writes, fsync; and directory fsync.
+module;
+#include <fcntl.h>
+#include <unistd.h>
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+module dcp.storage;
+import dcp.error;
+
+namespace dcp::storage {
+namespace {
+constexpr std::size_t kWriteBuffer = std::size_t{8} << 20;
+}  // namespace
+
+OutputFile::OutputFile(std::filesystem::path path, bool exclusive) : path_(std::move(path)) {
+  const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC);
+  fd_ = ::open(path_.c_str(), flags, 0644);
+  if (fd_ < 0) throw os_error(path_, "cannot create", errno);
+}
+
+OutputFile::~OutputFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void OutputFile::write(std::span<const std::byte> data) {
+  if (buffer_.size() + data.size() > kWriteBuffer) flush();
+  if (data.size() >= kWriteBuffer) {
+    write_at(data, position_);
+  } else {
+    if (buffer_.capacity() < kWriteBuffer) buffer_.reserve(kWriteBuffer);
+    buffer_.insert(buffer_.end(), data.begin(), data.end());
+  }
+  position_ += data.size();
+}
+
+void OutputFile::write_at(std::span<const std::byte> data, std::uint64_t offset) {
+  flush();
+  while (!data.empty()) {
+    const auto chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
+    const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw os_error(path_, "cannot write", errno).at_offset(offset);
+    }
+    data = data.subspan(static_cast<std::size_t>(n));
+    offset += static_cast<std::uint64_t>(n);
+  }
+}
+
+void OutputFile::flush() {
+  if (buffer_.empty()) return;
+  std::vector<std::byte> pending;
+  pending.swap(buffer_);
+  write_at(pending, position_ - pending.size());
+  pending.clear();
+  buffer_.swap(pending);  // keeps the capacity
+}
+
+void OutputFile::close(bool sync, std::optional<std::uint64_t> size) {
+  flush();
+  if (size && ::ftruncate(fd_, static_cast<off_t>(*size)) != 0) throw os_error(path_, "cannot set the size", errno);
+  if (sync && ::fsync(fd_) != 0) throw os_error(path_, "cannot sync", errno);
+  const int fd = std::exchange(fd_, -1);
+  if (::close(fd) != 0) throw os_error(path_, "cannot close", errno);
+}
+
+void sync_directory(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw os_error(dir, "cannot open directory", errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw os_error(dir, "cannot sync directory", err);
+}
+
+}  // namespace dcp::storage
