@@ -19,9 +19,13 @@ import dcp.error;
 namespace dcp::storage {
 namespace {
 constexpr std::size_t kWriteBuffer = std::size_t{8} << 20;
+// Writeback is started per this many bytes, and waited for one window later: the dirty pages
+// of a file stay within about two windows, and the disk works while we copy.
+constexpr std::uint64_t kWriteBehindWindow = std::uint64_t{32} << 20;
 }  // namespace
 
-OutputFile::OutputFile(std::filesystem::path path, bool exclusive) : path_(std::move(path)) {
+OutputFile::OutputFile(std::filesystem::path path, bool exclusive, bool write_behind)
+    : path_(std::move(path)), write_behind_(write_behind) {
   const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC);
   fd_ = ::open(path_.c_str(), flags, 0644);
   if (fd_ < 0) throw os_error(path_, "cannot create", errno);
@@ -53,6 +57,22 @@ void OutputFile::write_at(std::span<const std::byte> data, std::uint64_t offset)
     }
     data = data.subspan(static_cast<std::size_t>(n));
     offset += static_cast<std::uint64_t>(n);
+  }
+  if (write_behind_) write_behind(offset);
+}
+
+void OutputFile::write_behind(std::uint64_t end) {
+  // Best effort: a failure here shows up again at fsync, which reports it.
+  while (end >= started_ + kWriteBehindWindow) {
+    if (started_ >= waited_ + 2 * kWriteBehindWindow) {  // all but the latest window
+      const auto until = started_ - kWriteBehindWindow;
+      (void)::sync_file_range(fd_, static_cast<off_t>(waited_), static_cast<off_t>(until - waited_),
+                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      waited_ = until;
+    }
+    (void)::sync_file_range(fd_, static_cast<off_t>(started_), static_cast<off_t>(kWriteBehindWindow),
+                            SYNC_FILE_RANGE_WRITE);
+    started_ += kWriteBehindWindow;
   }
 }
 

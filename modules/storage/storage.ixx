@@ -132,8 +132,10 @@ void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtyp
 /// memory. The destructor closes the file (it never removes it). Errors name the path.
 class OutputFile {
  public:
-  /// Creates `path`, which must not exist when `exclusive` (else it is truncated).
-  OutputFile(std::filesystem::path path, bool exclusive);
+  /// Creates `path`, which must not exist when `exclusive` (else it is truncated). With
+  /// `write_behind`, written ranges are handed to the kernel's writeback as they complete
+  /// (sync_file_range), so a final fsync overlaps the writing instead of following it.
+  OutputFile(std::filesystem::path path, bool exclusive, bool write_behind = false);
   ~OutputFile();
   OutputFile(const OutputFile&) = delete;
   OutputFile& operator=(const OutputFile&) = delete;
@@ -149,8 +151,12 @@ class OutputFile {
 
  private:
   void flush();
+  void write_behind(std::uint64_t end);
   std::filesystem::path path_;
   int fd_ = -1;
+  bool write_behind_ = false;
+  std::uint64_t started_ = 0;  // writeback started below this offset
+  std::uint64_t waited_ = 0;   // writeback finished below this offset
   std::uint64_t position_ = 0;
   std::vector<std::byte> buffer_;
 };

@@ -131,7 +131,7 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
                                                                       : record::ArchiveStyle::torch_2x;
   std::mutex progress_mutex;
   auto write_file = [&](FileJob& job) {
-    OutputFile file(staging / job.name, /*exclusive=*/true);
+    OutputFile file(staging / job.name, /*exclusive=*/true, /*write_behind=*/options_.sync_files);
     std::vector<std::byte> bounce;
     for (const auto* item : job.items) {
       const auto offset = file.position();
