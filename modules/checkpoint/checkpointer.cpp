@@ -2,7 +2,6 @@
 module;
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <future>
 #include <memory>
@@ -31,6 +30,7 @@ std::uint64_t StagingArea::bytes() const noexcept {
 
 planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
   planning::StateDict staged;
+  std::vector<storage::SliceCopy> copies;
   for (const auto& entry : state_dict.entries()) {
     const auto* tensor = std::get_if<planning::SaveTensor>(&entry.value);
     if (!tensor) {
@@ -55,10 +55,7 @@ planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
                                           std::to_string(bytes)).for_key(entry.fqn);
       }
       auto copy = planning::contiguous_slice(buffer.data(), source.dtype, source.sizes);
-      if (bytes != 0) {
-        if (planning::is_contiguous(source)) std::memcpy(copy.data, source.data, static_cast<std::size_t>(bytes));
-        else storage::copy_box(copy.data, copy.strides, copy.dtype, source.data, source.strides, source.dtype, source.sizes);
-      }
+      copies.push_back({copy, source});
       chunks.push_back({tensor->chunks[c].offsets, std::move(copy)});
     }
     if (tensor->sharded) {
@@ -67,6 +64,7 @@ planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
       staged.add_tensor(entry.path, chunks.at(0).memory, tensor->properties.requires_grad);
     }
   }
+  storage::copy_slices(copies);
   return staged;
 }
 

@@ -128,6 +128,16 @@ bool can_convert(DType from, DType to) noexcept;
 void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtype, const std::byte* src,
               const metadata::Shape& src_strides, DType src_dtype, const metadata::Shape& lengths);
 
+/// One strided copy of equal shapes and dtypes (`copy_box` without conversion).
+struct SliceCopy {
+  planning::TensorSlice to;
+  planning::TensorSlice from;
+};
+/// Runs the copies on an Asio pool of `threads` (0 = min(hardware threads, 8)), dense ones
+/// split into pieces so that one large tensor uses every thread. Throws invalid_argument when
+/// a pair's shapes or dtypes differ.
+void copy_slices(std::span<const SliceCopy> copies, int threads = 0);
+
 /// A file being written: small appends are buffered, large ones go straight from the caller's
 /// memory. The destructor closes the file (it never removes it). Errors name the path.
 class OutputFile {

@@ -1,0 +1,56 @@
+// copy_slices: many tensor copies at memory bandwidth, on an Asio thread pool (async_save's
+// staging copy, where the caller waits for exactly this).
+module;
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <optional>
+#include <span>
+#include <thread>
+#include <vector>
+module dcp.storage;
+import dcp.error;
+import dcp.metadata;
+import dcp.planning;
+
+namespace dcp::storage {
+namespace asio = boost::asio;
+
+namespace {
+// Dense copies are cut into pieces of this size so that a single large tensor still uses
+// every thread.
+constexpr std::uint64_t kPieceBytes = std::uint64_t{16} << 20;
+}  // namespace
+
+void copy_slices(std::span<const SliceCopy> copies, int threads) {
+  std::vector<std::function<void()>> work;
+  for (const auto& c : copies) {
+    if (c.to.dtype != c.from.dtype || c.to.sizes != c.from.sizes)
+      throw Error(Errc::invalid_argument, "copy between slices of different shapes or dtypes");
+    const auto bytes = metadata::byte_size(c.from.sizes, c.from.dtype);
+    if (bytes == 0) continue;
+    if (planning::is_contiguous(c.to) && planning::is_contiguous(c.from)) {
+      for (std::uint64_t at = 0; at < bytes; at += kPieceBytes) {
+        const auto n = static_cast<std::size_t>(std::min(kPieceBytes, bytes - at));
+        work.push_back([to = c.to.data + at, from = c.from.data + at, n] { std::memcpy(to, from, n); });
+      }
+    } else {
+      work.push_back([&c] { copy_box(c.to.data, c.to.strides, c.to.dtype, c.from.data, c.from.strides, c.from.dtype, c.from.sizes); });
+    }
+  }
+  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const auto pool_size = std::min<std::size_t>(work.size(), static_cast<std::size_t>(threads > 0 ? threads : std::min(hardware, 8)));
+  if (pool_size <= 1) {
+    for (auto& w : work) w();
+    return;
+  }
+  asio::thread_pool pool(pool_size);
+  for (auto& w : work) asio::post(pool, w);  // memcpy and copy_box do not throw
+  pool.join();
+}
+
+}  // namespace dcp::storage
