@@ -133,4 +133,9 @@ at::Tensor to_device(const at::Tensor& tensor, const memory::Device& device) {
                     [&] { return dcp_torch_bridge::to_device(tensor, device_type(device), device.index); });
 }
 
+at::Tensor to_host(const at::Tensor& tensor) {
+  if (tensor.is_cpu()) return tensor;
+  return torch_call("copying to the host", [&] { return dcp_torch_bridge::to_host(tensor); });
+}
+
 }  // namespace dcp::alloc

@@ -54,6 +54,10 @@ planning::TensorSlice slice_of(const at::Tensor& tensor);
 /// A copy of a CPU tensor on `device` (itself when the device is the CPU).
 at::Tensor to_device(const at::Tensor& tensor, const memory::Device& device);
 
+/// A CPU copy of `tensor` whose bytes are all there when it returns (`tensor` itself when it
+/// is on the CPU).
+at::Tensor to_host(const at::Tensor& tensor);
+
 /// True when this libtorch can use a CUDA GPU.
 bool cuda_available();
 /// Throws unimplemented when `device` is a GPU this libtorch cannot use.

@@ -23,6 +23,9 @@ at::Tensor to_device(const at::Tensor& tensor, c10::DeviceType device_type, int 
   return tensor.to(c10::Device(device_type, static_cast<c10::DeviceIndex>(device_index)), /*non_blocking=*/true);
 }
 
+// Blocking: a non-blocking copy to the host may return before the bytes arrive.
+at::Tensor to_host(const at::Tensor& tensor) { return tensor.to(c10::Device(c10::kCPU), /*non_blocking=*/false); }
+
 bool cuda_available() { return at::hasCUDA(); }
 
 std::string first_line(const std::exception& e) {

@@ -18,6 +18,7 @@ at::Tensor from_memory(void* data, const std::vector<std::int64_t>& sizes, c10::
                        void (*deleter)(void* context), void* context);
 /// A copy of `tensor` on the given device (non_blocking from pinned memory).
 at::Tensor to_device(const at::Tensor& tensor, c10::DeviceType device_type, int device_index);
+at::Tensor to_host(const at::Tensor& tensor);
 /// True when this libtorch was built with CUDA and a GPU is visible.
 bool cuda_available();
 /// Turns a c10::Error (or other std::exception) message into a one-line string.

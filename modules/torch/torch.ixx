@@ -3,9 +3,12 @@
 // Built on dcp.checkpoint's buffer API: the core reads each full tensor into host memory
 // (dcp.memory's aligned buffers, or libtorch's pinned memory when tensors go on to a GPU),
 // and this layer wraps that memory as an at::Tensor without copying (dcp.alloc's `adopt`),
-// then places it on the requested device. Later steps add the Checkpointer here.
-// Imports: dcp.error, dcp.pickle, dcp.metadata, dcp.memory, dcp.storage, dcp.alloc,
-// dcp.checkpoint.
+// then places it on the requested device. For saving, `TensorStateDict` describes at::Tensors
+// to the core's save path (CPU tensors in place, CUDA tensors copied to pinned host memory),
+// and `staging_allocator` gives the Checkpointer's async_save pinned staging buffers when a GPU
+// is present.
+// Imports: dcp.error, dcp.pickle, dcp.metadata, dcp.planning, dcp.memory, dcp.storage,
+// dcp.alloc, dcp.checkpoint.
 module;
 #include <ATen/core/Tensor.h>
 #include <filesystem>
@@ -17,6 +20,7 @@ export module dcp.torch;
 import dcp.error;
 import dcp.pickle;
 import dcp.metadata;
+import dcp.planning;
 import dcp.memory;
 import dcp.storage;
 import dcp.alloc;
@@ -46,5 +50,26 @@ struct LoadedCheckpoint {
 
 /// Loads every selected tensor and object (objects decoded without running them).
 LoadedCheckpoint load_full(const std::filesystem::path& checkpoint_dir, const LoadOptions& options = {});
+
+/// A state dict of at::Tensors for checkpoint::save / Checkpointer: a CPU tensor is described
+/// in place (its strides kept; it must stay alive and unchanged until a synchronous save
+/// returns, or until async_save returns), a CUDA tensor is copied into pinned host memory this
+/// object keeps. Keys are flattened from their paths as torch's flatten_state_dict does.
+class TensorStateDict {
+ public:
+  /// Throws unimplemented (with the key) for a dtype the checkpoint format lacks, and
+  /// invalid_argument for a sparse or otherwise non-strided tensor, or a duplicate key.
+  void add(std::vector<metadata::PathPart> path, const at::Tensor& tensor);
+  void add_object(std::vector<metadata::PathPart> path, planning::ObjectValue value);
+  const planning::StateDict& state_dict() const noexcept { return state_dict_; }
+
+ private:
+  planning::StateDict state_dict_;
+  std::vector<at::Tensor> keep_;  // host tensors the state dict views
+};
+
+/// Staging memory for checkpoint::Checkpointer: libtorch's pinned memory when CUDA is usable
+/// (faster device-to-host copies), dcp.memory's buffers otherwise.
+std::function<memory::Buffer(std::uint64_t bytes)> staging_allocator();
 
 }  // namespace dcp::torch

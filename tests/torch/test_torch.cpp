@@ -10,6 +10,9 @@
 #include <utility>
 #include <vector>
 
+#include <filesystem>
+#include <memory>
+
 #include "support.hpp"
 import dcp.error;
 import dcp.metadata;
@@ -17,6 +20,7 @@ import dcp.memory;
 import dcp.record;
 import dcp.storage;
 import dcp.alloc;
+import dcp.planning;
 import dcp.checkpoint;
 import dcp.torch;
 
@@ -143,3 +147,42 @@ BOOST_AUTO_TEST_CASE(cuda_destinations) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// at::Tensors saved through the core (TensorStateDict) come back equal, a transposed view as
+// its row-major value; async_save's staging goes through staging_allocator().
+BOOST_AUTO_TEST_CASE(tensors_saved_as_at_tensors_load_back) {
+  auto a = dcp::alloc::allocate(dcp::DType::float32, {3, 4});
+  auto* pa = static_cast<float*>(a.data_ptr());
+  for (int i = 0; i < 12; ++i) pa[i] = static_cast<float>(i) + 0.5f;
+  const auto transposed = a.t();  // 4 x 3, strides (1, 4)
+  auto step = dcp::alloc::allocate(dcp::DType::int64, {});
+  *static_cast<std::int64_t*>(step.data_ptr()) = 42;
+
+  dcp_test::TempDir tmp;
+  dcp::torch::TensorStateDict sd;
+  sd.add({std::string("model"), std::string("w")}, a);
+  sd.add({std::string("model"), std::string("wt")}, transposed);
+  sd.add({std::string("step")}, step);
+  sd.add_object({std::string("note")}, dcp::planning::ObjectValue::string("x"));
+  dcp::storage::WriteOptions options;
+  options.sync_files = false;
+  dcp::checkpoint::Checkpointer checkpointer(
+      std::make_shared<dcp::storage::FileSystemWriter>(tmp.path() / "ckpt", options), nullptr, nullptr, 0, false,
+      nullptr, nullptr, dcp::torch::staging_allocator());
+  auto saved = checkpointer.async_save(sd.state_dict());
+  pa[0] = -1.0f;  // after async_save returns the caller may change its tensors
+  BOOST_TEST(saved.get().items.size() == 4u);
+
+  const auto loaded = dcp::torch::load_full(tmp.path() / "ckpt");
+  BOOST_REQUIRE(loaded.tensors.size() == 3u);
+  const auto& w = loaded.tensors[0].second;
+  const auto& wt = loaded.tensors[1].second;
+  BOOST_TEST(loaded.tensors[0].first == "model.w");
+  BOOST_TEST(static_cast<const float*>(w.data_ptr())[0] == 0.5f);
+  for (int i = 1; i < 12; ++i) BOOST_TEST(static_cast<const float*>(w.data_ptr())[i] == pa[i]);
+  BOOST_TEST((wt.sizes() == c10::IntArrayRef{4, 3}));
+  for (int r = 0; r < 4; ++r)
+    for (int c = 0; c < 3; ++c)
+      BOOST_TEST(static_cast<const float*>(wt.data_ptr())[r * 3 + c] == (r == 0 && c == 0 ? 0.5f : pa[c * 4 + r]));
+  BOOST_TEST(*static_cast<const std::int64_t*>(loaded.tensors[2].second.data_ptr()) == 42);
+}
