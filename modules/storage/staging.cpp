@@ -127,12 +127,15 @@ void FileSystemWriter::set_up_storage_writer(bool is_coordinator, int rank, int)
     throw os_error(dir_, "cannot lock the checkpoint directory", errno);
   }
   bool holds_checkpoint = false;
-  for (const auto& entry : fs::directory_iterator(dir_)) {
-    const auto name = entry.path().filename().string();
-    if (!entry.is_regular_file() || !is_checkpoint_file(name))
+  fs::directory_iterator it(dir_, ec);
+  for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    std::error_code type_ec;
+    if (!it->is_regular_file(type_ec) || !is_checkpoint_file(name))
       refuse(dir_, "holds '" + name + "', which is not part of a checkpoint; refusing to replace it");
     holds_checkpoint = true;
   }
+  if (ec) throw os_error(dir_, "cannot list the checkpoint directory", ec.value());
   if (holds_checkpoint && !options_.overwrite)
     refuse(dir_, "already holds a checkpoint; overwrite it explicitly (--overwrite) to replace it");
   lock_ = std::move(lock);
@@ -185,7 +188,8 @@ metadata::Metadata FileSystemWriter::finish(metadata::Metadata md,
     file.write(bytes);
     file.close(options_.sync_files);
   }
-  fs::rename(staging_ / ".metadata.tmp", staging_ / ".metadata");
+  if (::rename((staging_ / ".metadata.tmp").c_str(), (staging_ / ".metadata").c_str()) != 0)
+    throw os_error(staging_ / ".metadata", "cannot rename .metadata.tmp to", errno);
   if (options_.sync_files) sync_directory(staging_);
 
   // Publish: swap the staging directory with the target, then drop the old contents.
