@@ -370,6 +370,8 @@ class DefaultSavePlanner : public SavePlanner {
  public:
   explicit DefaultSavePlanner(SavePlannerOptions options = {}) : options_(options) {}
   void set_up_planner(const StateDict& state_dict, bool is_coordinator) override;
+  /// Throws unimplemented (with the key) for a dtype that the target torch cannot load
+  /// (torch 1.13 has no uint16/32/64, float8 or complex32).
   SavePlan create_local_plan() override;
   /// Throws invalid_argument (with the key) when ranks disagree on a tensor's size or
   /// properties, a key is a tensor on one rank and an object on another, shards overlap or

@@ -163,6 +163,10 @@ SavePlan DefaultSavePlanner::create_local_plan() {
   for (const auto& entry : state_dict_->entries()) {
     plan.planner_data.emplace_back(entry.fqn, entry.path);
     if (const auto* t = std::get_if<SaveTensor>(&entry.value)) {
+      // torch 1.13 has only the dtypes with a legacy storage class (_rebuild_tensor_v2).
+      if (options_.flavor == metadata::Flavor::torch_1_13 && dtype_info(t->properties.dtype).rebuild != TensorRebuild::v2)
+        fail_for_key(Errc::unimplemented, entry.fqn,
+                     "torch 1.13 has no " + std::string(dtype_name(t->properties.dtype)) + " tensors");
       for (const auto& chunk : t->chunks) {
         WriteItem item;
         item.index = metadata::MetadataIndex{entry.fqn, chunk.offsets, std::nullopt};
