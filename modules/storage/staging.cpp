@@ -48,11 +48,14 @@ std::string new_save_id() {
   return id;
 }
 
-// The target's name with its parent (a trailing slash, "." and relative paths handled).
+// The target as an absolute path without a trailing slash; a symlink to a directory is
+// followed, so the swap replaces the directory and not the link.
 fs::path absolute_target(const fs::path& dir) {
-  auto abs = fs::absolute(dir).lexically_normal();
-  if (abs.has_filename()) return abs;
-  return abs.parent_path();
+  std::error_code ec;
+  auto abs = fs::weakly_canonical(fs::absolute(dir), ec);
+  if (ec) abs = fs::absolute(dir).lexically_normal();
+  if (!abs.has_filename()) abs = abs.parent_path();
+  return abs;
 }
 
 std::string staging_prefix(const fs::path& target) { return "." + target.filename().string() + std::string(kStagingTag); }
