@@ -238,7 +238,8 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
   for (std::size_t p = 0; p < plans.size(); ++p)
     for (const auto& item : plans[p].items) {
       auto [it, fresh] = where.emplace(item_key(item.index), order.size());
-      if (fresh) order.push_back(Holders{{}, item.tensor_storage_size().value_or(1)});
+      // torch adds `tensor_storage_size() or 1`: objects and empty tensors weigh 1 byte.
+      if (fresh) order.push_back(Holders{{}, std::max<std::uint64_t>(item.tensor_storage_size().value_or(1), 1)});
       auto& holders = order[it->second].plans;
       if (holders.empty() || holders.back() != p) holders.push_back(p);
     }
