@@ -165,6 +165,8 @@ metadata::Metadata FileSystemWriter::finish(metadata::Metadata md,
   if (md.flavor == metadata::Flavor::torch_2x) {
     md.version = "1.0.0";  // torch 2.13's CURRENT_DCP_VERSION
     md.storage_meta = metadata::StorageMeta{dir_.string(), save_id_, std::nullopt, {}};
+  } else {
+    md.planner_data.reset();  // torch 1.13 does not flatten: its keys are the fqns, planner_data None
   }
   md.reindex();
   // Check what we are about to publish exactly as a reader will.
