@@ -247,3 +247,35 @@ BOOST_AUTO_TEST_CASE(failure_on_another_rank) {
   BOOST_TEST(text.find("failed:") == std::string::npos, text);
   nothing_partial(dir, false);
 }
+
+// Keys and object strings that Python cannot decode would make torch's load of `.metadata` or
+// of the object fail: refused when added, naming the key. Lone surrogates (Python's
+// "surrogatepass", which torch keys may hold) are accepted.
+BOOST_AUTO_TEST_CASE(strings_python_cannot_read) {
+  std::vector<float> a(2);
+  const auto mem = pl::contiguous_slice(reinterpret_cast<std::byte*>(a.data()), DType::float32, {2});
+  pl::StateDict sd;
+  expect_error([&] { sd.add_tensor({std::string("w\xff")}, mem); }, dcp::Errc::invalid_argument, {"not UTF-8"});
+  expect_error([&] { sd.add_tensor({std::string("model"), std::string("\xc3")}, mem); }, dcp::Errc::invalid_argument,
+               {"not UTF-8"});
+  expect_error([&] { sd.add_tensor({std::string("overlong\xc0\xaf")}, mem); }, dcp::Errc::invalid_argument, {"not UTF-8"});
+  expect_error([&] { sd.add_object({std::string("name")}, pl::ObjectValue::string("caf\xe9")); }, dcp::Errc::invalid_argument,
+               {"'name'", "not UTF-8"});
+  // A dict key inside an object.
+  auto doc = std::make_shared<dcp::pickle::Document>();
+  const dcp::pickle::NodeId items[] = {doc->add_text(dcp::pickle::NodeKind::string, 0, "\x80"), doc->add_integer(0, 1)};
+  const auto root = doc->add_container(dcp::pickle::NodeKind::dict, 0, items);
+  expect_error([&] { sd.add_object({std::string("conf")}, pl::ObjectValue{doc, root}); }, dcp::Errc::invalid_argument,
+               {"'conf'"});
+  BOOST_TEST(sd.size() == 0u);
+  // Valid: multi-byte UTF-8, a lone surrogate, bytes objects (any byte).
+  sd.add_tensor({std::string("caf\xc3\xa9 \xf0\x9f\x98\x80")}, mem);
+  sd.add_tensor({std::string("lone\xed\xa0\x80")}, mem);
+  auto bytes_doc = std::make_shared<dcp::pickle::Document>();
+  const auto b = bytes_doc->add_text(dcp::pickle::NodeKind::bytes, 0, "\xff\xfe");
+  sd.add_object({std::string("raw")}, pl::ObjectValue{bytes_doc, b});
+  dcp_test::TempDir tmp;
+  save_one(sd, tmp.path() / "ckpt");
+  const auto got = dcpp_tensors(tmp.path() / "ckpt");
+  BOOST_TEST(got.count("lone\xed\xa0\x80") == 1u);
+}
