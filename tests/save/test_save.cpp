@@ -282,6 +282,16 @@ BOOST_AUTO_TEST_CASE(torch213_loads_every_kind_of_value, *boost::unit_test::prec
   // Every rank wrote its own files: rank 3 holds only a share of the replicated items.
   BOOST_TEST(fs::exists(tmp.path() / "blocks_1file" / "__3_0.distcp"));
 
+  // An empty state dict, and one of objects only (no data file holds a tensor).
+  Case empty(tmp.path() / "bins-empty");
+  save_one(empty.sd, tmp.path() / "empty");
+  add("empty", empty, tmp.path() / "empty");
+  Case objects(tmp.path() / "bins-objects");
+  objects.object(P({"only", "epoch"}), pl::ObjectValue::integer(4), "4");
+  objects.object(P({"only", "conf"}), tuple_object(), tuple_object_literal());
+  save_many(ck::split_rows(objects.sd, 2), tmp.path() / "objects_only", with(3, true));
+  add("objects_only", objects, tmp.path() / "objects_only");
+
   write_manifest(tmp.path() / "manifest.json", checks);
   run_checks(dcp_test::python2x(), "save_check.py", "load " + dcp_test::quote(tmp.path() / "manifest.json"),
              names_of(checks));
