@@ -12,6 +12,7 @@ module;
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <variant>
@@ -39,26 +40,77 @@ Bytes ok_payload(const Bytes& body) {
   return out;
 }
 
+// A failure crosses ranks as its parts (code, rank, file, key, offset, bare message), so the
+// error every rank throws is the failed rank's own, with its rank: "rank R: FILE: key 'K':
+// byte N: message", never wrapped again at each collective it passes through.
+void put_u32(Bytes& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
+}
+void put_text(Bytes& out, std::string_view text) {
+  put_u32(out, static_cast<std::uint32_t>(text.size()));
+  for (char c : text) out.push_back(static_cast<std::byte>(c));
+}
+
 Bytes failure_payload(int rank, const Error& e) {
-  const std::string text = e.what();
-  Bytes out(1 + 4 + 1 + text.size());
-  out[0] = std::byte{1};
-  const auto r = static_cast<std::uint32_t>(rank);
-  std::memcpy(out.data() + 1, &r, 4);
-  out[5] = static_cast<std::byte>(static_cast<int>(e.code()));
-  std::memcpy(out.data() + 6, text.data(), text.size());
+  const auto& c = e.context();
+  Bytes out{std::byte{1}};
+  put_u32(out, static_cast<std::uint32_t>(c.rank.value_or(rank)));
+  out.push_back(static_cast<std::byte>(static_cast<int>(e.code())));
+  out.push_back(static_cast<std::byte>(c.byte_offset ? 1 : 0));
+  const std::uint64_t offset = c.byte_offset.value_or(0);
+  put_u32(out, static_cast<std::uint32_t>(offset));
+  put_u32(out, static_cast<std::uint32_t>(offset >> 32));
+  put_text(out, c.file);
+  put_text(out, c.key);
+  put_text(out, e.message());
   return out;
 }
 
 std::optional<Error> failure_of(const Bytes& payload) {
   if (payload.empty()) return Error(Errc::internal, "empty collective payload");
   if (payload[0] == std::byte{0}) return std::nullopt;
-  if (payload.size() < 6) return Error(Errc::internal, "short failure payload");
-  std::uint32_t rank = 0;
-  std::memcpy(&rank, payload.data() + 1, 4);
-  const auto code = static_cast<Errc>(std::to_integer<int>(payload[5]));
-  Error e(code, "rank " + std::to_string(rank) + " failed: " +
-                    std::string(reinterpret_cast<const char*>(payload.data() + 6), payload.size() - 6));
+  std::size_t pos = 1;
+  bool bad = false;
+  auto u32 = [&]() -> std::uint32_t {
+    if (payload.size() - pos < 4) {
+      bad = true;
+      return 0;
+    }
+    std::uint32_t v = 0;
+    for (int i = 0; i < 4; ++i) v |= std::to_integer<std::uint32_t>(payload[pos + static_cast<std::size_t>(i)]) << (8 * i);
+    pos += 4;
+    return v;
+  };
+  auto byte = [&]() -> int {
+    if (pos >= payload.size()) {
+      bad = true;
+      return 0;
+    }
+    return std::to_integer<int>(payload[pos++]);
+  };
+  auto text = [&]() -> std::string {
+    const auto n = u32();
+    if (bad || payload.size() - pos < n) {
+      bad = true;
+      return {};
+    }
+    std::string t(reinterpret_cast<const char*>(payload.data() + pos), n);
+    pos += n;
+    return t;
+  };
+  const auto rank = u32();
+  const auto code = static_cast<Errc>(byte());
+  const bool has_offset = byte() != 0;
+  const std::uint64_t lo = u32();
+  const std::uint64_t offset = lo | (std::uint64_t{u32()} << 32);
+  auto file = text();
+  auto key = text();
+  auto message = text();
+  if (bad) return Error(Errc::internal, "short failure payload");
+  Error e(code, std::move(message));
+  if (!file.empty()) e.in_file(file);
+  if (!key.empty()) e.for_key(key);
+  if (has_offset) e.at_offset(offset);
   e.on_rank(static_cast<int>(rank));
   return e;
 }
@@ -208,7 +260,7 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
     for (const auto& p : gathered)
       if (!failed) failed = failure_of(p);
     if (failed) {
-      per_rank.assign(static_cast<std::size_t>(size), failure_payload(failed->context().rank.value_or(rank), *failed));
+      per_rank.assign(static_cast<std::size_t>(size), failure_payload(rank, *failed));
     } else {
       std::vector<planning::SavePlan> plans;
       Bytes error;
@@ -240,7 +292,7 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
     for (const auto& r : all_results)
       if (!failed) failed = failure_of(r);
     if (failed) {
-      outcome = failure_payload(failed->context().rank.value_or(rank), *failed);
+      outcome = failure_payload(rank, *failed);
     } else {
       outcome = guarded(rank, [&] {
         std::vector<std::vector<planning::WriteResult>> decoded;

@@ -82,9 +82,60 @@ std::string join_path(const std::vector<metadata::PathPart>& path) {
   return fqn;
 }
 
+namespace {
+// Whether Python reads `s` back: pickle decodes strings as UTF-8 with "surrogatepass", so lone
+// surrogates (which Python keys may hold) pass, and nothing else that is not UTF-8 does. A
+// string Python cannot decode makes torch's load of the whole `.metadata` or object fail.
+bool python_reads_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    std::uint32_t code = 0, least = 0;
+    if ((c & 0xE0) == 0xC0) len = 2, code = c & 0x1Fu, least = 0x80;
+    else if ((c & 0xF0) == 0xE0) len = 3, code = c & 0x0Fu, least = 0x800;
+    else if ((c & 0xF8) == 0xF0) len = 4, code = c & 0x07u, least = 0x10000;
+    else return false;
+    if (s.size() - i < len) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      code = (code << 6) | (cc & 0x3Fu);
+    }
+    if (code < least || code > 0x10FFFF) return false;
+    i += len;
+  }
+  return true;
+}
+
+// Every string of the value at `root` (dict keys included) must be one Python reads back.
+void check_object_strings(std::string_view fqn, const pickle::Document& doc, pickle::NodeId root) {
+  std::vector<bool> seen(doc.size(), false);
+  std::vector<pickle::NodeId> stack{root};
+  while (!stack.empty()) {
+    const auto id = stack.back();
+    stack.pop_back();
+    if (id == pickle::kNoNode || id >= seen.size() || seen[id]) continue;
+    seen[id] = true;
+    const auto node = doc.at(id);
+    if (node.kind() == pickle::NodeKind::string && !python_reads_utf8(node.text()))
+      fail_for_key(Errc::invalid_argument, fqn, "the object holds a string that is not UTF-8, which Python cannot load");
+    for (auto child : node.items()) stack.push_back(child);
+    stack.push_back(node.callee());
+    stack.push_back(node.args());
+    stack.push_back(node.state());
+  }
+}
+}  // namespace
+
 void StateDict::insert(std::vector<metadata::PathPart> path, Value value) {
   if (path.empty()) throw Error(Errc::invalid_argument, "a state dict entry needs a non-empty path");
   std::string fqn = join_path(path);
+  if (!python_reads_utf8(fqn))
+    fail_for_key(Errc::invalid_argument, fqn, "the key is not UTF-8, which Python cannot load from .metadata");
   if (index_.contains(fqn))
     fail_for_key(Errc::invalid_argument, fqn, "the state dict holds this key twice after flattening");
   index_.emplace(fqn, entries_.size());
@@ -134,6 +185,7 @@ void StateDict::add_sharded_tensor(std::vector<metadata::PathPart> path, Shape g
 void StateDict::add_object(std::vector<metadata::PathPart> path, ObjectValue value) {
   if (!value.document || value.id == pickle::kNoNode || value.id >= value.document->size())
     fail_for_key(Errc::invalid_argument, join_path(path), "object value without a document node");
+  check_object_strings(join_path(path), *value.document, value.id);
   insert(std::move(path), std::move(value));
 }
 
@@ -242,7 +294,8 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
   for (std::size_t p = 0; p < plans.size(); ++p)
     for (const auto& item : plans[p].items) {
       auto [it, fresh] = where.emplace(item_key(item.index), order.size());
-      if (fresh) order.push_back(Holders{{}, item.tensor_storage_size().value_or(1)});
+      // torch adds `tensor_storage_size() or 1`: objects and empty tensors weigh 1 byte.
+      if (fresh) order.push_back(Holders{{}, std::max<std::uint64_t>(item.tensor_storage_size().value_or(1), 1)});
       auto& holders = order[it->second].plans;
       if (holders.empty() || holders.back() != p) holders.push_back(p);
     }

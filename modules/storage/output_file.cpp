@@ -28,7 +28,9 @@ OutputFile::OutputFile(std::filesystem::path path, bool exclusive, bool write_be
     : path_(std::move(path)), write_behind_(write_behind) {
   const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC);
   fd_ = ::open(path_.c_str(), flags, 0644);
-  if (fd_ < 0) throw os_error(path_, "cannot create", errno);
+  // io even for ENOENT (a missing parent): a file we fail to create is a write failure, not a
+  // missing input (os_error's not_found).
+  if (fd_ < 0) throw Error(Errc::io, std::string("cannot create: ") + std::strerror(errno)).in_file(path_.string());
 }
 
 OutputFile::~OutputFile() {

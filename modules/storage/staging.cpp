@@ -147,6 +147,16 @@ void FileSystemWriter::set_up_storage_writer(bool is_coordinator, int rank, int)
   for (const auto& stale : stale_staging_dirs(dir_)) remove_tree(stale);
 }
 
+planning::SavePlan FileSystemWriter::prepare_local_plan(planning::SavePlan plan) {
+  if (options_.format == metadata::Flavor::torch_1_13)
+    for (const auto& item : plan.items)
+      if (item.tensor_data && dtype_info(item.tensor_data->properties.dtype).rebuild != TensorRebuild::v2)
+        throw Error(Errc::unimplemented, "torch 1.13 has no " + std::string(dtype_name(item.tensor_data->properties.dtype)) +
+                                             " tensors; save this checkpoint in the torch 2.x format")
+            .for_key(item.index.fqn);
+  return plan;
+}
+
 std::vector<planning::SavePlan> FileSystemWriter::prepare_global_plan(std::vector<planning::SavePlan> plans) {
   staging_ = dir_.parent_path() / (staging_prefix(dir_) + save_id_);
   if (::mkdir(staging_.c_str(), 0755) != 0) {
@@ -171,6 +181,8 @@ metadata::Metadata FileSystemWriter::finish(metadata::Metadata md,
   if (md.flavor == metadata::Flavor::torch_2x) {
     md.version = "1.0.0";  // torch 2.13's CURRENT_DCP_VERSION
     md.storage_meta = metadata::StorageMeta{dir_.string(), save_id_, std::nullopt, {}};
+  } else {
+    md.planner_data.reset();  // torch 1.13 does not flatten: its keys are the fqns, planner_data None
   }
   md.reindex();
   // Check what we are about to publish exactly as a reader will.

@@ -228,6 +228,9 @@ class FileSystemWriter : public StorageWriter {
   /// a checkpoint's files. Throws failed_precondition (with the path) otherwise, and when
   /// another save into the same target is in progress (an flock on the target).
   void set_up_storage_writer(bool is_coordinator, int rank, int world_size) override;
+  /// With format torch_1_13: throws unimplemented (with the key) for a tensor whose dtype
+  /// torch 1.13 lacks (uint16/32/64, float8, complex32), before anything is written.
+  planning::SavePlan prepare_local_plan(planning::SavePlan plan) override;
   /// Coordinator: creates the staging directory and gives plan i the file prefix `__{i}_`.
   std::vector<planning::SavePlan> prepare_global_plan(std::vector<planning::SavePlan> plans) override;
   std::vector<planning::WriteResult> write_data(const planning::SavePlan& plan, planning::SavePlanner& planner) override;

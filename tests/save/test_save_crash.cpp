@@ -1,0 +1,202 @@
+// Crash trials: save_child is killed with SIGKILL at a random moment of its save. The target
+// must then hold the previous complete checkpoint or the new complete one (or, for a new
+// directory, none at all), never a `.metadata` that points at missing or short data; the next
+// save into the target succeeds and removes the staging directories the killed one left.
+#include <boost/test/unit_test.hpp>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../support/support.hpp"
+#include "child_values.hpp"
+#include "save_support.hpp"
+
+extern char** environ;
+
+using namespace save_test;
+
+namespace {
+
+constexpr double kMb = 8;
+
+std::size_t data_elems() { return static_cast<std::size_t>(kMb * (1 << 20) / 4 / child_values::kDataTensors); }
+
+pid_t start_child(const std::vector<std::string>& args) {
+  std::vector<char*> argv;
+  std::string exe = SAVE_CHILD;
+  argv.push_back(exe.data());
+  std::vector<std::string> copy = args;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid = 0;
+  const int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  BOOST_TEST_REQUIRE(rc == 0, "posix_spawn: " << std::strerror(rc));
+  return pid;
+}
+
+int wait_child(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+std::vector<std::string> child_args(const fs::path& dir, std::int64_t gen) {
+  return {dir.string(), std::to_string(gen), "--mb", std::to_string(kMb)};
+}
+
+// Runs a child to completion; true when it saved.
+bool save_generation(const fs::path& dir, std::int64_t gen) {
+  const int status = wait_child(start_child(child_args(dir, gen)));
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// The generation of the complete checkpoint in `dir` (verified whole, and the marker and one
+// data tensor compared with what that generation saves), or -1 when there is no .metadata.
+// Fails the test for anything else.
+std::int64_t generation_in(const fs::path& dir, bool check_all_data = false) {
+  if (!fs::exists(dir / ".metadata")) return -1;
+  try {
+    (void)ck::verify(dir);
+  } catch (const dcp::Error& e) {
+    BOOST_ERROR("a .metadata that does not verify in " << dir << ": " << e.what());
+    return -2;
+  }
+  const auto tensors = dcpp_tensors(dir);
+  const auto& marker = tensors.at("marker");
+  std::int64_t gen = 0;
+  std::memcpy(&gen, marker.data(), 8);
+  const auto want = child_values::marker(gen);
+  BOOST_TEST((std::memcmp(marker.data(), want.data(), marker.size()) == 0 && marker.size() == want.size() * 8),
+             "marker of " << dir);
+  for (int i = 0; i < child_values::kDataTensors; ++i) {
+    if (!check_all_data && i != static_cast<int>(gen % child_values::kDataTensors)) continue;
+    const auto data = child_values::data(gen, i, data_elems());
+    const auto& got = tensors.at("data." + std::to_string(i));
+    BOOST_TEST((got.size() == data.size() * 4 && std::memcmp(got.data(), data.data(), got.size()) == 0),
+               "data." << i << " of generation " << gen << " in " << dir);
+  }
+  return gen;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(killed_saves_leave_old_or_new, *boost::unit_test::timeout(600)) {
+  dcp_test::TempDir tmp;
+  // The typical save time (a complete run, sync on) bounds the kill delays.
+  const auto ow = tmp.path() / "overwritten";
+  auto t0 = std::chrono::steady_clock::now();
+  BOOST_TEST_REQUIRE(save_generation(ow, 1));
+  BOOST_TEST_REQUIRE(save_generation(ow, 2));
+  const auto typical =
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count() / 2;
+  BOOST_TEST_MESSAGE("a save of " << kMb << " MB takes about " << typical / 1000 << " ms");
+  BOOST_TEST(generation_in(ow, true) == 2);
+
+  std::mt19937 random(12345);
+  std::uniform_int_distribution<std::int64_t> delay(0, typical * 11 / 10);
+  int trials = 0, old_kept = 0, new_done = 0, none = 0, finished = 0;
+  std::int64_t gen = 2;
+  std::vector<fs::path> new_dirs;
+  for (int i = 0; i < 60; ++i) {
+    const bool overwrite = i % 2 == 0;
+    const auto dir = overwrite ? ow : tmp.path() / ("new" + std::to_string(i));
+    if (!overwrite) new_dirs.push_back(dir);
+    const auto target_gen = overwrite ? gen + 1 : 100 + i;
+    const pid_t pid = start_child(child_args(dir, target_gen));
+    std::this_thread::sleep_for(std::chrono::microseconds(delay(random)));
+    ::kill(pid, SIGKILL);
+    const int status = wait_child(pid);
+    if (WIFEXITED(status)) {
+      BOOST_TEST(WEXITSTATUS(status) == 0, "the child failed on its own in trial " << i);
+      ++finished;
+    }
+    ++trials;
+    const auto found = generation_in(dir);
+    if (overwrite) {
+      BOOST_TEST((found == gen || found == gen + 1), "trial " << i << ": generation " << found << ", expected "
+                                                              << gen << " or " << gen + 1);
+      if (found == gen + 1) {
+        ++new_done;
+        gen = found;
+      } else {
+        ++old_kept;
+      }
+    } else {
+      BOOST_TEST((found == -1 || found == target_gen), "trial " << i << ": generation " << found);
+      if (found == -1) {
+        ++none;
+        // Nothing a loader would take for a checkpoint: no data files without .metadata in
+        // the target (only staging directories beside it).
+        if (fs::exists(dir))
+          for (const auto& e : fs::directory_iterator(dir)) BOOST_ERROR("leftover " << e.path() << " in " << dir);
+      } else {
+        ++new_done;
+      }
+    }
+  }
+  BOOST_TEST_MESSAGE(trials << " killed saves: previous kept " << old_kept << ", new complete " << new_done
+                            << ", no checkpoint " << none << " (children that finished before the kill: " << finished
+                            << ")");
+  BOOST_TEST(trials >= 50);
+  // The kills must have hit saves in progress, not only finished ones.
+  BOOST_TEST(old_kept + none > 0);
+
+  // A later save succeeds and removes what the killed ones left beside the target.
+  std::size_t stale = st::stale_staging_dirs(ow).size();
+  for (const auto& d : new_dirs) stale += st::stale_staging_dirs(d).size();
+  BOOST_TEST_MESSAGE(stale << " staging directories left by killed saves");
+  BOOST_TEST_REQUIRE(save_generation(ow, gen + 1));
+  BOOST_TEST(generation_in(ow, true) == gen + 1);
+  BOOST_TEST(st::stale_staging_dirs(ow).empty());
+  for (std::size_t k = 0; k < new_dirs.size(); ++k) {
+    BOOST_TEST_REQUIRE(save_generation(new_dirs[k], 500 + static_cast<std::int64_t>(k)));
+    BOOST_TEST(st::stale_staging_dirs(new_dirs[k]).empty(), new_dirs[k]);
+  }
+  BOOST_TEST(generation_in(new_dirs[0], true) == 500);
+
+  // torch 2.13 loads a few survivors.
+  if (!dcp_test::python2x_available()) {
+    BOOST_TEST_MESSAGE("skipping the torch 2.13 load of survivors: " << dcp_test::python2x() << " is missing");
+    return;
+  }
+  boost::json::array checks;
+  for (std::size_t k = 0; k < 3; ++k) {
+    const auto& dir = k == 0 ? ow : new_dirs[k];
+    const auto g = generation_in(dir);
+    Case c(tmp.path() / ("bins" + std::to_string(k)));
+    const auto m = child_values::marker(g);
+    c.expect({std::string("marker")}, DType::int64, {child_values::kMarkerElems},
+             std::vector<std::byte>(reinterpret_cast<const std::byte*>(m.data()),
+                                    reinterpret_cast<const std::byte*>(m.data()) + m.size() * 8));
+    for (int i = 0; i < child_values::kDataTensors; ++i) {
+      const auto d = child_values::data(g, i, data_elems());
+      c.expect({std::string("data"), std::int64_t{i}}, DType::float32, {static_cast<std::int64_t>(d.size())},
+               std::vector<std::byte>(reinterpret_cast<const std::byte*>(d.data()),
+                                      reinterpret_cast<const std::byte*>(d.data()) + d.size() * 4));
+    }
+    boost::json::object o;
+    o["path"] = json_path({std::string("generation")});
+    o["literal"] = std::to_string(g);
+    c.objects.push_back(std::move(o));
+    checks.push_back(c.check("survivor" + std::to_string(k), dir));
+  }
+  write_manifest(tmp.path() / "manifest.json", checks);
+  run_checks(dcp_test::python2x(), "save_check.py", "load " + dcp_test::quote(tmp.path() / "manifest.json"),
+             {"survivor0", "survivor1", "survivor2"});
+}
