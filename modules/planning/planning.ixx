@@ -27,9 +27,8 @@
 // becomes a `SavePlan` of `WriteItem`s per rank; the coordinator de-duplicates replicated
 // items across ranks (`dedup_save_plans`) and builds the global `Metadata`
 // (`create_global_save_plan`, O(n log n) in chunks); the storage writer then asks
-// `resolve_data` for each item's bytes (a tensor chunk's memory, or an object's torch.save
-// archive) and reports `WriteResult`s that the coordinator puts into `.metadata`.
-// Imports: dcp.error, dcp.pickle, dcp.metadata, dcp.layout, dcp.record.
+// `resolve_data` for each item's data (a tensor chunk's memory, or an object's value) and reports `WriteResult`s that the coordinator puts into `.metadata`.
+// Imports: dcp.error, dcp.pickle, dcp.metadata, dcp.layout.
 module;
 #include <cstddef>
 #include <cstdint>
@@ -336,9 +335,10 @@ class StateDict {
 /// torch's flattening of one path: parts joined with '.', list indices in decimal.
 std::string join_path(const std::vector<metadata::PathPart>& path);
 
-/// What `resolve_data` hands the writer: a tensor chunk's memory, or an object's whole
-/// torch.save archive.
-using ResolvedData = std::variant<TensorSlice, std::vector<std::byte>>;
+/// What `resolve_data` hands the writer: a tensor chunk's memory, or an object's value. (torch's
+/// planner torch.saves objects itself; here the writer does, because the archive layout
+/// belongs to the storage format it writes, as the tensors' does.)
+using ResolvedData = std::variant<TensorSlice, ObjectValue>;
 
 /// torch's SavePlanner protocol, called in this order: set_up_planner (all ranks),
 /// create_local_plan (all), create_global_plan (coordinator), finish_plan (all), then the
@@ -357,8 +357,6 @@ class SavePlanner {
 };
 
 struct SavePlannerOptions {
-  /// Which torch the saved objects' archives and the metadata target.
-  metadata::Flavor flavor = metadata::Flavor::torch_2x;
   /// A replicated item goes to the lowest rank holding it, instead of the rank with the
   /// fewest bytes planned so far (torch's dedup_save_to_lowest_rank).
   bool dedup_save_to_lowest_rank = false;
@@ -370,16 +368,13 @@ class DefaultSavePlanner : public SavePlanner {
  public:
   explicit DefaultSavePlanner(SavePlannerOptions options = {}) : options_(options) {}
   void set_up_planner(const StateDict& state_dict, bool is_coordinator) override;
-  /// Throws unimplemented (with the key) for a dtype that the target torch cannot load
-  /// (torch 1.13 has no uint16/32/64, float8 or complex32).
   SavePlan create_local_plan() override;
   /// Throws invalid_argument (with the key) when ranks disagree on a tensor's size or
   /// properties, a key is a tensor on one rank and an object on another, shards overlap or
   /// leave the tensor, or (after de-duplication) a tensor's chunks do not cover it.
   std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_plan(std::vector<SavePlan> plans) override;
   SavePlan finish_plan(SavePlan central_plan) override;
-  /// Throws invalid_argument when the item names nothing in the state dict; an object that
-  /// cannot be encoded throws unimplemented with its key.
+  /// Throws invalid_argument when the item names nothing in the state dict.
   ResolvedData resolve_data(const WriteItem& item) override;
 
  private:

@@ -18,7 +18,6 @@ import dcp.error;
 import dcp.pickle;
 import dcp.metadata;
 import dcp.layout;
-import dcp.record;
 
 namespace dcp::planning {
 
@@ -215,10 +214,6 @@ SavePlan DefaultSavePlanner::create_local_plan() {
   for (const auto& entry : state_dict_->entries()) {
     plan.planner_data.emplace_back(entry.fqn, entry.path);
     if (const auto* t = std::get_if<SaveTensor>(&entry.value)) {
-      // torch 1.13 has only the dtypes with a legacy storage class (_rebuild_tensor_v2).
-      if (options_.flavor == metadata::Flavor::torch_1_13 && dtype_info(t->properties.dtype).rebuild != TensorRebuild::v2)
-        fail_for_key(Errc::unimplemented, entry.fqn,
-                     "torch 1.13 has no " + std::string(dtype_name(t->properties.dtype)) + " tensors");
       for (const auto& chunk : t->chunks) {
         WriteItem item;
         item.index = metadata::MetadataIndex{entry.fqn, chunk.offsets, std::nullopt};
@@ -237,9 +232,7 @@ SavePlan DefaultSavePlanner::create_local_plan() {
 }
 
 std::pair<std::vector<SavePlan>, metadata::Metadata> DefaultSavePlanner::create_global_plan(std::vector<SavePlan> plans) {
-  auto global = create_global_save_plan(dedup_save_plans(std::move(plans), options_.dedup_save_to_lowest_rank));
-  global.second.flavor = options_.flavor;
-  return global;
+  return create_global_save_plan(dedup_save_plans(std::move(plans), options_.dedup_save_to_lowest_rank));
 }
 
 SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) { return central_plan; }
@@ -251,14 +244,7 @@ ResolvedData DefaultSavePlanner::resolve_data(const WriteItem& item) {
   if (item.type == WriteItemType::byte_io) {
     const auto* object = std::get_if<ObjectValue>(&entry->value);
     if (!object) fail_for_key(Errc::invalid_argument, item.index.fqn, "object write item for a tensor entry");
-    try {
-      const auto style = options_.flavor == metadata::Flavor::torch_1_13 ? record::ArchiveStyle::torch_1_13
-                                                                          : record::ArchiveStyle::torch_2x;
-      return record::object_archive(*object->document, object->id, style);
-    } catch (Error& e) {
-      e.for_key(item.index.fqn);
-      throw;
-    }
+    return *object;
   }
   const auto* tensor = std::get_if<SaveTensor>(&entry->value);
   if (!tensor || !item.index.offset)

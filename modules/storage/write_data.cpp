@@ -138,8 +138,8 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
       try {
         auto data = planner.resolve_data(*item);
         std::uint64_t tensor_bytes = 0;
-        if (auto* object = std::get_if<std::vector<std::byte>>(&data)) {
-          file.write(*object);
+        if (const auto* object = std::get_if<planning::ObjectValue>(&data)) {
+          file.write(record::object_archive(*object->document, object->id, style));
         } else {
           const auto& slice = std::get<planning::TensorSlice>(data);
           if (!item->tensor_data || slice.dtype != item->tensor_data->properties.dtype ||

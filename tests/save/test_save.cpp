@@ -321,8 +321,7 @@ BOOST_AUTO_TEST_CASE(torch213_loads_on_other_rank_counts, *boost::unit_test::pre
 
 BOOST_AUTO_TEST_CASE(torch113_loads_torch113_format) {
   dcp_test::TempDir tmp;
-  pl::SavePlannerOptions p113;
-  p113.flavor = md::Flavor::torch_1_13;
+  const pl::SavePlannerOptions p113;
   boost::json::array checks, dist;
   Case dtypes(tmp.path() / "bins-dtypes");
   add_dtypes(dtypes, true);

@@ -152,9 +152,7 @@ BOOST_AUTO_TEST_CASE(unsupported_values) {
   sd113.add_tensor({std::string("u16")}, pl::contiguous_slice(reinterpret_cast<std::byte*>(u.data()), DType::uint16, {4}));
   auto o = options();
   o.format = md::Flavor::torch_1_13;
-  pl::SavePlannerOptions po;
-  po.flavor = md::Flavor::torch_1_13;
-  expect_error([&] { save_one(sd113, dir, o, po); }, dcp::Errc::unimplemented, {"u16", "uint16", "1.13"});
+  expect_error([&] { save_one(sd113, dir, o); }, dcp::Errc::unimplemented, {"u16", "uint16", "1.13"});
   nothing_partial(dir, false);
 }
 
