@@ -11,7 +11,9 @@
 // `save` is torch's save sequence (local plans → coordinator's global plan → write → results →
 // `.metadata`) over a SavePlanner and a StorageWriter, on one process or across the ranks of a
 // `ProcessGroup` (an interface: dcp.dist implements it over c10d; `save_ranks` plays several
-// ranks in one process, as `dcpp convert --ranks` does). `Checkpointer` is torch's
+// ranks in one process, as `dcpp convert --ranks` does). `import_torch_save` and
+// `import_safetensors` read a file as a StateDict over its read-only mapping, which
+// `save_as_checkpoint` writes as an N-rank checkpoint. `Checkpointer` is torch's
 // _Checkpointer: save, async_save (stages the tensors into reusable host buffers, then writes
 // on a background thread; the caller may change its tensors once it returns) and load.
 // Imports every core module below it.

@@ -88,6 +88,7 @@ class JsonReader {
  private:
   [[noreturn]] void fail(std::string message, std::size_t at) const;
   void skip_space();
+  void open(Kind kind, const char* what);  // '{' or '[', within max_depth
   void expect(char c);
   void literal(std::string_view word);
   void number();

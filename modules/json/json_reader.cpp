@@ -79,13 +79,15 @@ void JsonReader::before_item() {
   else expect(',');
 }
 
-void JsonReader::begin_object() {
-  if (peek() != Kind::object) fail("expected an object", pos_);
+void JsonReader::open(Kind kind, const char* what) {
+  if (peek() != kind) fail(std::string("expected ") + what, pos_);
   if (first_.size() >= max_depth_)
     throw Error(Errc::out_of_range, "JSON nested deeper than " + std::to_string(max_depth_) + " levels").at_offset(base_ + pos_);
   ++pos_;
   first_.push_back(true);
 }
+
+void JsonReader::begin_object() { open(Kind::object, "an object"); }
 
 std::optional<std::string> JsonReader::next_key() {
   skip_space();
@@ -101,13 +103,7 @@ std::optional<std::string> JsonReader::next_key() {
   return key;
 }
 
-void JsonReader::begin_array() {
-  if (peek() != Kind::array) fail("expected an array", pos_);
-  if (first_.size() >= max_depth_)
-    throw Error(Errc::out_of_range, "JSON nested deeper than " + std::to_string(max_depth_) + " levels").at_offset(base_ + pos_);
-  ++pos_;
-  first_.push_back(true);
-}
+void JsonReader::begin_array() { open(Kind::array, "an array"); }
 
 bool JsonReader::next_element() {
   skip_space();

@@ -315,10 +315,12 @@ BOOST_AUTO_TEST_CASE(hostile_torch_save_files_are_refused_leaving_nothing) {
 BOOST_AUTO_TEST_CASE(hostile_safetensors_files_are_refused) {
   dcp_test::TempDir dir;
   const auto st = [&](const std::string& name) { return dir.path() / (name + ".safetensors"); };
-  write_safetensors(st("good"), R"({"__metadata__":{"format":"pt"},"a.b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"c":{"dtype":"I8","shape":[],"data_offsets":[8,9]}})", 9);
+  write_safetensors(st("good"), R"( {"__metadata__":{"format":"pt","x":[1,{"y":null}]},"a.b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                                      "\u00e9\ud83d\ude00\n" : {"shape":[], "data_offsets":[8,9], "dtype":"I8"}} )", 9);
   const auto good = dcp::checkpoint::import_file(st("good"));
   BOOST_TEST(good.state_dict.size() == 2u);
   BOOST_TEST(good.state_dict.find("a.b"));
+  BOOST_TEST(good.state_dict.find("\xc3\xa9\xf0\x9f\x98\x80\n"));  // é😀 and a newline, unescaped
 
   struct Case {
     std::string name, header, expect;
