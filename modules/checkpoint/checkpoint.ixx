@@ -163,7 +163,8 @@ ImportedStateDict import_file(const std::filesystem::path& file);
 /// Saves a whole-tensor state dict as a checkpoint written by `ranks` ranks (split_rows: rows
 /// of each tensor over the ranks as torch.chunk splits them), each rank through its own
 /// FileSystemWriter with `options` and a DefaultSavePlanner of the same flavor, played in
-/// this process (save_ranks). Reports what the state dict held.
+/// this process (save_ranks); with several ranks, files_per_rank 0 means one file per rank.
+/// Reports what the state dict held.
 ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const std::filesystem::path& checkpoint_dir,
                                  int ranks, const storage::WriteOptions& options);
 

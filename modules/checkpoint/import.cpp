@@ -335,13 +335,17 @@ ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const st
   const auto parts = split_rows(state_dict, ranks);
   planning::SavePlannerOptions planner_options;
   planner_options.flavor = options.format;
+  // The ranks already write in parallel, one thread each: by default one file per rank (torch's
+  // thread_count=1), instead of a pool of writers per rank.
+  storage::WriteOptions rank_options = options;
+  if (ranks > 1 && rank_options.files_per_rank == 0) rank_options.files_per_rank = 1;
   std::vector<std::unique_ptr<storage::FileSystemWriter>> writers;
   std::vector<std::unique_ptr<planning::DefaultSavePlanner>> planners;
   std::vector<const planning::StateDict*> dicts;
   std::vector<storage::StorageWriter*> writer_ptrs;
   std::vector<planning::SavePlanner*> planner_ptrs;
   for (const auto& part : parts) {
-    writers.push_back(std::make_unique<storage::FileSystemWriter>(checkpoint_dir, options));
+    writers.push_back(std::make_unique<storage::FileSystemWriter>(checkpoint_dir, rank_options));
     planners.push_back(std::make_unique<planning::DefaultSavePlanner>(planner_options));
     dicts.push_back(&part);
     writer_ptrs.push_back(writers.back().get());

@@ -49,11 +49,12 @@ int parse_ranks(const Args& args) {
   const auto text = args.get("ranks");
   if (!text) return 1;
   int n = 0;
+  bool ok = !text->empty() && text->size() <= 4;
   for (char c : *text) {
-    if (c < '0' || c > '9' || n > 100000) throw UsageError{"--ranks takes a number from 1 to 4096, not '" + *text + "'"};
-    n = n * 10 + (c - '0');
+    ok = ok && c >= '0' && c <= '9';
+    n = ok ? n * 10 + (c - '0') : 0;
   }
-  if (text->empty() || n < 1 || n > 4096) throw UsageError{"--ranks takes a number from 1 to 4096, not '" + *text + "'"};
+  if (!ok || n < 1 || n > 1024) throw UsageError{"--ranks takes a number from 1 to 1024, not '" + *text + "'"};
   return n;
 }
 
