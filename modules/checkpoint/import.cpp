@@ -105,8 +105,9 @@ class Flattener {
         terminal_(doc_.size(), kUnknown), on_path_(doc_.size(), false) {
     // Visits and key bytes in proportion to data.pkl (a shared value is walked again at each
     // reference, so the memo could otherwise make the walk exponential).
-    budget_ = checked_add(checked_mul(doc_.source_size(), 32).value_or(UINT64_MAX), std::uint64_t{16} << 20)
-                  .value_or(UINT64_MAX);
+    limit_ = checked_add(checked_mul(doc_.source_size(), 32).value_or(UINT64_MAX), std::uint64_t{16} << 20)
+                 .value_or(UINT64_MAX);
+    budget_ = limit_;
   }
 
   void run() {
@@ -115,6 +116,7 @@ class Flattener {
       throw at_node(Error(Errc::unimplemented, "the file holds " + doc_.describe(root) + ", not a dict (a state dict)"), doc_,
                     root);
     Path path;
+    on_path_[root] = true;
     visit_mapping(path, root, 0);
   }
 
@@ -123,7 +125,7 @@ class Flattener {
 
   void charge(std::uint64_t cost, const Path& path) {
     if (cost > budget_)
-      throw Error(Errc::resource_exhausted, "the state dict's values and keys pass " + std::to_string(budget_) +
+      throw Error(Errc::resource_exhausted, "the state dict's values and keys pass " + std::to_string(limit_) +
                                                 " units of work for a data.pkl of " + std::to_string(doc_.source_size()) +
                                                 " bytes (shared values are walked at each reference)")
           .for_key(planning::join_path(path));
@@ -285,7 +287,7 @@ class Flattener {
   std::vector<std::uint8_t> terminal_;
   std::vector<bool> on_path_;
   std::unordered_set<std::size_t> checked_;  // storage records whose CRC was verified
-  std::uint64_t budget_ = 0;
+  std::uint64_t limit_ = 0, budget_ = 0;
 };
 
 void refuse_other_formats(std::span<const std::byte> whole) {

@@ -300,6 +300,39 @@ BOOST_AUTO_TEST_CASE(hostile_torch_save_files_are_refused_leaving_nothing) {
     }
   }
   BOOST_TEST(!fs::exists("/tmp/pwned"));
+  {  // {'a': <itself>}
+    dcp::pickle::Encoder e(2);
+    e.empty_dict();
+    (void)e.put();
+    e.string("a");
+    e.get(0);
+    e.setitem();
+    write_pt(dir.path() / "self.pt", e.finish(), 16);
+    const auto err = import_error(dir.path() / "self.pt");
+    BOOST_TEST(contains(err.what(), "contains itself"), err.what());
+  }
+  {  // d[k] = {'a': d[k-1], 'b': d[k-1]}: 2^40 leaves from a few hundred bytes, by memo.
+    dcp::pickle::Encoder e(2);
+    e.empty_dict();
+    e.string("x");
+    e.integer(1);
+    e.setitem();
+    std::uint32_t prev = e.put();
+    for (int k = 0; k < 40; ++k) {
+      e.pop();
+      e.empty_dict();
+      e.mark();
+      e.string("a");
+      e.get(prev);
+      e.string("b");
+      e.get(prev);
+      e.setitems_from_mark();
+      prev = e.put();
+    }
+    write_pt(dir.path() / "dag.pt", e.finish(), 16);
+    const auto err = import_error(dir.path() / "dag.pt");
+    BOOST_TEST((err.code() == dcp::Errc::resource_exhausted), err.what());
+  }
   // Codes and offsets, through the API.
   BOOST_TEST((import_error(dir.path() / "foreign_global.pt").code() == dcp::Errc::permission_denied));
   BOOST_TEST((import_error(dir.path() / "legacy.pt").code() == dcp::Errc::unimplemented));
