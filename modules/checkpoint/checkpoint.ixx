@@ -11,7 +11,9 @@
 // `save` is torch's save sequence (local plans → coordinator's global plan → write → results →
 // `.metadata`) over a SavePlanner and a StorageWriter, on one process or across the ranks of a
 // `ProcessGroup` (an interface: dcp.dist implements it over c10d; `save_ranks` plays several
-// ranks in one process, as `dcpp convert --ranks` does). `Checkpointer` is torch's
+// ranks in one process, as `dcpp convert --ranks` does). `import_torch_save` and
+// `import_safetensors` read a file as a StateDict over its read-only mapping, which
+// `save_as_checkpoint` writes as an N-rank checkpoint. `Checkpointer` is torch's
 // _Checkpointer: save, async_save (stages the tensors into reusable host buffers, then writes
 // on a background thread; the caller may change its tensors once it returns) and load.
 // Imports every core module below it.
@@ -127,6 +129,46 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                                      const LoadOptions& options = {}, const Progress& progress = {});
 
 // ---------------------------------------------------------------------------------------------
+// Importing a file (`dcpp convert FILE CKPT_DIR`).
+
+/// A state dict read from one file, its tensors viewing a read-only mapping of the file.
+struct ImportedStateDict {
+  planning::StateDict state_dict;
+  /// The mapping and any decoded document the state dict points into: keep it as long as
+  /// the state dict, or a split of it, is used.
+  std::shared_ptr<const void> keep_alive;
+};
+
+/// Reads a torch.save zip archive (torch 1.6+, little-endian): data.pkl is decoded with
+/// record::object_allow_list (nothing runs) and flattened as torch 2.4+'s flatten_state_dict
+/// (mappings descended with str(key), a list by index only when it holds a tensor or a
+/// mapping, tuples and other values one object each); tensors and parameters are views of
+/// their storage records (offset and strides kept; every bound and CRC-32 checked). The root
+/// must be a dict. Throws dcp::Error naming the file, key and byte offset: unimplemented for
+/// the legacy non-zip format, big-endian data, quantized tensors and objects holding tensors;
+/// data_loss for a corrupt file; resource_exhausted past the walk's budget (32 units per byte
+/// of data.pkl + 16 Mi: a value shared by memo is walked at each reference).
+ImportedStateDict import_torch_save(const std::filesystem::path& file);
+
+/// Reads a safetensors file: each tensor under its key as a one-part path (never split on
+/// dots), in header order, viewing the file's data section. `__metadata__` is not imported.
+/// The header (at most 100 MB, inside the file) and every dtype, shape and data offset are
+/// checked: offsets inside the data section, exactly the tensor's bytes, no two tensors
+/// overlapping. Errors name the file, key and byte offset.
+ImportedStateDict import_safetensors(const std::filesystem::path& file);
+
+/// import_safetensors for *.safetensors, import_torch_save otherwise.
+ImportedStateDict import_file(const std::filesystem::path& file);
+
+/// Saves a whole-tensor state dict as a checkpoint written by `ranks` ranks (split_rows: rows
+/// of each tensor over the ranks as torch.chunk splits them), each rank through its own
+/// FileSystemWriter with `options` and a DefaultSavePlanner of the same flavor, played in
+/// this process (save_ranks); with several ranks, files_per_rank 0 means one file per rank.
+/// Reports what the state dict held.
+ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const std::filesystem::path& checkpoint_dir,
+                                 int ranks, const storage::WriteOptions& options);
+
+// ---------------------------------------------------------------------------------------------
 // Saving.
 
 /// The collectives torch's save and load sequences need, over bytes, with `root` the
@@ -220,7 +262,7 @@ class Checkpointer {
 }  // namespace dcp::checkpoint
 
 // Not exported: shared by the implementation units (convert.cpp, safetensors.cpp,
-// temp_file.cpp, verify.cpp, load.cpp).
+// temp_file.cpp, verify.cpp, load.cpp, import.cpp, import_safetensors.cpp).
 namespace dcp::checkpoint::detail {
 
 /// The output of a conversion: a temporary file next to `out`, renamed over it by commit()
@@ -244,6 +286,20 @@ class TempFile {
   std::filesystem::path tmp_;
   std::unique_ptr<storage::OutputFile> file_;
   bool committed_ = false;
+};
+
+/// A whole file mapped read-only (an empty file maps nothing). Errors name the path.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+
+ private:
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
 };
 
 /// What a conversion's selection holds, in metadata order.

@@ -174,15 +174,19 @@ namespace {
 // after REDUCE) and fetched with GET, as Python does. Every cycle the decoder can build passes
 // through a list, dict, call or object (only those are filled after they exist), so it stops
 // at one of them, except a cycle through sets and tuples alone, which ends at max_depth.
+// The nodes reachable from the root are numbered locally first, so writing a value costs
+// O(the value), not O(its document): one document may hold many values that are written one
+// by one (an imported torch.save file's objects all live in its one data.pkl).
 class ValueWriter {
  public:
   ValueWriter(Encoder& e, const Document& doc, std::size_t max_depth)
-      : e_(e), doc_(doc), max_depth_(max_depth), refs_(doc.size(), 0), cyclic_(doc.size(), false) {
+      : e_(e), doc_(doc), max_depth_(max_depth) {
     const std::uint64_t source = std::max<std::uint64_t>(doc.source_size(), doc.size());
     limit_ = e.size() + (source > (UINT64_MAX >> 6) ? UINT64_MAX >> 1 : source * 32 + (std::uint64_t{1} << 20));
   }
 
   void write(NodeId root) {
+    number(root);
     analyse(root);
     emit(root, 0);
   }
@@ -201,10 +205,25 @@ class ValueWriter {
     }
   }
 
+  void number(NodeId root) {
+    std::vector<NodeId> stack{root};
+    while (!stack.empty()) {
+      const NodeId id = stack.back();
+      stack.pop_back();
+      if (!local_.emplace(id, static_cast<std::uint32_t>(local_.size())).second) continue;
+      const std::size_t edges = doc_.at(id).items().size() + 3;
+      for (std::size_t k = 0; k < edges; ++k)
+        if (const NodeId c = child(id, k); c != kNoNode) stack.push_back(c);
+    }
+    refs_.assign(local_.size(), 0);
+    cyclic_.assign(local_.size(), false);
+  }
+  std::uint32_t at(NodeId id) const { return local_.find(id)->second; }
+
   void analyse(NodeId root) {
     constexpr std::uint32_t kUnvisited = 0xFFFFFFFFu;
-    std::vector<std::uint32_t> index(doc_.size(), kUnvisited), low(doc_.size(), 0);
-    std::vector<bool> on_stack(doc_.size(), false);
+    std::vector<std::uint32_t> index(local_.size(), kUnvisited), low(local_.size(), 0);
+    std::vector<bool> on_stack(local_.size(), false);
     std::vector<NodeId> component;
     struct Frame {
       NodeId id;
@@ -213,40 +232,42 @@ class ValueWriter {
     std::vector<Frame> path;
     std::uint32_t counter = 0;
     auto visit = [&](NodeId id) {
-      index[id] = low[id] = counter++;
+      index[at(id)] = low[at(id)] = counter++;
       component.push_back(id);
-      on_stack[id] = true;
+      on_stack[at(id)] = true;
       path.push_back({id, 0});
     };
-    refs_.at(root) = 1;
+    refs_.at(at(root)) = 1;
     visit(root);
     while (!path.empty()) {
       const NodeId v = path.back().id;
       const std::size_t edges = doc_.at(v).items().size() + 3;
       NodeId c = kNoNode;
       while (c == kNoNode && path.back().next_edge < edges) c = child(v, path.back().next_edge++);
+      const std::uint32_t lv = at(v);
       if (c != kNoNode) {
-        if (refs_[c] < 2) ++refs_[c];
-        if (c == v) cyclic_[v] = true;
-        if (index[c] == kUnvisited) visit(c);
-        else if (on_stack[c]) low[v] = std::min(low[v], index[c]);
+        const std::uint32_t lc = at(c);
+        if (refs_[lc] < 2) ++refs_[lc];
+        if (c == v) cyclic_[lv] = true;
+        if (index[lc] == kUnvisited) visit(c);
+        else if (on_stack[lc]) low[lv] = std::min(low[lv], index[lc]);
         continue;
       }
       path.pop_back();
-      if (!path.empty()) low[path.back().id] = std::min(low[path.back().id], low[v]);
-      if (low[v] != index[v]) continue;
+      if (!path.empty()) low[at(path.back().id)] = std::min(low[at(path.back().id)], low[lv]);
+      if (low[lv] != index[lv]) continue;
       // v roots a strongly connected component: pop it; more than one node is a cycle.
       const auto first = std::find(component.rbegin(), component.rend(), v).base() - 1;
       const bool cycle = component.end() - first > 1;
       for (auto it = first; it != component.end(); ++it) {
-        on_stack[*it] = false;
-        if (cycle) cyclic_[*it] = true;
+        on_stack[at(*it)] = false;
+        if (cycle) cyclic_[at(*it)] = true;
       }
       component.erase(first, component.end());
     }
   }
 
-  bool shared(NodeId id) const { return refs_[id] >= 2 || cyclic_[id]; }
+  bool shared(NodeId id) const { return refs_[at(id)] >= 2 || cyclic_[at(id)]; }
   void remember(NodeId id) {
     if (shared(id)) memo_.emplace(id, e_.put());
   }
@@ -357,7 +378,8 @@ class ValueWriter {
   const Document& doc_;
   std::size_t max_depth_;
   std::uint64_t limit_ = 0;
-  std::vector<std::uint8_t> refs_;
+  std::unordered_map<NodeId, std::uint32_t> local_;  // reachable node → its local number
+  std::vector<std::uint8_t> refs_;                  // by local number
   std::vector<bool> cyclic_;
   std::unordered_map<NodeId, std::uint32_t> memo_;
 };

@@ -8,6 +8,7 @@ module;
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 module dcp.record;
 import dcp.error;
@@ -42,25 +43,6 @@ void add_trailing_records(zip::ArchiveWriter& writer, ArchiveStyle style) {
   if (style == ArchiveStyle::torch_2x) writer.add_record(".data/serialization_id", text_bytes(serialization_id()));
 }
 
-// Objects holding storages (tensors) would need the storage records too.
-void refuse_storages(const pickle::Document& doc, pickle::NodeId root) {
-  std::vector<bool> seen(doc.size(), false);
-  std::vector<pickle::NodeId> stack{root};
-  while (!stack.empty()) {
-    const auto id = stack.back();
-    stack.pop_back();
-    if (id == pickle::kNoNode || id >= seen.size() || seen[id]) continue;
-    seen[id] = true;
-    const auto node = doc.at(id);
-    if (node.kind() == pickle::NodeKind::persistent)
-      throw Error(Errc::unimplemented, "an object that holds a tensor cannot be saved as an object item");
-    for (auto child : node.items()) stack.push_back(child);
-    stack.push_back(node.callee());
-    stack.push_back(node.args());
-    stack.push_back(node.state());
-  }
-}
-
 }  // namespace
 
 std::uint64_t write_tensor_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
@@ -81,8 +63,33 @@ std::uint64_t write_tensor_archive(const std::function<void(std::span<const std:
   return writer.bytes_written();
 }
 
+// Objects holding storages (tensors) would need the storage records too. A hash set, not a
+// vector over the document: one document may hold many objects (a whole imported .pt).
+std::uint64_t check_object_savable(const pickle::Document& doc, pickle::NodeId id, std::uint64_t max_nodes) {
+  std::unordered_set<pickle::NodeId> seen;
+  std::vector<pickle::NodeId> stack{id};
+  while (!stack.empty()) {
+    const auto n = stack.back();
+    stack.pop_back();
+    if (n == pickle::kNoNode || n >= doc.size() || !seen.insert(n).second) continue;
+    if (seen.size() > max_nodes)
+      throw Error(Errc::resource_exhausted, "object has more than " + std::to_string(max_nodes) + " values");
+    const auto node = doc.at(n);
+    if (node.kind() == pickle::NodeKind::persistent) {
+      Error e(Errc::unimplemented, "an object that holds a tensor cannot be saved as an object item");
+      if (auto offset = node.offset()) e.at_offset(*offset);
+      throw e;
+    }
+    for (auto child : node.items()) stack.push_back(child);
+    stack.push_back(node.callee());
+    stack.push_back(node.args());
+    stack.push_back(node.state());
+  }
+  return seen.size();
+}
+
 std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeId id, ArchiveStyle style) {
-  refuse_storages(doc, id);
+  check_object_savable(doc, id);
   StateDictPickler pickler;
   pickler.object(doc, id);
   const auto data_pkl = pickler.finish();

@@ -57,6 +57,18 @@ using ReadAt = std::function<void(std::uint64_t offset, std::span<std::byte> out
 /// any, says little-endian. Offsets in errors are archive offsets.
 TensorLocation locate_tensor(std::uint64_t archive_size, const ReadAt& read_at);
 
+/// True when node `id` rebuilds a tensor (_rebuild_tensor_v2/_v3, or _rebuild_parameter).
+bool is_tensor_rebuild(const pickle::Document& doc, pickle::NodeId id);
+/// What the tensor rebuild at node `id` says (a parameter's requires_grad included). Throws
+/// data_loss for malformed arguments, unimplemented for conj/neg flags and storage classes
+/// without a dtype, with the node's offset.
+TensorRecord tensor_record(const pickle::Document& doc, pickle::NodeId id);
+/// Throws data_loss (no offset: the caller knows where) unless the storage record's
+/// `storage_bytes` are exactly storage_numel × itemsize.
+void check_storage_size(const TensorRecord& record, std::uint64_t storage_bytes);
+/// Throws data_loss (no offset) unless the strided view lies inside the storage.
+void check_view(const TensorRecord& record);
+
 /// Checks a located tensor against the chunk that .metadata promised.
 void check_against_chunk(const TensorLocation& location, DType dtype, const metadata::Shape& sizes);
 
@@ -131,6 +143,12 @@ using StorageSink = std::function<void(std::span<const std::byte>)>;
 std::uint64_t write_tensor_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
                                    DType dtype, const metadata::Shape& sizes,
                                    const std::function<void(const StorageSink&)>& write_storage);
+
+/// Walks the value at node `id` (each node once, O(the value), not O(the document)): throws
+/// unimplemented when it holds a storage (a tensor), which an object item cannot carry, and
+/// resource_exhausted when it has more than `max_nodes` nodes. Returns the nodes visited.
+std::uint64_t check_object_savable(const pickle::Document& doc, pickle::NodeId id,
+                                   std::uint64_t max_nodes = UINT64_MAX);
 
 /// The archive torch.save(value) writes for node `id` of `doc` (a BYTE_IO item). Throws
 /// unimplemented (naming the value) for tensors and other values torch.save would write

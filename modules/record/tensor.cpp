@@ -109,18 +109,40 @@ std::uint64_t entry_data_offset(ArchiveReader& reader, const zip::Entry& entry, 
   return zip::data_offset(header, entry, archive_size);
 }
 
-// A tensor's data.pkl (_rebuild_tensor_v2/_v3 arguments). Throws data_loss /
-// permission_denied / unimplemented (quantized tensors, conj/neg flags) with the offset
-// inside data.pkl.
+// A tensor item's data.pkl: one tensor rebuild. Offsets are inside data.pkl.
 TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
   pickle::Limits limits;
   limits.allow_persistent_ids = true;
   const Document doc = pickle::decode(data_pkl, tensor_allow_list(), limits);
-  const auto& root = doc.at(doc.root());
+  return tensor_record(doc, doc.root());
+}
+
+}  // namespace
+
+bool is_tensor_rebuild(const Document& doc, NodeId id) {
+  const auto node = doc.at(id);
+  if (node.kind() != NodeKind::call) return false;
+  return doc.is_global(node.callee(), "torch._utils", "_rebuild_tensor_v2") ||
+         doc.is_global(node.callee(), "torch._utils", "_rebuild_tensor_v3") ||
+         doc.is_global(node.callee(), "torch._utils", "_rebuild_parameter");
+}
+
+TensorRecord tensor_record(const Document& doc, NodeId id) {
+  const auto& root = doc.at(id);
+  if (root.kind() == NodeKind::call && doc.is_global(root.callee(), "torch._utils", "_rebuild_parameter")) {
+    // nn.Parameter: _rebuild_parameter(tensor, requires_grad, backward_hooks).
+    const auto& args = doc.at(root.args()).items();
+    if (args.size() < 2 || doc.at(args[0]).kind() != NodeKind::call ||
+        doc.is_global(doc.at(args[0]).callee(), "torch._utils", "_rebuild_parameter"))
+      throw bad(doc, id, "malformed parameter (_rebuild_parameter)");
+    TensorRecord r = tensor_record(doc, args[0]);
+    if (doc.at(args[1]).kind() == NodeKind::boolean) r.requires_grad = doc.at(args[1]).boolean();
+    return r;
+  }
   const bool v3 = root.kind() == NodeKind::call && doc.is_global(root.callee(), "torch._utils", "_rebuild_tensor_v3");
   if (root.kind() != NodeKind::call ||
       !(v3 || doc.is_global(root.callee(), "torch._utils", "_rebuild_tensor_v2")))
-    throw bad(doc, doc.root(), "expected a tensor (_rebuild_tensor_v2/_v3), found " + doc.describe(doc.root()));
+    throw bad(doc, id, "expected a tensor (_rebuild_tensor_v2/_v3), found " + doc.describe(id));
   const auto& args = doc.at(root.args()).items();
   if (args.size() < (v3 ? 7u : 6u)) throw bad(doc, root.args(), "too few tensor arguments");
   const std::size_t flags_at = v3 ? 7 : 6;
@@ -166,7 +188,26 @@ TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
   return r;
 }
 
-}  // namespace
+void check_storage_size(const TensorRecord& r, std::uint64_t storage_bytes) {
+  const auto itemsize = dtype_itemsize(r.dtype);
+  if (mul_or_throw(r.storage_numel, itemsize, "storage size") != storage_bytes)
+    throw Error(Errc::data_loss, "storage record data/" + r.storage_key + " holds " + std::to_string(storage_bytes) +
+                                     " bytes, data.pkl promises " + std::to_string(r.storage_numel) + " elements of " +
+                                     std::to_string(itemsize) + " bytes");
+}
+
+void check_view(const TensorRecord& r) {
+  // The furthest element the strided view touches must lie inside the storage.
+  std::uint64_t last = r.storage_offset;
+  bool empty = false;
+  for (std::size_t d = 0; d < r.sizes.size(); ++d) {
+    if (r.sizes[d] == 0) empty = true;
+    else last = add_or_throw(last, mul_or_throw(static_cast<std::uint64_t>(r.sizes[d] - 1), static_cast<std::uint64_t>(r.strides[d]), "stride extent"), "stride extent");
+  }
+  if (!empty && last >= r.storage_numel)
+    throw Error(Errc::data_loss, "tensor view reaches element " + std::to_string(last) + " of a storage of " +
+                                     std::to_string(r.storage_numel) + " elements");
+}
 
 TensorLocation locate_tensor(std::uint64_t archive_size, const ReadAt& read_at) {
   if (archive_size < zip::kEndRecordsTail)
@@ -210,25 +251,18 @@ TensorLocation locate_tensor(std::uint64_t archive_size, const ReadAt& read_at) 
   loc.data_size = data->size;
   loc.crc32 = data->crc32;
 
-  const auto& r = loc.record;
-  const auto itemsize = dtype_itemsize(r.dtype);
-  const auto storage_bytes = mul_or_throw(r.storage_numel, itemsize, "storage size");
-  if (storage_bytes != loc.data_size)
-    throw Error(Errc::data_loss, "storage record data/" + r.storage_key + " holds " + std::to_string(loc.data_size) +
-                                     " bytes, data.pkl promises " + std::to_string(r.storage_numel) + " elements of " +
-                                     std::to_string(itemsize) + " bytes")
-        .at_offset(data->local_header_offset);
-  // The furthest element the strided view touches must lie inside the storage.
-  std::uint64_t last = r.storage_offset;
-  bool empty = false;
-  for (std::size_t d = 0; d < r.sizes.size(); ++d) {
-    if (r.sizes[d] == 0) empty = true;
-    else last = add_or_throw(last, mul_or_throw(static_cast<std::uint64_t>(r.sizes[d] - 1), static_cast<std::uint64_t>(r.strides[d]), "stride extent"), "stride extent");
+  try {
+    check_storage_size(loc.record, loc.data_size);
+  } catch (Error& e) {
+    e.at_offset(data->local_header_offset);
+    throw;
   }
-  if (!empty && last >= r.storage_numel)
-    throw Error(Errc::data_loss, "tensor view reaches element " + std::to_string(last) + " of a storage of " +
-                                     std::to_string(r.storage_numel) + " elements")
-        .at_offset(pkl_offset);
+  try {
+    check_view(loc.record);
+  } catch (Error& e) {
+    e.at_offset(pkl_offset);
+    throw;
+  }
   return loc;
 }
 

@@ -162,28 +162,9 @@ dcp::Error expect_error(const std::function<void()>& fn) {
 
 bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
 
-// The dcpp binary of this build: DCPP_EXE, else <build>/tools/dcpp/dcpp beside this test.
-fs::path dcpp_exe() {
-  if (const char* env = std::getenv("DCPP_EXE")) return env;
-  std::error_code ec;
-  const auto self = fs::read_symlink("/proc/self/exe", ec);
-  return self.parent_path().parent_path().parent_path() / "tools" / "dcpp" / "dcpp";
-}
-
-struct Cli {
-  int status = 0;
-  std::string out, err;
-};
-
-Cli dcpp(const std::string& args, const fs::path& scratch) {
-  Cli r;
-  const auto err_file = scratch / "stderr.txt";
-  r.out = dcp_test::run_capture(dcp_test::quote(dcpp_exe()) + " " + args + " 2>" + dcp_test::quote(err_file), &r.status);
-  const auto bytes = dcp_test::read_bytes(err_file);
-  r.err.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  fs::remove(err_file);
-  return r;
-}
+using dcp_test::dcpp_exe;
+using Cli = dcp_test::CliResult;
+Cli dcpp(const std::string& args, const fs::path& scratch) { return dcp_test::run_dcpp(args, scratch); }
 
 }  // namespace
 

@@ -2,6 +2,7 @@
 // memo shares, the memory budget, and an encoder that keeps sharing instead of expanding it.
 // Time and peak RSS of the same inputs through dcpp are measured with make_hostile, not here.
 #include <boost/test/unit_test.hpp>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -224,6 +225,24 @@ BOOST_AUTO_TEST_CASE(encoder_keeps_appended_and_set_items_of_objects_apart) {
   const auto both = pk::decode(lit("\x80\x02" "ccollections\nOrderedDict\n)R(K\x01" "e(K\x02K\x03u."), allow);
   const auto err = encode_error(both);
   BOOST_TEST((err.code() == dcp::Errc::unimplemented), err.what());
+}
+
+BOOST_AUTO_TEST_CASE(encoding_one_value_costs_that_value_not_its_document) {
+  // One document of a million values, 3000 of them written one by one (as dcpp convert
+  // FILE.pt CKPT_DIR re-encodes each object of a file's data.pkl): the walk must not touch
+  // per-document arrays for each value (that was 3000 × 1M slots, tens of seconds).
+  pk::Document doc;
+  std::vector<pk::NodeId> items;
+  for (int i = 0; i < 1'000'000; ++i) items.push_back(doc.add_integer(static_cast<std::uint64_t>(i), i));
+  doc.set_root(doc.add_container(pk::NodeKind::list, 0, items));
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3000; ++i) {
+    pk::Encoder e(2);
+    e.value(doc, items[static_cast<std::size_t>(i) * 300]);
+    BOOST_TEST_REQUIRE(e.finish().size() < 16u);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  BOOST_TEST(seconds < 2.0, seconds << " s for 3000 small values");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -105,6 +105,23 @@ std::string run_capture(const std::string& command, int* status) {
   return out;
 }
 
+std::filesystem::path dcpp_exe() {
+  if (const char* env = std::getenv("DCPP_EXE")) return env;
+  std::error_code ec;
+  const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return self.parent_path().parent_path().parent_path() / "tools" / "dcpp" / "dcpp";
+}
+
+CliResult run_dcpp(const std::string& args, const std::filesystem::path& scratch) {
+  CliResult r;
+  const auto err_file = scratch / "stderr.txt";
+  r.out = run_capture(quote(dcpp_exe()) + " " + args + " 2>" + quote(err_file), &r.status);
+  const auto bytes = read_bytes(err_file);
+  r.err.assign(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  std::filesystem::remove(err_file);
+  return r;
+}
+
 void make_checkpoint(const std::string& case_name, const std::filesystem::path& out) {
   const std::string command = python() + " " + quote(source_root() / "tests/python/make_checkpoint.py") +
                               " --case " + case_name + " --out " + quote(out);

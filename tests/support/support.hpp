@@ -42,6 +42,18 @@ int run(const std::string& command);
 std::string run_capture(const std::string& command, int* status = nullptr);
 std::string quote(const std::filesystem::path& p);
 
+/// The dcpp binary of this build: DCPP_EXE, else <build>/tools/dcpp/dcpp (found from the test
+/// binary's own path, <build>/tests/<suite>/<binary>).
+std::filesystem::path dcpp_exe();
+/// What one run of dcpp printed.
+struct CliResult {
+  int status = 0;
+  std::string out, err;
+};
+/// Runs `dcpp ARGS` (ARGS already quoted for the shell), capturing stdout and stderr (through
+/// a file in `scratch`, removed afterwards).
+CliResult run_dcpp(const std::string& args, const std::filesystem::path& scratch);
+
 /// Writes a checkpoint with real PyTorch 1.13 (tests/python/make_checkpoint.py --case NAME)
 /// into `out` (out/ckpt, out/expected.json, out/expected/*.bin); fails the test on error.
 void make_checkpoint(const std::string& case_name, const std::filesystem::path& out);

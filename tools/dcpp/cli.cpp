@@ -36,20 +36,28 @@ constexpr Command kCommands[] = {
      "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
      "(--all: report every problem)",
      run_verify, 1},
-    {"convert", "dcpp convert [--threads N] [--keys REGEX] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors",
+    {"convert",
+     "dcpp convert [--threads N] [--keys REGEX] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors; "
+     "dcpp convert [--ranks N] [--format torch2|torch1.13] [--overwrite] [--quiet] IN.pt|IN.pth|IN.safetensors OUT_DIR",
      "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
      "(nested as saved, torch.load reads it), safetensors for .safetensors (objects as JSON in "
-     "__metadata__); streams tensor by tensor, writes OUT only when complete",
+     "__metadata__); streams tensor by tensor, writes OUT only when complete. Given a torch.save "
+     "or safetensors file, the reverse: a checkpoint directory as if saved by N ranks (rows split "
+     "as torch.chunk does), nested state dicts flattened as dcp.save does, written crash-safely "
+     "(OUT_DIR appears only when complete)",
      run_convert, 2},
 };
 
 constexpr Flag kFlags[] = {
     {"json", "", "inspect load", "print one JSON document (schema in README.md)"},
-    {"threads", "N", "load verify convert", "storage worker threads (default: up to 8)"},
+    {"threads", "N", "load verify convert", "storage worker threads (default: up to 8; convert: checkpoint to file)"},
     {"io", "KIND", "load verify convert", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
     {"device", "DEV", "load", "where tensors go: cpu (default), cuda or cuda:N"},
     {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
     {"all", "", "verify", "report every problem, not only the first"},
+    {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
+    {"format", "KIND", "convert", "file to checkpoint: torch2 (default, torch 2.x's layout) or torch1.13 (flat keys)"},
+    {"overwrite", "", "convert", "file to checkpoint: replace a checkpoint already in OUT_DIR"},
     {"quiet", "", "load verify convert", "no progress bar and no summary line"},
     {"help", "", "*", "print help (-h: short)"},
     {"version", "", "*", "print the version"},

@@ -1,16 +1,21 @@
-// `dcpp convert`: a checkpoint as one torch.save (.pt/.pth) or safetensors file.
+// `dcpp convert`: a checkpoint as one torch.save (.pt/.pth) or safetensors file, and back: a
+// torch.save or safetensors file as a checkpoint of N ranks. The input picks the direction.
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <unistd.h>
 
 #include "cli.hpp"
 #include "progress.hpp"
 import dcp.error;
 import dcp.metadata;
+import dcp.storage;
 import dcp.checkpoint;
 
 namespace dcpp_cli {
@@ -22,18 +27,88 @@ namespace {
 
 enum class Format { torch_save, safetensors };
 
-Format format_of(const std::string& out) {
-  const auto ext = std::filesystem::path(out).extension().string();
+std::optional<Format> file_format(const std::string& name) {
+  const auto ext = std::filesystem::path(name).extension().string();
   if (ext == ".pt" || ext == ".pth") return Format::torch_save;
   if (ext == ".safetensors") return Format::safetensors;
+  return std::nullopt;
+}
+
+std::string_view format_label(Format format) { return format == Format::torch_save ? "torch.save" : "safetensors"; }
+
+Format format_of(const std::string& out) {
+  if (auto format = file_format(out)) return *format;
   throw UsageError{"cannot tell the output format of '" + out + "': name it *.pt, *.pth or *.safetensors"};
 }
 
+// Flags of one direction only.
+constexpr std::string_view kImportOnly[] = {"ranks", "format", "overwrite"};
+constexpr std::string_view kExportOnly[] = {"threads", "io", "keys"};
 
+int parse_ranks(const Args& args) {
+  const auto text = args.get("ranks");
+  if (!text) return 1;
+  int n = 0;
+  bool ok = !text->empty() && text->size() <= 4;
+  for (char c : *text) {
+    ok = ok && c >= '0' && c <= '9';
+    n = ok ? n * 10 + (c - '0') : 0;
+  }
+  if (!ok || n < 1 || n > 1024) throw UsageError{"--ranks takes a number from 1 to 1024, not '" + *text + "'"};
+  return n;
+}
+
+dcp::metadata::Flavor parse_flavor(const Args& args) {
+  const auto text = args.get("format").value_or("torch2");
+  if (text == "torch2") return dcp::metadata::Flavor::torch_2x;
+  if (text == "torch1.13") return dcp::metadata::Flavor::torch_1_13;
+  throw UsageError{"--format takes torch2 or torch1.13, not '" + text + "'"};
+}
+
+// FILE.pt|FILE.safetensors → CKPT_DIR.
+int run_import(const Args& args, Format format) {
+  const std::string in = args.positional[0];
+  const std::string out = args.positional[1];
+  for (auto flag : kExportOnly)
+    if (args.has(flag))
+      throw UsageError{"--" + std::string(flag) + " applies only when converting a checkpoint to a file"};
+  const int ranks = parse_ranks(args);
+  dcp::storage::WriteOptions options;
+  options.format = parse_flavor(args);
+  options.overwrite = args.has("overwrite");
+  const auto start = std::chrono::steady_clock::now();
+
+  const auto imported = format == Format::safetensors ? dcp::checkpoint::import_safetensors(in)
+                                                      : dcp::checkpoint::import_torch_save(in);
+  dcp::checkpoint::ConvertReport report;
+  {
+    Progress progress(!args.has("quiet"), imported.state_dict.tensor_bytes(), "converting");
+    std::mutex mutex;  // each rank's writer reports from its own threads
+    options.progress = [&](std::uint64_t bytes) {
+      std::lock_guard lock(mutex);
+      progress.advance(bytes);
+    };
+    report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, out, ranks, options);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!args.has("quiet"))
+    std::printf("converted %llu tensors (%llu bytes) and %llu objects from %s (%s) to checkpoint %s (%s, %d rank%s) in %.3f s\n",
+                static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
+                static_cast<unsigned long long>(report.objects), in.c_str(), std::string(format_label(format)).c_str(),
+                out.c_str(), std::string(dcp::metadata::flavor_name(options.format)).c_str(), ranks, ranks == 1 ? "" : "s",
+                seconds);
+  return 0;
+}
 
 }  // namespace
 
 int run_convert(const Args& args) {
+  // A regular file (not a checkpoint directory) named *.pt, *.pth or *.safetensors is an input.
+  if (const auto in_format = file_format(args.positional[0]); in_format && !std::filesystem::is_directory(args.positional[0]))
+    return run_import(args, *in_format);
+  for (auto flag : kImportOnly)
+    if (args.has(flag))
+      throw UsageError{"--" + std::string(flag) + " applies only when converting a .pt or .safetensors file to a checkpoint"};
   const std::string checkpoint = args.positional[0];
   const std::string out = args.positional[1];
   const Format format = format_of(out);  // usage errors before any I/O
@@ -53,7 +128,7 @@ int run_convert(const Args& args) {
     std::printf("converted %llu tensors (%llu bytes) and %llu objects to %s (%s) in %.3f s\n",
                 static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
                 static_cast<unsigned long long>(report.objects), out.c_str(),
-                format == Format::torch_save ? "torch.save" : "safetensors", seconds);
+                std::string(format_label(format)).c_str(), seconds);
   return 0;
 }
 

@@ -1,0 +1,392 @@
+// `dcpp convert FILE.pt|FILE.safetensors CKPT_DIR` and dcp.checkpoint's importers: files that
+// torch 2.13, torch 1.13 and the safetensors library write are converted and loaded back by
+// torch's own DCP loaders (check_import.py); hand-made hostile files are refused with one
+// line naming the file, key and byte, leaving no output behind.
+#include <boost/test/unit_test.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "support.hpp"
+import dcp.error;
+import dcp.pickle;
+import dcp.zip;
+import dcp.metadata;
+import dcp.storage;
+import dcp.checkpoint;
+
+namespace fs = std::filesystem;
+using dcp_test::needs_python2x;
+using dcp_test::quote;
+
+namespace {
+
+bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
+
+void check_script(const std::string& interpreter, const std::string& args) {
+  int status = 0;
+  const auto out = dcp_test::run_capture(quote(interpreter) + " " +
+                                             quote(dcp_test::source_root() / "tests/convert/check_import.py") + " " + args +
+                                             " 2>&1",
+                                         &status);
+  BOOST_TEST_MESSAGE(out);
+  BOOST_TEST(status == 0, args << " -> " << out);
+  BOOST_TEST(!contains(out, ": FAIL: "), out);
+}
+
+dcp_test::CliResult convert(const std::string& args, const fs::path& scratch) {
+  return dcp_test::run_dcpp("convert --quiet " + args, scratch);
+}
+
+// A failed conversion: exit 1, one line on stderr naming the input, nothing on stdout.
+void check_refused(const dcp_test::CliResult& r, const fs::path& input, std::string_view what) {
+  BOOST_TEST(r.status == 1, r.err);
+  BOOST_TEST(r.out.empty(), r.out);
+  BOOST_TEST(r.err.starts_with("dcpp: error: " + input.string() + ": "), r.err);
+  BOOST_TEST(r.err.find('\n') == r.err.size() - 1, r.err);
+  BOOST_TEST(contains(r.err, what), r.err << " lacks " << what);
+}
+
+// ---- Hand-made torch.save files.
+
+// The data.pkl of {'w': tensor, [extra]}: a float32 tensor over storage "0" of `numel`
+// elements with the given offset, size and stride; `extra` adds more entries (it pushes
+// key/value pairs).
+std::vector<std::byte> tensor_dict_pickle(std::int64_t numel, std::int64_t offset, std::int64_t size, std::int64_t stride,
+                                          void (*extra)(dcp::pickle::Encoder&) = nullptr, bool in_tuple = false) {
+  dcp::pickle::Encoder e(2);
+  e.empty_dict();
+  e.mark();
+  e.string("w");
+  e.global("torch._utils", "_rebuild_tensor_v2");
+  e.mark();
+  e.mark();
+  e.string("storage");
+  e.global("torch", "FloatStorage");
+  e.string("0");
+  e.string("cpu");
+  e.integer(numel);
+  e.tuple_from_mark();
+  e.persistent_id();
+  e.integer(offset);
+  e.integer(size);
+  e.tuple(1);
+  e.integer(stride);
+  e.tuple(1);
+  e.boolean(false);
+  e.global("collections", "OrderedDict");
+  e.empty_tuple();
+  e.reduce();
+  e.tuple_from_mark();
+  e.reduce();
+  if (in_tuple) e.tuple(1);
+  if (extra) extra(e);
+  e.setitems_from_mark();
+  return e.finish();
+}
+
+void write_pt(const fs::path& path, const std::vector<std::byte>& data_pkl, std::size_t storage_bytes,
+              std::string_view byteorder = "little") {
+  std::vector<std::byte> out;
+  dcp::zip::ArchiveWriter w([&](std::span<const std::byte> b) { out.insert(out.end(), b.begin(), b.end()); }, "x");
+  w.add_record("data.pkl", data_pkl);
+  w.add_record("byteorder", std::as_bytes(std::span(byteorder.data(), byteorder.size())));
+  std::vector<float> storage(storage_bytes / 4);
+  for (std::size_t i = 0; i < storage.size(); ++i) storage[i] = static_cast<float>(i) + 0.5f;
+  std::vector<std::byte> bytes(storage_bytes);
+  if (storage_bytes) std::memcpy(bytes.data(), storage.data(), storage_bytes);
+  w.add_record("data/0", bytes);
+  w.add_record("version", std::as_bytes(std::span("3\n", 2)));
+  w.finish();
+  dcp_test::write_bytes(path, out);
+}
+
+// A good little file: {'w': the 4 floats of storage "0"}.
+void write_good_pt(const fs::path& path) { write_pt(path, tensor_dict_pickle(4, 0, 4, 1), 16); }
+
+// ---- Hand-made safetensors files.
+
+void write_safetensors(const fs::path& path, const std::string& header, std::size_t data_bytes,
+                       std::optional<std::uint64_t> claimed_length = std::nullopt) {
+  std::vector<std::byte> out(8);
+  const std::uint64_t n = claimed_length.value_or(header.size());
+  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<std::byte>((n >> (8 * i)) & 0xFF);
+  for (char c : header) out.push_back(static_cast<std::byte>(c));
+  out.resize(out.size() + data_bytes, std::byte{7});
+  dcp_test::write_bytes(path, out);
+}
+
+dcp::Error import_error(const fs::path& file) {
+  return dcp_test::thrown<dcp::Error>([&] { (void)dcp::checkpoint::import_file(file); });
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(import)
+
+BOOST_AUTO_TEST_CASE(torch_2_13_files_load_back_with_dcp_load, *boost::unit_test::precondition(needs_python2x)) {
+  dcp_test::TempDir dir;
+  const auto& d = dir.path();
+  check_script(dcp_test::python2x(), "make " + quote(d));
+  for (const auto& [args, out] : std::vector<std::pair<std::string, std::string>>{
+           {"--ranks 1 " + quote(d / "x.pt"), "ck1"},
+           {"--ranks 3 " + quote(d / "x.pt"), "ck3"},
+           {quote(d / "x.safetensors"), "cks"}}) {
+    const auto r = convert(args + " " + quote(d / out), d);
+    BOOST_TEST_REQUIRE(r.status == 0, args << ": " << r.err);
+  }
+  // Round trip: the checkpoint back to one torch.save file.
+  BOOST_TEST_REQUIRE(convert(quote(d / "ck1") + " " + quote(d / "y.pt"), d).status == 0);
+  check_script(dcp_test::python2x(), "load " + quote(d / "x.pt") + " " + quote(d / "ck1") + " " + quote(d / "ck3"));
+  check_script(dcp_test::python2x(), "load " + quote(d / "x.safetensors") + " " + quote(d / "cks"));
+  check_script(dcp_test::python2x(), "same " + quote(d / "x.pt") + " " + quote(d / "y.pt"));
+
+  // Three ranks: rows split as torch.chunk (5 rows: 2, 2, 1), objects and 0-dim on rank 0.
+  const auto md = dcp::checkpoint::inspect(d / "ck3");
+  const auto* weight = md->find_item("model.linear.weight");
+  BOOST_TEST_REQUIRE(weight);
+  BOOST_TEST(weight->tensor().chunks.size() == 3u);
+  BOOST_TEST(fs::exists(d / "ck3" / "__2_0.distcp"));
+  BOOST_TEST(md->find_item("scalar")->tensor().chunks.size() == 1u);
+  // Paths as torch flattens them: list indices are ints, the int dict key became "3".
+  const auto* path = md->find_path("layers.1");
+  BOOST_TEST_REQUIRE(path);
+  BOOST_TEST(path->size() == 2u);
+  BOOST_TEST(std::holds_alternative<std::int64_t>((*path)[1]));
+  BOOST_TEST(md->find_item("3"));
+  BOOST_TEST(md->find_item("ints"));  // a list without tensors is one object
+  // safetensors keys stay one part, dots and all.
+  const auto mds = dcp::checkpoint::inspect(d / "cks");
+  BOOST_TEST_REQUIRE(mds->find_path("layer.0.bias"));
+  BOOST_TEST(mds->find_path("layer.0.bias")->size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(torch_1_13_file_to_a_torch_1_13_checkpoint) {
+  dcp_test::TempDir dir;
+  const auto& d = dir.path();
+  check_script(dcp_test::python(), "make113 " + quote(d));
+  const auto r = convert("--format torch1.13 " + quote(d / "x113.pt") + " " + quote(d / "ck"), d);
+  BOOST_TEST_REQUIRE(r.status == 0, r.err);
+  const auto md = dcp::checkpoint::inspect(d / "ck");
+  BOOST_TEST((md->flavor == dcp::metadata::Flavor::torch_1_13));
+  BOOST_TEST(md->find_item("nested.b"));  // flat dotted keys: 1.13 has no planner_data
+  check_script(dcp_test::python(), "load113 " + quote(d / "x113.pt") + " " + quote(d / "ck"));
+}
+
+BOOST_AUTO_TEST_CASE(summary_line_and_progress) {
+  dcp_test::TempDir dir;
+  write_good_pt(dir.path() / "m.pt");
+  const auto r = dcp_test::run_dcpp("convert --ranks 2 " + quote(dir.path() / "m.pt") + " " + quote(dir.path() / "ck"), dir.path());
+  BOOST_TEST(r.status == 0, r.err);
+  BOOST_TEST(r.out.starts_with("converted 1 tensors (16 bytes) and 0 objects from "), r.out);
+  BOOST_TEST(contains(r.out, "(torch-2.x, 2 ranks)"), r.out);
+
+  const auto imported = dcp::checkpoint::import_torch_save(dir.path() / "m.pt");
+  dcp::storage::WriteOptions options;
+  std::uint64_t reported = 0;
+  options.progress = [&](std::uint64_t bytes) { reported += bytes; };
+  options.files_per_rank = 1;
+  const auto report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, dir.path() / "ck2", 1, options);
+  BOOST_TEST(report.tensors == 1u);
+  BOOST_TEST(report.bytes == 16u);
+  BOOST_TEST(reported == 16u);
+}
+
+BOOST_AUTO_TEST_CASE(overwrite_replaces_only_a_checkpoint) {
+  dcp_test::TempDir dir;
+  const auto pt = dir.path() / "m.pt";
+  write_good_pt(pt);
+  const auto out = dir.path() / "ck";
+  BOOST_TEST_REQUIRE(convert(quote(pt) + " " + quote(out), dir.path()).status == 0);
+  auto r = convert(quote(pt) + " " + quote(out), dir.path());
+  BOOST_TEST(r.status == 1);
+  BOOST_TEST(contains(r.err, out.string()), r.err);
+  BOOST_TEST(contains(r.err, "--overwrite"), r.err);
+  r = convert("--overwrite --ranks 2 " + quote(pt) + " " + quote(out), dir.path());
+  BOOST_TEST(r.status == 0, r.err);
+  BOOST_TEST(fs::exists(out / "__1_0.distcp"));
+
+  const auto other = dir.path() / "other";
+  fs::create_directory(other);
+  dcp_test::write_bytes(other / "notes.txt", {std::byte{'x'}});
+  r = convert("--overwrite " + quote(pt) + " " + quote(other), dir.path());
+  BOOST_TEST(r.status == 1);
+  BOOST_TEST(contains(r.err, "notes.txt"), r.err);
+  BOOST_TEST(fs::exists(other / "notes.txt"));
+  BOOST_TEST(!fs::exists(other / ".metadata"));
+}
+
+BOOST_AUTO_TEST_CASE(usage_errors_exit_2_before_any_io) {
+  dcp_test::TempDir dir;
+  const auto pt = quote(dir.path() / "m.pt");  // not even there: usage comes first
+  const auto out = quote(dir.path() / "out");
+  for (const std::string& args : {"--ranks 0 " + pt + " " + out, "--ranks x " + pt + " " + out, "--ranks 5000 " + pt + " " + out,
+                                  "--format torch3 " + pt + " " + out, "--keys w " + pt + " " + out,
+                                  "--threads 2 " + pt + " " + out, "--ranks 2 " + out + " " + pt,
+                                  "--overwrite " + out + " " + pt}) {
+    const auto r = dcp_test::run_dcpp("convert " + args, dir.path());
+    BOOST_TEST(r.status == 2, args << ": " << r.err);
+    BOOST_TEST(r.err.starts_with("dcpp: error: "), r.err);
+  }
+  BOOST_TEST(fs::is_empty(dir.path()));
+  const auto help = dcp_test::run_dcpp("convert --help", dir.path());
+  BOOST_TEST(contains(help.out, "--ranks N"), help.out);
+  BOOST_TEST(contains(help.out, "--format KIND"), help.out);
+  BOOST_TEST(contains(help.out, "--overwrite"), help.out);
+}
+
+BOOST_AUTO_TEST_CASE(hostile_torch_save_files_are_refused_leaving_nothing) {
+  dcp_test::TempDir dir;
+  const auto out = dir.path() / "out";
+  struct Case {
+    std::string name, expect;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<Case> cases;
+  auto add = [&](std::string name, std::string expect, auto write) {
+    const auto path = dir.path() / name;
+    write(path);
+    cases.push_back({std::move(name), std::move(expect), dcp_test::read_bytes(path)});
+  };
+  add("view_outside.pt", "key 'w': byte ", [](const fs::path& p) { write_pt(p, tensor_dict_pickle(4, 2, 3, 1), 16); });
+  add("stride_outside.pt", "view reaches element 6", [](const fs::path& p) { write_pt(p, tensor_dict_pickle(4, 0, 3, 3), 16); });
+  add("size_mismatch.pt", "holds 12 bytes", [](const fs::path& p) { write_pt(p, tensor_dict_pickle(4, 0, 3, 1), 12); });
+  add("foreign_global.pt", "os.system", [](const fs::path& p) {
+    write_pt(p, tensor_dict_pickle(4, 0, 4, 1, [](dcp::pickle::Encoder& e) {
+      e.string("evil");
+      e.global("os", "system");
+      e.string("touch /tmp/pwned");
+      e.tuple(1);
+      e.reduce();
+    }), 16);
+  });
+  add("tuple_with_tensor.pt", "holds a tensor", [](const fs::path& p) { write_pt(p, tensor_dict_pickle(4, 0, 4, 1, nullptr, true), 16); });
+  add("big_endian.pt", "big-endian", [](const fs::path& p) { write_pt(p, tensor_dict_pickle(4, 0, 4, 1), 16, "big"); });
+  add("truncated.pt", "dcpp: error: ", [](const fs::path& p) {
+    write_good_pt(p);
+    fs::resize_file(p, fs::file_size(p) / 2);
+  });
+  add("corrupt_data.pt", "crc32 of the data", [](const fs::path& p) {
+    write_good_pt(p);
+    auto bytes = dcp_test::read_bytes(p);
+    const auto archive = dcp::zip::parse_archive(bytes);
+    const auto data = dcp::zip::record_data(archive, bytes, "data/0");
+    bytes[static_cast<std::size_t>(data.data() - bytes.data()) + 3] ^= std::byte{1};
+    dcp_test::write_bytes(p, bytes);
+  });
+  add("legacy.pt", "legacy (non-zip)", [](const fs::path& p) {
+    dcp_test::write_bytes(p, {std::byte{0x80}, std::byte{0x02}, std::byte{0x8a}, std::byte{0x0a}});
+  });
+  add("not_a_dict.pt", "not a dict", [](const fs::path& p) {
+    dcp::pickle::Encoder e(2);
+    e.integer(5);
+    write_pt(p, e.finish(), 16);
+  });
+  add("empty.pt", "not a torch.save zip archive", [](const fs::path& p) { dcp_test::write_bytes(p, {}); });
+  for (const auto& c : cases) {
+    BOOST_TEST_CONTEXT(c.name) {
+      const auto r = convert(quote(dir.path() / c.name) + " " + quote(out), dir.path());
+      check_refused(r, dir.path() / c.name, c.expect);
+      BOOST_TEST(!fs::exists(out));
+    }
+  }
+  BOOST_TEST(!fs::exists("/tmp/pwned"));
+  {  // {'a': <itself>}
+    dcp::pickle::Encoder e(2);
+    e.empty_dict();
+    (void)e.put();
+    e.string("a");
+    e.get(0);
+    e.setitem();
+    write_pt(dir.path() / "self.pt", e.finish(), 16);
+    const auto err = import_error(dir.path() / "self.pt");
+    BOOST_TEST(contains(err.what(), "contains itself"), err.what());
+  }
+  {  // d[k] = {'a': d[k-1], 'b': d[k-1]}: 2^40 leaves from a few hundred bytes, by memo.
+    dcp::pickle::Encoder e(2);
+    e.empty_dict();
+    e.string("x");
+    e.integer(1);
+    e.setitem();
+    std::uint32_t prev = e.put();
+    for (int k = 0; k < 40; ++k) {
+      e.pop();
+      e.empty_dict();
+      e.mark();
+      e.string("a");
+      e.get(prev);
+      e.string("b");
+      e.get(prev);
+      e.setitems_from_mark();
+      prev = e.put();
+    }
+    write_pt(dir.path() / "dag.pt", e.finish(), 16);
+    const auto err = import_error(dir.path() / "dag.pt");
+    BOOST_TEST((err.code() == dcp::Errc::resource_exhausted), err.what());
+  }
+  // Codes and offsets, through the API.
+  BOOST_TEST((import_error(dir.path() / "foreign_global.pt").code() == dcp::Errc::permission_denied));
+  BOOST_TEST((import_error(dir.path() / "legacy.pt").code() == dcp::Errc::unimplemented));
+  const auto view = import_error(dir.path() / "view_outside.pt");
+  BOOST_TEST((view.code() == dcp::Errc::data_loss));
+  BOOST_TEST(view.context().key == "w");
+  BOOST_TEST(view.context().byte_offset.has_value());
+  const auto tuple = import_error(dir.path() / "tuple_with_tensor.pt");
+  BOOST_TEST((tuple.code() == dcp::Errc::unimplemented));
+  BOOST_TEST(tuple.context().key == "w");
+}
+
+BOOST_AUTO_TEST_CASE(hostile_safetensors_files_are_refused) {
+  dcp_test::TempDir dir;
+  const auto st = [&](const std::string& name) { return dir.path() / (name + ".safetensors"); };
+  write_safetensors(st("good"), R"( {"__metadata__":{"format":"pt","x":[1,{"y":null}]},"a.b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},
+                                      "\u00e9\ud83d\ude00\n" : {"shape":[], "data_offsets":[8,9], "dtype":"I8"}} )", 9);
+  const auto good = dcp::checkpoint::import_file(st("good"));
+  BOOST_TEST(good.state_dict.size() == 2u);
+  BOOST_TEST(good.state_dict.find("a.b"));
+  BOOST_TEST(good.state_dict.find("\xc3\xa9\xf0\x9f\x98\x80\n"));  // é😀 and a newline, unescaped
+
+  struct Case {
+    std::string name, header, expect;
+    std::size_t data = 8;
+    std::optional<std::uint64_t> claimed = std::nullopt;
+  };
+  const std::vector<Case> cases = {
+      {"length_past_file", "{}", "exceeds the file", 0, 1000},  // the rest: data 8, length as written
+      {"length_past_limit", "{}", "100 MB", 0, std::uint64_t{1} << 40},
+      {"out_of_range", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", "outside the data section"},
+      {"overlap", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})", "overlap"},
+      {"wrong_size", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "needs 12"},
+      {"reversed", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", "outside the data section"},
+      {"bad_dtype", R"({"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", "'C64'"},
+      {"duplicate", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "twice"},
+      {"trailing_comma", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},})", "JSON"},
+      {"huge_dim", R"({"a":{"dtype":"F32","shape":[99999999999999999999],"data_offsets":[0,4]}})", "64 bits"},
+      {"deep", R"({"__metadata__":)" + std::string(100, '[') + std::string(100, ']') + "}", "JSON nested deeper"},
+      {"missing_field", R"({"a":{"dtype":"F32","shape":[1]}})", "lacks"},
+  };
+  for (const auto& c : cases) {
+    BOOST_TEST_CONTEXT(c.name) {
+      write_safetensors(st(c.name), c.header, c.data, c.claimed);
+      const auto e = import_error(st(c.name));
+      BOOST_TEST(contains(e.what(), c.expect), e.what());
+      BOOST_TEST(e.context().file == st(c.name).string());
+      BOOST_TEST(e.context().byte_offset.has_value(), e.what());
+    }
+  }
+  // And through the CLI: one line, nothing written.
+  const auto r = convert(quote(st("overlap")) + " " + quote(dir.path() / "out"), dir.path());
+  check_refused(r, st("overlap"), "key 'b'");
+  BOOST_TEST(!fs::exists(dir.path() / "out"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
