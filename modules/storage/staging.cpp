@@ -245,8 +245,16 @@ std::vector<fs::path> stale_staging_dirs(const fs::path& checkpoint_dir) {
   const auto prefix = staging_prefix(target);
   std::vector<fs::path> found;
   std::error_code ec;
-  for (fs::directory_iterator it(target.parent_path(), ec), end; !ec && it != end; it.increment(ec))
-    if (it->path().filename().string().starts_with(prefix)) found.push_back(it->path());
+  // Exactly prefix + save id (36 characters) [+ ".old"]: a sibling target whose own name
+  // starts with "<name>.dcpp-" must not match.
+  for (fs::directory_iterator it(target.parent_path(), ec), end; !ec && it != end; it.increment(ec)) {
+    const auto name = it->path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    auto id = std::string_view(name).substr(prefix.size());
+    if (id.ends_with(".old")) id.remove_suffix(4);
+    const bool is_save_id = id.size() == 36 && id.find_first_not_of("0123456789abcdef-") == std::string_view::npos;
+    if (is_save_id) found.push_back(it->path());
+  }
   return found;
 }
 

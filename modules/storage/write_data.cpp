@@ -158,7 +158,7 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
         }
       } catch (Error& e) {
         e.for_key(item->index.fqn);
-        e.in_file((staging / job.name).string());
+        e.in_file((dir_ / job.name).string());  // the name the user knows; it is staged until finish
         e.at_offset(offset);
         throw;
       }
