@@ -258,49 +258,152 @@ ResolvedData DefaultSavePlanner::resolve_data(const WriteItem& item) {
 // ---- Global planning --------------------------------------------------------------------------
 
 namespace {
-// (fqn, offsets) as one map key; offsets absent for objects.
-std::string item_key(const metadata::MetadataIndex& index) {
-  std::string key = index.fqn;
-  key += '\0';
-  if (index.offset)
-    for (auto o : *index.offset) key += std::to_string(o) + ',';
-  else
-    key += '-';
-  return key;
+
+// Small ids for the keys (fqns) of many plans. Ranks usually plan the same keys in the same
+// order, so an item is first compared with the item at the same position of the previous
+// plan: most lookups cost one string comparison, not a hash.
+class FqnIds {
+ public:
+  std::uint32_t id(std::string_view fqn) {
+    auto [it, fresh] = ids_.emplace(fqn, static_cast<std::uint32_t>(ids_.size()));
+    return it->second;
+  }
+  std::size_t size() const { return ids_.size(); }
+
+ private:
+  std::unordered_map<std::string_view, std::uint32_t> ids_;
+};
+
+// Every item's fqn id, plan by plan (flat: plan p's items start at begin[p]).
+struct ItemFqns {
+  std::vector<std::size_t> begin;
+  std::vector<std::uint32_t> fqn;
+  std::size_t fqn_count = 0;
+};
+
+ItemFqns fqn_ids(const std::vector<SavePlan>& plans) {
+  ItemFqns out;
+  FqnIds ids;
+  out.begin.reserve(plans.size() + 1);
+  std::size_t total = 0;
+  for (const auto& plan : plans) {
+    out.begin.push_back(total);
+    total += plan.items.size();
+  }
+  out.begin.push_back(total);
+  out.fqn.resize(total);
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    const auto& items = plans[p].items;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const auto& fqn = items[i].index.fqn;
+      if (p > 0 && i < plans[p - 1].items.size() && plans[p - 1].items[i].index.fqn == fqn)
+        out.fqn[out.begin[p] + i] = out.fqn[out.begin[p - 1] + i];
+      else
+        out.fqn[out.begin[p] + i] = ids.id(fqn);
+    }
+  }
+  out.fqn_count = ids.size();
+  return out;
 }
+
+std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
+  if (!offsets) return 0x9e3779b97f4a7c15ull;  // objects
+  std::uint64_t h = 0xcbf29ce484222325ull ^ offsets->size();
+  for (auto v : *offsets) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
 }  // namespace
 
 std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
-  struct Holders {
-    std::vector<std::size_t> plans;  // ascending: plans are visited in order
-    std::uint64_t size = 1;          // objects count 1, as in torch
+  // Items of one key (fqn, offsets) on several plans are found per fqn, so each hash table is
+  // as small as one tensor's chunk list and stays in cache (millions of items at 8k ranks).
+  const auto fqns = fqn_ids(plans);
+  const std::size_t total = fqns.fqn.size();
+  // Items grouped by fqn, in plan order (a counting sort).
+  std::vector<std::size_t> group_begin(fqns.fqn_count + 1, 0);
+  for (auto f : fqns.fqn) ++group_begin[f + 1];
+  for (std::size_t f = 0; f < fqns.fqn_count; ++f) group_begin[f + 1] += group_begin[f];
+  std::vector<std::uint32_t> plan_of(plans.size() ? total : 0);
+  std::vector<std::size_t> grouped(total);
+  {
+    auto fill = group_begin;
+    for (std::size_t p = 0; p < plans.size(); ++p)
+      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+        plan_of[flat] = static_cast<std::uint32_t>(p);
+        grouped[fill[fqns.fqn[flat]]++] = flat;
+      }
+  }
+  auto item_at = [&](std::size_t flat) -> const WriteItem& {
+    const auto p = plan_of[flat];
+    return plans[p].items[flat - fqns.begin[p]];
   };
-  std::unordered_map<std::string, std::size_t> where;  // key → position in `order`
-  std::vector<Holders> order;
-  for (std::size_t p = 0; p < plans.size(); ++p)
-    for (const auto& item : plans[p].items) {
-      auto [it, fresh] = where.emplace(item_key(item.index), order.size());
-      // torch adds `tensor_storage_size() or 1`: objects and empty tensors weigh 1 byte.
-      if (fresh) order.push_back(Holders{{}, std::max<std::uint64_t>(item.tensor_storage_size().value_or(1), 1)});
-      auto& holders = order[it->second].plans;
-      if (holders.empty() || holders.back() != p) holders.push_back(p);
+  // Per fqn: the distinct offsets, each a key; key_of[flat] names the item's key. A key's
+  // holders are its items in plan order, so its first item is where torch first sees it.
+  std::vector<std::uint32_t> key_of(total);
+  std::vector<std::size_t> key_first;                  // flat index of each key's first item
+  std::vector<std::vector<std::uint32_t>> extra;       // holders after the first, per key (rare)
+  std::vector<std::uint32_t> extra_of;                 // key → index into `extra`, or none
+  constexpr std::uint32_t kNone = 0xFFFFFFFFu;
+  std::vector<std::uint32_t> table;
+  for (std::size_t f = 0; f < fqns.fqn_count; ++f) {
+    const std::size_t n = group_begin[f + 1] - group_begin[f];
+    std::size_t slots = 16;
+    while (slots < 2 * n) slots *= 2;
+    table.assign(slots, kNone);
+    for (std::size_t g = group_begin[f]; g < group_begin[f + 1]; ++g) {
+      const auto flat = grouped[g];
+      const auto& offsets = item_at(flat).index.offset;
+      std::size_t slot = hash_offsets(offsets) & (slots - 1);
+      while (table[slot] != kNone && item_at(key_first[table[slot]]).index.offset != offsets) slot = (slot + 1) & (slots - 1);
+      if (table[slot] == kNone) {
+        table[slot] = static_cast<std::uint32_t>(key_first.size());
+        key_first.push_back(flat);
+        extra_of.push_back(kNone);
+      } else {
+        const auto key = table[slot];
+        if (plan_of[flat] == plan_of[key_first[key]]) {
+          // A plan holding one key twice is the global plan's error to report; keep both.
+        } else {
+          if (extra_of[key] == kNone) {
+            extra_of[key] = static_cast<std::uint32_t>(extra.size());
+            extra.emplace_back();
+          }
+          auto& holders = extra[extra_of[key]];
+          if (holders.empty() || holders.back() != plan_of[flat]) holders.push_back(plan_of[flat]);
+        }
+      }
+      key_of[flat] = table[slot];
     }
-  // Keys in first-seen order (torch iterates its dict in insertion order); each goes to the
-  // lowest rank, or the rank with the fewest bytes so far (ties: the lowest rank).
+  }
+  // Keys in the order torch first sees them (plan by plan); each goes to the lowest rank, or
+  // to the rank with the fewest bytes planned so far (ties: the lowest rank).
   std::vector<std::uint64_t> planned(plans.size(), 0);
-  std::vector<std::size_t> keeper(order.size());
-  for (std::size_t k = 0; k < order.size(); ++k) {
-    const auto& holders = order[k].plans;
-    std::size_t best = holders.front();
-    if (!save_to_lowest_rank)
-      for (auto p : holders)
+  std::vector<std::uint32_t> keeper(key_first.size());
+  for (std::size_t flat = 0; flat < total; ++flat) {
+    const auto key = key_of[flat];
+    if (key_first[key] != flat) continue;
+    const auto first = plan_of[flat];
+    std::uint32_t best = first;
+    if (extra_of[key] != kNone && !save_to_lowest_rank)
+      for (auto p : extra[extra_of[key]])
         if (planned[p] < planned[best]) best = p;
-    keeper[k] = best;
-    planned[best] += order[k].size;
+    keeper[key] = best;
+    const auto size = item_at(flat).tensor_storage_size().value_or(0);  // torch: `size or 1`
+    planned[best] += size ? size : 1;
   }
   for (std::size_t p = 0; p < plans.size(); ++p) {
     auto& items = plans[p].items;
-    std::erase_if(items, [&](const WriteItem& item) { return keeper[where.at(item_key(item.index))] != p; });
+    bool drops = false;
+    for (std::size_t i = 0; i < items.size() && !drops; ++i) drops = keeper[key_of[fqns.begin[p] + i]] != p;
+    if (!drops) continue;
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < items.size(); ++i)
+      if (keeper[key_of[fqns.begin[p] + i]] == p) {
+        if (out != i) items[out] = std::move(items[i]);
+        ++out;
+      }
+    items.resize(out);
   }
   return plans;
 }
