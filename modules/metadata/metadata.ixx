@@ -160,12 +160,22 @@ class Metadata {
   const ItemMetadata* find_item(std::string_view fqn) const;
   const StorageInfo* find_storage(std::string_view fqn, const Shape* offset) const;
   const std::vector<PathPart>* find_path(std::string_view fqn) const;
+  /// Rebuilds the lookups. Throws resource_exhausted past 2^31 storage entries.
   void reindex();
 
+  /// Heterogeneous lookup by name: a string_view query builds no std::string.
+  struct TextHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  };
+
  private:
-  std::unordered_map<std::string, std::size_t> item_index_;
-  std::unordered_map<std::string, std::size_t> storage_index_;
-  std::unordered_map<std::string, std::size_t> path_index_;
+  using NameIndex = std::unordered_map<std::string, std::size_t, TextHash, std::equal_to<>>;
+  NameIndex item_index_;
+  NameIndex path_index_;
+  // storage_data by (fqn, offsets): open addressing over positions + 1 (0 = empty), the key
+  // compared in place; millions of chunks at thousands of ranks cost no key strings.
+  std::vector<std::uint32_t> storage_slots_;
 };
 
 /// The globals a `.metadata` may name (all module paths of 1.13 and 2.x).
@@ -204,7 +214,7 @@ class ValidatedMetadata {
   };
   struct State {
     Metadata metadata;
-    std::unordered_map<std::string, TensorChunks> tensors;  // per tensor fqn
+    std::unordered_map<std::string, TensorChunks, Metadata::TextHash, std::equal_to<>> tensors;  // per tensor fqn
   };
   friend ValidatedMetadata validate(Metadata metadata);
   explicit ValidatedMetadata(std::shared_ptr<const State> state) : state_(std::move(state)) {}

@@ -17,17 +17,17 @@ import dcp.layout;
 namespace dcp::metadata {
 namespace {
 
-// The storage_data key of (fqn, offsets): what torch's MetadataIndex hashes and compares.
-// Binary and length-prefixed: cheap to build, and unambiguous whatever bytes the fqn holds.
-std::string index_key(std::string_view fqn, const Shape* offset) {
-  std::string key;
-  const std::size_t n = fqn.size();
-  key.reserve(sizeof n + n + 1 + (offset ? offset->size() * sizeof(std::int64_t) : 0));
-  key.append(reinterpret_cast<const char*>(&n), sizeof n);
-  key.append(fqn);
-  key.push_back(offset ? 'T' : 'B');
-  if (offset) key.append(reinterpret_cast<const char*>(offset->data()), offset->size() * sizeof(std::int64_t));
-  return key;
+// Hash of a storage_data key (fqn, offsets), what torch's MetadataIndex hashes and compares.
+std::uint64_t index_hash(std::string_view fqn, const Shape* offset) {
+  std::uint64_t h = std::hash<std::string_view>{}(fqn) ^ (offset ? 0x9e3779b97f4a7c15ull : 0);
+  if (offset)
+    for (std::int64_t v : *offset) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
+  return h ^ (h >> 31);
+}
+
+bool same_index(const MetadataIndex& index, std::string_view fqn, const Shape* offset) {
+  if (index.fqn != fqn || index.offset.has_value() != (offset != nullptr)) return false;
+  return !offset || *index.offset == *offset;
 }
 
 Error item_error(const ItemMetadata& item, std::uint64_t offset, std::string message) {
@@ -88,41 +88,53 @@ layout::ChunkIndex validate_tensor(const ItemMetadata& item) {
 
 void Metadata::reindex() {
   item_index_.clear();
-  storage_index_.clear();
   path_index_.clear();
   item_index_.reserve(items.size());
-  storage_index_.reserve(storage_data.size());
   for (std::size_t i = 0; i < items.size(); ++i) item_index_.emplace(items[i].fqn, i);
+  if (storage_data.size() >= (std::size_t{1} << 31))
+    throw Error(Errc::resource_exhausted, "more than 2^31 storage_data entries");
+  std::size_t slots = 16;
+  while (slots < 2 * storage_data.size()) slots *= 2;
+  storage_slots_.assign(slots, 0);
   for (std::size_t i = 0; i < storage_data.size(); ++i) {
     const auto& index = storage_data[i].first;
-    storage_index_.emplace(index_key(index.fqn, index.offset ? &*index.offset : nullptr), i);
+    const Shape* offset = index.offset ? &*index.offset : nullptr;
+    std::size_t slot = index_hash(index.fqn, offset) & (slots - 1);
+    while (storage_slots_[slot] && !same_index(storage_data[storage_slots_[slot] - 1].first, index.fqn, offset))
+      slot = (slot + 1) & (slots - 1);
+    if (!storage_slots_[slot]) storage_slots_[slot] = static_cast<std::uint32_t>(i + 1);  // the first entry wins
   }
   if (planner_data)
     for (std::size_t i = 0; i < planner_data->size(); ++i) path_index_.emplace((*planner_data)[i].first, i);
 }
 
 const ItemMetadata* Metadata::find_item(std::string_view fqn) const {
-  auto it = item_index_.find(std::string(fqn));
+  auto it = item_index_.find(fqn);
   return it == item_index_.end() ? nullptr : &items[it->second];
 }
 
 const StorageInfo* Metadata::find_storage(std::string_view fqn, const Shape* offset) const {
-  auto it = storage_index_.find(index_key(fqn, offset));
-  return it == storage_index_.end() ? nullptr : &storage_data[it->second].second;
+  if (storage_slots_.empty()) return nullptr;
+  const std::size_t mask = storage_slots_.size() - 1;
+  for (std::size_t slot = index_hash(fqn, offset) & mask; storage_slots_[slot]; slot = (slot + 1) & mask) {
+    const auto& [index, info] = storage_data[storage_slots_[slot] - 1];
+    if (same_index(index, fqn, offset)) return &info;
+  }
+  return nullptr;
 }
 
 const std::vector<PathPart>* Metadata::find_path(std::string_view fqn) const {
-  auto it = path_index_.find(std::string(fqn));
+  auto it = path_index_.find(fqn);
   return it == path_index_.end() ? nullptr : &(*planner_data)[it->second].second;
 }
 
 const layout::ChunkIndex* ValidatedMetadata::chunk_index(std::string_view fqn) const {
-  auto it = state_->tensors.find(std::string(fqn));
+  auto it = state_->tensors.find(fqn);
   return it == state_->tensors.end() ? nullptr : &it->second.index;
 }
 
 std::optional<std::size_t> ValidatedMetadata::chunk_position(std::string_view fqn, const Shape& offsets) const {
-  auto it = state_->tensors.find(std::string(fqn));
+  auto it = state_->tensors.find(fqn);
   if (it == state_->tensors.end()) return std::nullopt;
   const auto& chunks = state_->metadata.find_item(fqn)->tensor().chunks;
   const auto& order = it->second.by_offsets;
@@ -143,19 +155,29 @@ ValidatedMetadata validate(Metadata metadata) {
       if (!seen.insert(item.fqn).second) throw item_error(item, item.pickle_offset, "key appears twice");
   }
   // Chunk starts sorted per tensor (equal starts, which only empty chunks may share, once):
-  // each storage entry must claim one, and each only once.
-  std::unordered_map<std::string_view, std::vector<char>> claimed;
-  for (const auto& item : md.items) {
+  // each storage entry must claim one, and each only once. Per item position, so the loop
+  // over millions of storage entries does one name lookup each.
+  std::vector<std::vector<char>> claimed(md.items.size());
+  std::vector<std::vector<std::uint32_t>> start_of(md.items.size());  // chunk → its start's rank
+  for (std::size_t pos = 0; pos < md.items.size(); ++pos) {
+    const auto& item = md.items[pos];
     if (!item.is_tensor()) continue;
     const auto& chunks = item.tensor().chunks;
     std::vector<std::size_t> order(chunks.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
     auto index = validate_tensor(item);
     std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return chunks[a].offsets < chunks[b].offsets; });
+    auto& starts = start_of[pos];
+    starts.resize(chunks.size());
+    std::uint32_t distinct = 0;
+    for (std::size_t k = 0; k < order.size(); ++k) {
+      if (k > 0 && chunks[order[k]].offsets != chunks[order[k - 1]].offsets) ++distinct;
+      starts[order[k]] = distinct;
+    }
     order.erase(std::unique(order.begin(), order.end(),
                             [&](std::size_t a, std::size_t b) { return chunks[a].offsets == chunks[b].offsets; }),
                 order.end());
-    claimed[item.fqn].assign(order.size(), 0);
+    claimed[pos].assign(order.size(), 0);
     state->tensors.emplace(item.fqn, ValidatedMetadata::TensorChunks{std::move(index), std::move(order)});
   }
   const ValidatedMetadata result(state);
@@ -174,13 +196,17 @@ ValidatedMetadata validate(Metadata metadata) {
     if (!checked_add(info.offset, info.length)) throw fail("byte range overflows 64 bits");
     if (item->is_tensor()) {
       if (!index.offset) throw fail("tensor entry without chunk offsets");
-      const auto& order = state->tensors.at(item->fqn).by_offsets;
+      const auto pos = static_cast<std::size_t>(item - md.items.data());
       const auto& chunks = item->tensor().chunks;
-      auto pos = std::lower_bound(order.begin(), order.end(), *index.offset,
-                                  [&](std::size_t i, const Shape& o) { return chunks[i].offsets < o; });
-      if (pos == order.end() || chunks[*pos].offsets != *index.offset)
-        throw fail("no chunk starts at " + format_shape(*index.offset));
-      if (claimed.at(item->fqn)[static_cast<std::size_t>(pos - order.begin())]++) throw fail("entry appears twice");
+      // torch's writer sets the index hint to the chunk's position: try it before searching.
+      std::optional<std::size_t> chunk;
+      if (index.index && *index.index >= 0 && static_cast<std::uint64_t>(*index.index) < chunks.size() &&
+          chunks[static_cast<std::size_t>(*index.index)].offsets == *index.offset)
+        chunk = static_cast<std::size_t>(*index.index);
+      else
+        chunk = result.chunk_position(item->fqn, *index.offset);
+      if (!chunk) throw fail("no chunk starts at " + format_shape(*index.offset));
+      if (claimed[pos][start_of[pos][*chunk]]++) throw fail("entry appears twice");
     } else {
       if (index.offset) throw fail("bytes entry with chunk offsets");
       if (!objects_stored.insert(index.fqn).second) throw fail("entry appears twice");
@@ -192,7 +218,7 @@ ValidatedMetadata validate(Metadata metadata) {
         throw item_error(item, item.pickle_offset, "no storage_data entry for this object");
       continue;
     }
-    const auto& flags = claimed.at(item.fqn);
+    const auto& flags = claimed[static_cast<std::size_t>(&item - md.items.data())];
     const auto& order = state->tensors.at(item.fqn).by_offsets;
     for (std::size_t k = 0; k < flags.size(); ++k)
       if (!flags[k]) {
