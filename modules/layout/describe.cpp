@@ -218,8 +218,10 @@ std::vector<Box> layout_boxes(const Shape& global, const LayoutDescription& desc
 std::string_view layout_kind_name(const LayoutDescription& description) noexcept {
   switch (description.kind) {
     case LayoutKind::whole: return "whole";
-    case LayoutKind::split:
-      return description.dims.empty() ? "dim" : description.dims[0] == 0 ? "rows" : description.dims[0] == 1 ? "cols" : "dim";
+    case LayoutKind::split: {
+      const int d = description.dims.empty() ? -1 : description.dims[0];
+      return d == 0 ? "rows" : d == 1 ? "cols" : "dim";
+    }
     case LayoutKind::nested: return "nested";
     case LayoutKind::grid: return "grid";
     case LayoutKind::irregular: return "irregular";

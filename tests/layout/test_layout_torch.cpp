@@ -1,11 +1,14 @@
 // dcp.layout against torch: every rank's box of many DTensor layouts as torch 2.13 computes it
-// (tests/python/dtensor_boxes.py), and describe_layout / local_box on the chunk lists that real
-// torch 2.13 (DTensor, FSDP2) and torch 1.13 (ShardedTensor, ChunkShardingSpec) saved.
+// (tests/python/dtensor_boxes.py); describe_layout / local_box on the chunk lists that real
+// torch 2.13 (DTensor, FSDP2) and torch 1.13 (ShardedTensor, ChunkShardingSpec) saved; and
+// the "layout" that `dcpp inspect --json` prints for random chunk lists against
+// metadata_json.py's brute-force oracle over torch.chunk.
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 #include <algorithm>
 #include <cstdint>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -65,9 +68,115 @@ void check_saved(const std::pair<Shape, std::vector<Box>>& saved, const Layout& 
   BOOST_TEST(layout::describe_layout(global, chunks) == want);
 }
 
+// Random chunk lists: what DTensor layouts save (empty shards included), and tilings that are
+// mostly not torch's (random cuts along one or two dims, brick walls).
+std::vector<std::pair<Shape, std::vector<Box>>> random_chunk_lists(int count) {
+  std::mt19937 rng(7);
+  const auto pick = [&](std::int64_t lo, std::int64_t hi) { return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng); };
+  const auto cuts = [&](std::int64_t n) {  // random (start, size) pieces tiling [0, n)
+    std::vector<std::pair<std::int64_t, std::int64_t>> out;
+    for (std::int64_t at = 0; at < n;) {
+      const std::int64_t s = std::min(n - at, pick(1, std::max<std::int64_t>(1, n / 2)));
+      out.emplace_back(at, s);
+      at += s;
+    }
+    return out;
+  };
+  std::vector<std::pair<Shape, std::vector<Box>>> out;
+  while (static_cast<int>(out.size()) < count) {
+    Shape global(static_cast<std::size_t>(pick(1, 3)));
+    for (auto& s : global) s = pick(0, 8) == 0 ? 0 : pick(1, 24);
+    const int rank = static_cast<int>(global.size());
+    std::vector<Box> chunks;
+    switch (pick(0, 3)) {
+      case 0: {  // a DTensor layout
+        const auto place = [&] { return pick(0, 3) == 0 ? Placement::replicate() : Placement::shard(static_cast<int>(pick(0, rank - 1))); };
+        const Layout l = pick(0, 1) ? Layout({static_cast<int>(pick(1, 8))}, {place()})
+                                    : Layout({static_cast<int>(pick(1, 4)), static_cast<int>(pick(1, 4))}, {place(), place()});
+        chunks = unique_boxes(global, l, true);
+        break;
+      }
+      case 1: {  // random cuts along one dim
+        const auto d = static_cast<std::size_t>(pick(0, rank - 1));
+        for (const auto& [at, s] : cuts(global[d])) {
+          Box b = layout::full_box(global);
+          b.offsets[d] = at;
+          b.sizes[d] = s;
+          chunks.push_back(b);
+        }
+        break;
+      }
+      default: {  // random cuts along two dims: a grid, or a brick wall (new column cuts per row)
+        if (rank < 2) continue;
+        const bool wall = pick(0, 1);
+        auto cols = cuts(global[1]);
+        for (const auto& [r0, rs] : cuts(global[0])) {
+          if (wall) cols = cuts(global[1]);
+          for (const auto& [c0, cs] : cols) {
+            Box b = layout::full_box(global);
+            b.offsets[0] = r0, b.sizes[0] = rs, b.offsets[1] = c0, b.sizes[1] = cs;
+            chunks.push_back(b);
+          }
+        }
+      }
+    }
+    if (chunks.empty() || chunks.size() > 40) continue;
+    std::shuffle(chunks.begin(), chunks.end(), rng);
+    out.emplace_back(std::move(global), std::move(chunks));
+  }
+  return out;
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(torch)
+
+// to_json's "layout" (describe_layout) equals metadata_json.py's `layout()`, computed by brute
+// force over torch.chunk (torch 1.13, the interpreter every build has).
+BOOST_AUTO_TEST_CASE(inspect_json_layout_equals_the_python_oracle) {
+  const auto lists = random_chunk_lists(600);
+  md::Metadata m;
+  json::array input;
+  for (std::size_t i = 0; i < lists.size(); ++i) {
+    const auto& [global, chunks] = lists[i];
+    md::TensorStorageMetadata t;
+    t.size = global;
+    json::array boxes;
+    for (const Box& b : chunks) {
+      t.chunks.push_back(md::ChunkStorageMetadata{b.offsets, b.sizes});
+      boxes.push_back(json::array{json::value_from(b.offsets), json::value_from(b.sizes)});
+    }
+    m.items.push_back(md::ItemMetadata{"t" + std::to_string(i), std::move(t)});
+    input.push_back(json::object{{"size", json::value_from(global)}, {"chunks", std::move(boxes)}});
+  }
+  m.reindex();
+  dcp_test::TempDir tmp;
+  const auto path = tmp.path() / "chunks.json";
+  const std::string text = json::serialize(input);
+  dcp_test::write_bytes(path, std::vector<std::byte>(reinterpret_cast<const std::byte*>(text.data()),
+                                                     reinterpret_cast<const std::byte*>(text.data() + text.size())));
+  const std::string script =
+      "import json, sys, types; sys.path.insert(0, sys.argv[1]); import metadata_json as m\n"
+      "C = lambda o, s: types.SimpleNamespace(offsets=o, sizes=s)\n"
+      "print(json.dumps([m.layout(t['size'], [C(*c) for c in t['chunks']]) for t in json.load(open(sys.argv[2]))]))\n";
+  int status = 0;
+  const auto out = dcp_test::run_capture(dcp_test::python() + " -c " + dcp_test::quote(script) + " " +
+                                             dcp_test::quote(dcp_test::source_root() / "tests/python") + " " +
+                                             dcp_test::quote(path),
+                                         &status);
+  BOOST_TEST_REQUIRE(status == 0);
+  const auto oracle = json::parse(out).as_array();
+  const auto ours = json::parse(md::to_json(m)).at("items").as_array();
+  BOOST_TEST_REQUIRE(oracle.size() == lists.size());
+  std::map<std::string, int> kinds;
+  for (std::size_t i = 0; i < lists.size(); ++i) {
+    const auto& layout = ours[i].at("layout");
+    BOOST_TEST((layout == oracle[i]), json::serialize(input[i]) << "\n dcpp:  " << layout << "\n torch: " << oracle[i]);
+    ++kinds[std::string(layout.at("kind").as_string())];
+  }
+  for (const char* kind : {"whole", "rows", "cols", "dim", "nested", "grid", "irregular"})
+    BOOST_TEST(kinds[kind] > 0, kind << " never met");
+}
 
 BOOST_AUTO_TEST_CASE(local_box_equals_torchs_compute_local_shape_and_global_offset,
                      *boost::unit_test::precondition(dcp_test::needs_python2x)) {
