@@ -127,19 +127,40 @@ std::vector<Box> chunk_split(const Shape& size, int dim, int parts) {
   for (std::int64_t s : size)
     if (s < 0) throw Error(Errc::invalid_argument, "negative size in shape " + format_shape(size));
   const std::int64_t n = size[static_cast<std::size_t>(dim)];
-  const std::int64_t split = n / parts + (n % parts != 0);  // ceil without overflow
   std::vector<Box> boxes;
   boxes.reserve(static_cast<std::size_t>(parts));
   for (std::int64_t i = 0; i < parts; ++i) {
     Box b = full_box(size);
-    // split * i may pass n (and int64) for trailing parts; those are empty, clamped at n.
-    const std::int64_t start = i != 0 && split > n / i ? n : std::min(n, split * i);
-    const std::int64_t stop = split > n - start ? n : start + split;
-    b.offsets[static_cast<std::size_t>(dim)] = start;
-    b.sizes[static_cast<std::size_t>(dim)] = stop - start;
+    const Extent e = chunk_extent(n, parts, i);
+    b.offsets[static_cast<std::size_t>(dim)] = e.start;
+    b.sizes[static_cast<std::size_t>(dim)] = e.size;
     boxes.push_back(std::move(b));
   }
   return boxes;
+}
+
+Extent chunk_extent(std::int64_t n, std::int64_t parts, std::int64_t i) {
+  if (n < 0 || parts < 1 || i < 0 || i >= parts)
+    throw Error(Errc::invalid_argument, "no part " + std::to_string(i) + " of " + std::to_string(n) +
+                                            " elements split into " + std::to_string(parts));
+  const std::int64_t split = n / parts + (n % parts != 0);  // ceil without overflow
+  // split * i may pass n (and int64) for trailing parts; those are empty, clamped at n.
+  const std::int64_t start = i != 0 && split > n / i ? n : std::min(n, split * i);
+  const std::int64_t stop = split > n - start ? n : start + split;
+  return {start, stop - start};
+}
+
+std::int64_t nonempty_parts(std::int64_t n, std::int64_t parts) {
+  const std::int64_t split = chunk_extent(n, parts, 0).size;
+  return split == 0 ? 0 : n / split + (n % split != 0);
+}
+
+std::pair<std::int64_t, std::int64_t> parts_for_split(std::int64_t n, std::int64_t split) {
+  if (n < 1 || split < 1) return {1, 0};
+  // ceil(n / p) == split  <=>  (split - 1) * p < n <= split * p.
+  const std::int64_t first = n / split + (n % split != 0);
+  const std::int64_t last = split == 1 ? std::numeric_limits<std::int64_t>::max() : (n - 1) / (split - 1);
+  return {first, last};
 }
 
 }  // namespace dcp::layout

@@ -5,7 +5,9 @@
 // the destination chunk and inside the saved chunk, as `ReadItem`s carry them), `chunk_split`
 // (torch.chunk / ChunkShardingSpec row splits), `ChunkIndex` (a bounding-box tree over a
 // tensor's saved chunks, so finding the chunks that meet a destination box does not scan
-// them all).
+// them all), and layouts both ways: forward, a DTensor-style `Layout` (mesh + placements) gives
+// each rank's box (`local_box`, `replicas`); backward, `describe_layout` names the split that a
+// saved chunk list is (rows, cols, grid, nested, irregular).
 //
 // Conventions. A 0-dim box (a scalar) has empty shapes and volume 1; it meets every other
 // 0-dim box. A box with any zero size is empty: it meets nothing, so zero-size saved chunks
@@ -22,6 +24,7 @@ module;
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 export module dcp.layout;
@@ -82,6 +85,23 @@ std::optional<Overlap> intersect(const Box& dest, const Box& saved);
 /// Throws invalid_argument for dim outside [0, rank), parts < 1 or a negative size.
 std::vector<Box> chunk_split(const Shape& size, int dim, int parts);
 
+/// `[start, start + size)` along one dimension.
+struct Extent {
+  std::int64_t start = 0;
+  std::int64_t size = 0;
+  friend bool operator==(const Extent&, const Extent&) = default;
+};
+/// Part `i` of torch.chunk's split of `n` into `parts` (the rule `chunk_split` states; this is
+/// its one implementation). Requires n >= 0, parts >= 1, 0 <= i < parts (invalid_argument).
+Extent chunk_extent(std::int64_t n, std::int64_t parts, std::int64_t i);
+/// How many parts of that split are non-empty: ceil(n / ceil(n / parts)), 0 when n == 0. These
+/// are exactly the parts of the split of `n` into that many parts, so a saved chunk list cannot
+/// tell how many empty trailing parts there were.
+std::int64_t nonempty_parts(std::int64_t n, std::int64_t parts);
+/// The inverse: the `parts` counts, [first, last], whose split of `n` has a first part of
+/// `split` elements (n >= 1, split >= 1); first > last when there is none.
+std::pair<std::int64_t, std::int64_t> parts_for_split(std::int64_t n, std::int64_t split);
+
 /// The saved chunks of one tensor, indexed for "which chunks meet this box?".
 ///
 /// A static bounding-volume tree: chunks are split recursively at the median of their
@@ -131,5 +151,116 @@ class ChunkIndex {
   std::vector<std::int64_t> node_lo_, node_hi_;  // per node: bounding box
   std::optional<std::pair<std::size_t, std::size_t>> first_overlap_;
 };
+
+// ---- Forward: a DTensor layout gives each rank's box ------------------------------------
+
+/// What one mesh dimension does to the tensor (DTensor's `Shard(dim)` / `Replicate()`).
+struct Placement {
+  /// Tensor dimension split over this mesh dimension; nullopt for Replicate.
+  std::optional<int> shard_dim;
+  static Placement shard(int dim) { return Placement{dim}; }
+  static Placement replicate() { return Placement{}; }
+  friend bool operator==(const Placement&, const Placement&) = default;
+};
+
+/// DTensor's model of a distributed tensor: a device mesh of ranks 0..world_size-1 laid out
+/// row-major (as `init_device_mesh` lays out `arange(world_size).view(mesh)`) and one placement
+/// per mesh dimension. Two placements may shard the same tensor dim: torch then splits that
+/// dim's piece again, left to right (`[Shard(0), Shard(0)]`, "nested").
+class Layout {
+ public:
+  /// Throws invalid_argument when the mesh is empty, a mesh dim is < 1, the world size passes
+  /// int, the placement count differs from the mesh rank or a shard dim is negative (torch
+  /// normalises negative dims before they reach a placement).
+  Layout(std::vector<int> mesh, std::vector<Placement> placements);
+  const std::vector<int>& mesh() const noexcept { return mesh_; }
+  const std::vector<Placement>& placements() const noexcept { return placements_; }
+  int world_size() const noexcept { return world_size_; }
+  /// Rank → mesh coordinate, row-major (DeviceMesh's `get_coordinate`). invalid_argument for a
+  /// rank outside [0, world_size).
+  std::vector<int> coordinate(int rank) const;
+  friend bool operator==(const Layout&, const Layout&) = default;
+
+ private:
+  std::vector<int> mesh_;
+  std::vector<Placement> placements_;
+  int world_size_ = 1;
+};
+
+/// "rows" = mesh (N) with Shard(0); "cols" = mesh (N) with Shard(1); "2d:AxB" = mesh (A, B)
+/// with Shard(0), Shard(1), A * B == N. Throws invalid_argument naming the text for anything
+/// else (unknown names, A or B missing, < 1, not decimal, or A * B != world_size) and for
+/// world_size < 1.
+Layout parse_layout(std::string_view text, int world_size);
+
+/// The box rank `rank` holds of a tensor of shape `global`: torch's
+/// `compute_local_shape_and_global_offset`. Placements apply in mesh-dim order; a Shard(d)
+/// takes part `coordinate` of torch.chunk's split of the current extent of d into mesh-dim-size
+/// parts (`chunk_extent`). A rank whose part is empty gets size 0 at offset `global[d]` in that
+/// dim (torch's offset for empty shards, which DCP saves). A 0-dim tensor is whole on every
+/// rank whatever the layout (torch cannot shard one; dcpp's row splits keep scalars whole).
+/// Throws invalid_argument for a rank outside the world, a shard dim >= the tensor's rank (of
+/// a tensor with dims), or a negative size.
+Box local_box(const Shape& global, const Layout& layout, int rank);
+
+/// The ranks, ascending and including `rank`, whose `local_box` equals `rank`'s: Replicate
+/// mesh dims, and ranks left with the same empty shard. O(world_size · tensor rank). Errors as
+/// `local_box`.
+std::vector<int> replicas(const Shape& global, const Layout& layout, int rank);
+
+/// One ChunkShardingSpec placement (torch's `_remote_device` in its "rank:<r>/<device>" form).
+struct RankPlacement {
+  int rank = 0;
+  std::string device;  ///< "cpu", "cuda:1", ...; "cpu" when the text names none
+  friend bool operator==(const RankPlacement&, const RankPlacement&) = default;
+};
+/// Parses "rank:<r>/<device>" or "rank:<r>" as `torch.distributed._remote_device` does: <r>
+/// decimal digits that fit int; <device> a torch.device string, `type[:index]`, type letters,
+/// digits and '_', index decimal without leading zeros (c10's Device parser; the type name is
+/// not checked against torch's list). Throws invalid_argument naming the text otherwise,
+/// including the worker-name forms ("trainer0/cpu"), which name no rank.
+RankPlacement parse_placement(std::string_view text);
+
+// ---- Backward: which layout a saved chunk list is ----------------------------------------
+
+enum class LayoutKind : std::uint8_t {
+  whole,      ///< one chunk holds every element (also: 0-dim tensors, tensors with no element)
+  split,      ///< torch.chunk split of dims[0] into parts[0] non-empty parts
+  nested,     ///< dims[0] split into parts[0], each part split again into parts[1] (DTensor
+              ///< [Shard(d), Shard(d)]), when that is not also a plain split
+  grid,       ///< torch.chunk splits of dims[0] into parts[0] and dims[1] into parts[1], every
+              ///< pair of parts one chunk (DTensor [Shard(a), Shard(b)], a != b)
+  irregular,  ///< anything else; parts[0] = number of non-empty chunks
+};
+
+/// What `describe_layout` found. dims ascending for grid.
+struct LayoutDescription {
+  LayoutKind kind = LayoutKind::irregular;
+  std::vector<int> dims;             ///< split, nested: {d}; grid: {a, b}; else {}
+  std::vector<std::int64_t> parts;   ///< split: {n}; nested, grid: {A, B}; irregular: {chunks}
+  friend bool operator==(const LayoutDescription&, const LayoutDescription&) = default;
+};
+
+/// Names the layout of a tensor of shape `global` saved as `chunks`, judged on the non-empty
+/// chunks only (empty ones, which DTensor saves for ranks past the end of a split, carry no
+/// layout), and with the canonical, smallest counts: a split into P parts of which only k are
+/// non-empty is `split` into k (the same chunks, see `nonempty_parts`). Tried in the order
+/// whole, split, nested, grid; a nested split takes the largest first-level count A, then the
+/// smallest B. Equal-size parts that torch.chunk would not make (3,3,2,2 of 10; 2,4,4) are
+/// `irregular`, as are chunk lists that do not tile the tensor, invalid boxes, or ranks that
+/// differ from `global`'s: this never throws dcp::Error. O(n log n) in the chunks.
+LayoutDescription describe_layout(const Shape& global, std::span<const Box> chunks);
+
+/// The non-empty boxes `description` stands for over `global`, in row-major order of their
+/// offsets (the inverse of describe_layout). Throws invalid_argument for `irregular`, for dims
+/// outside `global` and for counts < 1.
+std::vector<Box> layout_boxes(const Shape& global, const LayoutDescription& description);
+
+/// The JSON "kind": "whole", "rows" (split of dim 0), "cols" (split of dim 1), "dim" (split of
+/// a later dim), "nested", "grid", "irregular".
+std::string_view layout_kind_name(const LayoutDescription& description) noexcept;
+/// For `dcpp inspect`: "whole", "rows(4)", "cols(2)", "dim2(3)", "rows(2x2 nested)",
+/// "grid(2x2)" (dims 0 and 1; else "grid(2x2 dims 1,2)"), "irregular(5)".
+std::string format_layout(const LayoutDescription& description);
 
 }  // namespace dcp::layout

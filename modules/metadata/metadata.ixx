@@ -245,6 +245,10 @@ std::uint64_t byte_size(const Shape& shape, DType dtype);
 /// A file name from `storage_data` that may be opened under the checkpoint directory.
 bool is_safe_relative_path(std::string_view path) noexcept;
 
+/// The layout `tensor`'s saved chunks are (`layout::describe_layout`): what `dcpp inspect`
+/// shows. Never throws dcp::Error.
+layout::LayoutDescription describe_layout(const TensorStorageMetadata& tensor);
+
 /// The `dcpp inspect --json` document (schema in README.md).
 std::string to_json(const Metadata& metadata, int indent = 1);
 

@@ -8,6 +8,7 @@ module;
 module dcp.metadata;
 import dcp.error;
 import dcp.json;
+import dcp.layout;
 
 namespace dcp::metadata {
 namespace {
@@ -27,6 +28,22 @@ void write_storage(json::JsonWriter& w, const StorageInfo* info) {
   }
 }
 
+// "layout": {"kind", ...}, the parameters each kind has (README.md, "dcpp inspect --json").
+void write_layout(json::JsonWriter& w, const TensorStorageMetadata& t) {
+  const auto d = describe_layout(t);
+  w.key("layout").begin_object().key("kind").value(layout::layout_kind_name(d));
+  switch (d.kind) {
+    case layout::LayoutKind::whole: break;
+    case layout::LayoutKind::split: w.key("dim").value(d.dims[0]).key("parts").value(d.parts[0]); break;
+    case layout::LayoutKind::nested: w.key("dim").value(d.dims[0]).key("parts").int_array(d.parts); break;
+    case layout::LayoutKind::grid:
+      w.key("dims").begin_array().value(d.dims[0]).value(d.dims[1]).end_array().key("parts").int_array(d.parts);
+      break;
+    case layout::LayoutKind::irregular: w.key("chunks").value(d.parts[0]); break;
+  }
+  w.end_object();
+}
+
 void write_optional(json::JsonWriter& w, const char* key, const std::optional<std::string>& v) {
   w.key(key);
   if (v) w.value(*v);
@@ -34,6 +51,13 @@ void write_optional(json::JsonWriter& w, const char* key, const std::optional<st
 }
 
 }  // namespace
+
+layout::LayoutDescription describe_layout(const TensorStorageMetadata& tensor) {
+  std::vector<layout::Box> boxes;
+  boxes.reserve(tensor.chunks.size());
+  for (const auto& c : tensor.chunks) boxes.push_back(c.box());
+  return layout::describe_layout(tensor.size, boxes);
+}
 
 std::string to_json(const Metadata& md, int indent) {
   json::JsonWriter w(indent);
@@ -69,6 +93,7 @@ std::string to_json(const Metadata& md, int indent) {
     w.key("memory_format").value(memory_format_name(t.properties.memory_format));
     w.key("pin_memory").value(t.properties.pin_memory);
     w.key("nbytes").value(numel(t.size) * dtype_itemsize(t.properties.dtype));
+    write_layout(w, t);
     w.key("chunks").begin_array();
     for (const auto& c : t.chunks) {
       w.begin_object().key("offsets").int_array(c.offsets).key("sizes").int_array(c.sizes);

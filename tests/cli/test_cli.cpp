@@ -5,6 +5,7 @@
 #include <boost/test/unit_test.hpp>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -104,6 +105,21 @@ BOOST_AUTO_TEST_CASE(inspect_json_matches_pytorch_113) {
 BOOST_AUTO_TEST_CASE(inspect_json_matches_pytorch_213, *boost::unit_test::precondition(dcp_test::needs_python2x)) {
   for (const auto& name : dcp_test::torch2x_cases())
     BOOST_TEST_CONTEXT(name) { check_inspect_json(checkpoint_case(name)); }
+}
+
+// The table names each tensor's layout (docs/format.md, "Layouts") in its LAYOUT column.
+BOOST_AUTO_TEST_CASE(inspect_table_shows_layouts, *boost::unit_test::precondition(dcp_test::needs_python2x)) {
+  const auto r = run_dcpp("inspect " + dcp_test::quote(checkpoint_case("x2_2d_4ranks") / "ckpt"));
+  BOOST_TEST_REQUIRE(r.status == 0, r.err);
+  BOOST_TEST(r.out.find("CHUNKS  LAYOUT") != std::string::npos, r.out);
+  for (const auto& [key, layout] : std::vector<std::pair<std::string, std::string>>{
+           {"tp.s0s1 ", " grid(2x2) "}, {"tp.s1s0 ", " grid(2x2) "}, {"tp.s0s0 ", " rows(2x2 nested) "},
+           {"tp.rs1 ", " cols(2) "}, {"tp.s0r ", " rows(2) "}, {"plain ", " whole "}, {"meta.mesh ", " - "}}) {
+    const auto at = r.out.find("\n" + key);
+    BOOST_TEST_REQUIRE(at != std::string::npos, key << "\n" << r.out);
+    const auto line = r.out.substr(at + 1, r.out.find('\n', at + 1) - at - 1);
+    BOOST_TEST(line.find(layout) != std::string::npos, line);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(exit_codes_and_messages) {

@@ -18,13 +18,9 @@ using dcp::layout::Overlap;
 using dcp::layout::Shape;
 namespace layout = dcp::layout;
 
-namespace dcp::layout {
-std::ostream& operator<<(std::ostream& os, const Box& b) { return os << format_box(b); }
-std::ostream& operator<<(std::ostream& os, const Overlap& o) {
-  return os << "dest " << format_shape(o.dest_offsets) << " storage " << format_shape(o.storage_offsets)
-            << " lengths " << format_shape(o.lengths);
-}
-}  // namespace dcp::layout
+#include "layout_test.hpp"
+
+using dcp_layout_test::code_of;
 
 namespace {
 
@@ -36,16 +32,6 @@ std::vector<std::size_t> brute_force(const std::vector<Box>& saved, const Box& d
   for (std::size_t i = 0; i < saved.size(); ++i)
     if (layout::intersect(dest, saved[i])) out.push_back(i);
   return out;
-}
-
-dcp::Errc code_of(auto&& fn) {
-  try {
-    fn();
-  } catch (const dcp::Error& e) {
-    return e.code();
-  }
-  BOOST_FAIL("expected a dcp::Error");
-  return dcp::Errc::internal;
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "cli.hpp"
 import dcp.error;
+import dcp.layout;
 import dcp.metadata;
 import dcp.checkpoint;
 
@@ -44,7 +45,7 @@ int run_inspect(const Args& args) {
     std::fputc('\n', stdout);
     return 0;
   }
-  std::vector<std::vector<std::string>> rows{{"KEY", "KIND", "DTYPE", "SHAPE", "CHUNKS", "BYTES", "FILES"}};
+  std::vector<std::vector<std::string>> rows{{"KEY", "KIND", "DTYPE", "SHAPE", "CHUNKS", "LAYOUT", "BYTES", "FILES"}};
   std::uint64_t total = 0;
   std::set<std::string> all_files;
   for (const auto& item : metadata.items) {
@@ -56,18 +57,19 @@ int run_inspect(const Args& args) {
         if (auto* s = metadata.find_storage(item.fqn, &c.offsets)) files.insert(s->relative_path);
       bytes = md::numel(t.size) * dcp::dtype_itemsize(t.properties.dtype);
       rows.push_back({item.fqn, "tensor", std::string(dcp::dtype_name(t.properties.dtype)), shape_text(t.size),
-                      std::to_string(t.chunks.size()), human_bytes(bytes), ""});
+                      std::to_string(t.chunks.size()), dcp::layout::format_layout(md::describe_layout(t)),
+                      human_bytes(bytes), ""});
     } else {
       if (auto* s = metadata.find_storage(item.fqn, nullptr)) {
         files.insert(s->relative_path);
         bytes = s->length;
       }
-      rows.push_back({item.fqn, "bytes", "-", "-", "1", human_bytes(bytes), ""});
+      rows.push_back({item.fqn, "bytes", "-", "-", "1", "-", human_bytes(bytes), ""});
     }
     total += bytes;
     std::string list;
     for (const auto& f : files) list += (list.empty() ? "" : ",") + f;
-    rows.back()[6] = files.size() > 3 ? std::to_string(files.size()) + " files" : list;
+    rows.back().back() = files.size() > 3 ? std::to_string(files.size()) + " files" : list;
     all_files.insert(files.begin(), files.end());
   }
   std::vector<std::size_t> width(rows[0].size(), 0);
