@@ -277,3 +277,21 @@ BOOST_AUTO_TEST_CASE(strings_python_cannot_read) {
   const auto got = dcpp_tensors(tmp.path() / "ckpt");
   BOOST_TEST(got.count("lone\xed\xa0\x80") == 1u);
 }
+
+// A save removes the staging directories that a crashed save into the same target left, and
+// nothing of a sibling target whose name only starts like one (`ckpt.dcpp-x`'s own staging).
+BOOST_AUTO_TEST_CASE(stale_staging_directories_of_the_target_only) {
+  dcp_test::TempDir tmp;
+  Small s;
+  const auto dir = tmp.path() / "ckpt";
+  const auto stale = tmp.path() / ".ckpt.dcpp-0123abcd-0123-4567-89ab-0123456789ab";
+  const auto sibling = tmp.path() / ".ckpt.dcpp-x.dcpp-0123abcd-0123-4567-89ab-0123456789ab";
+  const auto user_dir = tmp.path() / ".ckpt.dcpp-mine";
+  for (const auto& d : {stale, sibling, user_dir}) fs::create_directories(d);
+  BOOST_TEST(st::stale_staging_dirs(dir).size() == 1u);
+  save_one(s.sd, dir);
+  BOOST_TEST(!fs::exists(stale));
+  BOOST_TEST(fs::exists(sibling));
+  BOOST_TEST(fs::exists(user_dir));
+  BOOST_CHECK_NO_THROW((void)ck::verify(dir));
+}
