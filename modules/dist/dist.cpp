@@ -128,6 +128,7 @@ Environment read_environment(const Lookup& given) {
   env.agent_store = agent == "True" || agent == "true" || agent == "1";
   env.restart_count = static_cast<int>(integer_var(lookup, "TORCHELASTIC_RESTART_COUNT", 0, 1 << 30, false).value_or(0));
   env.socket_ifname = lookup("GLOO_SOCKET_IFNAME").value_or("");
+  if (auto port = integer_var(lookup, "DCPP_STORE_PORT", 1, 65535, false)) env.store_port = static_cast<std::uint16_t>(*port);
   return env;
 }
 
@@ -138,22 +139,27 @@ std::unique_ptr<checkpoint::ProcessGroup> connect(const Environment& env, const 
                                      "CUDA libtorch; this libtorch is CPU-only); use gloo");
   bridge::Rendezvous r;
   r.master_addr = env.master_addr;
-  r.master_port = env.master_port;
+  r.master_port = env.store_port.value_or(env.master_port);
   r.rank = env.rank;
   r.size = env.world_size;
   r.local_rank = env.local_rank;
-  r.serve_store = !env.agent_store && env.rank == 0;
-  if (env.agent_store) r.store_prefix = "/worker/attempt_" + std::to_string(env.restart_count);
+  const bool agent_store = env.agent_store && !env.store_port;
+  r.serve_store = !agent_store && env.rank == 0;
+  if (agent_store) r.store_prefix = "/worker/attempt_" + std::to_string(env.restart_count);
   r.socket_ifname = env.socket_ifname;
   r.timeout = options.timeout;
   r.nccl = options.backend == Backend::nccl;
   const auto where = std::string(backend_name(options.backend)) + " process group of " + std::to_string(env.world_size) +
-                     " ranks at " + env.master_addr + ":" + std::to_string(env.master_port);
+                     " ranks at " + env.master_addr + ":" + std::to_string(r.master_port);
   try {
     return std::make_unique<C10dGroup>(std::make_unique<bridge::Group>(r), env.rank, env.world_size, options.timeout);
   } catch (const bridge::Failure& f) {
     const auto code = f.kind == bridge::Failure::Kind::timeout ? Errc::cancelled : Errc::io;
-    throw Error(code, "cannot form the " + where + ": " + f.what()).on_rank(env.rank);
+    std::string hint;
+    if (agent_store)
+      hint = " (under torchrun's agent store: a torchrun of torch 2.x serves a store protocol this libtorch 1.13 does "
+             "not speak; set DCPP_STORE_PORT to a free port for rank 0 to serve dcpp's own store)";
+    throw Error(code, "cannot form the " + where + ": " + f.what() + hint).on_rank(env.rank);
   }
 }
 

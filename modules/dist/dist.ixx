@@ -6,7 +6,9 @@
 // the other ranks through a c10d TCPStore (rank 0 serves it, or, under torchrun's agent store,
 // TORCHELASTIC_USE_AGENT_STORE=True, every rank is a client under the agent's
 // "/worker/attempt_N" prefix) and forms a ProcessGroupGloo on the CPU (NCCL with -Dnccl and a
-// CUDA libtorch). Gather, scatter and broadcast move byte buffers of any size, every wait is
+// CUDA libtorch). A torchrun of torch 2.x serves a store whose protocol libtorch 1.13's client
+// does not speak (2.x added a query type in front of the others): DCPP_STORE_PORT=<port> then
+// makes rank 0 serve dcpp's own store on MASTER_ADDR:<port> instead. Gather, scatter and broadcast move byte buffers of any size, every wait is
 // bounded by `Options::timeout`, and what c10d or gloo throws becomes a dcp::Error naming this
 // rank and the collective: `io` for a lost peer (a rank exited or was killed), `cancelled` for
 // a timeout. After such an error the group is broken: later collectives throw at once. The
@@ -47,6 +49,8 @@ struct Environment {
   bool agent_store = false;        ///< TORCHELASTIC_USE_AGENT_STORE=True: torchrun serves the store
   int restart_count = 0;           ///< TORCHELASTIC_RESTART_COUNT (the agent store's key prefix)
   std::string socket_ifname;       ///< GLOO_SOCKET_IFNAME, if set
+  /// DCPP_STORE_PORT: rank 0 serves dcpp's own store on this port, whatever torchrun serves.
+  std::optional<std::uint16_t> store_port;
 };
 
 /// A variable's value, nullopt when unset.
@@ -54,7 +58,7 @@ using Lookup = std::function<std::optional<std::string>(std::string_view name)>;
 
 /// Reads the environment (`lookup`, getenv when empty). Throws invalid_argument naming the
 /// variable when RANK, WORLD_SIZE, MASTER_ADDR or MASTER_PORT is missing, or any of them (or
-/// LOCAL_RANK, TORCHELASTIC_RESTART_COUNT) is malformed: not a decimal number, WORLD_SIZE
+/// LOCAL_RANK, TORCHELASTIC_RESTART_COUNT, DCPP_STORE_PORT) is malformed: not a decimal number, WORLD_SIZE
 /// outside [1, 65536], RANK outside [0, WORLD_SIZE), a port outside [1, 65535].
 Environment read_environment(const Lookup& lookup = {});
 

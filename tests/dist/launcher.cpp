@@ -44,7 +44,7 @@ int free_port() {
 }
 
 std::vector<RankResult> launch(const Launch& l) {
-  const int port = free_port();
+  const int port = l.port ? l.port : free_port();
   std::vector<pid_t> pids;
   std::vector<RankResult> results(static_cast<std::size_t>(l.world));
   const auto start = std::chrono::steady_clock::now();

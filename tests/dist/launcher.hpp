@@ -22,6 +22,7 @@ struct Launch {
   std::function<std::vector<std::string>(int rank)> argv;
   std::vector<std::pair<std::string, std::string>> env;  ///< more variables for every rank
   double deadline_s = 90;                                 ///< every rank is SIGKILLed after this
+  int port = 0;                                           ///< MASTER_PORT; 0: a free one
   std::filesystem::path scratch;                          ///< where output is captured
 };
 

@@ -10,7 +10,9 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
+#include <csignal>
 
 #include "launcher.hpp"
 #include "support.hpp"
@@ -132,6 +134,29 @@ BOOST_AUTO_TEST_CASE(collectives_on_3_ranks) {
     BOOST_TEST(results[r].status == 0, dist_test::describe(results));
     BOOST_TEST(contains(results[r].out, "ok collectives: rank " + std::to_string(r) + " of 3"), results[r].out);
   }
+}
+
+// torchrun's default: its agent serves the store and every rank is a client, under the
+// agent's "/worker/attempt_<restart>" prefix. Played by a torch 1.13 TCPStore (the protocol of
+// the libtorch dcpp links; a torch 2.x agent needs DCPP_STORE_PORT, see dcp.dist).
+BOOST_AUTO_TEST_CASE(collectives_under_an_agent_store) {
+  TempDir tmp;
+  dist_test::Launch l;
+  l.world = 3;
+  l.port = dist_test::free_port();
+  l.scratch = tmp.path();
+  l.env = {{"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"}};
+  l.argv = [](int) { return std::vector<std::string>{DIST_RANK, "collectives"}; };
+  const auto ready = tmp.path() / "store-ready";
+  const std::string agent = dcp_test::quote(dcp_test::python()) + " -c \"import time, pathlib, torch.distributed as d; "
+                            "s = d.TCPStore('127.0.0.1', " + std::to_string(l.port) + ", 4, True, wait_for_workers=False); "
+                            "pathlib.Path('" + ready.string() + "').touch(); time.sleep(60)\" >/dev/null 2>&1 & echo $!";
+  const auto pid = std::stoi(dcp_test::run_capture(agent));
+  for (int i = 0; i < 300 && !fs::exists(ready); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  BOOST_TEST_REQUIRE(fs::exists(ready), "the torch 1.13 store did not start");
+  const auto results = dist_test::launch(l);
+  ::kill(pid, SIGKILL);
+  for (std::size_t r = 0; r < results.size(); ++r) BOOST_TEST(results[r].status == 0, dist_test::describe(results));
 }
 
 BOOST_AUTO_TEST_CASE(torch_dtensor_checkpoints_load_by_rows_on_3_ranks,
