@@ -2,7 +2,8 @@
 //
 // `inspect` reads `.metadata` without running a pickle and cross-checks it. `load` is torch's
 // load: it fills a caller-described Destination in place through a LoadPlanner and a
-// StorageReader (`set_up_planner` → `create_local_plan` → global plan → `read_data`).
+// StorageReader (`set_up_planner` → `create_local_plan` → global plan → `read_data`), on one
+// process or across the ranks of a `ProcessGroup`.
 // `for_each_tensor` loads a whole checkpoint as full, unsharded tensors into dcp.memory
 // buffers, in bounded batches (what `dcpp load`/`verify`/`convert` and dcp.torch's at::Tensor
 // API build on), and `load_objects` decodes the BYTE_IO values. Nothing here includes a
@@ -49,10 +50,50 @@ export namespace dcp::checkpoint {
 /// and byte offset.
 metadata::ValidatedMetadata inspect(const std::filesystem::path& checkpoint_dir);
 
-/// torch's `load(state_dict, storage_reader, planner)` without a process group: plans against
-/// the reader's (validated) metadata and reads every item into `destination`'s memory.
+/// The collectives torch's save and load sequences need, over bytes, with `root` the
+/// coordinator. Every rank calls each collective in the same order. dcp.dist implements it
+/// over c10d (Gloo, NCCL); a null group means one process. A collective that cannot complete
+/// (a peer lost, a timeout) throws dcp::Error; a rank's own failure travels inside the payloads
+/// instead, so that the others learn it (save.cpp, load.cpp).
+class ProcessGroup {
+ public:
+  virtual ~ProcessGroup() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  /// Every rank's `local`, in rank order, on `root`; empty elsewhere.
+  virtual std::vector<std::vector<std::byte>> gather(std::vector<std::byte> local, int root) = 0;
+  /// Rank r receives `per_rank[r]` (given on `root` only).
+  virtual std::vector<std::byte> scatter(std::vector<std::vector<std::byte>> per_rank, int root) = 0;
+  /// `root`'s bytes on every rank.
+  virtual std::vector<std::byte> broadcast(std::vector<std::byte> bytes, int root) = 0;
+};
+
+/// `size` ranks played by threads of one process: handle r is rank r's group (each handle used
+/// by one thread). For `save_ranks`, tests and simulations; the protocol is the one c10d runs.
+std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size);
+
+/// torch's `load(state_dict, storage_reader, planner, process_group, coordinator_rank)`: the
+/// coordinator reads `.metadata` once and broadcasts its bytes, which every rank decodes and
+/// validates itself (`StorageReader::metadata_from_bytes`, checking the byte ranges against its
+/// own view of the data files); every rank plans its reads, the coordinator builds the global
+/// plan, every rank reads its items into `destination`'s memory, and a last exchange of status
+/// makes a failure on any rank fail every rank, with an error naming the failed rank. A null
+/// group is one process (the same sequence, collectives as identities). Returns this rank's
+/// report.
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner);
+                         planning::LoadPlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0);
+
+/// The metadata step of a distributed load on its own, for callers that need the checkpoint's
+/// shapes before they can describe a destination: the coordinator reads and validates
+/// `.metadata` and broadcasts its bytes, every rank decodes and validates them against its own
+/// storage, and a failure on any rank fails every rank (naming it). Every rank must call it.
+metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, ProcessGroup* group = nullptr,
+                                          int coordinator_rank = 0);
+
+/// `load` over metadata every rank already holds (read_metadata): no metadata step.
+storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
+                         planning::LoadPlanner& planner, const metadata::ValidatedMetadata& metadata,
+                         ProcessGroup* group = nullptr, int coordinator_rank = 0);
 
 struct LoadOptions {
   storage::ReadOptions read;        ///< how the storage layer reads (threads, backend, budgets)
@@ -171,26 +212,6 @@ ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const st
 // ---------------------------------------------------------------------------------------------
 // Saving.
 
-/// The collectives torch's save and load sequences need, over bytes, with `root` the
-/// coordinator. Every rank calls each collective in the same order. dcp.dist implements it
-/// over c10d (Gloo, NCCL); a null group means one process.
-class ProcessGroup {
- public:
-  virtual ~ProcessGroup() = default;
-  virtual int rank() const = 0;
-  virtual int size() const = 0;
-  /// Every rank's `local`, in rank order, on `root`; empty elsewhere.
-  virtual std::vector<std::vector<std::byte>> gather(std::vector<std::byte> local, int root) = 0;
-  /// Rank r receives `per_rank[r]` (given on `root` only).
-  virtual std::vector<std::byte> scatter(std::vector<std::vector<std::byte>> per_rank, int root) = 0;
-  /// `root`'s bytes on every rank.
-  virtual std::vector<std::byte> broadcast(std::vector<std::byte> bytes, int root) = 0;
-};
-
-/// `size` ranks played by threads of one process: handle r is rank r's group (each handle used
-/// by one thread). For `save_ranks`, tests and simulations; the protocol is the one c10d runs.
-std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size);
-
 /// torch's save(state_dict, storage_writer, planner, process_group, coordinator_rank): every
 /// rank plans its items, the coordinator builds the global plan and metadata, every rank writes
 /// its items, and the coordinator writes `.metadata`. A failure on any rank makes every rank
@@ -262,8 +283,76 @@ class Checkpointer {
 }  // namespace dcp::checkpoint
 
 // Not exported: shared by the implementation units (convert.cpp, safetensors.cpp,
-// temp_file.cpp, verify.cpp, load.cpp, import.cpp, import_safetensors.cpp).
+// temp_file.cpp, verify.cpp, load.cpp, save.cpp, collective.cpp, import.cpp,
+// import_safetensors.cpp).
 namespace dcp::checkpoint::detail {
+
+// ---- Status-carrying payloads (collective.cpp): each collective of the save and load
+// sequences moves either a rank's result or its failure, so one rank's error reaches every
+// rank instead of leaving them waiting.
+using Bytes = std::vector<std::byte>;
+/// A result: a 0 byte, then `body`.
+Bytes ok_payload(std::span<const std::byte> body);
+/// A failure: its parts (code, rank, file, key, offset, bare message), so the error every rank
+/// throws is the failed rank's own, with its rank, never wrapped again at each collective.
+/// `rank` is the failing rank unless `e` names one already; -1 names none.
+Bytes failure_payload(int rank, const Error& e);
+/// The rank a failure of `pg`'s rank names: -1 in a group of one (there is no other rank to
+/// tell apart, and a single process's errors read as they always did).
+int failure_rank(const ProcessGroup& pg);
+/// The failure a payload carries, nullopt for a result (internal for a malformed payload).
+std::optional<Error> failure_of(std::span<const std::byte> payload);
+/// The first failure among gathered payloads (rank order).
+std::optional<Error> first_failure(const std::vector<Bytes>& payloads);
+std::span<const std::byte> body_of(const Bytes& payload);
+
+/// Runs `step`, turning any exception into this rank's failure payload.
+template <class Step>
+Bytes guarded(int rank, Step&& step) {
+  try {
+    return ok_payload(step());
+  } catch (...) {
+    return failure_payload(rank, current_exception_as_error());
+  }
+}
+
+/// The coordinator's global step over gathered local plans: the first failed rank's failure
+/// for every rank, or `plan(bodies)` (one encoded plan per rank) as results; a throw from
+/// `plan` fails every rank with the coordinator's error.
+template <class Plan>
+std::vector<Bytes> coordinate(int rank, int size, const std::vector<Bytes>& gathered, Plan&& plan) {
+  std::vector<Bytes> per_rank;
+  std::optional<Error> failed = first_failure(gathered);
+  if (!failed) {
+    try {
+      std::vector<std::span<const std::byte>> bodies;
+      for (const auto& p : gathered) bodies.push_back(body_of(p));
+      for (const auto& encoded : plan(std::move(bodies))) per_rank.push_back(ok_payload(encoded));
+      if (per_rank.size() != static_cast<std::size_t>(size))
+        throw Error(Errc::internal, "the global plan has " + std::to_string(per_rank.size()) + " plans for " +
+                                        std::to_string(size) + " ranks");
+    } catch (...) {
+      failed = current_exception_as_error();
+    }
+  }
+  if (failed) per_rank.assign(static_cast<std::size_t>(size), failure_payload(rank, *failed));
+  return per_rank;
+}
+
+/// One process: the collectives are identities.
+class SingleProcess final : public ProcessGroup {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::vector<Bytes> gather(Bytes local, int) override;
+  Bytes scatter(std::vector<Bytes> per_rank, int) override;
+  Bytes broadcast(Bytes bytes, int) override { return bytes; }
+};
+/// The end of a sequence: every rank's `status` (a payload) to the coordinator, the first
+/// failure (or success) back to every rank; throws that failure on every rank.
+void agree(ProcessGroup& pg, int coordinator_rank, Bytes status);
+/// `*group`, or `single` when it is null; checks that `coordinator_rank` is in the group.
+ProcessGroup& group_or_single(ProcessGroup* group, SingleProcess& single, int coordinator_rank);
 
 /// The output of a conversion: a temporary file next to `out`, renamed over it by commit()
 /// (file and directory synced) and removed if the conversion fails first, so a failed

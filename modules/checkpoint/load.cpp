@@ -1,9 +1,11 @@
-// Loading: torch's in-place load, and full-tensor loads into host buffers in bounded batches.
+// Loading: torch's in-place load (one process or a process group), and full-tensor loads into
+// host buffers in bounded batches.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,22 +31,103 @@ std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOpti
 
 namespace {
 
-// torch's load sequence on one rank, over metadata the caller already read and validated.
+using detail::Bytes;
+
+// Everything of torch's load sequence after `.metadata`: local plans → the coordinator's
+// global plan → each rank's reads → every rank learns whether all succeeded. `metadata` is
+// the validated metadata, or (for a rank that has none yet) the coordinator's `.metadata`
+// bytes, decoded and validated inside this rank's first step so that its failure travels too.
 storage::ReadReport run_load(planning::Destination& destination, storage::StorageReader& reader,
-                             planning::LoadPlanner& planner, const metadata::ValidatedMetadata& md) {
-  planner.set_up_planner(destination, md, /*is_coordinator=*/true);
-  reader.set_up_storage_reader(md, true);
-  auto local = reader.prepare_local_plan(planner.create_local_plan());
-  auto global = reader.prepare_global_plan(planner.create_global_plan({std::move(local)}));
-  const auto plan = planner.finish_plan(std::move(global.at(0)));
-  return reader.read_data(plan, planner);
+                             planning::LoadPlanner& planner, std::optional<metadata::ValidatedMetadata> md,
+                             std::span<const std::byte> metadata_bytes, ProcessGroup& pg, int coordinator_rank) {
+  using namespace detail;
+  const int rank = pg.rank();
+  const int me = failure_rank(pg);  // the rank a failure here names
+  const bool is_coordinator = rank == coordinator_rank;
+
+  // 1. Local plans → coordinator.
+  auto local = guarded(me, [&] {
+    if (!md) md = reader.metadata_from_bytes(metadata_bytes);
+    planner.set_up_planner(destination, *md, is_coordinator);
+    reader.set_up_storage_reader(*md, is_coordinator);
+    return planning::encode_plan(reader.prepare_local_plan(planner.create_local_plan()));
+  });
+  auto gathered = pg.gather(std::move(local), coordinator_rank);
+
+  // 2. Global plan (coordinator) → every rank.
+  std::vector<Bytes> per_rank;
+  if (is_coordinator)
+    per_rank = coordinate(me, pg.size(), gathered, [&](std::vector<std::span<const std::byte>> bodies) {
+      std::vector<planning::LoadPlan> plans;
+      for (const auto& body : bodies) plans.push_back(planning::decode_plan(body));
+      std::vector<Bytes> encoded;
+      for (const auto& plan : reader.prepare_global_plan(planner.create_global_plan(std::move(plans))))
+        encoded.push_back(planning::encode_plan(plan));
+      return encoded;
+    });
+  const auto central = pg.scatter(std::move(per_rank), coordinator_rank);
+  if (auto failed = failure_of(central)) throw *failed;
+
+  // 3. Every rank reads its items; the outcome of every rank → every rank (torch's final
+  // all_gather), so a rank whose reads failed fails the others too.
+  storage::ReadReport report;
+  agree(pg, coordinator_rank, guarded(me, [&] {
+          report = reader.read_data(planner.finish_plan(planning::decode_plan(body_of(central))), planner);
+          return Bytes{};
+        }));
+  return report;
+}
+
+// Step 0, the coordinator's part: `.metadata` read once, validated, and sent as its bytes (one
+// source of truth); `md` receives the coordinator's own validated copy.
+detail::Bytes share_metadata(storage::StorageReader& reader, ProcessGroup& pg, int coordinator_rank,
+                             std::optional<metadata::ValidatedMetadata>& md) {
+  using namespace detail;
+  Bytes payload;
+  if (pg.rank() == coordinator_rank)
+    payload = guarded(failure_rank(pg), [&] {
+      auto bytes = reader.read_metadata_bytes();
+      md = reader.metadata_from_bytes(bytes);
+      return bytes;
+    });
+  payload = pg.broadcast(std::move(payload), coordinator_rank);
+  if (auto failed = failure_of(payload)) throw *failed;
+  return payload;
 }
 
 }  // namespace
 
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner) {
-  return run_load(destination, reader, planner, reader.read_metadata());
+                         planning::LoadPlanner& planner, ProcessGroup* group, int coordinator_rank) {
+  detail::SingleProcess single;
+  ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
+  // The other ranks decode and validate the coordinator's bytes in their first step, so that a
+  // failure there travels with the local plans instead of costing another round.
+  std::optional<metadata::ValidatedMetadata> md;
+  const auto payload = share_metadata(reader, pg, coordinator_rank, md);
+  return run_load(destination, reader, planner, std::move(md), detail::body_of(payload), pg, coordinator_rank);
+}
+
+metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, ProcessGroup* group, int coordinator_rank) {
+  using namespace detail;
+  SingleProcess single;
+  ProcessGroup& pg = group_or_single(group, single, coordinator_rank);
+  std::optional<metadata::ValidatedMetadata> md;
+  const auto payload = share_metadata(reader, pg, coordinator_rank, md);
+  if (pg.size() > 1)  // every rank checks the bytes against its own view of the storage
+    agree(pg, coordinator_rank, guarded(failure_rank(pg), [&] {
+            if (!md) md = reader.metadata_from_bytes(body_of(payload));
+            return Bytes{};
+          }));
+  return *std::move(md);
+}
+
+storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
+                         planning::LoadPlanner& planner, const metadata::ValidatedMetadata& md, ProcessGroup* group,
+                         int coordinator_rank) {
+  detail::SingleProcess single;
+  ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
+  return run_load(destination, reader, planner, md, {}, pg, coordinator_rank);
 }
 
 std::span<const std::byte> TensorBuffer::bytes() const {
@@ -94,7 +177,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
     }
     planning::DefaultLoadPlanner planner;
     storage::FileSystemReader reader(checkpoint_dir, options.read);
-    auto report = run_load(destination, reader, planner, md);
+    auto report = load(destination, reader, planner, md);
     total.bytes_read += report.bytes_read;
     total.items += report.items;
     for (auto& e : report.errors) total.errors.push_back(std::move(e));
@@ -115,7 +198,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
   read_options.collect_errors = false;  // every object below must have loaded
   storage::FileSystemReader reader(checkpoint_dir, read_options);
   planning::DefaultLoadPlanner planner;
-  (void)run_load(destination, reader, planner, md);
+  (void)load(destination, reader, planner, md);
   for (const auto& [fqn, entry] : destination.entries()) {
     const auto* bytes = planner.loaded_bytes(fqn);
     const auto* info = md->find_storage(fqn, nullptr);

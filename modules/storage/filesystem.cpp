@@ -104,7 +104,18 @@ void FileSystemReader::set_up_storage_reader(metadata::ValidatedMetadata metadat
   metadata_ = std::move(metadata);
 }
 
-metadata::ValidatedMetadata FileSystemReader::read_metadata() const {
+std::vector<std::byte> StorageReader::read_metadata_bytes() const {
+  const auto md = read_metadata();
+  return metadata::encode_metadata(*md, md->flavor);
+}
+
+metadata::ValidatedMetadata StorageReader::metadata_from_bytes(std::span<const std::byte> bytes) const {
+  return metadata::validate(metadata::decode_metadata(bytes));
+}
+
+metadata::ValidatedMetadata FileSystemReader::read_metadata() const { return metadata_from_bytes(read_metadata_bytes()); }
+
+std::vector<std::byte> FileSystemReader::read_metadata_bytes() const {
   const auto path = dir_ / ".metadata";
   std::error_code ec;
   if (!std::filesystem::exists(path, ec)) {
@@ -114,7 +125,11 @@ metadata::ValidatedMetadata FileSystemReader::read_metadata() const {
     e.in_file(path.string());
     throw e;
   }
-  const auto bytes = read_file(path, kMaxMetadataBytes);
+  return read_file(path, kMaxMetadataBytes);
+}
+
+metadata::ValidatedMetadata FileSystemReader::metadata_from_bytes(std::span<const std::byte> bytes) const {
+  const auto path = dir_ / ".metadata";
   std::optional<metadata::ValidatedMetadata> validated;
   try {
     validated = metadata::validate(metadata::decode_metadata(bytes));

@@ -89,6 +89,12 @@ class StorageReader {
   virtual ~StorageReader() = default;
   /// The checkpoint's metadata, validated (a reader makes one only through metadata::validate).
   virtual metadata::ValidatedMetadata read_metadata() const = 0;
+  /// `.metadata` as stored, undecoded: a distributed load's coordinator reads it once and sends
+  /// it to every rank. By default read_metadata()'s metadata encoded again.
+  virtual std::vector<std::byte> read_metadata_bytes() const;
+  /// What read_metadata would make of `bytes` (read by this rank or the coordinator): decoded,
+  /// validated and checked against this reader's storage. By default decoded and validated.
+  virtual metadata::ValidatedMetadata metadata_from_bytes(std::span<const std::byte> bytes) const;
   virtual void set_up_storage_reader(metadata::ValidatedMetadata metadata, bool is_coordinator) = 0;
   virtual planning::LoadPlan prepare_local_plan(planning::LoadPlan plan) { return plan; }
   virtual std::vector<planning::LoadPlan> prepare_global_plan(std::vector<planning::LoadPlan> plans) { return plans; }
@@ -107,6 +113,10 @@ class FileSystemReader : public StorageReader {
   /// against its data file (an interrupted save, with only `.metadata.tmp`, is reported as
   /// such). Errors carry the file path (a data file's full path) and the byte offset.
   metadata::ValidatedMetadata read_metadata() const override;
+  /// The file `.metadata` (at most kMaxMetadataBytes).
+  std::vector<std::byte> read_metadata_bytes() const override;
+  /// read_metadata's decoding and checks, over `bytes`, with errors naming this directory's files.
+  metadata::ValidatedMetadata metadata_from_bytes(std::span<const std::byte> bytes) const override;
   /// Size of a data file named in storage_data; nullopt if missing or unsafe.
   std::optional<std::uint64_t> file_size(std::string_view relative_path) const;
   /// Full path of a data file (the name must satisfy is_safe_relative_path).

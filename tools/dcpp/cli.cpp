@@ -1,7 +1,7 @@
 // dcpp's command line, shared by dcpp and dcpp-torch: one flag table, the parser, help, and
 // the mapping of errors to exit status (0 success, 1 the checkpoint or another input is bad,
-// 2 bad usage). Each binary says what `load` runs (main.cpp, torch_main.cpp); every other
-// subcommand is a few calls into dcp.checkpoint.
+// 2 bad usage). Each binary says what `load` and `reshard` run (main.cpp, torch_main.cpp);
+// every other subcommand is a few calls into dcp.checkpoint.
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -19,7 +19,7 @@ struct Command {
   std::string_view name;
   std::string_view usage;
   std::string_view summary;
-  int (*run)(const Args&);  ///< nullptr: the binary's own `load`
+  int (*run)(const Args&);  ///< nullptr: the binary's own (Binary)
   std::size_t positional;
 };
 
@@ -28,9 +28,11 @@ constexpr Command kCommands[] = {
      "print what a checkpoint holds (keys, dtypes, shapes, chunks, files), read from .metadata "
      "without running any pickle code, after checking it against the data files",
      run_inspect, 1},
-    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] CKPT_DIR",
+    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] CKPT_DIR",
      "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
-     "object, and print bytes, seconds and GB/s",
+     "object, and print bytes, seconds and GB/s. As a rank of a launcher (torchrun; WORLD_SIZE > 1): "
+     "each rank loads its rows (torch.chunk along dim 0) of every tensor over a Gloo process group "
+     "and prints its own and (rank 0) every rank's bytes and GB/s",
      nullptr, 1},
     {"verify", "dcpp verify [--all] [--threads N] [--keys REGEX] CKPT_DIR",
      "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
@@ -46,19 +48,28 @@ constexpr Command kCommands[] = {
      "as torch.chunk does), nested state dicts flattened as dcp.save does, written crash-safely "
      "(OUT_DIR appears only when complete)",
      run_convert, 2},
+    {"reshard",
+     "dcpp reshard [--layout rows] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--quiet] SRC_DIR DST_DIR",
+     "write the checkpoint SRC_DIR as one saved by this many ranks: each rank loads its rows "
+     "(torch.chunk along dim 0) of every tensor and the ranks save them together into DST_DIR "
+     "(crash-safely). Run as the ranks of a launcher (torchrun, WORLD_SIZE > 1; needs libtorch for "
+     "the process group), or alone as one rank",
+     nullptr, 2},
 };
 
 constexpr Flag kFlags[] = {
     {"json", "", "inspect load", "print one JSON document (schema in README.md)"},
-    {"threads", "N", "load verify convert", "storage worker threads (default: up to 8; convert: checkpoint to file)"},
-    {"io", "KIND", "load verify convert", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
+    {"threads", "N", "load verify convert reshard", "storage worker threads (default: up to 8; convert: checkpoint to file)"},
+    {"io", "KIND", "load verify convert reshard", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
     {"device", "DEV", "load", "where tensors go: cpu (default), cuda or cuda:N"},
     {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
     {"all", "", "verify", "report every problem, not only the first"},
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
-    {"format", "KIND", "convert", "file to checkpoint: torch2 (default, torch 2.x's layout) or torch1.13 (flat keys)"},
-    {"overwrite", "", "convert", "file to checkpoint: replace a checkpoint already in OUT_DIR"},
-    {"quiet", "", "load verify convert", "no progress bar and no summary line"},
+    {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout) or torch1.13 (flat keys)"},
+    {"overwrite", "", "convert reshard", "file to checkpoint, reshard: replace a checkpoint already in OUT_DIR / DST_DIR"},
+    {"layout", "KIND", "reshard", "how the ranks split each tensor: rows (torch.chunk along dim 0; cols and 2d:AxB are planned)"},
+    {"timeout", "S", "load reshard", "as ranks of a launcher: the longest a rank waits for the others, in seconds (default 120)"},
+    {"quiet", "", "load verify convert reshard", "no progress bar and no summary line"},
     {"help", "", "*", "print help (-h: short)"},
     {"version", "", "*", "print the version"},
 };
@@ -152,7 +163,7 @@ Args parse(int argc, char** argv) {
   return args;
 }
 
-int run(int argc, char** argv, int (*load)(const Args&)) {
+int run(int argc, char** argv, const Binary& binary) {
   const Args args = parse(argc, argv);
   if (args.has("version")) {
     std::printf("%s\n", kVersion.data());
@@ -171,14 +182,15 @@ int run(int argc, char** argv, int (*load)(const Args&)) {
   if (args.positional.size() != command->positional)
     throw UsageError{"'" + args.command + "' takes " + std::to_string(command->positional) +
                      " argument(s); usage: " + std::string(command->usage)};
-  return (command->run ? command->run : load)(args);
+  if (command->run) return command->run(args);
+  return (command->name == "load" ? binary.load : binary.reshard)(args);
 }
 
 }  // namespace
 
-int main_with(int argc, char** argv, int (*load)(const Args&)) {
+int main_with(int argc, char** argv, const Binary& binary) {
   try {
-    return run(argc, argv, load);
+    return run(argc, argv, binary);
   } catch (const UsageError& e) {
     std::fprintf(stderr, "dcpp: error: %s\n", e.message.c_str());
     return 2;

@@ -1,13 +1,17 @@
 // dcpp's command-line layer: the flag table, parsed arguments and the subcommands. dcpp
 // (main.cpp) is the core alone; dcpp-torch (torch_main.cpp) is the same command line with
-// libtorch, which dcpp runs for what needs tensors (load --device cuda).
+// libtorch, which dcpp runs for what needs tensors (load --device cuda) or a c10d process
+// group (load and reshard as ranks of a launcher, WORLD_SIZE > 1).
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+import dcp.metadata;
+import dcp.checkpoint;
 
 namespace dcpp_cli {
 
@@ -37,15 +41,35 @@ struct UsageError {
   std::string message;
 };
 
-/// Parses the command line, runs the command (`load` runs `load`, the one command the two
-/// binaries run differently) and turns errors into a one-line message and an exit status.
-int main_with(int argc, char** argv, int (*load)(const Args& args));
+/// What the two binaries run differently.
+struct Binary {
+  int (*load)(const Args& args);
+  int (*reshard)(const Args& args);
+};
+
+/// Parses the command line, runs the command and turns errors into a one-line message and an
+/// exit status.
+int main_with(int argc, char** argv, const Binary& binary);
 
 int run_inspect(const Args& args);
 /// `load` into host buffers (no libtorch); the device must be the CPU.
 int run_load(const Args& args);
 int run_verify(const Args& args);
 int run_convert(const Args& args);
+
+/// Every rank's load together (rank 0 gathers it).
+struct DistTotal {
+  std::uint64_t bytes = 0;
+  std::uint64_t bytes_read = 0;
+  double seconds = 0;  ///< the slowest rank's
+};
+/// A rank's place in a distributed load.
+struct DistResult {
+  int rank = 0;
+  int world_size = 1;
+  std::uint64_t bytes_read = 0;     ///< bytes this rank read from storage into its memory
+  std::optional<DistTotal> total;   ///< on rank 0
+};
 
 /// What `load` prints (--json: one document; otherwise a summary line unless --quiet).
 struct LoadResult {
@@ -55,7 +79,25 @@ struct LoadResult {
   double seconds = 0;
   std::uint64_t items_read = 0;
   std::string device;
+  std::optional<DistResult> dist;  ///< a rank of a distributed load
 };
 void print_load_result(const Args& args, const LoadResult& result);
+
+// ---- Ranks of a launcher (dist_commands.cpp).
+
+/// WORLD_SIZE from the environment (1 when unset); a malformed value is a usage error.
+int launcher_world_size();
+/// --timeout (120 s when absent): the longest a rank waits for the others.
+std::chrono::seconds timeout_of(const Args& args);
+/// --layout: rows only for now (cols and 2d:AxB are usage errors until dcp.layout has them).
+void check_layout(const Args& args);
+/// --format torch2|torch1.13 (convert_command.cpp).
+dcp::metadata::Flavor parse_flavor(const Args& args);
+/// `load` of this rank's rows (torch.chunk along dim 0) of every tensor, with every object,
+/// reporting this rank's and (on rank 0) every rank's bytes and GB/s.
+int run_load_distributed(const Args& args, dcp::checkpoint::ProcessGroup& group);
+/// `reshard SRC DST`: every rank loads its rows of every tensor of SRC and the ranks save them
+/// together as a checkpoint of `group`'s size in DST; a null group is one process.
+int run_reshard(const Args& args, dcp::checkpoint::ProcessGroup* group);
 
 }  // namespace dcpp_cli

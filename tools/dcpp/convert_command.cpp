@@ -58,13 +58,6 @@ int parse_ranks(const Args& args) {
   return n;
 }
 
-dcp::metadata::Flavor parse_flavor(const Args& args) {
-  const auto text = args.get("format").value_or("torch2");
-  if (text == "torch2") return dcp::metadata::Flavor::torch_2x;
-  if (text == "torch1.13") return dcp::metadata::Flavor::torch_1_13;
-  throw UsageError{"--format takes torch2 or torch1.13, not '" + text + "'"};
-}
-
 // FILE.pt|FILE.safetensors → CKPT_DIR.
 int run_import(const Args& args, Format format) {
   const std::string in = args.positional[0];
@@ -101,6 +94,13 @@ int run_import(const Args& args, Format format) {
 }
 
 }  // namespace
+
+dcp::metadata::Flavor parse_flavor(const Args& args) {
+  const auto text = args.get("format").value_or("torch2");
+  if (text == "torch2") return dcp::metadata::Flavor::torch_2x;
+  if (text == "torch1.13") return dcp::metadata::Flavor::torch_1_13;
+  throw UsageError{"--format takes torch2 or torch1.13, not '" + text + "'"};
+}
 
 int run_convert(const Args& args) {
   // A regular file (not a checkpoint directory) named *.pt, *.pth or *.safetensors is an input.

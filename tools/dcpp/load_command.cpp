@@ -66,7 +66,8 @@ dcp::memory::Device device_of(const Args& args) {
 }
 
 void print_load_result(const Args& args, const LoadResult& r) {
-  const double gbps = r.seconds > 0 ? static_cast<double>(r.bytes) / r.seconds / 1e9 : 0.0;
+  auto gbps_of = [](std::uint64_t bytes, double seconds) { return seconds > 0 ? static_cast<double>(bytes) / seconds / 1e9 : 0.0; };
+  const double gbps = gbps_of(r.bytes, r.seconds);
   if (args.has("json")) {
     dcp::json::JsonWriter w;
     w.begin_object()
@@ -76,13 +77,34 @@ void print_load_result(const Args& args, const LoadResult& r) {
         .key("seconds").value(r.seconds)
         .key("gbps").value(gbps)
         .key("items_read").value(r.items_read)
-        .key("device").value(r.device)
-        .end_object();
+        .key("device").value(r.device);
+    if (r.dist) {
+      w.key("rank").value(static_cast<std::int64_t>(r.dist->rank))
+          .key("world_size").value(static_cast<std::int64_t>(r.dist->world_size))
+          .key("bytes_read").value(r.dist->bytes_read);
+      if (const auto& t = r.dist->total)
+        w.key("total").begin_object()
+            .key("bytes").value(t->bytes)
+            .key("bytes_read").value(t->bytes_read)
+            .key("seconds").value(t->seconds)
+            .key("gbps").value(gbps_of(t->bytes, t->seconds))
+            .end_object();
+    }
+    w.end_object();
     std::printf("%s\n", w.str().c_str());
   } else if (!args.has("quiet")) {
-    std::printf("loaded %llu tensors (%llu bytes) and %llu objects in %.3f s: %.2f GB/s\n",
+    std::string who;
+    if (r.dist) who = "rank " + std::to_string(r.dist->rank) + " of " + std::to_string(r.dist->world_size) + ": ";
+    std::printf("%sloaded %llu tensors (%llu bytes) and %llu objects in %.3f s: %.2f GB/s", who.c_str(),
                 static_cast<unsigned long long>(r.tensors), static_cast<unsigned long long>(r.bytes),
                 static_cast<unsigned long long>(r.objects), r.seconds, gbps);
+    if (r.dist) std::printf("; read %llu bytes from storage", static_cast<unsigned long long>(r.dist->bytes_read));
+    std::printf("\n");
+    if (r.dist && r.dist->total)
+      std::printf("all %d ranks: %llu bytes (%llu read from storage) in %.3f s: %.2f GB/s\n", r.dist->world_size,
+                  static_cast<unsigned long long>(r.dist->total->bytes),
+                  static_cast<unsigned long long>(r.dist->total->bytes_read), r.dist->total->seconds,
+                  gbps_of(r.dist->total->bytes, r.dist->total->seconds));
   }
 }
 

@@ -1,7 +1,9 @@
 // dcpp: the command-line tool, without libtorch. It starts in milliseconds and runs help,
-// inspect, verify, convert and `load` into host memory itself; a `load` that needs tensors
-// on a GPU runs dcpp-torch (the same command line, with libtorch) in its place. Built with
-// -Dtorch=disabled there is no dcpp-torch, and such a load is a usage error (exit 2).
+// inspect, verify, convert, `load` into host memory and a one-process `reshard` itself; a
+// `load` that needs tensors on a GPU, and `load` or `reshard` as ranks of a launcher
+// (WORLD_SIZE > 1: a c10d process group) run dcpp-torch (the same command line, with
+// libtorch) in its place. Built with -Dtorch=disabled there is no dcpp-torch, and those are
+// usage errors (exit 2).
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -34,17 +36,31 @@ std::filesystem::path torch_helper() {
   throw dcp::Error(dcp::Errc::not_found, "this command needs dcpp-torch, which is not installed next to " + self.string());
 }
 
-int load(const Args& args) {
-  const auto device = device_of(args);
-  if (device.kind == dcp::memory::DeviceKind::cpu) return run_load(args);
-  if (!DCPP_WITH_TORCH)
-    throw UsageError{"--device " + device.to_string() + " needs libtorch, and this dcpp was built without it (-Dtorch=disabled)"};
+[[noreturn]] void run_torch_helper(const Args& args, const std::string& why) {
+  if (!DCPP_WITH_TORCH) throw UsageError{why + " needs libtorch, and this dcpp was built without it (-Dtorch=disabled)"};
   const auto helper = torch_helper();
   ::execv(helper.c_str(), args.argv);
   throw dcp::Error(dcp::Errc::io, "cannot run " + helper.string() + ": " + std::strerror(errno));
 }
 
+int load(const Args& args) {
+  const auto device = device_of(args);
+  (void)timeout_of(args);  // usage errors before handing over
+  if (launcher_world_size() > 1) run_torch_helper(args, "a load by the ranks of a launcher (WORLD_SIZE > 1)");
+  if (device.kind == dcp::memory::DeviceKind::cpu) return run_load(args);
+  run_torch_helper(args, "--device " + device.to_string());
+}
+
+// Ranks of a launcher need a c10d process group (dcpp-torch); one process needs none.
+int reshard(const Args& args) {
+  check_layout(args);
+  (void)parse_flavor(args);
+  (void)timeout_of(args);
+  if (launcher_world_size() > 1) run_torch_helper(args, "reshard by the ranks of a launcher (WORLD_SIZE > 1)");
+  return run_reshard(args, nullptr);
+}
+
 }  // namespace
 }  // namespace dcpp_cli
 
-int main(int argc, char** argv) { return dcpp_cli::main_with(argc, argv, dcpp_cli::load); }
+int main(int argc, char** argv) { return dcpp_cli::main_with(argc, argv, {dcpp_cli::load, dcpp_cli::reshard}); }

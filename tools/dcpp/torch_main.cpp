@@ -1,8 +1,13 @@
-// dcpp-torch: dcpp's command line with libtorch, for the commands that need tensors. dcpp
-// runs it in its own place (exec, same arguments) for `load --device cuda[:N]`; its `load`
-// reads through dcp.torch into at::Tensors (pinned host memory, then the device).
+// dcpp-torch: dcpp's command line with libtorch, for the commands that need tensors or a c10d
+// process group. dcpp runs it in its own place (exec, same arguments) for `load --device
+// cuda[:N]`, whose load reads through dcp.torch into at::Tensors (pinned host memory, then the
+// device), and for `load` and `reshard` as ranks of a launcher (WORLD_SIZE > 1), which form a
+// Gloo process group from the environment (dcp.dist).
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,6 +18,7 @@
 import dcp.error;
 import dcp.memory;
 import dcp.checkpoint;
+import dcp.dist;
 import dcp.torch;
 
 namespace dcpp_cli {
@@ -21,9 +27,20 @@ dcp::memory::Device device_of(const Args& args);
 
 namespace {
 
+std::unique_ptr<dcp::checkpoint::ProcessGroup> launcher_group(const Args& args) {
+  return dcp::dist::from_environment({.timeout = timeout_of(args), .backend = dcp::dist::Backend::gloo});
+}
+
 int load(const Args& args) {
+  const auto device = device_of(args);
+  if (launcher_world_size() > 1) {
+    if (device.kind != dcp::memory::DeviceKind::cpu)
+      throw UsageError{"--device " + device.to_string() + " with WORLD_SIZE > 1: the ranks load rows into host memory only, for now"};
+    const auto group = launcher_group(args);
+    return run_load_distributed(args, *group);
+  }
   dcp::torch::LoadOptions options{load_options(args), {}};
-  options.allocation.device = device_of(args);
+  options.allocation.device = device;
   const auto start = std::chrono::steady_clock::now();
   const auto md = dcp::checkpoint::inspect(args.positional[0]);
   Progress progress(!args.has("quiet") && !args.has("json"), dcp::checkpoint::selected_tensor_bytes(*md, options), "loading");
@@ -44,7 +61,20 @@ int load(const Args& args) {
   return 0;
 }
 
+int reshard(const Args& args) {
+  check_layout(args);
+  (void)parse_flavor(args);
+  const auto group = launcher_world_size() > 1 ? launcher_group(args) : nullptr;
+  return run_reshard(args, group.get());
+}
+
 }  // namespace
 }  // namespace dcpp_cli
 
-int main(int argc, char** argv) { return dcpp_cli::main_with(argc, argv, dcpp_cli::load); }
+int main(int argc, char** argv) {
+  const int status = dcpp_cli::main_with(argc, argv, {dcpp_cli::load, dcpp_cli::reshard});
+  // A rank leaves at once: after a lost peer, c10d's threads and destructors may still wait
+  // for it (dcp.dist abandons a broken group instead of destroying it).
+  std::fflush(nullptr);
+  std::_Exit(status);
+}

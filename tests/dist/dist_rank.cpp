@@ -1,0 +1,174 @@
+// One rank of the dcp.dist suite's multi-process runs (tests/dist/test_dist.cpp launches 2-4
+// of them with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT and LOCAL_RANK set):
+//
+//   dist_rank collectives              gather / scatter / broadcast of payloads of many sizes
+//                                      (empty included) to and from every root, checked
+//   dist_rank load CKPT CASE_DIR [--die-on-rank R]
+//                                      checkpoint::load over the group of this rank's rows
+//                                      (planning::row_chunks) of every tensor and every object;
+//                                      each tensor's rows compared with CASE_DIR/expected.json's
+//                                      bytes. --die-on-rank: rank R kills itself (SIGKILL) in
+//                                      the middle of its reads.
+//
+// Prints "ok ..." and exits 0, or "dist_rank: error: ..." on stderr and exits 1.
+#include <chrono>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "support.hpp"
+import dcp.error;
+import dcp.layout;
+import dcp.metadata;
+import dcp.planning;
+import dcp.storage;
+import dcp.checkpoint;
+import dcp.dist;
+
+namespace {
+
+using Bytes = std::vector<std::byte>;
+
+[[noreturn]] void fail(const std::string& what) { throw dcp::Error(dcp::Errc::internal, what); }
+
+// A payload whose bytes say who sent it, for which step, to whom.
+Bytes payload(std::size_t size, int from, int step, int to) {
+  Bytes b(size);
+  for (std::size_t i = 0; i < size; ++i) b[i] = static_cast<std::byte>((i * 31 + from * 7 + step * 13 + to * 3) & 0xff);
+  return b;
+}
+
+// Sizes by (step, rank): empty, tiny, large and unequal, so padding and trimming are exercised.
+std::size_t size_of(int step, int rank) {
+  static constexpr std::size_t kSizes[] = {0, 1, 5, 4096, 100003, 7, 0, 65536};
+  return kSizes[static_cast<std::size_t>(step * 3 + rank * 5) % std::size(kSizes)];
+}
+
+int collectives(dcp::checkpoint::ProcessGroup& pg) {
+  const int me = pg.rank();
+  const int n = pg.size();
+  int checks = 0;
+  for (int step = 0; step < 3 * n; ++step) {
+    const int root = step % n;
+    const bool all_empty = step == n;  // one round where every payload is empty
+    auto size = [&](int r) { return all_empty ? 0 : size_of(step, r); };
+    auto gathered = pg.gather(payload(size(me), me, step, root), root);
+    if (me == root) {
+      if (gathered.size() != static_cast<std::size_t>(n)) fail("gather: " + std::to_string(gathered.size()) + " payloads");
+      for (int r = 0; r < n; ++r)
+        if (gathered[static_cast<std::size_t>(r)] != payload(size(r), r, step, root))
+          fail("gather step " + std::to_string(step) + ": wrong payload from rank " + std::to_string(r));
+    } else if (!gathered.empty()) {
+      fail("gather: a non-root rank received payloads");
+    }
+    std::vector<Bytes> per_rank;
+    if (me == root)
+      for (int r = 0; r < n; ++r) per_rank.push_back(payload(size(r + 1), root, step, r));
+    if (pg.scatter(std::move(per_rank), root) != payload(size(me + 1), root, step, me))
+      fail("scatter step " + std::to_string(step) + ": wrong payload");
+    const auto b = pg.broadcast(me == root ? payload(size(root + 2), root, step, -1) : Bytes{}, root);
+    if (b != payload(size(root + 2), root, step, -1)) fail("broadcast step " + std::to_string(step) + ": wrong payload");
+    checks += 3;
+  }
+  std::printf("ok collectives: rank %d of %d, %d checks\n", me, n, checks);
+  return 0;
+}
+
+// DefaultLoadPlanner that, on rank `die`, kills its own process at the first tensor it commits.
+class DyingPlanner final : public dcp::planning::DefaultLoadPlanner {
+ public:
+  explicit DyingPlanner(bool die) : die_(die) {}
+  void commit_tensor(const dcp::planning::ReadItem& item, const dcp::planning::TensorSlice& slice) override {
+    if (die_) std::raise(SIGKILL);
+    DefaultLoadPlanner::commit_tensor(item, slice);
+  }
+
+ private:
+  bool die_;
+};
+
+int load(dcp::checkpoint::ProcessGroup& pg, const std::filesystem::path& ckpt, const std::filesystem::path& case_dir,
+         int die_on_rank) {
+  const int me = pg.rank();
+  const int n = pg.size();
+  const auto expected = dcp_test::read_json(case_dir / "expected.json").as_object();
+  dcp::storage::FileSystemReader reader(ckpt);
+  // Every rank learns the checkpoint from the coordinator's bytes (what load does inside).
+  const auto md = dcp::checkpoint::read_metadata(reader, &pg, 0);
+
+  dcp::planning::Destination destination;
+  std::map<std::string, std::vector<std::byte>> memory;
+  for (const auto& item : md->items) {
+    if (!item.is_tensor()) {
+      destination.add_object(item.fqn);
+      continue;
+    }
+    const auto& t = item.tensor();
+    const auto share = dcp::layout::chunk_split(t.size.empty() ? dcp::layout::Shape{1} : t.size, 0, n)[static_cast<std::size_t>(me)];
+    const auto elements = t.size.empty() ? 1 : dcp::layout::volume(share);
+    auto& bytes = memory[item.fqn];
+    bytes.resize(elements * dcp::dtype_itemsize(t.properties.dtype));
+    destination.add_tensor(item.fqn, {t.size, t.properties.dtype,
+                                      dcp::planning::row_chunks(t.size, t.properties.dtype, me, n, bytes.data())});
+  }
+  DyingPlanner planner(me == die_on_rank);
+  const auto report = dcp::checkpoint::load(destination, reader, planner, md, &pg, 0);
+
+  const auto& tensors = expected.at("tensors").as_object();
+  std::uint64_t compared = 0;
+  for (const auto& [fqn, bytes] : memory) {
+    const auto* want = tensors.if_contains(fqn);
+    if (!want) fail("expected.json has no tensor '" + fqn + "'");
+    const auto full = dcp_test::read_bytes(case_dir / std::string(want->as_object().at("file").as_string()));
+    const auto* item = md->find_item(fqn);
+    const auto& size = item->tensor().size;
+    std::size_t begin = 0;
+    if (!size.empty() && size[0] > 0) {
+      const auto row_bytes = full.size() / static_cast<std::size_t>(size[0]);
+      const auto share = dcp::layout::chunk_split(size, 0, n)[static_cast<std::size_t>(me)];
+      begin = static_cast<std::size_t>(share.offsets[0]) * row_bytes;
+    }
+    if (begin + bytes.size() > full.size() || std::memcmp(full.data() + begin, bytes.data(), bytes.size()) != 0)
+      fail("tensor '" + fqn + "': rank " + std::to_string(me) + "'s rows differ from torch's");
+    compared += bytes.size();
+  }
+  for (const auto& [fqn, entry] : destination.entries())
+    if (std::holds_alternative<dcp::planning::ObjectDestination>(entry) && !planner.loaded_bytes(fqn))
+      fail("object '" + fqn + "' was not loaded");
+  std::printf("ok load: rank %d of %d, %zu tensors, %llu bytes compared, %llu bytes read\n", me, n, memory.size(),
+              static_cast<unsigned long long>(compared), static_cast<unsigned long long>(report.bytes_read));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    std::vector<std::string> args(argv + 1, argv + argc);
+    int die_on_rank = -1;
+    for (std::size_t i = 0; i + 1 < args.size(); ++i)
+      if (args[i] == "--die-on-rank") {
+        die_on_rank = std::stoi(args[i + 1]);
+        args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
+        break;
+      }
+    if (args.empty()) fail("usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R]");
+    auto group = dcp::dist::from_environment({.timeout = std::chrono::seconds(30)});
+    if (args[0] == "collectives") return collectives(*group);
+    if (args[0] == "load" && args.size() == 3) return load(*group, args[1], args[2], die_on_rank);
+    fail("usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R]");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dist_rank: error: %s\n", e.what());
+    std::fflush(stderr);
+    std::_Exit(1);  // never wait in c10d's destructors for a peer that is gone
+  }
+}

@@ -1,0 +1,196 @@
+// dcp.dist: `dcpp load` and `dcpp reshard` as the ranks of a launcher (dcpp execs dcpp-torch,
+// which forms the Gloo group from the environment), checked by torch 2.13 (1, 2 and 4 Gloo
+// ranks) and torch 1.13 (one process).
+#include <boost/json.hpp>
+#include <boost/test/unit_test.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "launcher.hpp"
+#include "support.hpp"
+
+namespace {
+
+using dcp_test::TempDir;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+std::vector<dist_test::RankResult> run_dcpp_ranks(int world, const fs::path& scratch, std::vector<std::string> args,
+                                                  std::vector<std::pair<std::string, std::string>> env = {}) {
+  dist_test::Launch l;
+  l.world = world;
+  l.scratch = scratch;
+  l.env = std::move(env);
+  l.argv = [&](int) {
+    std::vector<std::string> argv{dcp_test::dcpp_exe().string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  };
+  return dist_test::launch(l);
+}
+
+// save_check.py's MANIFEST entry for every value of a case (tests/python/README.md): tensors
+// with their expected bytes, objects with their Python literal.
+json::object manifest_entry(const std::string& name, const fs::path& ckpt, const fs::path& case_dir) {
+  const auto expected = dcp_test::read_json(case_dir / "expected.json").as_object();
+  json::array tensors, objects;
+  for (const auto& [fqn, t] : expected.at("tensors").as_object())
+    tensors.push_back(json::object{{"path", t.at("path")},
+                                   {"dtype", t.at("dtype")},
+                                   {"shape", t.at("shape")},
+                                   {"bin", (case_dir / std::string(t.at("file").as_string())).string()}});
+  for (const auto& [fqn, o] : expected.at("objects").as_object())
+    objects.push_back(json::object{{"path", o.at("path")}, {"literal", o.at("repr")}});
+  return {{"name", name}, {"ckpt", ckpt.string()}, {"exact_keys", true}, {"tensors", tensors}, {"objects", objects}};
+}
+
+void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+// Runs a torch oracle over MANIFEST; every check must print "ok".
+void check_with_torch(const std::string& python, const std::string& script, const std::string& mode,
+                      const fs::path& manifest) {
+  int status = 0;
+  const auto out = dcp_test::run_capture(dcp_test::quote(python) + " " +
+                                             dcp_test::quote(dcp_test::source_root() / "tests/python" / script) + " " +
+                                             mode + " " + dcp_test::quote(manifest) + " 2>&1",
+                                         &status);
+  BOOST_TEST(status == 0, script << " " << mode << ":\n" << out);
+  BOOST_TEST(!contains(out, "FAIL"), out);
+  BOOST_TEST(contains(out, "ok "), out);
+}
+
+void all_ok(const std::vector<dist_test::RankResult>& results) {
+  for (const auto& r : results) BOOST_TEST(r.status == 0, dist_test::describe(results));
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(cli, *boost::unit_test::precondition(dcp_test::needs_python2x))
+
+BOOST_AUTO_TEST_CASE(load_under_the_launcher_reports_each_rank_and_the_total) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
+  const auto results = run_dcpp_ranks(3, tmp.path(), {"load", "--json", (case_dir / "ckpt").string()});
+  all_ok(results);
+  std::uint64_t bytes = 0, bytes_read = 0;
+  json::object total;
+  for (std::size_t r = 0; r < results.size(); ++r) {
+    const auto doc = json::parse(results[r].out).as_object();
+    BOOST_TEST(doc.at("rank").as_int64() == static_cast<std::int64_t>(r));
+    BOOST_TEST(doc.at("world_size").as_int64() == 3);
+    BOOST_TEST(doc.at("bytes_read").to_number<std::uint64_t>() > 0u);
+    BOOST_TEST(doc.at("objects").as_int64() > 0);
+    bytes += doc.at("bytes").to_number<std::uint64_t>();
+    bytes_read += doc.at("bytes_read").to_number<std::uint64_t>();
+    BOOST_TEST((r == 0) == doc.contains("total"), results[r].out);
+    if (r == 0) total = doc.at("total").as_object();
+  }
+  BOOST_TEST(total.at("bytes").to_number<std::uint64_t>() == bytes);
+  BOOST_TEST(total.at("bytes_read").to_number<std::uint64_t>() == bytes_read);
+  BOOST_TEST(total.at("gbps").to_number<double>() > 0);
+}
+
+// torch 2.13's torchrun: its agent's store speaks a newer protocol than libtorch 1.13, so rank
+// 0 serves dcpp's own (DCPP_STORE_PORT).
+BOOST_AUTO_TEST_CASE(load_under_torchrun) {
+  const auto& case_dir = dcp_test::checkpoint_case("x2_2d_4ranks");
+  const auto torchrun = fs::path(dcp_test::python2x()).parent_path() / "torchrun";
+  int status = 0;
+  const auto out = dcp_test::run_capture(
+      "DCPP_STORE_PORT=" + std::to_string(dist_test::free_port()) + " " + dcp_test::quote(torchrun) +
+          " --standalone --nproc-per-node 2 --no-python " + dcp_test::quote(dcp_test::dcpp_exe()) +
+          " load --json --timeout 30 " + dcp_test::quote(case_dir / "ckpt") + " 2>/dev/null",
+      &status);
+  BOOST_TEST(status == 0, out);
+  std::size_t ranks = 0;
+  for (std::size_t at = 0; (at = out.find("\"world_size\":2", at)) != std::string::npos; ++at) ++ranks;
+  BOOST_TEST(ranks == 2u, out);
+}
+
+BOOST_AUTO_TEST_CASE(reshard_of_dtensor_checkpoints_loads_in_torch_on_1_2_and_4_ranks) {
+  TempDir tmp;
+  json::array checks, dist;
+  for (const char* name : {"x2_fsdp_4ranks", "x2_2d_4ranks"}) {
+    const auto& case_dir = dcp_test::checkpoint_case(name);
+    const auto out = tmp.path() / (std::string(name) + "-3ranks");
+    const auto results = run_dcpp_ranks(3, tmp.path(), {"reshard", (case_dir / "ckpt").string(), out.string()});
+    all_ok(results);
+    BOOST_TEST(contains(results[0].out, "3 ranks, rows"), results[0].out);
+    for (int r = 0; r < 3; ++r) BOOST_TEST(fs::exists(out / ("__" + std::to_string(r) + "_0.distcp")));
+    BOOST_TEST(!fs::exists(out / "__3_0.distcp"));
+    checks.push_back(manifest_entry(std::string(name) + "-1proc", out, case_dir));
+    for (int world : {2, 4}) {
+      auto entry = manifest_entry(std::string(name) + "-" + std::to_string(world) + "ranks", out, case_dir);
+      entry["world"] = world;
+      dist.push_back(entry);
+    }
+  }
+  const auto manifest = tmp.path() / "manifest.json";
+  write_text(manifest, json::serialize(json::object{{"checks", checks}, {"dist", dist}}));
+  check_with_torch(dcp_test::python2x(), "save_check.py", "load", manifest);
+  check_with_torch(dcp_test::python2x(), "save_check.py", "dist", manifest);
+}
+
+BOOST_AUTO_TEST_CASE(reshard_of_a_torch_113_sharded_tensor_checkpoint_for_torch_113) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("sharded_4ranks");
+  const auto out = tmp.path() / "out";
+  const auto results = run_dcpp_ranks(3, tmp.path(),
+                                      {"reshard", "--format", "torch1.13", (case_dir / "ckpt").string(), out.string()});
+  all_ok(results);
+  BOOST_TEST(contains(results[0].out, "torch-1.13, 3 ranks"), results[0].out);
+  const auto manifest = tmp.path() / "manifest.json";
+  write_text(manifest, json::serialize(json::object{{"checks", json::array{manifest_entry("sharded_4ranks-3ranks", out, case_dir)}}}));
+  check_with_torch(dcp_test::python(), "save_check113.py", "load", manifest);
+}
+
+BOOST_AUTO_TEST_CASE(a_rank_with_a_missing_source_fails_every_rank) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_2d_4ranks");
+  dist_test::Launch l;
+  l.world = 3;
+  l.scratch = tmp.path();
+  l.argv = [&](int rank) {
+    const auto src = rank == 2 ? tmp.path() / "missing" : case_dir / "ckpt";
+    return std::vector<std::string>{dcp_test::dcpp_exe().string(), "reshard", "--timeout", "30", src.string(),
+                                    (tmp.path() / "out").string()};
+  };
+  const auto results = dist_test::launch(l);
+  for (const auto& r : results) {
+    BOOST_TEST(r.status == 1, dist_test::describe(results));
+    BOOST_TEST(r.seconds < 60);
+    BOOST_TEST(contains(r.err, "dcpp: error: rank 2: "), dist_test::describe(results));
+  }
+  BOOST_TEST(!fs::exists(tmp.path() / "out"));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_CASE(reshard_usage_errors_exit_2_before_any_work) {
+  TempDir tmp;
+  const std::string src = (tmp.path() / "nothing").string(), dst = (tmp.path() / "out").string();
+  const std::pair<std::string, std::string> cases[] = {
+      {"reshard --layout cols " + src + " " + dst, "not supported yet"},
+      {"reshard --layout 2d:2x2 " + src + " " + dst, "not supported yet"},
+      {"reshard --layout diagonal " + src + " " + dst, "--layout takes rows"},
+      {"reshard --format torch3 " + src + " " + dst, "--format takes"},
+      {"reshard --timeout 0 " + src + " " + dst, "--timeout takes"},
+      {"reshard " + src, "takes 2 argument"},
+      {"load --timeout soon " + src, "--timeout takes"},
+  };
+  for (const auto& [args, message] : cases) {
+    const auto r = dcp_test::run_dcpp(args, tmp.path());
+    BOOST_TEST(r.status == 2, args << ": " << r.err);
+    BOOST_TEST(contains(r.err, message), args << ": " << r.err);
+  }
+  const auto r = dcp_test::run_dcpp("load " + src, tmp.path());  // WORLD_SIZE is read before any I/O
+  BOOST_TEST(r.status == 1, r.err);
+  const auto bad = dcp_test::run_capture("WORLD_SIZE=x " + dcp_test::quote(dcp_test::dcpp_exe()) + " load " + src + " 2>&1");
+  BOOST_TEST(contains(bad, "WORLD_SIZE='x'"), bad);
+}

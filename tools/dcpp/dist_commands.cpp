@@ -1,0 +1,229 @@
+// The commands that run as ranks of a process group (launched by torchrun, or anything that
+// sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT): `load` of each rank's rows and
+// `reshard`. Written against the checkpoint::ProcessGroup interface, so they live in the core
+// command line; dcpp-torch forms the c10d group (dcp.dist) and hands it in. `reshard` in one
+// process (no launcher) needs no group at all.
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "cli.hpp"
+import dcp.error;
+import dcp.layout;
+import dcp.metadata;
+import dcp.memory;
+import dcp.pickle;
+import dcp.planning;
+import dcp.record;
+import dcp.storage;
+import dcp.checkpoint;
+
+namespace dcpp_cli {
+
+dcp::checkpoint::LoadOptions load_options(const Args& args);  // load_command.cpp
+
+namespace {
+
+using dcp::checkpoint::ProcessGroup;
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// This rank's rows of a tensor (torch.chunk along dim 0; a 0-dim tensor whole on every rank)
+// as a destination over fresh memory, which `memory` keeps.
+std::uint64_t add_rows(dcp::planning::Destination& destination, const dcp::metadata::ItemMetadata& item, int rank,
+                       int world, std::vector<dcp::memory::Buffer>& memory) {
+  const auto& t = item.tensor();
+  std::uint64_t bytes = dcp::dtype_itemsize(t.properties.dtype);
+  if (!t.size.empty()) {
+    const auto share = dcp::layout::chunk_split(t.size, 0, world)[static_cast<std::size_t>(rank)];
+    bytes = dcp::metadata::byte_size(share.sizes, t.properties.dtype);
+  }
+  memory.push_back(dcp::memory::allocate(std::max<std::uint64_t>(bytes, 1)));
+  destination.add_tensor(item.fqn, {t.size, t.properties.dtype,
+                                    dcp::planning::row_chunks(t.size, t.properties.dtype, rank, world, memory.back().data())});
+  return bytes;
+}
+
+// Small facts of every rank, gathered on rank 0 as text ("bytes bytes_read seconds").
+std::vector<std::vector<double>> gather_numbers(ProcessGroup& pg, const std::vector<double>& mine) {
+  std::string text;
+  for (double v : mine) text += std::to_string(v) + " ";
+  std::vector<std::byte> bytes(text.size());
+  std::transform(text.begin(), text.end(), bytes.begin(), [](char c) { return static_cast<std::byte>(c); });
+  std::vector<std::vector<double>> all;
+  for (const auto& payload : pg.gather(std::move(bytes), 0)) {
+    std::string s(reinterpret_cast<const char*>(payload.data()), payload.size());
+    std::vector<double> values;
+    for (char* p = s.data(); *p;) {
+      char* end = nullptr;
+      values.push_back(std::strtod(p, &end));
+      if (end == p) break;
+      p = end;
+    }
+    all.push_back(std::move(values));
+  }
+  return all;
+}
+
+}  // namespace
+
+int launcher_world_size() {
+  const char* text = std::getenv("WORLD_SIZE");
+  if (!text || !*text) return 1;
+  char* end = nullptr;
+  const long n = std::strtol(text, &end, 10);
+  if (*end != '\0' || n < 1 || n > 65536)
+    throw UsageError{"WORLD_SIZE='" + std::string(text) + "': expected a whole number from 1 to 65536"};
+  return static_cast<int>(n);
+}
+
+std::chrono::seconds timeout_of(const Args& args) {
+  const auto text = args.get("timeout");
+  if (!text) return std::chrono::seconds(120);
+  char* end = nullptr;
+  const long s = std::strtol(text->c_str(), &end, 10);
+  if (text->empty() || *end != '\0' || s < 1 || s > 86400)
+    throw UsageError{"--timeout takes seconds from 1 to 86400, not '" + *text + "'"};
+  return std::chrono::seconds(s);
+}
+
+void check_layout(const Args& args) {
+  const auto layout = args.get("layout").value_or("rows");
+  if (layout == "rows") return;
+  if (layout == "cols" || layout.rfind("2d:", 0) == 0)
+    throw UsageError{"--layout " + layout + " is not supported yet; only rows (each rank holds torch.chunk's rows of "
+                     "every tensor)"};
+  throw UsageError{"--layout takes rows (cols and 2d:AxB are planned), not '" + layout + "'"};
+}
+
+int run_load_distributed(const Args& args, ProcessGroup& pg) {
+  const auto options = load_options(args);
+  const int rank = pg.rank();
+  const int world = pg.size();
+  const auto start = std::chrono::steady_clock::now();
+  dcp::storage::FileSystemReader reader(args.positional[0], options.read);
+  const auto md = dcp::checkpoint::read_metadata(reader, &pg, 0);
+
+  // Batches of whole tensors, bounded by their global size over the ranks: the same on every
+  // rank (each load is a collective), about batch_bytes of rows on each.
+  std::vector<const dcp::metadata::ItemMetadata*> tensors, objects;
+  for (const auto& item : md->items)
+    if (!options.select || options.select(item.fqn)) (item.is_tensor() ? tensors : objects).push_back(&item);
+  LoadResult result;
+  DistResult dist{rank, world, 0, std::nullopt};
+  std::size_t next = 0;
+  do {
+    dcp::planning::Destination destination;
+    std::vector<dcp::memory::Buffer> memory;
+    std::uint64_t global = 0;
+    while (next < tensors.size()) {
+      const auto& t = tensors[next]->tensor();
+      const auto size = dcp::metadata::byte_size(t.size, t.properties.dtype);
+      if (!memory.empty() && global + size > options.batch_bytes * static_cast<std::uint64_t>(world)) break;
+      global += size;
+      const auto bytes = add_rows(destination, *tensors[next++], rank, world, memory);
+      result.bytes += bytes;
+      if (bytes > 0) ++result.tensors;
+    }
+    if (next == tensors.size())  // objects are replicated: every rank loads each, in the last batch
+      for (const auto* item : objects) destination.add_object(item->fqn);
+    dcp::planning::DefaultLoadPlanner planner;
+    const auto report = dcp::checkpoint::load(destination, reader, planner, md, &pg, 0);
+    result.items_read += report.items;
+    dist.bytes_read += report.bytes_read;
+  } while (next < tensors.size());
+  result.objects = objects.size();
+  result.seconds = seconds_since(start);
+  result.device = "cpu";
+
+  const auto all = gather_numbers(pg, {static_cast<double>(result.bytes), static_cast<double>(dist.bytes_read), result.seconds});
+  if (rank == 0) {
+    DistTotal total;
+    for (const auto& r : all) {
+      total.bytes += static_cast<std::uint64_t>(r.at(0));
+      total.bytes_read += static_cast<std::uint64_t>(r.at(1));
+      total.seconds = std::max(total.seconds, r.at(2));
+    }
+    dist.total = total;
+  }
+  result.dist = dist;
+  print_load_result(args, result);
+  return 0;
+}
+
+int run_reshard(const Args& args, ProcessGroup* group) {
+  check_layout(args);
+  dcp::storage::WriteOptions write;
+  write.format = parse_flavor(args);
+  write.overwrite = args.has("overwrite");
+  const auto options = load_options(args);
+  const int rank = group ? group->rank() : 0;
+  const int world = group ? group->size() : 1;
+  if (world > 1) write.files_per_rank = 1;  // the ranks write in parallel already
+  const auto start = std::chrono::steady_clock::now();
+
+  // Each rank loads its rows of every tensor; rank 0 also loads the objects.
+  dcp::storage::FileSystemReader reader(args.positional[0], options.read);
+  const auto md = dcp::checkpoint::read_metadata(reader, group, 0);
+  dcp::planning::Destination destination;
+  std::vector<dcp::memory::Buffer> memory;
+  for (const auto& item : md->items) {
+    if (item.is_tensor()) (void)add_rows(destination, item, rank, world, memory);
+    else if (rank == 0) destination.add_object(item.fqn);
+  }
+  dcp::planning::DefaultLoadPlanner planner;
+  (void)dcp::checkpoint::load(destination, reader, planner, md, group, 0);
+
+  // The same rows, saved together: every rank its shards, rank 0 the objects and the 0-dim
+  // and empty tensors (as `convert --ranks` splits).
+  dcp::planning::StateDict state_dict;
+  std::uint64_t tensors = 0, objects = 0;
+  std::size_t next_memory = 0;  // add_rows made one buffer per tensor, in metadata order
+  for (const auto& item : md->items) {
+    const auto* found = md->find_path(item.fqn);
+    const auto path = found ? *found : std::vector<dcp::metadata::PathPart>{item.fqn};
+    const auto* entry = destination.find(item.fqn);
+    if (!item.is_tensor()) {
+      if (!entry) continue;
+      auto doc = std::make_shared<const dcp::pickle::Document>(dcp::record::parse_object(*planner.loaded_bytes(item.fqn)));
+      state_dict.add_object(path, dcp::planning::ObjectValue{doc, doc->root()});
+      ++objects;
+      continue;
+    }
+    ++tensors;
+    const auto& t = item.tensor();
+    const auto& loaded = std::get<dcp::planning::TensorDestination>(*entry);
+    std::byte* data = memory[next_memory++].data();
+    if (t.size.empty() || dcp::metadata::numel(t.size) == 0) {
+      if (rank == 0)
+        state_dict.add_tensor(path, dcp::planning::contiguous_slice(data, t.properties.dtype, t.size),
+                              t.properties.requires_grad);
+      continue;
+    }
+    std::vector<dcp::planning::SaveChunk> chunks;
+    for (const auto& c : loaded.chunks) chunks.push_back({c.offsets, c.memory});
+    state_dict.add_sharded_tensor(path, t.size, t.properties, std::move(chunks));
+  }
+  dcp::storage::FileSystemWriter writer(args.positional[1], write);
+  dcp::planning::DefaultSavePlanner save_planner;
+  (void)dcp::checkpoint::save(state_dict, writer, save_planner, group, 0);
+  if (rank == 0 && !args.has("quiet"))
+    std::printf("resharded %llu tensors and %llu objects from %s to %s (%s, %d rank%s, rows) in %.3f s\n",
+                static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(objects),
+                args.positional[0].c_str(), args.positional[1].c_str(),
+                std::string(dcp::metadata::flavor_name(write.format)).c_str(), world, world == 1 ? "" : "s",
+                seconds_since(start));
+  return 0;
+}
+
+}  // namespace dcpp_cli
