@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "launcher.hpp"
@@ -137,6 +138,28 @@ BOOST_AUTO_TEST_CASE(reshard_of_dtensor_checkpoints_loads_in_torch_on_1_2_and_4_
   check_with_torch(dcp_test::python2x(), "save_check.py", "dist", manifest);
 }
 
+// --layout cols on 3 ranks and 2d:2x2 on 4: the saved chunks form that layout (dcpp inspect's
+// independent reading of them), and torch 2.13 loads the values in one process.
+BOOST_AUTO_TEST_CASE(reshard_into_cols_and_a_2x2_grid) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_2d_4ranks");
+  json::array checks;
+  const std::tuple<const char*, int, const char*> runs[] = {{"cols", 3, "cols(3)"}, {"2d:2x2", 4, "grid(2x2)"}};
+  for (const auto& [layout, world, shown] : runs) {
+    const auto out = tmp.path() / (std::string("out-") + std::to_string(world));
+    const auto results =
+        run_dcpp_ranks(world, tmp.path(), {"reshard", "--layout", layout, (case_dir / "ckpt").string(), out.string()});
+    all_ok(results);
+    BOOST_TEST(contains(results[0].out, std::string(layout) + ")"), results[0].out);
+    const auto inspect = dcp_test::run_dcpp("inspect " + out.string(), tmp.path());
+    BOOST_TEST(contains(inspect.out, shown), inspect.out);
+    checks.push_back(manifest_entry(std::string("x2_2d_4ranks-") + layout, out, case_dir));
+  }
+  const auto manifest = tmp.path() / "manifest.json";
+  write_text(manifest, json::serialize(json::object{{"checks", checks}}));
+  check_with_torch(dcp_test::python2x(), "save_check.py", "load", manifest);
+}
+
 BOOST_AUTO_TEST_CASE(reshard_of_a_torch_113_sharded_tensor_checkpoint_for_torch_113) {
   TempDir tmp;
   const auto& case_dir = dcp_test::checkpoint_case("sharded_4ranks");
@@ -176,9 +199,9 @@ BOOST_AUTO_TEST_CASE(reshard_usage_errors_exit_2_before_any_work) {
   TempDir tmp;
   const std::string src = (tmp.path() / "nothing").string(), dst = (tmp.path() / "out").string();
   const std::pair<std::string, std::string> cases[] = {
-      {"reshard --layout cols " + src + " " + dst, "not supported yet"},
-      {"reshard --layout 2d:2x2 " + src + " " + dst, "not supported yet"},
-      {"reshard --layout diagonal " + src + " " + dst, "--layout takes rows"},
+      {"reshard --layout 2d:2x2 " + src + " " + dst, "has 4 ranks, the world 1"},
+      {"reshard --layout 2d:2 " + src + " " + dst, "--layout"},
+      {"reshard --layout diagonal " + src + " " + dst, "unknown layout 'diagonal'"},
       {"reshard --format torch3 " + src + " " + dst, "--format takes"},
       {"reshard --timeout 0 " + src + " " + dst, "--timeout takes"},
       {"reshard " + src, "takes 2 argument"},

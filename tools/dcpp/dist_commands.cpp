@@ -38,19 +38,28 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// This rank's rows of a tensor (torch.chunk along dim 0; a 0-dim tensor whole on every rank)
-// as a destination over fresh memory, which `memory` keeps.
-std::uint64_t add_rows(dcp::planning::Destination& destination, const dcp::metadata::ItemMetadata& item, int rank,
-                       int world, std::vector<dcp::memory::Buffer>& memory) {
+// The layout a tensor is split by: `layout`, or rows where the layout shards a dim the tensor
+// lacks (a bias under `cols`).
+dcp::layout::Layout layout_for(const dcp::layout::Shape& size, const dcp::layout::Layout& layout, int world) {
+  for (const auto& p : layout.placements())
+    if (p.shard_dim && *p.shard_dim >= static_cast<int>(size.size())) return dcp::layout::parse_layout("rows", world);
+  return layout;
+}
+
+// This rank's share of a tensor under `layout` (dcp.layout's local_box, torch's DTensor rule;
+// a 0-dim tensor whole on every rank) as a destination over fresh memory, which `memory` keeps.
+std::uint64_t add_share(dcp::planning::Destination& destination, const dcp::metadata::ItemMetadata& item,
+                        const dcp::layout::Layout& layout, int rank, int world, std::vector<dcp::memory::Buffer>& memory) {
   const auto& t = item.tensor();
-  std::uint64_t bytes = dcp::dtype_itemsize(t.properties.dtype);
-  if (!t.size.empty()) {
-    const auto share = dcp::layout::chunk_split(t.size, 0, world)[static_cast<std::size_t>(rank)];
-    bytes = dcp::metadata::byte_size(share.sizes, t.properties.dtype);
-  }
+  const auto box = t.size.empty() ? dcp::layout::full_box(t.size)
+                                  : dcp::layout::local_box(t.size, layout_for(t.size, layout, world), rank);
+  const std::uint64_t bytes = dcp::metadata::byte_size(box.sizes, t.properties.dtype);
   memory.push_back(dcp::memory::allocate(std::max<std::uint64_t>(bytes, 1)));
-  destination.add_tensor(item.fqn, {t.size, t.properties.dtype,
-                                    dcp::planning::row_chunks(t.size, t.properties.dtype, rank, world, memory.back().data())});
+  dcp::planning::TensorDestination dest{t.size, t.properties.dtype, {}};
+  if (t.size.empty() || !dcp::layout::is_empty(box))
+    dest.chunks.push_back({box.offsets, box.sizes,
+                           dcp::planning::contiguous_slice(memory.back().data(), t.properties.dtype, box.sizes)});
+  destination.add_tensor(item.fqn, std::move(dest));
   return bytes;
 }
 
@@ -97,14 +106,17 @@ std::chrono::seconds timeout_of(const Args& args) {
   return std::chrono::seconds(s);
 }
 
-void check_layout(const Args& args) {
-  const auto layout = args.get("layout").value_or("rows");
-  if (layout == "rows") return;
-  if (layout == "cols" || layout.rfind("2d:", 0) == 0)
-    throw UsageError{"--layout " + layout + " is not supported yet; only rows (each rank holds torch.chunk's rows of "
-                     "every tensor)"};
-  throw UsageError{"--layout takes rows (cols and 2d:AxB are planned), not '" + layout + "'"};
+// --layout: rows (the default), cols or 2d:AxB over the ranks (usage errors exit 2).
+dcp::layout::Layout layout_of(const Args& args, int world) {
+  const auto text = args.get("layout").value_or("rows");
+  try {
+    return dcp::layout::parse_layout(text, world);
+  } catch (const dcp::Error& e) {
+    throw UsageError{"--layout: " + e.message()};
+  }
 }
+
+void check_layout(const Args& args, int world_size) { (void)layout_of(args, world_size); }
 
 int run_load_distributed(const Args& args, ProcessGroup& pg) {
   const auto options = load_options(args);
@@ -116,6 +128,7 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
 
   // Batches of whole tensors, bounded by their global size over the ranks: the same on every
   // rank (each load is a collective), about batch_bytes of rows on each.
+  const auto layout = layout_of(args, world);
   std::vector<const dcp::metadata::ItemMetadata*> tensors, objects;
   for (const auto& item : md->items)
     if (!options.select || options.select(item.fqn)) (item.is_tensor() ? tensors : objects).push_back(&item);
@@ -131,7 +144,7 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
       const auto size = dcp::metadata::byte_size(t.size, t.properties.dtype);
       if (!memory.empty() && global + size > options.batch_bytes * static_cast<std::uint64_t>(world)) break;
       global += size;
-      const auto bytes = add_rows(destination, *tensors[next++], rank, world, memory);
+      const auto bytes = add_share(destination, *tensors[next++], layout, rank, world, memory);
       result.bytes += bytes;
       if (bytes > 0) ++result.tensors;
     }
@@ -162,7 +175,6 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
 }
 
 int run_reshard(const Args& args, ProcessGroup* group) {
-  check_layout(args);
   dcp::storage::WriteOptions write;
   write.format = parse_flavor(args);
   write.overwrite = args.has("overwrite");
@@ -170,25 +182,26 @@ int run_reshard(const Args& args, ProcessGroup* group) {
   const int rank = group ? group->rank() : 0;
   const int world = group ? group->size() : 1;
   if (world > 1) write.files_per_rank = 1;  // the ranks write in parallel already
+  const auto layout = layout_of(args, world);
   const auto start = std::chrono::steady_clock::now();
 
-  // Each rank loads its rows of every tensor; rank 0 also loads the objects.
+  // Each rank loads its share of every tensor; rank 0 also loads the objects.
   dcp::storage::FileSystemReader reader(args.positional[0], options.read);
   const auto md = dcp::checkpoint::read_metadata(reader, group, 0);
   dcp::planning::Destination destination;
   std::vector<dcp::memory::Buffer> memory;
   for (const auto& item : md->items) {
-    if (item.is_tensor()) (void)add_rows(destination, item, rank, world, memory);
+    if (item.is_tensor()) (void)add_share(destination, item, layout, rank, world, memory);
     else if (rank == 0) destination.add_object(item.fqn);
   }
   dcp::planning::DefaultLoadPlanner planner;
   (void)dcp::checkpoint::load(destination, reader, planner, md, group, 0);
 
-  // The same rows, saved together: every rank its shards, rank 0 the objects and the 0-dim
+  // The same shares, saved together: every rank its shards, rank 0 the objects and the 0-dim
   // and empty tensors (as `convert --ranks` splits).
   dcp::planning::StateDict state_dict;
   std::uint64_t tensors = 0, objects = 0;
-  std::size_t next_memory = 0;  // add_rows made one buffer per tensor, in metadata order
+  std::size_t next_memory = 0;  // add_share made one buffer per tensor, in metadata order
   for (const auto& item : md->items) {
     const auto* found = md->find_path(item.fqn);
     const auto path = found ? *found : std::vector<dcp::metadata::PathPart>{item.fqn};
@@ -218,11 +231,11 @@ int run_reshard(const Args& args, ProcessGroup* group) {
   dcp::planning::DefaultSavePlanner save_planner;
   (void)dcp::checkpoint::save(state_dict, writer, save_planner, group, 0);
   if (rank == 0 && !args.has("quiet"))
-    std::printf("resharded %llu tensors and %llu objects from %s to %s (%s, %d rank%s, rows) in %.3f s\n",
+    std::printf("resharded %llu tensors and %llu objects from %s to %s (%s, %d rank%s, %s) in %.3f s\n",
                 static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(objects),
                 args.positional[0].c_str(), args.positional[1].c_str(),
                 std::string(dcp::metadata::flavor_name(write.format)).c_str(), world, world == 1 ? "" : "s",
-                seconds_since(start));
+                args.get("layout").value_or("rows").c_str(), seconds_since(start));
   return 0;
 }
 

@@ -53,7 +53,7 @@ int load(const Args& args) {
 
 // Ranks of a launcher need a c10d process group (dcpp-torch); one process needs none.
 int reshard(const Args& args) {
-  check_layout(args);
+  check_layout(args, launcher_world_size());
   (void)parse_flavor(args);
   (void)timeout_of(args);
   if (launcher_world_size() > 1) run_torch_helper(args, "reshard by the ranks of a launcher (WORLD_SIZE > 1)");

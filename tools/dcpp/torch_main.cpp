@@ -62,7 +62,7 @@ int load(const Args& args) {
 }
 
 int reshard(const Args& args) {
-  check_layout(args);
+  check_layout(args, launcher_world_size());
   (void)parse_flavor(args);
   const auto group = launcher_world_size() > 1 ? launcher_group(args) : nullptr;
   return run_reshard(args, group.get());
