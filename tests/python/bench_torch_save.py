@@ -6,7 +6,7 @@
 
 SPEC.json is `dcpp inspect --json` of a checkpoint: one CPU tensor per tensor item (its dtype
 and shape), filled with a byte pattern before timing. Each timed region is one save into a
-fresh DIR (removed between runs, outside the region) with the library's FileSystemWriter and
+fresh DIR (removed between runs, then sync and a 1 s pause, outside the region) with the library's FileSystemWriter and
 its defaults (sync_files on: every data file and .metadata fsync'ed). torch 2.13 is timed with
 each of --thread-counts (its writer's thread_count; 1 is the default). Prints one JSON object:
 {"torch": version, "bytes": N, "runs": {"thread_count=K": [seconds, ...]}}.
@@ -57,6 +57,8 @@ def main():
     def once(**writer_args):
         shutil.rmtree(args.out, ignore_errors=True)
         os.makedirs(args.out)
+        os.sync()  # as dcpp-save-bench: earlier writes and removals settled before the clock
+        time.sleep(1)
         t0 = time.perf_counter()
         writer = dcp.FileSystemWriter(args.out, **writer_args)
         if v2:

@@ -40,6 +40,8 @@ def disk_bound(out, nbytes, repeat):
     for _ in range(repeat):
         shutil.rmtree(out, ignore_errors=True)
         os.makedirs(out)
+        os.sync()  # every saver starts settled (see dcpp-save-bench)
+        time.sleep(1)
         t0 = time.perf_counter()
         fd = os.open(os.path.join(out, "data"), os.O_WRONLY | os.O_CREAT, 0o644)
         left = nbytes

@@ -4,8 +4,8 @@
 //
 // Builds an in-memory state dict with the tensors (names, dtypes, shapes) of the checkpoint
 // CKPT_DIR, filled with a byte pattern and touched before timing, then:
-//   sync:  saves it N times into a fresh DIR (the previous save removed before the clock
-//          starts), fsync on;
+//   sync:  saves it N times into a fresh DIR (the previous save removed, then sync(2) and a
+//          1 s pause before the clock starts), fsync on;
 //   async: makes one Checkpointer and calls async_save N times, each after the previous
 //          future completed, changing one byte of every tensor between calls;
 // and prints one JSON object: bytes, per-save seconds (sync) or per-call stall seconds and
@@ -18,7 +18,10 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 import dcp.error;
 import dcp.metadata;
@@ -37,6 +40,13 @@ std::string json_list(const std::vector<double>& xs) {
   std::string s = "[";
   for (std::size_t i = 0; i < xs.size(); ++i) s += (i ? ", " : "") + std::to_string(xs[i]);
   return s + "]";
+}
+
+// Every saver starts from the same state: earlier writes and removals flushed, and a pause for
+// the (virtual) disk's background work (discards of removed files) to finish.
+void settle() {
+  ::sync();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
 }
 
 [[noreturn]] void usage() {
@@ -83,6 +93,7 @@ int main(int argc, char** argv) {
       dcp::planning::DefaultSavePlanner planner;
       for (int r = 0; r < repeat; ++r) {
         std::filesystem::remove_all(out);
+        settle();
         const auto t0 = Clock::now();
         (void)dcp::checkpoint::save(state_dict, writer, planner);
         times.push_back(seconds_since(t0));
@@ -90,6 +101,7 @@ int main(int argc, char** argv) {
     } else {
       dcp::checkpoint::Checkpointer checkpointer(std::make_shared<dcp::storage::FileSystemWriter>(out, options), nullptr);
       for (int r = 0; r < repeat; ++r) {
+        settle();
         const auto t0 = Clock::now();
         auto future = checkpointer.async_save(state_dict);
         stalls.push_back(seconds_since(t0));
