@@ -410,12 +410,18 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
 
 std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
   metadata::Metadata md;
-  std::unordered_map<std::string, std::size_t> item_of;  // fqn → position in md.items
-  std::vector<bool> has_plain;                           // per md item: a non-shard item was seen
-  for (auto& plan : plans) {
-    for (auto& item : plan.items) {
+  constexpr std::size_t kUnseen = ~std::size_t{0};
+  const auto fqns = fqn_ids(plans);                        // cheap ids: no string hash per item
+  std::vector<std::size_t> item_of(fqns.fqn_count, kUnseen);  // fqn id → position in md.items
+  std::vector<bool> has_plain;                              // per md item: a non-shard item was seen
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    auto& items = plans[p].items;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      auto& item = items[i];
       const auto& fqn = item.index.fqn;
-      auto [it, fresh] = item_of.emplace(fqn, md.items.size());
+      auto& position = item_of[fqns.fqn[fqns.begin[p] + i]];
+      const bool fresh = position == kUnseen;
+      if (fresh) position = md.items.size();
       if (item.type == WriteItemType::byte_io) {
         if (!fresh) fail_for_key(Errc::invalid_argument, fqn, "saved twice, or as an object and as a tensor");
         md.items.push_back(metadata::ItemMetadata{fqn, metadata::BytesStorageMetadata{}, 0});
@@ -429,7 +435,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
         md.items.push_back(metadata::ItemMetadata{fqn, metadata::TensorStorageMetadata{data.properties, data.size, {}}, 0});
         has_plain.push_back(false);
       }
-      auto& entry = md.items[it->second];
+      auto& entry = md.items[position];
       if (!entry.is_tensor()) fail_for_key(Errc::invalid_argument, fqn, "saved as an object and as a tensor");
       auto& tensor = std::get<metadata::TensorStorageMetadata>(entry.storage);
       if (tensor.size != data.size)
@@ -443,10 +449,10 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
                                                       std::string(dtype_name(a.dtype)) + " and " +
                                                       std::string(dtype_name(b.dtype)) + ")");
       if (item.type == WriteItemType::tensor) {
-        if (has_plain[it->second] || !tensor.chunks.empty())
+        if (has_plain[position] || !tensor.chunks.empty())
           fail_for_key(Errc::invalid_argument, fqn, "a plain tensor saved twice, or also as shards");
-        has_plain[it->second] = true;
-      } else if (has_plain[it->second]) {
+        has_plain[position] = true;
+      } else if (has_plain[position]) {
         fail_for_key(Errc::invalid_argument, fqn, "shards of a tensor that is also saved plain");
       }
       item.index.index = static_cast<std::int64_t>(tensor.chunks.size());
@@ -478,10 +484,14 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
   }
   // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
   std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
-  std::unordered_map<std::string, bool> seen;
+  std::unordered_map<std::string_view, bool> wanted;  // md's keys → already given a path
+  for (const auto& entry : md.items) wanted.emplace(entry.fqn, false);
   for (const auto& plan : plans)
     for (const auto& [fqn, path] : plan.planner_data)
-      if (item_of.contains(fqn) && seen.emplace(fqn, true).second) paths.emplace_back(fqn, path);
+      if (auto it = wanted.find(fqn); it != wanted.end() && !it->second) {
+        it->second = true;
+        paths.emplace_back(fqn, path);
+      }
   md.planner_data = std::move(paths);
   md.reindex();
   return {std::move(plans), std::move(md)};
