@@ -5,6 +5,8 @@ it as an argument, so this module loads under either interpreter.
 The expected.json schema is described in tests/python/README.md."""
 
 import hashlib
+import traceback
+from pathlib import Path
 
 
 class CaseError(Exception):
@@ -101,3 +103,48 @@ def same_object(a, b):
     if isinstance(a, float) and a != a:
         return b != b
     return a == b
+
+
+# ---- What the save checks of both oracles (save_check.py, save_check113.py) share.
+
+
+def fqn_of(path):
+    """The flat key of a nested path, as torch's flatten_state_dict joins it."""
+    return ".".join(str(p) for p in path)
+
+
+def expected_tensor(torch, spec):
+    """A MANIFEST tensor (tests/python/README.md): its `bin` bytes as `dtype` and `shape`."""
+    dtype = getattr(torch, spec["dtype"], None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError("torch has no dtype %r" % spec["dtype"])
+    raw = Path(spec["bin"]).read_bytes()
+    if not raw:  # torch 1.13's frombuffer refuses an empty buffer
+        return torch.empty(spec["shape"], dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(spec["shape"])
+
+
+def same_tensor(torch, got, want, as_bytes):
+    """None if equal bit for bit (compared as `as_bytes` views), else a reason."""
+    if got.dtype != want.dtype:
+        return "dtype %s, expected %s" % (got.dtype, want.dtype)
+    if tuple(got.shape) != tuple(want.shape):
+        return "shape %s, expected %s" % (tuple(got.shape), tuple(want.shape))
+    a, b = as_bytes(got), as_bytes(want)
+    if not torch.equal(a, b):
+        diff = (a != b).nonzero()
+        return "bytes differ (first at byte %d of %d)" % (int(diff[0]), b.numel())
+    return None
+
+
+def report(name, fn, *args):
+    """Runs one check: prints `ok NAME` or `FAIL NAME: reason`; True when it passed."""
+    try:
+        bad = fn(*args)
+    except Exception:
+        bad = "exception:\n" + traceback.format_exc()
+    if bad:
+        print("FAIL %s: %s" % (name, bad), flush=True)
+        return False
+    print("ok %s" % name, flush=True)
+    return True

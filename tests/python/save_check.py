@@ -50,14 +50,8 @@ import torch.distributed.checkpoint as dcp  # noqa: E402
 from torch.distributed.checkpoint._traverse import get_element, set_element  # noqa: E402
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata  # noqa: E402
 
-from expected_common import same_object  # noqa: E402
-
-
-def dtype_of(name):
-    d = getattr(torch, name, None)
-    if not isinstance(d, torch.dtype):
-        raise ValueError("torch has no dtype %r" % name)
-    return d
+import expected_common as common  # noqa: E402
+from expected_common import fqn_of, report, same_object  # noqa: E402
 
 
 def as_bytes(t):
@@ -66,26 +60,11 @@ def as_bytes(t):
 
 
 def expected_tensor(spec):
-    dtype = dtype_of(spec["dtype"])
-    raw = Path(spec["bin"]).read_bytes()
-    flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-    return flat.view(dtype).reshape(spec["shape"])
+    return common.expected_tensor(torch, spec)
 
 
 def same_tensor(got, want):
-    """None if equal bit for bit, else a reason."""
-    if got.dtype != want.dtype:
-        return "dtype %s, expected %s" % (got.dtype, want.dtype)
-    if tuple(got.shape) != tuple(want.shape):
-        return "shape %s, expected %s" % (tuple(got.shape), tuple(want.shape))
-    if not torch.equal(as_bytes(got), as_bytes(want)):
-        diff = (as_bytes(got) != as_bytes(want)).nonzero()
-        return "bytes differ (first at byte %d of %d)" % (int(diff[0]), as_bytes(want).numel())
-    return None
-
-
-def fqn_of(path):
-    return ".".join(str(p) for p in path)
+    return common.same_tensor(torch, got, want, as_bytes)
 
 
 def read_metadata(ckpt):
@@ -132,18 +111,6 @@ def run_load(check):
         if not same_object(got, want):
             return "%s: %r, expected %r" % (fqn_of(o["path"]), got, want)
     return None
-
-
-def report(name, fn, *args):
-    try:
-        bad = fn(*args)
-    except Exception:
-        bad = "exception:\n" + traceback.format_exc()
-    if bad:
-        print("FAIL %s: %s" % (name, bad), flush=True)
-        return False
-    print("ok %s" % name, flush=True)
-    return True
 
 
 # --------------------------------------------------------------------------------------

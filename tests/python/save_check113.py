@@ -28,11 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import dcp113  # noqa: E402  (patches dataclasses before torch.distributed._shard)
 from dcp113 import dcp, dist, torch  # noqa: E402
-from expected_common import same_object  # noqa: E402
-
-
-def fqn_of(path):
-    return ".".join(str(p) for p in path)
+import expected_common as common  # noqa: E402
+from expected_common import fqn_of, report, same_object  # noqa: E402
 
 
 def as_bytes(t):
@@ -43,22 +40,11 @@ def as_bytes(t):
 
 
 def expected_tensor(spec):
-    dtype = getattr(torch, spec["dtype"])
-    raw = Path(spec["bin"]).read_bytes()
-    if not raw:
-        return torch.empty(spec["shape"], dtype=dtype)
-    flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    return flat.view(dtype).reshape(spec["shape"])
+    return common.expected_tensor(torch, spec)
 
 
 def same_tensor(got, want):
-    if got.dtype != want.dtype:
-        return "dtype %s, expected %s" % (got.dtype, want.dtype)
-    if tuple(got.shape) != tuple(want.shape):
-        return "shape %s, expected %s" % (tuple(got.shape), tuple(want.shape))
-    if not torch.equal(as_bytes(got), as_bytes(want)):
-        return "bytes differ"
-    return None
+    return common.same_tensor(torch, got, want, as_bytes)
 
 
 def run_load(check):
@@ -190,14 +176,7 @@ def main(argv):
         raise SystemExit(__doc__)
     manifest = json.loads(Path(argv[2]).read_text())
     if argv[1] == "load":
-        ok = True
-        for check in manifest["checks"]:
-            try:
-                bad = run_load(check)
-            except Exception:
-                bad = "exception:\n" + traceback.format_exc()
-            print(("FAIL %s: %s" % (check["name"], bad)) if bad else "ok %s" % check["name"], flush=True)
-            ok = ok and not bad
+        ok = all([report(c["name"], run_load, c) for c in manifest["checks"]])
     elif argv[1] == "dist":
         ok = run_dist(manifest)
     else:
