@@ -203,8 +203,8 @@ ImportedStateDict import_file(const std::filesystem::path& file);
 
 /// Saves a whole-tensor state dict as a checkpoint written by `ranks` ranks (split_rows: rows
 /// of each tensor over the ranks as torch.chunk splits them), each rank through its own
-/// FileSystemWriter with `options` and a DefaultSavePlanner of the same flavor, played in
-/// this process (save_ranks); with several ranks, files_per_rank 0 means one file per rank.
+/// FileSystemWriter with `options` and a DefaultSavePlanner, played in this process
+/// (save_ranks); with several ranks, files_per_rank 0 means one file per rank.
 /// Reports what the state dict held.
 ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const std::filesystem::path& checkpoint_dir,
                                  int ranks, const storage::WriteOptions& options);
@@ -225,6 +225,11 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
 metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_dicts,
                               std::span<storage::StorageWriter* const> writers,
                               std::span<planning::SavePlanner* const> planners);
+/// save_ranks into `checkpoint_dir`, each rank through its own FileSystemWriter with `options`
+/// and a DefaultSavePlanner with `planner_options`.
+metadata::Metadata save_ranks(std::span<const planning::StateDict> state_dicts,
+                              const std::filesystem::path& checkpoint_dir, const storage::WriteOptions& options,
+                              const planning::SavePlannerOptions& planner_options = {});
 
 /// torch.chunk along dim 0 over `ranks`, as if each rank held its rows of every tensor
 /// (ChunkShardingSpec: ranks past the last non-empty part hold nothing); 0-dim and empty

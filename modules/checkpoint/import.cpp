@@ -339,19 +339,7 @@ ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const st
   // thread_count=1), instead of a pool of writers per rank.
   storage::WriteOptions rank_options = options;
   if (ranks > 1 && rank_options.files_per_rank == 0) rank_options.files_per_rank = 1;
-  std::vector<std::unique_ptr<storage::FileSystemWriter>> writers;
-  std::vector<std::unique_ptr<planning::DefaultSavePlanner>> planners;
-  std::vector<const planning::StateDict*> dicts;
-  std::vector<storage::StorageWriter*> writer_ptrs;
-  std::vector<planning::SavePlanner*> planner_ptrs;
-  for (const auto& part : parts) {
-    writers.push_back(std::make_unique<storage::FileSystemWriter>(checkpoint_dir, rank_options));
-    planners.push_back(std::make_unique<planning::DefaultSavePlanner>());
-    dicts.push_back(&part);
-    writer_ptrs.push_back(writers.back().get());
-    planner_ptrs.push_back(planners.back().get());
-  }
-  save_ranks(dicts, writer_ptrs, planner_ptrs);
+  (void)save_ranks(parts, checkpoint_dir, rank_options);
   ConvertReport report;
   for (const auto& entry : state_dict.entries()) ++(std::holds_alternative<planning::SaveTensor>(entry.value) ? report.tensors : report.objects);
   report.bytes = state_dict.tensor_bytes();

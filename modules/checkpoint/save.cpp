@@ -4,6 +4,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <span>
@@ -111,6 +112,24 @@ metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
   return std::move(*results[0]);
+}
+
+metadata::Metadata save_ranks(std::span<const planning::StateDict> state_dicts,
+                              const std::filesystem::path& checkpoint_dir, const storage::WriteOptions& options,
+                              const planning::SavePlannerOptions& planner_options) {
+  std::vector<std::unique_ptr<storage::FileSystemWriter>> writers;
+  std::vector<std::unique_ptr<planning::DefaultSavePlanner>> planners;
+  std::vector<const planning::StateDict*> dicts;
+  std::vector<storage::StorageWriter*> writer_ptrs;
+  std::vector<planning::SavePlanner*> planner_ptrs;
+  for (const auto& state_dict : state_dicts) {
+    writers.push_back(std::make_unique<storage::FileSystemWriter>(checkpoint_dir, options));
+    planners.push_back(std::make_unique<planning::DefaultSavePlanner>(planner_options));
+    dicts.push_back(&state_dict);
+    writer_ptrs.push_back(writers.back().get());
+    planner_ptrs.push_back(planners.back().get());
+  }
+  return save_ranks(dicts, writer_ptrs, planner_ptrs);
 }
 
 std::vector<planning::StateDict> split_rows(const planning::StateDict& state_dict, int ranks) {

@@ -202,19 +202,7 @@ inline md::Metadata save_one(const pl::StateDict& sd, const fs::path& dir, st::W
 /// Saves rank r's `sds[r]` for every r, in one process.
 inline md::Metadata save_many(const std::vector<pl::StateDict>& sds, const fs::path& dir, st::WriteOptions o = options(),
                               pl::SavePlannerOptions po = {}) {
-  std::vector<std::unique_ptr<st::FileSystemWriter>> writers;
-  std::vector<std::unique_ptr<pl::DefaultSavePlanner>> planners;
-  std::vector<const pl::StateDict*> sd_ptrs;
-  std::vector<st::StorageWriter*> w_ptrs;
-  std::vector<pl::SavePlanner*> p_ptrs;
-  for (const auto& sd : sds) {
-    writers.push_back(std::make_unique<st::FileSystemWriter>(dir, o));
-    planners.push_back(std::make_unique<pl::DefaultSavePlanner>(po));
-    sd_ptrs.push_back(&sd);
-    w_ptrs.push_back(writers.back().get());
-    p_ptrs.push_back(planners.back().get());
-  }
-  return ck::save_ranks(sd_ptrs, w_ptrs, p_ptrs);
+  return ck::save_ranks(sds, dir, o, po);
 }
 
 /// Every full tensor of a checkpoint as dcpp loads it (for_each_tensor).

@@ -321,20 +321,19 @@ BOOST_AUTO_TEST_CASE(torch213_loads_on_other_rank_counts, *boost::unit_test::pre
 
 BOOST_AUTO_TEST_CASE(torch113_loads_torch113_format) {
   dcp_test::TempDir tmp;
-  const pl::SavePlannerOptions p113;
   boost::json::array checks, dist;
   Case dtypes(tmp.path() / "bins-dtypes");
   add_dtypes(dtypes, true);
   add_shapes_and_objects(dtypes);
-  save_one(dtypes.sd, tmp.path() / "dtypes", with(1, true, md::Flavor::torch_1_13), p113);
+  save_one(dtypes.sd, tmp.path() / "dtypes", with(1, true, md::Flavor::torch_1_13));
   check_dcpp_values(tmp.path() / "dtypes", dtypes);
   checks.push_back(dtypes.check("t113_dtypes", tmp.path() / "dtypes"));
-  save_one(dtypes.sd, tmp.path() / "dtypes_per_item", with(0, false, md::Flavor::torch_1_13), p113);
+  save_one(dtypes.sd, tmp.path() / "dtypes_per_item", with(0, false, md::Flavor::torch_1_13));
   checks.push_back(dtypes.check("t113_dtypes_per_item", tmp.path() / "dtypes_per_item"));
 
   Case rows(tmp.path() / "bins-rows");
   add_rows(rows, true);
-  save_many(ck::split_rows(rows.sd, 3), tmp.path() / "rows", with(2, true, md::Flavor::torch_1_13), p113);
+  save_many(ck::split_rows(rows.sd, 3), tmp.path() / "rows", with(2, true, md::Flavor::torch_1_13));
   check_dcpp_values(tmp.path() / "rows", rows);
   checks.push_back(rows.check("t113_rows", tmp.path() / "rows"));
   auto d = rows.check("t113_rows_on_4", tmp.path() / "rows");
