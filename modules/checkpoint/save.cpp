@@ -69,8 +69,10 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
   });
   auto all_results = pg.gather(std::move(results), coordinator_rank);
 
-  // 4. The coordinator writes `.metadata`; everyone learns the outcome.
+  // 4. The coordinator writes `.metadata`; everyone learns the outcome, and the other ranks the
+  // metadata (encoded only when there are other ranks: one process keeps what finish returned).
   Bytes outcome;
+  std::optional<metadata::Metadata> written;
   if (is_coordinator) {
     if (auto failed = first_failure(all_results)) {
       outcome = failure_payload(me, *failed);
@@ -78,13 +80,14 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
       outcome = guarded(me, [&] {
         std::vector<std::vector<planning::WriteResult>> decoded;
         for (const auto& r : all_results) decoded.push_back(planning::decode_write_results(body_of(r)));
-        auto md = writer.finish(std::move(*global_metadata), decoded);
-        return metadata::encode_metadata(md, md.flavor);
+        written = writer.finish(std::move(*global_metadata), decoded);
+        return size > 1 ? metadata::encode_metadata(*written, written->flavor) : Bytes{};
       });
     }
   }
   outcome = pg.broadcast(std::move(outcome), coordinator_rank);
   if (auto failed = failure_of(outcome)) return fail(std::move(*failed));
+  if (written) return *std::move(written);
   return metadata::decode_metadata(body_of(outcome));
 }
 
