@@ -1,5 +1,5 @@
-// copy_slices: many tensor copies at memory bandwidth, on an Asio thread pool (async_save's
-// staging copy, where the caller waits for exactly this).
+// The storage layer's Asio thread pool (run_on_pool), and copy_slices: many tensor copies at
+// memory bandwidth on it (async_save's staging copy, where the caller waits for exactly this).
 module;
 #include <boost/asio/post.hpp>
 #include <boost/asio/thread_pool.hpp>
@@ -26,6 +26,24 @@ namespace {
 constexpr std::uint64_t kPieceBytes = std::uint64_t{16} << 20;
 }  // namespace
 
+void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
+                 const std::function<void(std::size_t, Error)>& fail) {
+  asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
+  for (std::size_t i = 0; i < count; ++i)
+    asio::post(pool, [&task, &fail, i] {
+      try {
+        task(i);
+      } catch (...) {
+        try {
+          fail(i, current_exception_as_error());
+        } catch (...) {  // no memory left even for the message: keep the code
+          fail(i, Error(Errc::resource_exhausted, "out of memory"));
+        }
+      }
+    });
+  pool.join();
+}
+
 void copy_slices(std::span<const SliceCopy> copies, int threads) {
   std::vector<std::function<void()>> work;
   for (const auto& c : copies) {
@@ -48,9 +66,8 @@ void copy_slices(std::span<const SliceCopy> copies, int threads) {
     for (auto& w : work) w();
     return;
   }
-  asio::thread_pool pool(pool_size);
-  for (auto& w : work) asio::post(pool, w);  // memcpy and copy_box do not throw
-  pool.join();
+  // memcpy and copy_box do not throw: nothing can fail.
+  run_on_pool(static_cast<int>(pool_size), work.size(), [&](std::size_t i) { work[i](); }, [](std::size_t, Error) {});
 }
 
 }  // namespace dcp::storage

@@ -1,7 +1,5 @@
 // Executing a LoadPlan: check items, group them per saved archive, locate, then copy on an Asio pool.
 module;
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -29,7 +27,6 @@ import dcp.zip;
 namespace dcp::storage {
 namespace {
 
-namespace asio = boost::asio;
 using metadata::Shape;
 using planning::ReadItem;
 using planning::TensorSlice;
@@ -70,23 +67,10 @@ struct Task {
   std::function<void()> run;
 };
 
-// Runs every task on a pool of `threads` and waits. Nothing escapes a worker: each exception
-// (out of memory included) becomes its group's error.
+// Runs every task on a pool of `threads`; each failure becomes its group's error.
 void run_all(int threads, std::vector<Task>& tasks, Failures& failures) {
-  asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
-  for (auto& task : tasks)
-    asio::post(pool, [&task, &failures] {
-      try {
-        task.run();
-      } catch (...) {
-        try {
-          failures.record(*task.group, current_exception_as_error());
-        } catch (...) {  // no memory left even for the message: keep the code
-          failures.record(*task.group, Error(Errc::resource_exhausted, "out of memory"));
-        }
-      }
-    });
-  pool.join();
+  run_on_pool(threads, tasks.size(), [&](std::size_t i) { tasks[i].run(); },
+              [&](std::size_t i, Error e) { failures.record(*tasks[i].group, std::move(e)); });
 }
 
 bool is_row_major(const record::TensorRecord& r) {

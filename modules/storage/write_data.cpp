@@ -1,8 +1,6 @@
 // FileSystemWriter::write_data: one rank's items into its `__{rank}_{n}.distcp` files, each item
 // a torch.save archive, the files written in parallel on an Asio thread pool.
 module;
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -24,7 +22,6 @@ import dcp.planning;
 import dcp.record;
 
 namespace dcp::storage {
-namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
 namespace {
@@ -169,20 +166,8 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
   if (jobs.size() == 1) {
     write_file(jobs[0]);
   } else if (!jobs.empty()) {
-    asio::thread_pool pool(static_cast<std::size_t>(std::min<std::size_t>(jobs.size(), static_cast<std::size_t>(files))));
-    for (auto& job : jobs)
-      asio::post(pool, [&write_file, &job] {
-        try {
-          write_file(job);
-        } catch (...) {
-          try {
-            job.error = current_exception_as_error();
-          } catch (...) {
-            job.error = Error(Errc::resource_exhausted, "out of memory");
-          }
-        }
-      });
-    pool.join();
+    run_on_pool(std::min(static_cast<int>(jobs.size()), files), jobs.size(), [&](std::size_t i) { write_file(jobs[i]); },
+                [&](std::size_t i, Error e) { jobs[i].error = std::move(e); });
     for (auto& job : jobs)
       if (job.error) throw *job.error;
   }
