@@ -72,16 +72,31 @@ class ProcessGroup {
 /// by one thread). For `save_ranks`, tests and simulations; the protocol is the one c10d runs.
 std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size);
 
+/// Read-once loading over a group (on by default; torch has it only as an open proposal,
+/// pytorch#193909): a saved item that several ranks need (a replicated tensor, a chunk whose
+/// parts overlap or interleave across ranks, an object every rank loads) is read from storage by
+/// one of them and broadcast to the others (planning::plan_read_once decides which), instead of
+/// every rank reading it. Each rank's ReadReport says what it read (`storage_bytes`) and what
+/// it received (`received_bytes`). c10d broadcasts to the whole group, so a rank that needs none
+/// of a batch still receives it. Used when every rank's reader can_share_items.
+struct ReadOnce {
+  bool enabled = true;
+  /// Stored bytes one broadcast carries at most (a larger item travels alone): what each rank
+  /// holds of shared items at a time.
+  std::uint64_t batch_bytes = std::uint64_t{256} << 20;
+};
+
 /// torch's `load(state_dict, storage_reader, planner, process_group, coordinator_rank)`: the
 /// coordinator reads `.metadata` once and broadcasts its bytes, which every rank decodes and
 /// validates itself (`StorageReader::metadata_from_bytes`, checking the byte ranges against its
 /// own view of the data files); every rank plans its reads, the coordinator builds the global
 /// plan, every rank reads its items into `destination`'s memory, and a last exchange of status
 /// makes a failure on any rank fail every rank, with an error naming the failed rank. A null
-/// group is one process (the same sequence, collectives as identities). Returns this rank's
-/// report.
+/// group is one process (the same sequence, collectives as identities). Saved items several
+/// ranks need are read once (`read_once`). Returns this rank's report.
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0);
+                         planning::LoadPlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0,
+                         const ReadOnce& read_once = {});
 
 /// The metadata step of a distributed load on its own, for callers that need the checkpoint's
 /// shapes before they can describe a destination: the coordinator reads and validates
@@ -93,7 +108,7 @@ metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, Proces
 /// `load` over metadata every rank already holds (read_metadata): no metadata step.
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
                          planning::LoadPlanner& planner, const metadata::ValidatedMetadata& metadata,
-                         ProcessGroup* group = nullptr, int coordinator_rank = 0);
+                         ProcessGroup* group = nullptr, int coordinator_rank = 0, const ReadOnce& read_once = {});
 
 struct LoadOptions {
   storage::ReadOptions read;        ///< how the storage layer reads (threads, backend, budgets)
@@ -343,6 +358,15 @@ std::vector<Bytes> coordinate(int rank, int size, const std::vector<Bytes>& gath
   if (failed) per_rank.assign(static_cast<std::size_t>(size), failure_payload(rank, *failed));
   return per_rank;
 }
+
+/// A load's step 3 with read-once: this rank's own reads of `plan`, then one broadcast per
+/// batch of `shared` (in order, every rank taking part whatever failed before) whose bytes feed
+/// this rank's reads of those items. A rank that already `failed` reads nothing and sends its
+/// failure where it is the reader. Returns this rank's status payload (its first failure, or a
+/// failure a reader rank broadcast); counts go into `report` (read_once.cpp).
+Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
+                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, const ReadOnce& options,
+                        storage::ReadReport& report, std::optional<Error> failed);
 
 /// One process: the collectives are identities.
 class SingleProcess final : public ProcessGroup {

@@ -33,13 +33,45 @@ namespace {
 
 using detail::Bytes;
 
+// A rank's local plan on the wire: whether its reader can share items, then the plan.
+Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
+  Bytes out{std::byte{can_share ? std::uint8_t{1} : std::uint8_t{0}}};
+  const auto encoded = planning::encode_plan(plan);
+  out.insert(out.end(), encoded.begin(), encoded.end());
+  return out;
+}
+
+// The coordinator's answer to one rank: its global plan (length-prefixed), then the shared reads.
+Bytes central_payload(const planning::LoadPlan& plan, const std::vector<std::byte>& shared) {
+  const auto encoded = planning::encode_plan(plan);
+  Bytes out;
+  out.reserve(8 + encoded.size() + shared.size());
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(std::uint64_t{encoded.size()} >> (8 * i)));
+  out.insert(out.end(), encoded.begin(), encoded.end());
+  out.insert(out.end(), shared.begin(), shared.end());
+  return out;
+}
+
+// Inverse of central_payload; `shared` is filled first, so that a rank whose plan fails still
+// knows the broadcasts it must take part in.
+planning::LoadPlan decode_central(std::span<const std::byte> body, std::vector<planning::SharedRead>& shared) {
+  std::uint64_t length = 0;
+  for (std::size_t i = 0; i < 8 && i < body.size(); ++i) length |= std::to_integer<std::uint64_t>(body[i]) << (8 * i);
+  if (body.size() < 8 || length > body.size() - 8)
+    throw Error(Errc::data_loss, "global plan message of " + std::to_string(body.size()) + " bytes is truncated");
+  shared = planning::decode_shared_reads(body.subspan(8 + length));
+  return planning::decode_plan(body.subspan(8, length));
+}
+
 // Everything of torch's load sequence after `.metadata`: local plans → the coordinator's
-// global plan → each rank's reads → every rank learns whether all succeeded. `metadata` is
+// global plan (and the shared reads) → each rank's reads → every rank learns whether all
+// succeeded. `metadata` is
 // the validated metadata, or (for a rank that has none yet) the coordinator's `.metadata`
 // bytes, decoded and validated inside this rank's first step so that its failure travels too.
 storage::ReadReport run_load(planning::Destination& destination, storage::StorageReader& reader,
                              planning::LoadPlanner& planner, std::optional<metadata::ValidatedMetadata> md,
-                             std::span<const std::byte> metadata_bytes, ProcessGroup& pg, int coordinator_rank) {
+                             std::span<const std::byte> metadata_bytes, ProcessGroup& pg, int coordinator_rank,
+                             const ReadOnce& read_once) {
   using namespace detail;
   const int rank = pg.rank();
   const int me = failure_rank(pg);  // the rank a failure here names
@@ -50,7 +82,7 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
     if (!md) md = reader.metadata_from_bytes(metadata_bytes);
     planner.set_up_planner(destination, *md, is_coordinator);
     reader.set_up_storage_reader(*md, is_coordinator);
-    return planning::encode_plan(reader.prepare_local_plan(planner.create_local_plan()));
+    return local_payload(reader.can_share_items(), reader.prepare_local_plan(planner.create_local_plan()));
   });
   auto gathered = pg.gather(std::move(local), coordinator_rank);
 
@@ -59,10 +91,17 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
   if (is_coordinator)
     per_rank = coordinate(me, pg.size(), gathered, [&](std::vector<std::span<const std::byte>> bodies) {
       std::vector<planning::LoadPlan> plans;
-      for (const auto& body : bodies) plans.push_back(planning::decode_plan(body));
+      bool all_share = read_once.enabled && pg.size() > 1;
+      for (const auto& body : bodies) {
+        if (body.empty()) throw Error(Errc::data_loss, "empty local plan message");
+        all_share = all_share && body[0] == std::byte{1};
+        plans.push_back(planning::decode_plan(body.subspan(1)));
+      }
+      plans = reader.prepare_global_plan(planner.create_global_plan(std::move(plans)));
+      const auto shared =
+          planning::encode_shared_reads(all_share ? planning::plan_read_once(plans, *md) : std::vector<planning::SharedRead>{});
       std::vector<Bytes> encoded;
-      for (const auto& plan : reader.prepare_global_plan(planner.create_global_plan(std::move(plans))))
-        encoded.push_back(planning::encode_plan(plan));
+      for (const auto& plan : plans) encoded.push_back(central_payload(plan, shared));
       return encoded;
     });
   const auto central = pg.scatter(std::move(per_rank), coordinator_rank);
@@ -71,10 +110,23 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
   // 3. Every rank reads its items; the outcome of every rank → every rank (torch's final
   // all_gather), so a rank whose reads failed fails the others too.
   storage::ReadReport report;
-  agree(pg, coordinator_rank, guarded(me, [&] {
-          report = reader.read_data(planner.finish_plan(planning::decode_plan(body_of(central))), planner);
-          return Bytes{};
-        }));
+  planning::LoadPlan plan;
+  std::vector<planning::SharedRead> shared;  // the same on every rank
+  auto status = guarded(me, [&] {
+    plan = planner.finish_plan(decode_central(body_of(central), shared));
+    return Bytes{};
+  });
+  auto failed = failure_of(status);
+  if (!shared.empty()) {
+    // A rank that failed above still takes part in every broadcast (the others wait for them).
+    status = read_with_sharing(reader, planner, plan, shared, pg, read_once, report, std::move(failed));
+  } else if (!failed) {
+    status = guarded(me, [&] {
+      report = reader.read_data(plan, planner);
+      return Bytes{};
+    });
+  }
+  agree(pg, coordinator_rank, std::move(status));
   return report;
 }
 
@@ -98,14 +150,16 @@ detail::Bytes share_metadata(storage::StorageReader& reader, ProcessGroup& pg, i
 }  // namespace
 
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner, ProcessGroup* group, int coordinator_rank) {
+                         planning::LoadPlanner& planner, ProcessGroup* group, int coordinator_rank,
+                         const ReadOnce& read_once) {
   detail::SingleProcess single;
   ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
   // The other ranks decode and validate the coordinator's bytes in their first step, so that a
   // failure there travels with the local plans instead of costing another round.
   std::optional<metadata::ValidatedMetadata> md;
   const auto payload = share_metadata(reader, pg, coordinator_rank, md);
-  return run_load(destination, reader, planner, std::move(md), detail::body_of(payload), pg, coordinator_rank);
+  return run_load(destination, reader, planner, std::move(md), detail::body_of(payload), pg, coordinator_rank,
+                  read_once);
 }
 
 metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, ProcessGroup* group, int coordinator_rank) {
@@ -124,10 +178,10 @@ metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, Proces
 
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
                          planning::LoadPlanner& planner, const metadata::ValidatedMetadata& md, ProcessGroup* group,
-                         int coordinator_rank) {
+                         int coordinator_rank, const ReadOnce& read_once) {
   detail::SingleProcess single;
   ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
-  return run_load(destination, reader, planner, md, {}, pg, coordinator_rank);
+  return run_load(destination, reader, planner, md, {}, pg, coordinator_rank, read_once);
 }
 
 std::span<const std::byte> TensorBuffer::bytes() const {
@@ -178,9 +232,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
     planning::DefaultLoadPlanner planner;
     storage::FileSystemReader reader(checkpoint_dir, options.read);
     auto report = load(destination, reader, planner, md);
-    total.bytes_read += report.bytes_read;
-    total.items += report.items;
-    for (auto& e : report.errors) total.errors.push_back(std::move(e));
+    total.merge(std::move(report));
     for (auto& [fqn, tensor] : batch) consume(fqn, std::move(tensor));
   }
   return total;

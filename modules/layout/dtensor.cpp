@@ -78,6 +78,7 @@ Layout parse_layout(std::string_view text, int world_size) {
   if (world_size < 1) bad("layout '" + std::string(text) + "' for a world of " + std::to_string(world_size));
   if (text == "rows") return Layout({world_size}, {Placement::shard(0)});
   if (text == "cols") return Layout({world_size}, {Placement::shard(1)});
+  if (text == "replicated") return Layout({world_size}, {Placement::replicate()});
   if (text.starts_with("2d:")) {
     const std::string_view dims = text.substr(3);
     const std::size_t x = dims.find('x');
@@ -90,7 +91,7 @@ Layout parse_layout(std::string_view text, int world_size) {
           " ranks, the world " + std::to_string(world_size));
     return Layout({*a, *b}, {Placement::shard(0), Placement::shard(1)});
   }
-  bad("unknown layout '" + std::string(text) + "' (expected rows, cols or 2d:AxB)");
+  bad("unknown layout '" + std::string(text) + "' (expected rows, cols, replicated or 2d:AxB)");
 }
 
 Box local_box(const Shape& global, const Layout& layout, int rank) {

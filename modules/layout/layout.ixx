@@ -187,8 +187,8 @@ class Layout {
   int world_size_ = 1;
 };
 
-/// "rows" = mesh (N) with Shard(0); "cols" = mesh (N) with Shard(1); "2d:AxB" = mesh (A, B)
-/// with Shard(0), Shard(1), A * B == N. Throws invalid_argument naming the text for anything
+/// "rows" = mesh (N) with Shard(0); "cols" = mesh (N) with Shard(1); "replicated" = mesh (N)
+/// with Replicate; "2d:AxB" = mesh (A, B) with Shard(0), Shard(1), A * B == N. Throws invalid_argument naming the text for anything
 /// else (unknown names, A or B missing, < 1, not decimal, or A * B != world_size) and for
 /// world_size < 1.
 Layout parse_layout(std::string_view text, int world_size);

@@ -3,6 +3,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -147,6 +148,48 @@ LoadPlan decode_plan(std::span<const std::byte> bytes) {
   }
   r.finish();
   return plan;
+}
+
+namespace {
+constexpr char read_once_magic[4] = {'D', 'R', 'O', '1'};
+// An index (length + flags) + reader + stored bytes: the least bytes a shared read takes.
+constexpr std::size_t min_shared_read_size = 4 + 1 + 4 + 8;
+}  // namespace
+
+bool operator==(const SharedRead& a, const SharedRead& b) {
+  return a.item.fqn == b.item.fqn && a.item.offset == b.item.offset && a.item.index == b.item.index &&
+         a.reader == b.reader && a.stored_bytes == b.stored_bytes;
+}
+
+std::vector<std::byte> encode_shared_reads(std::span<const SharedRead> reads) {
+  Writer w;
+  w.bytes(read_once_magic, sizeof read_once_magic);
+  w.uint(reads.size(), 8);
+  for (const SharedRead& read : reads) {
+    w.index(read.item);
+    w.uint(static_cast<std::uint32_t>(read.reader), 4);
+    w.uint(read.stored_bytes, 8);
+  }
+  return std::move(w.out);
+}
+
+std::vector<SharedRead> decode_shared_reads(std::span<const std::byte> bytes) {
+  Reader r(bytes, "shared reads");
+  r.magic(read_once_magic, "shared-read list");
+  const std::uint64_t count = r.count(min_shared_read_size, "shared read count");
+  std::vector<SharedRead> reads;
+  reads.reserve(count);
+  for (std::uint64_t k = 0; k < count; ++k) {
+    SharedRead read;
+    read.item = r.index();
+    const std::uint64_t reader = r.uint(4, "reader rank");
+    if (reader > 0x7fffffff) r.fail("reader rank " + std::to_string(reader) + " out of range");
+    read.reader = static_cast<int>(reader);
+    read.stored_bytes = r.uint(8, "stored bytes");
+    reads.push_back(std::move(read));
+  }
+  r.finish();
+  return reads;
 }
 
 namespace {

@@ -83,6 +83,29 @@ std::vector<std::byte> encode_plan(const LoadPlan& plan);
 /// unknown item type, truncated field, count larger than the input can hold or trailing bytes.
 LoadPlan decode_plan(std::span<const std::byte> bytes);
 
+/// Read-once loading: a saved item that several ranks need is read from storage by one of
+/// them, which broadcasts its stored bytes to the others (docs/format.md, "Read-once loading").
+struct SharedRead {
+  metadata::MetadataIndex item;    ///< the saved item: fqn, and the chunk's offsets for a tensor
+  int reader = 0;                  ///< the rank that reads it from storage and broadcasts it
+  std::uint64_t stored_bytes = 0;  ///< its length in storage
+  friend bool operator==(const SharedRead& a, const SharedRead& b);
+};
+
+/// The coordinator's choice of shared reads over every rank's plan (plans[r] is rank r's), in
+/// metadata order, the order in which every rank takes part in their broadcasts. A saved tensor
+/// chunk is shared when at least two ranks read from it and their reads together would fetch
+/// more than one copy of it (each read costs its row-major span: a replicated chunk, boxes
+/// that overlap, column bands of a row chunk), not when the ranks read disjoint row ranges; an
+/// object is shared when at least two ranks load it. Each goes to the reader among its ranks
+/// with the fewest shared bytes so far (ties: the lowest rank). Items that name nothing in
+/// `metadata` are left to the storage layer, which refuses them.
+std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const metadata::ValidatedMetadata& metadata);
+/// Shared reads as bytes ("DRO1", encode_plan's conventions); the decoder throws data_loss
+/// with the byte offset.
+std::vector<std::byte> encode_shared_reads(std::span<const SharedRead> reads);
+std::vector<SharedRead> decode_shared_reads(std::span<const std::byte> bytes);
+
 /// A strided view of caller-owned tensor memory, without libtorch. `strides` count elements.
 struct TensorSlice {
   std::byte* data = nullptr;

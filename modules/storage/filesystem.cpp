@@ -7,6 +7,8 @@ module;
 #include <fcntl.h>
 #include <algorithm>
 #include <filesystem>
+#include <map>
+#include <utility>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -102,6 +104,32 @@ FileSystemReader::FileSystemReader(std::filesystem::path checkpoint_dir, ReadOpt
 
 void FileSystemReader::set_up_storage_reader(metadata::ValidatedMetadata metadata, bool) {
   metadata_ = std::move(metadata);
+}
+
+void ReadReport::merge(ReadReport other) {
+  bytes_read += other.bytes_read;
+  items += other.items;
+  storage_bytes += other.storage_bytes;
+  received_bytes += other.received_bytes;
+  for (auto& e : other.errors) errors.push_back(std::move(e));
+}
+
+void SharedItems::add(const metadata::MetadataIndex& item, std::span<const std::byte> bytes) {
+  items_.insert_or_assign(std::pair(item.fqn, item.offset.value_or(metadata::Shape{})), bytes);
+}
+
+const std::span<const std::byte>* SharedItems::find(std::string_view fqn, const metadata::Shape* offset) const {
+  if (items_.empty()) return nullptr;
+  const auto it = items_.find(std::pair(std::string(fqn), offset ? *offset : metadata::Shape{}));
+  return it == items_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::byte> StorageReader::read_item(const metadata::MetadataIndex& item, ReadReport&) {
+  throw Error(Errc::unimplemented, "this storage reader cannot share items (read-once)").for_key(item.fqn);
+}
+
+ReadReport StorageReader::read_data(const planning::LoadPlan&, planning::LoadPlanner&, const SharedItems&) {
+  throw Error(Errc::unimplemented, "this storage reader cannot read shared items (read-once)");
 }
 
 std::vector<std::byte> StorageReader::read_metadata_bytes() const {

@@ -1,8 +1,10 @@
 // Executing a LoadPlan: check items, group them per saved archive, locate, then copy on an Asio pool.
 module;
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <filesystem>
@@ -40,6 +42,7 @@ struct Group {
   const metadata::ChunkStorageMetadata* chunk = nullptr;  // nullptr for a bytes item
   DType dtype = DType::float32;                           // the saved tensor's dtype
   std::vector<std::size_t> items;                         // indices into the plan
+  const std::span<const std::byte>* shared = nullptr;     // stored bytes another rank sent
   // Filled by the locate phase:
   record::TensorLocation location;
   std::vector<std::byte> object_bytes;
@@ -60,6 +63,31 @@ class Failures {
  private:
   const FileTable& files_;
   std::mutex mutex_;
+};
+
+// Where a group's bytes come from: its data file, or the stored bytes another rank sent. Reads
+// are at file offsets either way, so errors name the same offsets.
+class Source {
+ public:
+  explicit Source(FileTable& files) : files_(files) {}
+  void read(const Group& g, std::uint64_t file_offset, std::span<std::byte> out) {
+    if (!g.shared) {
+      const auto fd = files_.get(g.info->relative_path);
+      pread_all(fd->get(), files_.path(g.info->relative_path), file_offset, out);
+      storage_bytes_.fetch_add(out.size(), std::memory_order_relaxed);
+      return;
+    }
+    const std::uint64_t start = file_offset - g.info->offset;  // the caller stays inside the item
+    if (file_offset < g.info->offset || start > g.shared->size() || out.size() > g.shared->size() - start)
+      throw Error(Errc::internal, "read outside the shared item").at_offset(file_offset);
+    if (!out.empty()) std::memcpy(out.data(), g.shared->data() + start, out.size());
+  }
+  std::uint64_t storage_bytes() const { return storage_bytes_.load(); }
+  void add_storage_bytes(std::uint64_t n) { storage_bytes_.fetch_add(n, std::memory_order_relaxed); }
+
+ private:
+  FileTable& files_;
+  std::atomic<std::uint64_t> storage_bytes_{0};
 };
 
 struct Task {
@@ -144,12 +172,46 @@ void check_against_saved_chunk(const ReadItem& item, const metadata::ChunkStorag
 }  // namespace
 
 ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) {
+  return read_data(plan, planner, SharedItems{});
+}
+
+std::vector<std::byte> FileSystemReader::read_item(const metadata::MetadataIndex& item, ReadReport& report) {
+  if (!metadata_) throw Error(Errc::failed_precondition, "read_item before set_up_storage_reader");
+  const metadata::Metadata& md = **metadata_;
+  const auto* saved = md.find_item(item.fqn);
+  const auto* info = md.find_storage(item.fqn, item.offset ? &*item.offset : nullptr);
+  if (!saved || !info || saved->is_tensor() != item.offset.has_value())
+    throw Error(Errc::invalid_argument, "shared read names no saved item").for_key(item.fqn);
+  const auto path = path_of(info->relative_path);
+  try {
+    if (!saved->is_tensor() && info->length > options_.max_object_bytes)
+      throw Error(Errc::resource_exhausted, "object of " + std::to_string(info->length) + " bytes exceeds the limit of " +
+                                                std::to_string(options_.max_object_bytes) +
+                                                " (ReadOptions::max_object_bytes)")
+          .at_offset(info->offset);
+    // The range was checked against the file when the metadata was read: the allocation is
+    // bounded by the checkpoint's own size.
+    std::vector<std::byte> bytes(info->length);
+    Fd fd(path);
+    pread_all(fd.get(), path, info->offset, bytes);
+    report.storage_bytes += bytes.size();
+    return bytes;
+  } catch (Error& e) {
+    e.in_file(path.string());
+    e.for_key(item.fqn);
+    throw;
+  }
+}
+
+ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
+                                       const SharedItems& shared) {
   if (!metadata_) throw Error(Errc::failed_precondition, "read_data before set_up_storage_reader");
   const metadata::Metadata& md = **metadata_;
   const int threads = options_.threads > 0 ? options_.threads
                                            : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
   FileTable files(dir_, open_file_budget(options_.max_open_files));
   Failures failures(files);
+  Source source(files);
   ReadReport report;
 
   // 1. Check and group items per saved item, resolve destinations (planner calls stay on
@@ -177,6 +239,12 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
         g.chunk = &saved->tensor().chunks[*metadata_->chunk_position(index.fqn, *index.offset)];
         g.dtype = saved->tensor().properties.dtype;
       }
+      g.shared = shared.find(index.fqn, is_tensor ? &*index.offset : nullptr);
+      if (g.shared && g.shared->size() != g.info->length)
+        throw Error(Errc::invalid_argument, "shared bytes of " + std::to_string(g.shared->size()) +
+                                                " for an item stored in " + std::to_string(g.info->length))
+            .for_key(index.fqn);
+      if (g.shared) report.received_bytes += g.info->length;
       groups.push_back(std::move(g));
     }
     Group& g = groups[it->second];
@@ -194,9 +262,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
   // 2. Locate every tensor's storage record; read whole objects (after checking their size).
   std::vector<Task> locate;
   for (auto& g : groups) {
-    locate.push_back({&g, [&g, &files, this, &md] {
-                        const auto fd = files.get(g.info->relative_path);
-                        const auto path = files.path(g.info->relative_path);
+    locate.push_back({&g, [&g, &source, this] {
                         const std::uint64_t base = g.info->offset, length = g.info->length;
                         if (!g.chunk) {
                           if (length > options_.max_object_bytes)
@@ -205,7 +271,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                                             std::to_string(options_.max_object_bytes) + " (ReadOptions::max_object_bytes)")
                                 .at_offset(base);
                           g.object_bytes.resize(length);
-                          pread_all(fd->get(), path, base, g.object_bytes);
+                          source.read(g, base, g.object_bytes);
                           return;
                         }
                         if (!g.info->transform_descriptors.empty())
@@ -218,7 +284,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                             if (offset > length || out.size() > length - offset)
                               throw Error(Errc::data_loss, "read past the item end").at_offset(offset);
                             try {
-                              pread_all(fd->get(), path, base + offset, out);
+                              source.read(g, base + offset, out);
                             } catch (const Error& e) {
                               throw Error(e.code(), e.message()).at_offset(e.context().byte_offset.value_or(base + offset) - base);
                             }
@@ -230,7 +296,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                         }
                         if (options_.verify_crc && g.location.crc32 != 0) {
                           std::vector<std::byte> data(g.location.data_size);
-                          pread_all(fd->get(), path, base + g.location.data_offset, data);
+                          source.read(g, base + g.location.data_offset, data);
                           if (zip::crc32(data) != g.location.crc32)
                             throw Error(Errc::data_loss, "CRC-32 mismatch in the storage record")
                                 .at_offset(base + g.location.data_offset);
@@ -275,11 +341,10 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
           sub_first += static_cast<std::uint64_t>(sub_offsets[d] * r.strides[d]);
           dst_offset += static_cast<std::uint64_t>(sub_offsets[d] * dst.strides[d]);
         }
-        copies.push_back({&g, [&g, &files, &r, &dst, itemsize, storage_base, sub_first, dst_offset,
+        copies.push_back({&g, [&g, &source, &r, &dst, itemsize, storage_base, sub_first, dst_offset,
                                sub_lengths = std::move(sub_lengths)] {
                             std::vector<std::byte> buffer(span_elements(sub_lengths, r.strides) * itemsize);
-                            const auto fd = files.get(g.info->relative_path);
-                            pread_all(fd->get(), files.path(g.info->relative_path), storage_base + sub_first * itemsize, buffer);
+                            source.read(g, storage_base + sub_first * itemsize, buffer);
                             copy_box(dst.data + dst_offset * dtype_itemsize(dst.dtype), dst.strides, dst.dtype, buffer.data(),
                                      r.strides, r.dtype, sub_lengths);
                           }});
@@ -290,20 +355,31 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
   std::stable_sort(pieces.begin(), pieces.end(), [](const auto& a, const auto& b) {
     return std::tie(a.first.file, a.first.offset) < std::tie(b.first.file, b.first.offset);
   });
-  std::vector<ReadPiece> plain_pieces;
-  plain_pieces.reserve(pieces.size());
-  for (const auto& [piece, group] : pieces) plain_pieces.push_back(piece);
-  std::vector<std::optional<Error>> piece_errors(pieces.size());
-  const bool uring = options_.backend == ReadBackend::io_uring && read_pieces_uring(files, plain_pieces, 64, piece_errors);
-  if (!uring)
-    for (const auto& [piece, group] : pieces)
-      copies.push_back({group, [&files, &piece] {
-                          const auto fd = files.get(piece.file);
-                          pread_all(fd->get(), files.path(piece.file), piece.offset, std::span(piece.destination, piece.size));
+  // Pieces of shared items are copies from memory; io_uring (when asked for) reads the rest.
+  std::vector<ReadPiece> file_pieces;
+  std::vector<Group*> file_piece_groups;
+  for (const auto& [piece, group] : pieces)
+    if (group->shared) {
+      copies.push_back({group, [&source, &piece, group] {
+                          source.read(*group, piece.offset, std::span(piece.destination, piece.size));
+                        }});
+    } else {
+      file_pieces.push_back(piece);
+      file_piece_groups.push_back(group);
+    }
+  std::vector<std::optional<Error>> piece_errors(file_pieces.size());
+  const bool uring = options_.backend == ReadBackend::io_uring && read_pieces_uring(files, file_pieces, 64, piece_errors);
+  if (uring)
+    for (const auto& piece : file_pieces) source.add_storage_bytes(piece.size);
+  else
+    for (std::size_t i = 0; i < file_pieces.size(); ++i)
+      copies.push_back({file_piece_groups[i], [&source, &piece = file_pieces[i], group = file_piece_groups[i]] {
+                          source.read(*group, piece.offset, std::span(piece.destination, piece.size));
                         }});
   run_all(threads, copies, failures);
-  for (std::size_t i = 0; i < pieces.size(); ++i)
-    if (piece_errors[i]) failures.record(*pieces[i].second, *piece_errors[i]);
+  for (std::size_t i = 0; i < file_pieces.size(); ++i)
+    if (piece_errors[i]) failures.record(*file_piece_groups[i], *piece_errors[i]);
+  report.storage_bytes = source.storage_bytes();
 
   // 4. Report errors in plan order; hand results to the planner on this thread.
   for (auto& g : groups) {

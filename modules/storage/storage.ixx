@@ -32,6 +32,7 @@ module;
 #include <filesystem>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -74,7 +75,26 @@ struct ReadOptions {
 struct ReadReport {
   std::uint64_t bytes_read = 0;          ///< bytes copied into destination memory
   std::uint64_t items = 0;               ///< saved items touched
+  std::uint64_t storage_bytes = 0;       ///< bytes read from storage (archive headers included)
+  std::uint64_t received_bytes = 0;      ///< stored bytes another rank read and sent (read-once)
   std::vector<Error> errors;             ///< with collect_errors: every failure, in plan order
+  /// Adds `other`'s counts and errors.
+  void merge(ReadReport other);
+};
+
+/// Stored bytes of saved items that another rank read and broadcast (read-once loading): a
+/// read of one of these items takes its bytes from here instead of storage. The spans must
+/// outlive the read_data call.
+class SharedItems {
+ public:
+  /// `bytes` is the item's stored form (`[offset, offset + length)` of its file).
+  void add(const metadata::MetadataIndex& item, std::span<const std::byte> bytes);
+  /// nullptr when `fqn` (with `offset` for a tensor chunk) was not added.
+  const std::span<const std::byte>* find(std::string_view fqn, const metadata::Shape* offset) const;
+  bool empty() const noexcept { return items_.empty(); }
+
+ private:
+  std::map<std::pair<std::string, metadata::Shape>, std::span<const std::byte>, std::less<>> items_;
 };
 
 /// `.metadata` larger than this is refused before reading (the largest real ones are MBs).
@@ -100,6 +120,18 @@ class StorageReader {
   virtual std::vector<planning::LoadPlan> prepare_global_plan(std::vector<planning::LoadPlan> plans) { return plans; }
   /// Executes `plan`, calling the planner's resolve_tensor / commit_tensor / load_bytes.
   virtual ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) = 0;
+
+  /// Read-once loading (checkpoint::load over a group): whether this reader can hand out a
+  /// saved item's stored bytes (read_item) and execute reads from such bytes (read_data with
+  /// SharedItems). Readers that cannot are read by every rank themselves.
+  virtual bool can_share_items() const { return false; }
+  /// The stored bytes of saved item `item` (its whole torch.save archive, or the object's
+  /// bytes), counted into `report.storage_bytes`. By default unimplemented.
+  virtual std::vector<std::byte> read_item(const metadata::MetadataIndex& item, ReadReport& report);
+  /// read_data, with the reads of items in `shared` taken from those bytes (every check the
+  /// same as for bytes from storage). By default unimplemented.
+  virtual ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
+                               const SharedItems& shared);
 };
 
 class FileSystemReader : public StorageReader {
@@ -107,6 +139,11 @@ class FileSystemReader : public StorageReader {
   explicit FileSystemReader(std::filesystem::path checkpoint_dir, ReadOptions options = {});
   void set_up_storage_reader(metadata::ValidatedMetadata metadata, bool is_coordinator) override;
   ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) override;
+  bool can_share_items() const override { return true; }
+  /// Refuses an object longer than ReadOptions::max_object_bytes (resource_exhausted).
+  std::vector<std::byte> read_item(const metadata::MetadataIndex& item, ReadReport& report) override;
+  ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
+                       const SharedItems& shared) override;
 
   const std::filesystem::path& directory() const { return dir_; }
   /// Reads, decodes and validates `.metadata` and checks every storage entry's byte range

@@ -79,22 +79,50 @@ BOOST_AUTO_TEST_CASE(load_under_the_launcher_reports_each_rank_and_the_total) {
   const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
   const auto results = run_dcpp_ranks(3, tmp.path(), {"load", "--json", (case_dir / "ckpt").string()});
   all_ok(results);
-  std::uint64_t bytes = 0, bytes_read = 0;
+  std::uint64_t bytes = 0, storage_bytes = 0;
   json::object total;
   for (std::size_t r = 0; r < results.size(); ++r) {
     const auto doc = json::parse(results[r].out).as_object();
     BOOST_TEST(doc.at("rank").as_int64() == static_cast<std::int64_t>(r));
     BOOST_TEST(doc.at("world_size").as_int64() == 3);
-    BOOST_TEST(doc.at("bytes_read").to_number<std::uint64_t>() > 0u);
+    BOOST_TEST(doc.at("storage_bytes").to_number<std::uint64_t>() > 0u);
     BOOST_TEST(doc.at("objects").as_int64() > 0);
     bytes += doc.at("bytes").to_number<std::uint64_t>();
-    bytes_read += doc.at("bytes_read").to_number<std::uint64_t>();
+    storage_bytes += doc.at("storage_bytes").to_number<std::uint64_t>();
     BOOST_TEST((r == 0) == doc.contains("total"), results[r].out);
     if (r == 0) total = doc.at("total").as_object();
   }
   BOOST_TEST(total.at("bytes").to_number<std::uint64_t>() == bytes);
-  BOOST_TEST(total.at("bytes_read").to_number<std::uint64_t>() == bytes_read);
+  BOOST_TEST(total.at("storage_bytes").to_number<std::uint64_t>() == storage_bytes);
   BOOST_TEST(total.at("gbps").to_number<double>() > 0);
+}
+
+// Four ranks that each load every tensor whole: with read-once, every saved item is read from
+// storage by one rank (together at most the data files' bytes) and received by the three
+// others; without it, every rank reads every tensor.
+BOOST_AUTO_TEST_CASE(replicated_load_reads_one_copy_from_storage) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
+  std::uint64_t file_bytes = 0;
+  for (const auto& entry : fs::directory_iterator(case_dir / "ckpt"))
+    if (entry.path().extension() == ".distcp") file_bytes += entry.file_size();
+  auto total_of = [&](bool read_once) {
+    std::vector<std::string> args{"load", "--json", "--layout", "replicated"};
+    if (!read_once) args.push_back("--no-read-once");
+    args.push_back((case_dir / "ckpt").string());
+    const auto results = run_dcpp_ranks(4, tmp.path(), args);
+    all_ok(results);
+    return json::parse(results.at(0).out).as_object().at("total").as_object();
+  };
+  const auto once = total_of(true), every = total_of(false);
+  const auto tensor_bytes = once.at("bytes").to_number<std::uint64_t>();  // 4 whole copies
+  BOOST_TEST(every.at("bytes").to_number<std::uint64_t>() == tensor_bytes);
+  const auto read = once.at("storage_bytes").to_number<std::uint64_t>();
+  BOOST_TEST(read <= file_bytes);
+  BOOST_TEST(read >= tensor_bytes / 4);
+  BOOST_TEST(once.at("received_bytes").to_number<std::uint64_t>() == 3 * read);
+  BOOST_TEST(every.at("received_bytes").to_number<std::uint64_t>() == 0u);
+  BOOST_TEST(every.at("storage_bytes").to_number<std::uint64_t>() >= tensor_bytes);
 }
 
 // torch 2.13's torchrun: its agent's store speaks a newer protocol than libtorch 1.13, so rank

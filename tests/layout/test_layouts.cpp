@@ -90,6 +90,8 @@ BOOST_AUTO_TEST_CASE(parse_layout_names) {
   BOOST_TEST((layout::parse_layout("cols", 3) == Layout({3}, {S1})));
   BOOST_TEST((layout::parse_layout("2d:2x3", 6) == Layout({2, 3}, {S0, S1})));
   BOOST_TEST((layout::parse_layout("2d:1x1", 1) == Layout({1, 1}, {S0, S1})));
+  BOOST_TEST((layout::parse_layout("replicated", 4) == Layout({4}, {layout::Placement::replicate()})));
+  BOOST_TEST((layout::local_box({6, 2}, layout::parse_layout("replicated", 4), 3) == layout::full_box({6, 2})));
 }
 
 BOOST_AUTO_TEST_CASE(parse_layout_rejects_bad_text) {

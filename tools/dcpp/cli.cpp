@@ -28,7 +28,7 @@ constexpr Command kCommands[] = {
      "print what a checkpoint holds (keys, dtypes, shapes, chunks, files), read from .metadata "
      "without running any pickle code, after checking it against the data files",
      run_inspect, 1},
-    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] CKPT_DIR",
+    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] [--no-read-once] CKPT_DIR",
      "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
      "object, and print bytes, seconds and GB/s. As a rank of a launcher (torchrun; WORLD_SIZE > 1): "
      "each rank loads its rows (torch.chunk along dim 0) of every tensor over a Gloo process group "
@@ -49,7 +49,7 @@ constexpr Command kCommands[] = {
      "(OUT_DIR appears only when complete)",
      run_convert, 2},
     {"reshard",
-     "dcpp reshard [--layout rows|cols|2d:AxB] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--quiet] SRC_DIR DST_DIR",
+     "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC_DIR DST_DIR",
      "write the checkpoint SRC_DIR as one saved by this many ranks: each rank loads its rows "
      "(torch.chunk along dim 0) of every tensor and the ranks save them together into DST_DIR "
      "(crash-safely). Run as the ranks of a launcher (torchrun, WORLD_SIZE > 1; needs libtorch for "
@@ -67,7 +67,8 @@ constexpr Flag kFlags[] = {
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
     {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout) or torch1.13 (flat keys)"},
     {"overwrite", "", "convert reshard", "file to checkpoint, reshard: replace a checkpoint already in OUT_DIR / DST_DIR"},
-    {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)); a tensor without the dim is split by rows"},
+    {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)), replicated (every rank holds every tensor whole; reshard stores each once); a tensor without the dim is split by rows"},
+    {"no-read-once", "", "load reshard", "as ranks of a launcher: every rank reads what it needs from storage itself (default: a saved item several ranks need is read by one of them and broadcast)"},
     {"timeout", "S", "load reshard", "as ranks of a launcher: the longest a rank waits for the others, in seconds (default 120)"},
     {"quiet", "", "load verify convert reshard", "no progress bar and no summary line"},
     {"help", "", "*", "print help (-h: short)"},

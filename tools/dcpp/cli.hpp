@@ -60,14 +60,16 @@ int run_convert(const Args& args);
 /// Every rank's load together (rank 0 gathers it).
 struct DistTotal {
   std::uint64_t bytes = 0;
-  std::uint64_t bytes_read = 0;
+  std::uint64_t storage_bytes = 0;
+  std::uint64_t received_bytes = 0;
   double seconds = 0;  ///< the slowest rank's
 };
 /// A rank's place in a distributed load.
 struct DistResult {
   int rank = 0;
   int world_size = 1;
-  std::uint64_t bytes_read = 0;     ///< bytes this rank read from storage into its memory
+  std::uint64_t storage_bytes = 0;   ///< bytes this rank read from storage
+  std::uint64_t received_bytes = 0;  ///< stored bytes it received from the rank that read them (read-once)
   std::optional<DistTotal> total;   ///< on rank 0
 };
 

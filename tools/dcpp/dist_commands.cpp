@@ -63,7 +63,7 @@ std::uint64_t add_share(dcp::planning::Destination& destination, const dcp::meta
   return bytes;
 }
 
-// Small facts of every rank, gathered on rank 0 as text ("bytes bytes_read seconds").
+// Small facts of every rank, gathered on rank 0 as text (numbers separated by spaces).
 std::vector<std::vector<double>> gather_numbers(ProcessGroup& pg, const std::vector<double>& mine) {
   std::string text;
   for (double v : mine) text += std::to_string(v) + " ";
@@ -118,6 +118,12 @@ dcp::layout::Layout layout_of(const Args& args, int world) {
 
 void check_layout(const Args& args, int world_size) { (void)layout_of(args, world_size); }
 
+dcp::checkpoint::ReadOnce read_once_of(const Args& args) {
+  dcp::checkpoint::ReadOnce read_once;
+  read_once.enabled = !args.has("no-read-once");
+  return read_once;
+}
+
 int run_load_distributed(const Args& args, ProcessGroup& pg) {
   const auto options = load_options(args);
   const int rank = pg.rank();
@@ -133,7 +139,7 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
   for (const auto& item : md->items)
     if (!options.select || options.select(item.fqn)) (item.is_tensor() ? tensors : objects).push_back(&item);
   LoadResult result;
-  DistResult dist{rank, world, 0, std::nullopt};
+  DistResult dist{rank, world, 0, 0, std::nullopt};
   std::size_t next = 0;
   do {
     dcp::planning::Destination destination;
@@ -151,21 +157,24 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
     if (next == tensors.size())  // objects are replicated: every rank loads each, in the last batch
       for (const auto* item : objects) destination.add_object(item->fqn);
     dcp::planning::DefaultLoadPlanner planner;
-    const auto report = dcp::checkpoint::load(destination, reader, planner, md, &pg, 0);
+    const auto report = dcp::checkpoint::load(destination, reader, planner, md, &pg, 0, read_once_of(args));
     result.items_read += report.items;
-    dist.bytes_read += report.bytes_read;
+    dist.storage_bytes += report.storage_bytes;
+    dist.received_bytes += report.received_bytes;
   } while (next < tensors.size());
   result.objects = objects.size();
   result.seconds = seconds_since(start);
   result.device = "cpu";
 
-  const auto all = gather_numbers(pg, {static_cast<double>(result.bytes), static_cast<double>(dist.bytes_read), result.seconds});
+  const auto all = gather_numbers(pg, {static_cast<double>(result.bytes), static_cast<double>(dist.storage_bytes),
+                                      static_cast<double>(dist.received_bytes), result.seconds});
   if (rank == 0) {
     DistTotal total;
     for (const auto& r : all) {
       total.bytes += static_cast<std::uint64_t>(r.at(0));
-      total.bytes_read += static_cast<std::uint64_t>(r.at(1));
-      total.seconds = std::max(total.seconds, r.at(2));
+      total.storage_bytes += static_cast<std::uint64_t>(r.at(1));
+      total.received_bytes += static_cast<std::uint64_t>(r.at(2));
+      total.seconds = std::max(total.seconds, r.at(3));
     }
     dist.total = total;
   }
@@ -195,7 +204,7 @@ int run_reshard(const Args& args, ProcessGroup* group) {
     else if (rank == 0) destination.add_object(item.fqn);
   }
   dcp::planning::DefaultLoadPlanner planner;
-  (void)dcp::checkpoint::load(destination, reader, planner, md, group, 0);
+  (void)dcp::checkpoint::load(destination, reader, planner, md, group, 0, read_once_of(args));
 
   // The same shares, saved together: every rank its shards, rank 0 the objects and the 0-dim
   // and empty tensors (as `convert --ranks` splits).

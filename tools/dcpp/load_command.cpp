@@ -81,11 +81,13 @@ void print_load_result(const Args& args, const LoadResult& r) {
     if (r.dist) {
       w.key("rank").value(static_cast<std::int64_t>(r.dist->rank))
           .key("world_size").value(static_cast<std::int64_t>(r.dist->world_size))
-          .key("bytes_read").value(r.dist->bytes_read);
+          .key("storage_bytes").value(r.dist->storage_bytes)
+          .key("received_bytes").value(r.dist->received_bytes);
       if (const auto& t = r.dist->total)
         w.key("total").begin_object()
             .key("bytes").value(t->bytes)
-            .key("bytes_read").value(t->bytes_read)
+            .key("storage_bytes").value(t->storage_bytes)
+            .key("received_bytes").value(t->received_bytes)
             .key("seconds").value(t->seconds)
             .key("gbps").value(gbps_of(t->bytes, t->seconds))
             .end_object();
@@ -98,12 +100,16 @@ void print_load_result(const Args& args, const LoadResult& r) {
     std::printf("%sloaded %llu tensors (%llu bytes) and %llu objects in %.3f s: %.2f GB/s", who.c_str(),
                 static_cast<unsigned long long>(r.tensors), static_cast<unsigned long long>(r.bytes),
                 static_cast<unsigned long long>(r.objects), r.seconds, gbps);
-    if (r.dist) std::printf("; read %llu bytes from storage", static_cast<unsigned long long>(r.dist->bytes_read));
+    if (r.dist)
+      std::printf("; read %llu bytes from storage, received %llu from other ranks",
+                  static_cast<unsigned long long>(r.dist->storage_bytes),
+                  static_cast<unsigned long long>(r.dist->received_bytes));
     std::printf("\n");
     if (r.dist && r.dist->total)
-      std::printf("all %d ranks: %llu bytes (%llu read from storage) in %.3f s: %.2f GB/s\n", r.dist->world_size,
-                  static_cast<unsigned long long>(r.dist->total->bytes),
-                  static_cast<unsigned long long>(r.dist->total->bytes_read), r.dist->total->seconds,
+      std::printf("all %d ranks: %llu bytes (%llu read from storage, %llu received) in %.3f s: %.2f GB/s\n",
+                  r.dist->world_size, static_cast<unsigned long long>(r.dist->total->bytes),
+                  static_cast<unsigned long long>(r.dist->total->storage_bytes),
+                  static_cast<unsigned long long>(r.dist->total->received_bytes), r.dist->total->seconds,
                   gbps_of(r.dist->total->bytes, r.dist->total->seconds));
   }
 }

@@ -1,0 +1,116 @@
+// Read-once loading, a rank's side: its own reads, then the shared items' broadcasts.
+module;
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+module dcp.checkpoint;
+import dcp.error;
+import dcp.metadata;
+import dcp.planning;
+import dcp.storage;
+
+namespace dcp::checkpoint::detail {
+namespace {
+
+using Key = std::pair<std::string, metadata::Shape>;
+
+Key key_of(const metadata::MetadataIndex& index) { return {index.fqn, index.offset.value_or(metadata::Shape{})}; }
+
+// The batch of shared reads that starts at `first`: consecutive reads of one reader rank, at
+// most `budget` stored bytes (or one read, if larger).
+std::size_t batch_end(std::span<const planning::SharedRead> shared, std::size_t first, std::uint64_t budget) {
+  std::size_t end = first + 1;
+  std::uint64_t bytes = shared[first].stored_bytes;
+  while (end < shared.size() && shared[end].reader == shared[first].reader && shared[end].stored_bytes <= budget &&
+         bytes <= budget - shared[end].stored_bytes)
+    bytes += shared[end++].stored_bytes;
+  return end;
+}
+
+}  // namespace
+
+Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
+                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, const ReadOnce& options,
+                        storage::ReadReport& report, std::optional<Error> failed) {
+  const int me = failure_rank(pg);
+  std::optional<Error> failure = std::move(failed);  // this rank's first; it still takes part in every broadcast
+  auto attempt = [&](auto&& step) {
+    if (failure) return;
+    try {
+      step();
+    } catch (...) {
+      failure = current_exception_as_error();
+    }
+  };
+
+  // This rank's items: those it reads itself, and those of each shared read.
+  std::map<Key, std::size_t> position;
+  for (std::size_t k = 0; k < shared.size(); ++k) position.emplace(key_of(shared[k].item), k);
+  planning::LoadPlan own;
+  std::vector<planning::LoadPlan> from_shared(shared.size());
+  for (const auto& item : plan.items) {
+    const auto it = position.find(key_of(item.storage_index));
+    (it == position.end() ? own : from_shared[it->second]).items.push_back(item);
+  }
+  attempt([&] { report.merge(reader.read_data(own, planner)); });
+
+  for (std::size_t first = 0; first < shared.size();) {
+    const std::size_t end = batch_end(shared, first, options.batch_bytes);
+    const int root = shared[first].reader;
+    std::uint64_t batch_bytes = 0;
+    for (std::size_t k = first; k < end; ++k) batch_bytes += shared[k].stored_bytes;
+
+    Bytes payload;
+    if (pg.rank() == root && failure) {
+      payload = failure_payload(me, *failure);
+    } else if (pg.rank() == root) {
+      try {
+        payload.reserve(static_cast<std::size_t>(batch_bytes) + 1);
+        payload.push_back(std::byte{0});
+        for (std::size_t k = first; k < end; ++k) {
+          const auto bytes = reader.read_item(shared[k].item, report);
+          if (bytes.size() != shared[k].stored_bytes)
+            throw Error(Errc::internal, "read " + std::to_string(bytes.size()) + " stored bytes, the plan says " +
+                                            std::to_string(shared[k].stored_bytes))
+                .for_key(shared[k].item.fqn);
+          payload.insert(payload.end(), bytes.begin(), bytes.end());
+        }
+      } catch (...) {
+        payload = failure_payload(me, current_exception_as_error());
+      }
+    }
+    payload = pg.broadcast(std::move(payload), root);
+
+    if (auto sent = failure_of(payload)) {
+      if (!failure) failure = std::move(sent);
+    } else {
+      attempt([&] {
+        const auto body = std::span(payload).subspan(1);
+        if (body.size() != batch_bytes)
+          throw Error(Errc::internal, "rank " + std::to_string(root) + " sent " + std::to_string(body.size()) +
+                                          " bytes of shared items, the plan says " + std::to_string(batch_bytes));
+        storage::SharedItems items;
+        planning::LoadPlan reads;
+        std::uint64_t offset = 0;
+        for (std::size_t k = first; k < end; ++k) {
+          items.add(shared[k].item, body.subspan(offset, shared[k].stored_bytes));
+          offset += shared[k].stored_bytes;
+          for (auto& item : from_shared[k].items) reads.items.push_back(std::move(item));
+        }
+        if (reads.items.empty()) return;
+        auto read = reader.read_data(reads, planner, items);
+        if (pg.rank() == root) read.received_bytes = 0;  // its own read, counted in storage_bytes
+        report.merge(std::move(read));
+      });
+    }
+    first = end;
+  }
+  return failure ? failure_payload(me, *failure) : ok_payload({});
+}
+
+}  // namespace dcp::checkpoint::detail

@@ -1,0 +1,278 @@
+// Read-once loading over a process group: which saved items one rank reads for all
+// (planning::plan_read_once), and checkpoint::load on ranks played by threads — every rank's
+// values against the saved bytes, the bytes read from storage against one copy, and a reader
+// rank's failure reaching every rank.
+#include <boost/test/unit_test.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../support/support.hpp"
+
+import dcp.error;
+import dcp.metadata;
+import dcp.layout;
+import dcp.planning;
+import dcp.storage;
+import dcp.checkpoint;
+
+namespace md = dcp::metadata;
+namespace pl = dcp::planning;
+namespace st = dcp::storage;
+namespace ck = dcp::checkpoint;
+namespace ly = dcp::layout;
+using dcp::DType;
+
+namespace {
+
+constexpr std::int64_t kRows = 64, kCols = 48;
+
+std::vector<std::byte> pattern(std::size_t n, int seed) {
+  std::vector<std::byte> bytes(n);
+  for (std::size_t i = 0; i < n; ++i) bytes[i] = static_cast<std::byte>((i * 13 + static_cast<std::size_t>(seed)) % 251);
+  return bytes;
+}
+
+// A 2-rank checkpoint: "w" (64×48 float32) by rows, "bias" (48 float32) on both ranks (saved
+// once), and the object "meta" on rank 0.
+struct Saved {
+  dcp_test::TempDir tmp;
+  std::filesystem::path dir;
+  std::vector<std::byte> w = pattern(kRows * kCols * 4, 1), bias = pattern(kCols * 4, 2);
+  Saved() : dir(tmp.path() / "ckpt") {
+    pl::StateDict whole;
+    whole.add_tensor({std::string("w")}, pl::contiguous_slice(w.data(), DType::float32, {kRows, kCols}));
+    auto ranks = ck::split_rows(whole, 2);
+    for (auto& sd : ranks) sd.add_tensor({std::string("bias")}, pl::contiguous_slice(bias.data(), DType::float32, {kCols}));
+    ranks[0].add_object({std::string("meta")}, pl::ObjectValue::string("read me once"));
+    st::WriteOptions options;
+    options.sync_files = false;
+    (void)ck::save_ranks(ranks, dir, options);
+  }
+  const std::vector<std::byte>& full(const std::string& fqn) const { return fqn == "w" ? w : bias; }
+};
+
+// The bytes of `box` of a row-major float32 tensor of `sizes`.
+std::vector<std::byte> slice_of(const std::vector<std::byte>& full, const md::Shape& sizes, const ly::Box& box) {
+  std::vector<std::byte> out;
+  if (sizes.size() == 1) return {full.begin() + box.offsets[0] * 4, full.begin() + (box.offsets[0] + box.sizes[0]) * 4};
+  for (std::int64_t r = 0; r < box.sizes[0]; ++r) {
+    const auto row = full.begin() + ((box.offsets[0] + r) * sizes[1] + box.offsets[1]) * 4;
+    out.insert(out.end(), row, row + box.sizes[1] * 4);
+  }
+  return out;
+}
+
+struct RankOutcome {
+  st::ReadReport report;
+  std::map<std::string, std::vector<std::byte>> tensors;
+  std::optional<std::vector<std::byte>> meta;
+  std::optional<dcp::Error> error;
+};
+
+using BoxOf = std::function<ly::Box(const md::Shape& global, int rank)>;
+
+// Loads every tensor (the box `box_of` gives each rank) and, with `objects`, "meta", on `world`
+// ranks played by threads. `metadata` skips the metadata step (each rank uses it as given).
+std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int world, const BoxOf& box_of, bool objects,
+                                       ck::ReadOnce read_once = {},
+                                       std::optional<md::ValidatedMetadata> metadata = std::nullopt) {
+  auto groups = ck::make_in_process_group(world);
+  std::vector<RankOutcome> outcomes(static_cast<std::size_t>(world));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r)
+    threads.emplace_back([&, r] {
+      auto& out = outcomes[static_cast<std::size_t>(r)];
+      try {
+        st::FileSystemReader reader(dir);
+        const auto md = metadata ? *metadata : ck::read_metadata(reader, groups[static_cast<std::size_t>(r)].get());
+        pl::Destination destination;
+        for (const auto& item : md->items) {
+          if (!item.is_tensor()) {
+            if (objects) destination.add_object(item.fqn);
+            continue;
+          }
+          const auto box = box_of(item.tensor().size, r);
+          auto& memory = out.tensors[item.fqn];
+          memory.resize(static_cast<std::size_t>(ly::volume(box)) * 4);
+          pl::TensorDestination dest{item.tensor().size, DType::float32, {}};
+          dest.chunks.push_back({box.offsets, box.sizes, pl::contiguous_slice(memory.data(), DType::float32, box.sizes)});
+          destination.add_tensor(item.fqn, std::move(dest));
+        }
+        pl::DefaultLoadPlanner planner;
+        out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0, read_once);
+        if (const auto* bytes = planner.loaded_bytes("meta")) out.meta = *bytes;
+      } catch (const dcp::Error& e) {
+        out.error = e;
+      }
+    });
+  for (auto& t : threads) t.join();
+  return outcomes;
+}
+
+BoxOf whole() {
+  return [](const md::Shape& global, int) { return ly::full_box(global); };
+}
+BoxOf by(const std::string& layout, int world) {
+  return [layout, world](const md::Shape& global, int rank) {
+    return ly::local_box(global, ly::parse_layout(layout, world), rank);
+  };
+}
+
+void check_values(const Saved& saved, const std::vector<RankOutcome>& outcomes, const BoxOf& box_of) {
+  for (std::size_t r = 0; r < outcomes.size(); ++r) {
+    BOOST_TEST_CONTEXT("rank " << r) {
+      BOOST_REQUIRE_MESSAGE(!outcomes[r].error, (outcomes[r].error ? outcomes[r].error->what() : ""));
+      for (const auto& [fqn, bytes] : outcomes[r].tensors) {
+        const md::Shape sizes = fqn == "w" ? md::Shape{kRows, kCols} : md::Shape{kCols};
+        BOOST_TEST((bytes == slice_of(saved.full(fqn), sizes, box_of(sizes, static_cast<int>(r)))), fqn);
+      }
+    }
+  }
+}
+
+std::uint64_t stored_bytes(const std::filesystem::path& dir) {
+  std::uint64_t total = 0;
+  for (const auto& [index, info] : ck::inspect(dir)->storage_data) total += info.length;
+  return total;
+}
+
+template <class F>
+std::uint64_t sum(const std::vector<RankOutcome>& outcomes, F field) {
+  std::uint64_t total = 0;
+  for (const auto& o : outcomes) total += field(o.report);
+  return total;
+}
+
+pl::ReadItem read_of(const std::string& fqn, md::Shape chunk_offsets, md::Shape offsets, md::Shape lengths) {
+  pl::ReadItem item;
+  item.dest_index = {fqn, md::Shape(offsets.size(), 0), 0};
+  item.dest_offsets = md::Shape(offsets.size(), 0);
+  item.storage_index = {fqn, std::move(chunk_offsets), std::nullopt};
+  item.storage_offsets = std::move(offsets);
+  item.lengths = std::move(lengths);
+  return item;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(read_once)
+
+BOOST_AUTO_TEST_CASE(plan_read_once_shares_what_ranks_read_more_than_once) {
+  Saved saved;
+  const auto md = ck::inspect(saved.dir);
+  // Saved chunks of w: rows [0, 32) and [32, 64).
+  std::vector<pl::LoadPlan> plans(3);
+  // bias whole on ranks 0 and 2: shared. w chunk 0: disjoint rows on ranks 0 and 1: not shared.
+  plans[0].items.push_back(read_of("bias", {0}, {0}, {kCols}));
+  plans[2].items.push_back(read_of("bias", {0}, {0}, {kCols}));
+  plans[0].items.push_back(read_of("w", {0, 0}, {0, 0}, {16, kCols}));
+  plans[1].items.push_back(read_of("w", {0, 0}, {16, 0}, {16, kCols}));
+  // w chunk 1: column bands on ranks 1 and 2 (each read spans nearly the chunk): shared.
+  plans[1].items.push_back(read_of("w", {32, 0}, {0, 0}, {32, 24}));
+  plans[2].items.push_back(read_of("w", {32, 0}, {0, 24}, {32, 24}));
+  // Names nothing saved, an empty box: ignored.
+  plans[1].items.push_back(read_of("nope", {0}, {0}, {1}));
+  plans[2].items.push_back(read_of("w", {0, 0}, {0, 0}, {0, kCols}));
+  plans[0].items.push_back(read_of("w", {0, 0}, {0, 0}, {0, kCols}));
+
+  const auto shared = pl::plan_read_once(plans, md);
+  BOOST_REQUIRE_EQUAL(shared.size(), 2u);
+  // Metadata order: w before bias (as saved); the reader with fewest shared bytes, then lowest.
+  BOOST_TEST(shared[0].item.fqn == "w");
+  BOOST_TEST((shared[0].item.offset == md::Shape{32, 0}));
+  BOOST_TEST(shared[0].reader == 1);
+  BOOST_TEST(shared[1].item.fqn == "bias");
+  BOOST_TEST(shared[1].reader == 0);
+  BOOST_TEST(shared[1].stored_bytes == md->find_storage("bias", &*shared[1].item.offset)->length);
+
+  const auto bytes = pl::encode_shared_reads(shared);
+  BOOST_TEST((pl::decode_shared_reads(bytes) == shared));
+  for (std::size_t cut = 0; cut < bytes.size(); ++cut)
+    BOOST_CHECK_EXCEPTION(pl::decode_shared_reads(std::span(bytes).first(cut)), dcp::Error,
+                          [](const dcp::Error& e) { return e.code() == dcp::Errc::data_loss; });
+}
+
+BOOST_AUTO_TEST_CASE(four_ranks_loading_everything_read_one_copy) {
+  Saved saved;
+  const auto outcomes = load_on_ranks(saved.dir, 4, whole(), true);
+  check_values(saved, outcomes, whole());
+  const auto stored = stored_bytes(saved.dir);
+  // Every item is needed by all four ranks: read from storage once, received by the three others.
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored);
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 3 * stored);
+  int readers = 0;
+  for (const auto& o : outcomes) {
+    readers += o.report.storage_bytes > 0;
+    BOOST_REQUIRE(o.meta.has_value());
+    BOOST_TEST((*o.meta == *outcomes[0].meta));
+  }
+  BOOST_TEST(readers >= 2);  // the reads are spread over the ranks
+
+  // Turned off, every rank reads every tensor itself.
+  const auto alone = load_on_ranks(saved.dir, 4, whole(), true, ck::ReadOnce{.enabled = false});
+  check_values(saved, alone, whole());
+  BOOST_TEST(sum(alone, [](const st::ReadReport& r) { return r.received_bytes; }) == 0u);
+  BOOST_TEST(sum(alone, [](const st::ReadReport& r) { return r.storage_bytes; }) >= 4 * (saved.w.size() + saved.bias.size()));
+  BOOST_TEST((*alone[3].meta == *outcomes[3].meta));
+}
+
+BOOST_AUTO_TEST_CASE(one_item_per_broadcast_gives_the_same_values) {
+  Saved saved;
+  const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, ck::ReadOnce{.enabled = true, .batch_bytes = 1});
+  check_values(saved, outcomes, whole());
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored_bytes(saved.dir));
+}
+
+BOOST_AUTO_TEST_CASE(disjoint_rows_are_read_by_their_ranks) {
+  Saved saved;
+  const auto layout = by("rows", 4);
+  const auto outcomes = load_on_ranks(saved.dir, 4, layout, false);
+  check_values(saved, outcomes, layout);
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(column_bands_of_row_chunks_are_read_once) {
+  Saved saved;
+  const BoxOf layout = [cols = by("cols", 3)](const md::Shape& global, int rank) {
+    return global.size() == 2 ? cols(global, rank) : ly::full_box(global);  // bias whole everywhere
+  };
+  const auto outcomes = load_on_ranks(saved.dir, 3, layout, false);
+  check_values(saved, outcomes, layout);
+  // Each saved row chunk of w, read in column bands by every rank, and bias, read whole by
+  // every rank, is read from storage once.
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) <= stored_bytes(saved.dir));
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) > 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_reader_that_fails_fails_every_rank_naming_it) {
+  Saved saved;
+  const auto md = ck::inspect(saved.dir);
+  // Cut the file holding bias after the metadata is read: its reader's read comes up short.
+  const auto* info = md->find_storage("bias", &md->find_item("bias")->tensor().chunks[0].offsets);
+  std::filesystem::resize_file(saved.dir / info->relative_path, info->offset + 3);
+  const auto outcomes = load_on_ranks(saved.dir, 4, whole(), true, {}, md);
+  std::optional<int> named;
+  for (std::size_t r = 0; r < outcomes.size(); ++r) {
+    BOOST_TEST_CONTEXT("rank " << r) {
+      BOOST_REQUIRE(outcomes[r].error.has_value());
+      const auto& e = *outcomes[r].error;
+      BOOST_TEST((e.code() == dcp::Errc::data_loss), e.what());
+      BOOST_TEST(e.context().file.find(info->relative_path) != std::string::npos, e.what());
+      BOOST_REQUIRE(e.context().rank.has_value());
+      if (!named) named = e.context().rank;
+      BOOST_TEST(*e.context().rank == *named);  // every rank names the same failed rank
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
