@@ -221,9 +221,19 @@ std::vector<std::byte> Group::broadcast(std::vector<std::byte> bytes, int root) 
     auto& g = *impl_;
     const auto n = g.broadcast_sizes({static_cast<std::int64_t>(bytes.size())}, 1, root)[0];
     if (n == 0) return std::vector<std::byte>{};
-    std::vector<at::Tensor> tensors{g.bytes_tensor(g.rank == root ? bytes : std::vector<std::byte>{}, n)};
     c10d::BroadcastOptions options;
     options.rootRank = root;
+    if (g.device.is_cpu()) {
+      // Read-once sends whole batches of tensor bytes: on the CPU the collective works on the
+      // vector's own memory, with no staging copies.
+      std::vector<std::byte> out;
+      if (g.rank != root) out.resize(static_cast<std::size_t>(n));
+      auto& memory = g.rank == root ? bytes : out;
+      std::vector<at::Tensor> tensors{at::from_blob(memory.data(), {n}, at::TensorOptions().dtype(at::kByte))};
+      g.wait(g.pg->broadcast(tensors, options));
+      return g.rank == root ? std::move(bytes) : out;
+    }
+    std::vector<at::Tensor> tensors{g.bytes_tensor(g.rank == root ? bytes : std::vector<std::byte>{}, n)};
     g.wait(g.pg->broadcast(tensors, options));
     if (g.rank == root) return std::move(bytes);
     return Impl::to_bytes(tensors[0], n);

@@ -92,8 +92,9 @@ struct SharedRead {
   friend bool operator==(const SharedRead& a, const SharedRead& b);
 };
 
-/// The coordinator's choice of shared reads over every rank's plan (plans[r] is rank r's), in
-/// metadata order, the order in which every rank takes part in their broadcasts. A saved tensor
+/// The coordinator's choice of shared reads over every rank's plan (plans[r] is rank r's), by
+/// reader rank and in metadata order for each reader: the order in which every rank takes part
+/// in their broadcasts (one reader's consecutive items share a broadcast). A saved tensor
 /// chunk is shared when at least two ranks read from it and their reads together would fetch
 /// more than one copy of it (each read costs its row-major span: a replicated chunk, boxes
 /// that overlap, column bands of a row chunk), not when the ranks read disjoint row ranges; an

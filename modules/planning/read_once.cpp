@@ -109,6 +109,9 @@ std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const me
     assigned[best] += read.stored_bytes;
     reads.push_back(std::move(read));
   }
+  // Grouped by reader: one reader's consecutive items travel in one broadcast (a broadcast per
+  // item costs two collectives and a read_data each: thousands of them at 4 ranks).
+  std::stable_sort(reads.begin(), reads.end(), [](const SharedRead& a, const SharedRead& b) { return a.reader < b.reader; });
   return reads;
 }
 

@@ -187,13 +187,14 @@ BOOST_AUTO_TEST_CASE(plan_read_once_shares_what_ranks_read_more_than_once) {
 
   const auto shared = pl::plan_read_once(plans, md);
   BOOST_REQUIRE_EQUAL(shared.size(), 2u);
-  // Metadata order: w before bias (as saved); the reader with fewest shared bytes, then lowest.
-  BOOST_TEST(shared[0].item.fqn == "w");
-  BOOST_TEST((shared[0].item.offset == md::Shape{32, 0}));
-  BOOST_TEST(shared[0].reader == 1);
-  BOOST_TEST(shared[1].item.fqn == "bias");
-  BOOST_TEST(shared[1].reader == 0);
-  BOOST_TEST(shared[1].stored_bytes == md->find_storage("bias", &*shared[1].item.offset)->length);
+  // Assigned in metadata order (w before bias, as saved) to the reader with the fewest shared
+  // bytes, then the lowest rank; listed by reader.
+  BOOST_TEST(shared[1].item.fqn == "w");
+  BOOST_TEST((shared[1].item.offset == md::Shape{32, 0}));
+  BOOST_TEST(shared[1].reader == 1);
+  BOOST_TEST(shared[0].item.fqn == "bias");
+  BOOST_TEST(shared[0].reader == 0);
+  BOOST_TEST(shared[0].stored_bytes == md->find_storage("bias", &*shared[0].item.offset)->length);
 
   const auto bytes = pl::encode_shared_reads(shared);
   BOOST_TEST((pl::decode_shared_reads(bytes) == shared));

@@ -23,6 +23,8 @@
 
 #include <unistd.h>
 
+#include "spec_state_dict.hpp"
+
 import dcp.error;
 import dcp.metadata;
 import dcp.planning;
@@ -71,19 +73,10 @@ int main(int argc, char** argv) {
   }
   if (spec.empty() || out.empty() || repeat < 1 || (mode != "sync" && mode != "async")) usage();
   try {
-    const auto md = dcp::checkpoint::inspect(spec);
-    std::vector<dcp::memory::Buffer> buffers;
-    dcp::planning::StateDict state_dict;
-    std::uint64_t total = 0;
-    for (const auto& item : md->items) {
-      if (!item.is_tensor()) continue;
-      const auto& t = item.tensor();
-      const auto bytes = dcp::metadata::byte_size(t.size, t.properties.dtype);
-      auto& buffer = buffers.emplace_back(dcp::memory::allocate(bytes));
-      for (std::uint64_t i = 0; i < bytes; ++i) buffer.data()[i] = static_cast<std::byte>(i * 31 % 251);
-      state_dict.add_tensor({item.fqn}, dcp::planning::contiguous_slice(buffer.data(), t.properties.dtype, t.size));
-      total += bytes;
-    }
+    auto spec_state = bench::state_dict_of_spec(spec);
+    auto& buffers = spec_state.buffers;
+    const auto& state_dict = spec_state.state_dict;
+    const std::uint64_t total = spec_state.bytes;
     dcp::storage::WriteOptions options;
     options.overwrite = true;
     options.files_per_rank = files;
