@@ -4,7 +4,7 @@
 // rank's result must equal torch's own load_sharded_optimizer_state_dict on that rank (the 2x2
 // mesh, where torch 2.13's loader fails, the result it means to build), and on 2 ranks the
 // slices of the full state; a torch 1.13 checkpoint (no such function there) against slices of
-// its full state; and the errors: a wrong optimizer key, a parameter shape that does not match
+// its full state; tensors on the device asked for (a GPU only where libtorch has CUDA); and the errors: a wrong optimizer key, a parameter shape that does not match
 // on one rank, a parameter without state, each failing every rank with the code and key.
 #define BOOST_TEST_MODULE dcp.optimizer_torch
 #include <boost/test/unit_test.hpp>
@@ -14,8 +14,15 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
 #include "launcher.hpp"
 #include "support.hpp"
+import dcp.error;
+import dcp.memory;
+import dcp.storage;
+import dcp.alloc;
+import dcp.optimizer;
+import dcp.optimizer_torch;
 
 namespace {
 
@@ -102,4 +109,31 @@ BOOST_AUTO_TEST_CASE(errors_fail_every_rank_with_code_and_key) {
   expect_failure(run_ranks(2, torch113_case(), {"full", "--bad-shape-on", "1"}), "failed_precondition",
                  "optim.state.fc1.weight.exp_avg");
   expect_failure(run_ranks(2, torch113_case(), {"full", "--extra-param"}), "not_found", "optim.state.extra.weight");
+}
+
+BOOST_AUTO_TEST_CASE(tensors_go_to_the_device_asked_for) {
+  // One process, the 1.13 checkpoint: fc1.weight is 8x4, so its state has 8 rows here.
+  dcp::storage::FileSystemReader reader(torch113_case() / "ckpt");
+  dcp::optimizer::ModelLayout model;
+  model.params = {{"fc1.weight", {{8, 4}, std::nullopt}}, {"fc1.bias", {{8}, std::nullopt}},
+                  {"fc2.weight", {{3, 8}, std::nullopt}}, {"fc2.bias", {{3}, std::nullopt}}};
+  const auto cpu = dcp::optimizer_torch::load_sharded_optimizer_state_dict(model, "optim", reader, nullptr);
+  const auto* state = cpu.plan.find("fc1.weight", "exp_avg");
+  BOOST_REQUIRE(state);
+  const auto& t = cpu.tensors[static_cast<std::size_t>(state - cpu.plan.tensors.data())];
+  BOOST_TEST(t.is_cpu());
+  BOOST_TEST(t.numel() == 32);
+  if (!dcp::alloc::cuda_available()) {
+    // A CPU libtorch cannot place a tensor on a GPU: refused before any read.
+    const auto e = dcp_test::thrown<dcp::Error>([&] {
+      (void)dcp::optimizer_torch::load_sharded_optimizer_state_dict(model, "optim", reader, nullptr, {"cuda", 1});
+    });
+    BOOST_TEST(dcp::errc_name(e.code()) == "unimplemented");
+    return;
+  }
+  const auto gpu = dcp::optimizer_torch::load_sharded_optimizer_state_dict(model, "optim", reader, nullptr, {"cuda", 1});
+  for (std::size_t i = 0; i < gpu.tensors.size(); ++i) {
+    BOOST_TEST(gpu.tensors[i].is_cuda());
+    BOOST_TEST(dcp::alloc::to_host(gpu.tensors[i]).equal(cpu.tensors[i]));
+  }
 }
