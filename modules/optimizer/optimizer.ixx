@@ -31,7 +31,8 @@
 //
 // `plan_optimizer_state` and `destination` are pure (no I/O), testable with thread-played ranks;
 // `load_optimizer_state` runs checkpoint::load over caller memory; `load_sharded_optimizer_state
-// _dict` is the whole thing into host buffers. dcp.optimizer_torch makes at::Tensors of it.
+// _dict` is the whole thing into host buffers; dcp.optimizer_torch makes at::Tensors of it.
+// `state_owners` pairs each state entry with its parameter's entry (`dcpp inspect` groups them).
 // Imports: dcp.error, dcp.pickle, dcp.layout, dcp.metadata, dcp.planning, dcp.memory,
 // dcp.record, dcp.storage, dcp.checkpoint.
 module;
@@ -195,5 +196,18 @@ struct LoadedState {
 LoadedState load_sharded_optimizer_state_dict(const ModelLayout& model, std::string_view optimizer_key,
                                               storage::StorageReader& reader, checkpoint::ProcessGroup* group,
                                               const Devices& devices = {}, const PlanOptions& options = {});
+
+/// An optimizer state entry and the entry of the parameter it belongs to (positions in
+/// Metadata::items).
+struct StateOwner {
+  std::size_t state = 0;
+  std::size_t param = 0;
+};
+/// For every optimizer state tensor ("<key>.state.<param>.<state>": its planner_data path is
+/// (key, "state", param, state), or without planner_data its flat key reads so), the first
+/// tensor entry, not itself state, whose key is <param> or ends with "." <param> (the model's
+/// "model.fc1.weight" for "fc1.weight"); in metadata order. States whose parameter is not in
+/// the checkpoint are left out. Keys only, no I/O; O(total key length). For `dcpp inspect`.
+std::vector<StateOwner> state_owners(const metadata::Metadata& metadata);
 
 }  // namespace dcp::optimizer

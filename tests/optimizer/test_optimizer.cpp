@@ -6,6 +6,7 @@
 #define BOOST_TEST_MODULE dcp.optimizer
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -314,4 +315,50 @@ BOOST_AUTO_TEST_CASE(a_planning_failure_on_one_rank_fails_every_rank) {
       BOOST_TEST(e.context().key == "optim.state.fc1.weight.exp_avg");
     }
   }
+}
+
+BOOST_AUTO_TEST_CASE(state_owners_pair_states_with_their_parameters) {
+  dcp_test::TempDir tmp;
+  save_checkpoint(tmp.path() / "ck");
+  auto m = metadata_of(tmp.path() / "ck");
+  for (bool flat : {false, true}) {
+    BOOST_TEST_CONTEXT((flat ? "by flat key (1.13)" : "by planner_data path")) {
+      if (flat) m.planner_data.reset();  // what a 1.13 checkpoint has
+      const auto owners = opt::state_owners(m);
+      BOOST_TEST(owners.size() == kParams.size() * 3);  // exp_avg, exp_avg_sq, step
+      for (const auto& o : owners) {
+        const auto& state = m.items[o.state].fqn;
+        const auto& param = m.items[o.param].fqn;
+        // "optim.state.<p>.<s>" belongs to "model.<p>".
+        const auto p = state.substr(12, state.rfind('.') - 12);
+        BOOST_TEST(param == "model." + p, state);
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(inspect_groups_optimizer_state_under_its_parameter) {
+  dcp_test::TempDir tmp;
+  save_checkpoint(tmp.path() / "ck");
+  const auto r = dcp_test::run_dcpp("inspect " + dcp_test::quote(tmp.path() / "ck"), tmp.path());
+  BOOST_REQUIRE_MESSAGE(r.status == 0, r.err);
+  std::vector<std::string> keys;  // the first column of each row
+  for (std::size_t at = r.out.find('\n') + 1; at < r.out.size();) {
+    const auto end = r.out.find('\n', at);
+    const auto line = r.out.substr(at, end - at);
+    at = end + 1;
+    if (line.empty()) break;
+    auto key = line.substr(0, line.find(line.find("  tensor") != std::string::npos ? "  tensor" : "  bytes"));
+    key.erase(key.find_last_not_of(' ') + 1);  // the column's padding
+    keys.push_back(key);
+  }
+  // Each parameter row is followed by its three state rows, indented.
+  for (const auto& p : kParams) {
+    const auto it = std::find(keys.begin(), keys.end(), "model." + p.name);
+    BOOST_REQUIRE_MESSAGE(it != keys.end(), "no row for model." << p.name << " in\n" << r.out);
+    BOOST_REQUIRE(keys.end() - it > 3);
+    for (int i = 1; i <= 3; ++i)
+      BOOST_TEST(it[i].rfind("  optim.state." + p.name + ".", 0) == 0u, it[i] << " after model." << p.name);
+  }
+  BOOST_TEST(r.out.find(std::to_string(kParams.size() * 3) + " optimizer states under their parameters") != std::string::npos);
 }

@@ -4,7 +4,8 @@
 // rank's result must equal torch's own load_sharded_optimizer_state_dict on that rank (the 2x2
 // mesh, where torch 2.13's loader fails, the result it means to build), and on 2 ranks the
 // slices of the full state; a torch 1.13 checkpoint (no such function there) against slices of
-// its full state; tensors on the device asked for (a GPU only where libtorch has CUDA); and the errors: a wrong optimizer key, a parameter shape that does not match
+// its full state; `dcpp reshard` (3 ranks, cols) keeping each state tensor in its parameter's
+// boxes, the result loading to torch's result again; tensors on the device asked for (a GPU only where libtorch has CUDA); and the errors: a wrong optimizer key, a parameter shape that does not match
 // on one rank, a parameter without state, each failing every rank with the code and key.
 #define BOOST_TEST_MODULE dcp.optimizer_torch
 #include <boost/test/unit_test.hpp>
@@ -18,6 +19,8 @@
 #include "launcher.hpp"
 #include "support.hpp"
 import dcp.error;
+import dcp.layout;
+import dcp.metadata;
 import dcp.memory;
 import dcp.storage;
 import dcp.alloc;
@@ -69,6 +72,20 @@ std::vector<dist_test::RankResult> run_ranks(int world, const fs::path& case_dir
 
 void expect_ok(const std::vector<dist_test::RankResult>& results) {
   for (const auto& r : results) BOOST_TEST(r.status == 0, dist_test::describe(results));
+}
+
+// `dcpp ARGS` as the ranks of a launcher (dcpp execs dcpp-torch).
+std::vector<dist_test::RankResult> run_dcpp_ranks(int world, std::vector<std::string> args) {
+  static dcp_test::TempDir scratch;
+  dist_test::Launch l;
+  l.world = world;
+  l.scratch = scratch.path();
+  l.argv = [&](int) {
+    std::vector<std::string> argv{dcp_test::dcpp_exe().string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  };
+  return dist_test::launch(l);
 }
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -136,4 +153,28 @@ BOOST_AUTO_TEST_CASE(tensors_go_to_the_device_asked_for) {
     BOOST_TEST(gpu.tensors[i].is_cuda());
     BOOST_TEST(dcp::alloc::to_host(gpu.tensors[i]).equal(cpu.tensors[i]));
   }
+}
+
+BOOST_AUTO_TEST_CASE(reshard_keeps_state_with_its_parameter, *boost::unit_test::precondition(dcp_test::needs_python2x)) {
+  dcp_test::TempDir tmp;
+  const auto out = tmp.path() / "case";
+  fs::create_directories(out);
+  expect_ok(run_dcpp_ranks(3, {"reshard", "--quiet", "--layout", "cols", (oracle_root() / "fsdp/ckpt").string(),
+                               (out / "ckpt").string()}));
+  // Every state tensor of its parameter's shape was saved in exactly its parameter's chunks.
+  const auto md = *dcp::storage::FileSystemReader(out / "ckpt").read_metadata();
+  const auto owners = dcp::optimizer::state_owners(md);
+  BOOST_TEST(owners.size() == 18u);  // 6 parameters: exp_avg, exp_avg_sq, step
+  for (const auto& o : owners) {
+    const auto& state = md.items[o.state].tensor();
+    const auto& param = md.items[o.param].tensor();
+    if (state.size != param.size) continue;  // step
+    std::vector<dcp::layout::Box> a, b;
+    for (const auto& c : state.chunks) a.push_back(c.box());
+    for (const auto& c : param.chunks) b.push_back(c.box());
+    BOOST_TEST((a == b), md.items[o.state].fqn);
+  }
+  // And the resharded checkpoint loads to what torch's loader gave from the original.
+  fs::create_directory_symlink(oracle_root() / "fsdp/oracle", out / "oracle");
+  expect_ok(run_ranks(4, out, {"oracle"}));
 }
