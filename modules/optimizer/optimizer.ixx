@@ -149,7 +149,7 @@ struct PlanOptions {
 /// Plans the optimizer state under `optimizer_key` for `rank` (torch's allocation loop, without
 /// allocating). Entries belong to the key when their planner_data path starts with it; a
 /// checkpoint without planner_data (torch 1.13) is read by flat key, "<key>.state.<param>.<state>"
-/// with <param> the longest parameter of `model` that fits. Throws dcp::Error naming the key:
+/// with <state> after the last dot and <param> a parameter of `model`. Throws dcp::Error naming the key:
 /// not_found when nothing is under `optimizer_key`, when a 1.13 state key names no parameter of
 /// `model`, or (PlanOptions) a parameter has no state; data_loss for an entry without a
 /// planner_data path in a checkpoint that has them; failed_precondition when a state tensor of

@@ -8,6 +8,7 @@ module;
 #include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -42,25 +43,23 @@ std::optional<Placement> from_path(const std::vector<metadata::PathPart>& path, 
   return p;
 }
 
-// torch 1.13 (no planner_data): "<key>.state.<param>.<state>" with <param> the longest
-// parameter name that fits (names hold dots, so the model's names decide, never a split).
-std::optional<Placement> from_flat_key(std::string_view fqn, std::string_view key, const ModelLayout& model) {
+using ParamIndex = std::unordered_map<std::string_view, const ParamLayout*>;
+
+// torch 1.13 (no planner_data): "<key>.state.<param>.<state>", the state's name after the last
+// dot (names of states have none; names of parameters may), <param> a parameter of the model.
+std::optional<Placement> from_flat_key(std::string_view fqn, std::string_view key, const ParamIndex& params) {
   if (fqn.size() <= key.size() || fqn.substr(0, key.size()) != key || fqn[key.size()] != '.') return std::nullopt;
   const std::string_view rest = fqn.substr(key.size() + 1);
   constexpr std::string_view kState = "state.";
   if (rest.substr(0, kState.size()) != kState) return Placement{{std::string(key), std::string(rest)}, {}, {}};
   const std::string_view tail = rest.substr(kState.size());
-  const std::string* best = nullptr;
-  for (const auto& [name, _] : model.params)
-    if (tail.size() > name.size() + 1 && tail.substr(0, name.size()) == name && tail[name.size()] == '.' &&
-        (!best || name.size() > best->size()))
-      best = &name;
-  if (!best)
+  const auto dot = tail.rfind('.');
+  if (dot == std::string_view::npos || !params.contains(tail.substr(0, dot)))
     fail(Errc::not_found, fqn,
          "optimizer state entry names no parameter of the model (a checkpoint without planner_data is read by "
          "'<key>.state.<param>.<state>' with the model's parameter names)");
-  std::string state(tail.substr(best->size() + 1));
-  return Placement{{std::string(key), std::string("state"), *best, state}, *best, state};
+  std::string param(tail.substr(0, dot)), state(tail.substr(dot + 1));
+  return Placement{{std::string(key), std::string("state"), param, state}, param, state};
 }
 
 void check_rank(const RankInfo& rank) {
@@ -166,6 +165,8 @@ OptimizerPlan plan_optimizer_state(const metadata::Metadata& md, const ModelLayo
   for (const auto& [name, p] : model.params)
     if (p.tp_slice && !model.dp_group)
       fail(Errc::invalid_argument, name, "a tensor-parallel slice needs the data-parallel group it is sharded over");
+  ParamIndex params;
+  for (const auto& [name, p] : model.params) params.try_emplace(name, &p);
   OptimizerPlan plan;
   std::set<std::string> params_with_state;
   for (const auto& item : md.items) {
@@ -179,7 +180,7 @@ OptimizerPlan plan_optimizer_state(const metadata::Metadata& md, const ModelLayo
       }
       where = from_path(*path, optimizer_key);
     } else {
-      where = from_flat_key(item.fqn, optimizer_key, model);
+      where = from_flat_key(item.fqn, optimizer_key, params);
     }
     if (!where) continue;
     if (!where->param.empty()) params_with_state.insert(where->param);
@@ -202,7 +203,8 @@ OptimizerPlan plan_optimizer_state(const metadata::Metadata& md, const ModelLayo
       t.tp_offsets.assign(saved.size.size(), 0);
       t.shard = layout::full_box(saved.size);
     } else {
-      shard_tensor(t, t.param.empty() ? nullptr : model.find(t.param), model, rank);
+      const auto found = params.find(t.param);
+      shard_tensor(t, found == params.end() ? nullptr : found->second, model, rank);
     }
     plan.tensors.push_back(std::move(t));
   }

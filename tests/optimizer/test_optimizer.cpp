@@ -362,3 +362,29 @@ BOOST_AUTO_TEST_CASE(inspect_groups_optimizer_state_under_its_parameter) {
   }
   BOOST_TEST(r.out.find(std::to_string(kParams.size() * 3) + " optimizer states under their parameters") != std::string::npos);
 }
+
+BOOST_AUTO_TEST_CASE(flat_keys_without_planner_data_plan_alike) {
+  dcp_test::TempDir tmp;
+  save_checkpoint(tmp.path() / "ck");
+  const auto with_paths = metadata_of(tmp.path() / "ck");
+  auto flat = with_paths;
+  flat.planner_data.reset();  // what a torch 1.13 checkpoint has
+  for (int rank = 0; rank < 4; ++rank) {
+    const auto a = opt::plan_optimizer_state(with_paths, fsdp_layout(), "optim", {rank, 4, {}});
+    const auto b = opt::plan_optimizer_state(flat, fsdp_layout(), "optim", {rank, 4, {}});
+    BOOST_REQUIRE(a.tensors.size() == b.tensors.size());
+    for (std::size_t i = 0; i < a.tensors.size(); ++i) {
+      BOOST_TEST(a.tensors[i].fqn == b.tensors[i].fqn);
+      BOOST_TEST(a.tensors[i].param == b.tensors[i].param);
+      BOOST_TEST(a.tensors[i].state == b.tensors[i].state);
+      BOOST_TEST((a.tensors[i].shard == b.tensors[i].shard));
+      BOOST_TEST((a.tensors[i].path == b.tensors[i].path));
+    }
+  }
+  // Without paths, a state key must name a parameter of the model.
+  auto fewer = fsdp_layout();
+  fewer.params.pop_back();  // "scale"
+  const auto e = dcp_test::thrown<dcp::Error>([&] { opt::plan_optimizer_state(flat, fewer, "optim", {}); });
+  BOOST_TEST(dcp::errc_name(e.code()) == "not_found");
+  BOOST_TEST(e.context().key.rfind("optim.state.scale.", 0) == 0u);
+}
