@@ -1,4 +1,6 @@
-// `dcpp inspect`: a table (or JSON) of what a checkpoint holds.
+// `dcpp inspect`: a table (or JSON) of what a checkpoint holds. In the table, optimizer state
+// entries ("optim.state.<param>.<state>") follow their parameter's row, indented
+// (dcp.optimizer's state_owners); JSON keeps metadata order.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +13,7 @@ import dcp.error;
 import dcp.layout;
 import dcp.metadata;
 import dcp.checkpoint;
+import dcp.optimizer;
 
 namespace dcpp_cli {
 namespace {
@@ -48,15 +51,16 @@ int run_inspect(const Args& args) {
   std::vector<std::vector<std::string>> rows{{"KEY", "KIND", "DTYPE", "SHAPE", "CHUNKS", "LAYOUT", "BYTES", "FILES"}};
   std::uint64_t total = 0;
   std::set<std::string> all_files;
-  for (const auto& item : metadata.items) {
+  auto add_row = [&](const md::ItemMetadata& item, bool grouped) {
     std::set<std::string> files;
     std::uint64_t bytes = 0;
+    const std::string key = (grouped ? "  " : "") + item.fqn;
     if (item.is_tensor()) {
       const auto& t = item.tensor();
       for (const auto& c : t.chunks)
         if (auto* s = metadata.find_storage(item.fqn, &c.offsets)) files.insert(s->relative_path);
       bytes = md::numel(t.size) * dcp::dtype_itemsize(t.properties.dtype);
-      rows.push_back({item.fqn, "tensor", std::string(dcp::dtype_name(t.properties.dtype)), shape_text(t.size),
+      rows.push_back({key, "tensor", std::string(dcp::dtype_name(t.properties.dtype)), shape_text(t.size),
                       std::to_string(t.chunks.size()), dcp::layout::format_layout(md::describe_layout(t)),
                       human_bytes(bytes), ""});
     } else {
@@ -64,13 +68,26 @@ int run_inspect(const Args& args) {
         files.insert(s->relative_path);
         bytes = s->length;
       }
-      rows.push_back({item.fqn, "bytes", "-", "-", "1", "-", human_bytes(bytes), ""});
+      rows.push_back({key, "bytes", "-", "-", "1", "-", human_bytes(bytes), ""});
     }
     total += bytes;
     std::string list;
     for (const auto& f : files) list += (list.empty() ? "" : ",") + f;
     rows.back().back() = files.size() > 3 ? std::to_string(files.size()) + " files" : list;
     all_files.insert(files.begin(), files.end());
+  };
+  // Optimizer state rows move under their parameter's row.
+  const auto owners = dcp::optimizer::state_owners(metadata);
+  std::vector<std::vector<std::size_t>> states_of(metadata.items.size());
+  std::vector<bool> grouped(metadata.items.size(), false);
+  for (const auto& o : owners) {
+    states_of[o.param].push_back(o.state);
+    grouped[o.state] = true;
+  }
+  for (std::size_t i = 0; i < metadata.items.size(); ++i) {
+    if (grouped[i]) continue;
+    add_row(metadata.items[i], false);
+    for (auto s : states_of[i]) add_row(metadata.items[s], true);
   }
   std::vector<std::size_t> width(rows[0].size(), 0);
   for (const auto& r : rows)
@@ -83,9 +100,11 @@ int run_inspect(const Args& args) {
     }
     std::printf("%s\n", line.c_str());
   }
-  std::printf("\n%s checkpoint: %zu keys, %s, %zu data files%s%s\n",
+  const std::string optimizer =
+      owners.empty() ? "" : ", " + std::to_string(owners.size()) + " optimizer states under their parameters";
+  std::printf("\n%s checkpoint: %zu keys, %s, %zu data files%s%s%s\n",
               std::string(md::flavor_name(metadata.flavor)).c_str(), metadata.items.size(),
-              human_bytes(total).c_str(), all_files.size(),
+              human_bytes(total).c_str(), all_files.size(), optimizer.c_str(),
               metadata.version ? (", version " + *metadata.version).c_str() : "",
               metadata.planner_data ? ", flattened (planner_data)" : "");
   return 0;

@@ -1,0 +1,160 @@
+// Loading a planned optimizer state: the destination over caller memory, the agreement on the
+// plan across ranks, and the load itself (checkpoint::load with the default planner).
+module;
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+module dcp.optimizer;
+import dcp.error;
+import dcp.pickle;
+import dcp.layout;
+import dcp.metadata;
+import dcp.planning;
+import dcp.memory;
+import dcp.record;
+import dcp.storage;
+import dcp.checkpoint;
+
+namespace dcp::optimizer {
+namespace {
+
+using Bytes = std::vector<std::byte>;
+
+void put_u32(Bytes& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::byte>((v >> (8 * i)) & 0xff));
+}
+std::uint32_t get_u32(std::span<const std::byte> in, std::size_t& at) {
+  if (in.size() < at + 4) throw Error(Errc::internal, "truncated plan status from another rank");
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= std::to_integer<std::uint32_t>(in[at + static_cast<std::size_t>(i)]) << (8 * i);
+  at += 4;
+  return v;
+}
+void put_text(Bytes& out, std::string_view s) {
+  put_u32(out, static_cast<std::uint32_t>(s.size()));
+  for (char c : s) out.push_back(static_cast<std::byte>(c));
+}
+std::string get_text(std::span<const std::byte> in, std::size_t& at) {
+  const auto n = get_u32(in, at);
+  if (in.size() - at < n) throw Error(Errc::internal, "truncated plan status from another rank");
+  std::string s(reinterpret_cast<const char*>(in.data() + at), n);
+  at += n;
+  return s;
+}
+
+// A rank's planning outcome: empty for success, else (code, rank, key, message).
+Bytes status_of(const std::optional<Error>& error, int rank) {
+  Bytes out;
+  if (!error) return out;
+  put_u32(out, static_cast<std::uint32_t>(error->code()));
+  put_u32(out, static_cast<std::uint32_t>(error->context().rank.value_or(rank)));
+  put_text(out, error->context().key);
+  put_text(out, error->message());
+  return out;
+}
+Error error_of(std::span<const std::byte> status) {
+  std::size_t at = 0;
+  const auto code = static_cast<Errc>(get_u32(status, at));
+  const auto rank = static_cast<int>(get_u32(status, at));
+  std::string key = get_text(status, at);
+  Error e(code, get_text(status, at));
+  if (!key.empty()) e.for_key(key);
+  e.on_rank(rank);
+  return e;
+}
+
+}  // namespace
+
+OptimizerPlan agree_on_plan(checkpoint::ProcessGroup* group, const std::function<OptimizerPlan()>& plan_step) {
+  OptimizerPlan plan;
+  std::optional<Error> mine;
+  try {
+    plan = plan_step();
+  } catch (...) {
+    mine = current_exception_as_error();
+  }
+  if (!group || group->size() == 1) {
+    if (mine) throw *mine;
+    return plan;
+  }
+  const auto gathered = group->gather(status_of(mine, group->rank()), 0);
+  Bytes first;
+  for (const auto& s : gathered)
+    if (!s.empty()) {
+      first = s;
+      break;
+    }
+  const Bytes agreed = group->broadcast(std::move(first), 0);
+  if (!agreed.empty()) throw error_of(agreed);
+  return plan;
+}
+
+planning::Destination destination(const OptimizerPlan& plan, std::span<const planning::TensorSlice> memory) {
+  if (memory.size() != plan.tensors.size())
+    throw Error(Errc::invalid_argument, "memory for " + std::to_string(memory.size()) + " tensors, the plan has " +
+                                            std::to_string(plan.tensors.size()));
+  planning::Destination dest;
+  for (std::size_t i = 0; i < plan.tensors.size(); ++i) {
+    const auto& t = plan.tensors[i];
+    if (memory[i].sizes != t.shard.sizes || memory[i].dtype != t.properties.dtype)
+      throw Error(Errc::invalid_argument, "memory of shape " + layout::format_shape(memory[i].sizes) + " and dtype " +
+                                              std::string(dtype_name(memory[i].dtype)) + " for a shard of shape " +
+                                              layout::format_shape(t.shard.sizes) + " and dtype " +
+                                              std::string(dtype_name(t.properties.dtype)))
+          .for_key(t.fqn);
+    planning::TensorDestination td{t.global_size, t.properties.dtype, {}};
+    if (!layout::is_empty(t.shard)) {
+      const auto box = t.global_box();  // the TP offset added: chunks carry global offsets
+      td.chunks.push_back(planning::LocalChunk{box.offsets, box.sizes, memory[i]});
+    }
+    dest.add_tensor(t.fqn, std::move(td));
+  }
+  for (const auto& o : plan.objects) dest.add_object(o.fqn);
+  return dest;
+}
+
+Objects load_optimizer_state(const OptimizerPlan& plan, std::span<const planning::TensorSlice> memory,
+                             storage::StorageReader& reader, const metadata::ValidatedMetadata& metadata,
+                             checkpoint::ProcessGroup* group, const planning::LoadPlannerOptions& planner_options,
+                             storage::ReadReport* report) {
+  auto dest = destination(plan, memory);
+  planning::DefaultLoadPlanner planner(planner_options);
+  auto r = checkpoint::load(dest, reader, planner, metadata, group);
+  Objects objects;
+  for (const auto& o : plan.objects) {
+    auto bytes = planner.take_bytes(o.fqn);
+    if (!bytes) throw Error(Errc::internal, "the load did not read this object").for_key(o.fqn);
+    try {
+      objects.push_back(record::parse_object(*bytes));
+    } catch (Error& e) {
+      throw e.for_key(o.fqn);
+    }
+  }
+  if (report) *report = std::move(r);
+  return objects;
+}
+
+LoadedState load_sharded_optimizer_state_dict(const ModelLayout& model, std::string_view optimizer_key,
+                                              storage::StorageReader& reader, checkpoint::ProcessGroup* group,
+                                              const Devices& devices, const PlanOptions& options) {
+  const auto md = checkpoint::read_metadata(reader, group);
+  const RankInfo rank{group ? group->rank() : 0, group ? group->size() : 1, devices};
+  LoadedState out;
+  out.plan = agree_on_plan(group, [&] { return plan_optimizer_state(*md, model, optimizer_key, rank, options); });
+  std::vector<planning::TensorSlice> slices;
+  for (const auto& t : out.plan.tensors) {
+    out.tensors.push_back(memory::allocate(metadata::byte_size(t.shard.sizes, t.properties.dtype)));
+    slices.push_back(planning::contiguous_slice(out.tensors.back().data(), t.properties.dtype, t.shard.sizes));
+  }
+  out.objects = load_optimizer_state(out.plan, slices, reader, md, group, {}, &out.report);
+  return out;
+}
+
+}  // namespace dcp::optimizer
