@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -186,6 +187,39 @@ BOOST_AUTO_TEST_CASE(reshard_into_cols_and_a_2x2_grid) {
   const auto manifest = tmp.path() / "manifest.json";
   write_text(manifest, json::serialize(json::object{{"checks", checks}}));
   check_with_torch(dcp_test::python2x(), "save_check.py", "load", manifest);
+}
+
+// --layout replicated on 4 ranks: every rank holds every tensor whole, and the save stores each
+// once (torch's de-duplication: the rank with the fewest bytes so far writes it); the writes are
+// spread over the ranks, and torch 2.13 loads the result in one process and on 4 ranks.
+BOOST_AUTO_TEST_CASE(reshard_replicated_on_4_ranks_stores_each_tensor_once) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
+  const auto out = tmp.path() / "out";
+  const auto results =
+      run_dcpp_ranks(4, tmp.path(), {"reshard", "--layout", "replicated", (case_dir / "ckpt").string(), out.string()});
+  all_ok(results);
+  const auto inspect = dcp_test::run_dcpp("inspect --json " + out.string(), tmp.path());
+  const auto doc = json::parse(inspect.out).as_object();
+  std::size_t tensors = 0;
+  std::set<std::string> files;
+  for (const auto& item : doc.at("items").as_array()) {
+    const auto& o = item.as_object();
+    if (o.at("kind").as_string() != "tensor") continue;
+    ++tensors;
+    const auto& chunks = o.at("chunks").as_array();
+    BOOST_TEST(chunks.size() == 1u, o.at("fqn").as_string());
+    for (const auto& c : chunks) files.insert(std::string(c.as_object().at("file").as_string()));
+  }
+  BOOST_TEST(tensors > 1u);
+  BOOST_TEST(files.size() > 1u, "every tensor written by one rank");
+  auto entry = manifest_entry("x2_fsdp_4ranks-replicated", out, case_dir);
+  json::object dist_entry = entry;
+  dist_entry["world"] = 4;
+  const auto manifest = tmp.path() / "manifest.json";
+  write_text(manifest, json::serialize(json::object{{"checks", json::array{entry}}, {"dist", json::array{dist_entry}}}));
+  check_with_torch(dcp_test::python2x(), "save_check.py", "load", manifest);
+  check_with_torch(dcp_test::python2x(), "save_check.py", "dist", manifest);
 }
 
 BOOST_AUTO_TEST_CASE(reshard_of_a_torch_113_sharded_tensor_checkpoint_for_torch_113) {
