@@ -98,6 +98,12 @@ storage::ReadReport load(planning::Destination& destination, storage::StorageRea
                          planning::LoadPlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0,
                          const ReadOnce& read_once = {});
 
+/// Runs `step` on this rank and agrees on the outcome with every rank of `group` (null: one
+/// process): when it throws on any rank, every rank throws the first failed rank's error, with
+/// that rank named. For a rank-local step that every rank must pass before the next collective
+/// (planning a destination from the metadata). Every rank calls it.
+void run_agreed(ProcessGroup* group, const std::function<void()>& step, int coordinator_rank = 0);
+
 /// The metadata step of a distributed load on its own, for callers that need the checkpoint's
 /// shapes before they can describe a destination: the coordinator reads and validates
 /// `.metadata` and broadcasts its bytes, every rank decodes and validates them against its own

@@ -4,6 +4,7 @@ module;
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -143,6 +144,20 @@ ProcessGroup& group_or_single(ProcessGroup* group, SingleProcess& single, int co
 }
 
 }  // namespace detail
+
+void run_agreed(ProcessGroup* group, const std::function<void()>& step, int coordinator_rank) {
+  detail::SingleProcess single;
+  ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
+  auto status = detail::guarded(detail::failure_rank(pg), [&] {
+    step();
+    return detail::Bytes{};
+  });
+  if (pg.size() == 1) {
+    if (auto failed = detail::failure_of(status)) throw *failed;
+    return;
+  }
+  detail::agree(pg, coordinator_rank, std::move(status));
+}
 
 namespace {
 

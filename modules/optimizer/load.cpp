@@ -23,76 +23,9 @@ import dcp.storage;
 import dcp.checkpoint;
 
 namespace dcp::optimizer {
-namespace {
-
-using Bytes = std::vector<std::byte>;
-
-void put_u32(Bytes& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::byte>((v >> (8 * i)) & 0xff));
-}
-std::uint32_t get_u32(std::span<const std::byte> in, std::size_t& at) {
-  if (in.size() < at + 4) throw Error(Errc::internal, "truncated plan status from another rank");
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= std::to_integer<std::uint32_t>(in[at + static_cast<std::size_t>(i)]) << (8 * i);
-  at += 4;
-  return v;
-}
-void put_text(Bytes& out, std::string_view s) {
-  put_u32(out, static_cast<std::uint32_t>(s.size()));
-  for (char c : s) out.push_back(static_cast<std::byte>(c));
-}
-std::string get_text(std::span<const std::byte> in, std::size_t& at) {
-  const auto n = get_u32(in, at);
-  if (in.size() - at < n) throw Error(Errc::internal, "truncated plan status from another rank");
-  std::string s(reinterpret_cast<const char*>(in.data() + at), n);
-  at += n;
-  return s;
-}
-
-// A rank's planning outcome: empty for success, else (code, rank, key, message).
-Bytes status_of(const std::optional<Error>& error, int rank) {
-  Bytes out;
-  if (!error) return out;
-  put_u32(out, static_cast<std::uint32_t>(error->code()));
-  put_u32(out, static_cast<std::uint32_t>(error->context().rank.value_or(rank)));
-  put_text(out, error->context().key);
-  put_text(out, error->message());
-  return out;
-}
-Error error_of(std::span<const std::byte> status) {
-  std::size_t at = 0;
-  const auto code = static_cast<Errc>(get_u32(status, at));
-  const auto rank = static_cast<int>(get_u32(status, at));
-  std::string key = get_text(status, at);
-  Error e(code, get_text(status, at));
-  if (!key.empty()) e.for_key(key);
-  e.on_rank(rank);
-  return e;
-}
-
-}  // namespace
-
 OptimizerPlan agree_on_plan(checkpoint::ProcessGroup* group, const std::function<OptimizerPlan()>& plan_step) {
   OptimizerPlan plan;
-  std::optional<Error> mine;
-  try {
-    plan = plan_step();
-  } catch (...) {
-    mine = current_exception_as_error();
-  }
-  if (!group || group->size() == 1) {
-    if (mine) throw *mine;
-    return plan;
-  }
-  const auto gathered = group->gather(status_of(mine, group->rank()), 0);
-  Bytes first;
-  for (const auto& s : gathered)
-    if (!s.empty()) {
-      first = s;
-      break;
-    }
-  const Bytes agreed = group->broadcast(std::move(first), 0);
-  if (!agreed.empty()) throw error_of(agreed);
+  checkpoint::run_agreed(group, [&] { plan = plan_step(); });
   return plan;
 }
 
