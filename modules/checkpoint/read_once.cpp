@@ -2,6 +2,7 @@
 module;
 #include <cstddef>
 #include <cstdint>
+#include <future>
 #include <map>
 #include <optional>
 #include <span>
@@ -32,21 +33,40 @@ std::size_t batch_end(std::span<const planning::SharedRead> shared, std::size_t 
   return end;
 }
 
+// Runs `step` unless `failure` is set; its exception becomes `failure`.
+template <class Step>
+void attempt(std::optional<Error>& failure, Step&& step) {
+  if (failure) return;
+  try {
+    step();
+  } catch (...) {
+    failure = current_exception_as_error();
+  }
+}
+
+// The reader's payload for shared[first, end): a 0 byte, then each item's stored bytes, read
+// straight into place.
+Bytes read_batch(storage::StorageReader& reader, std::span<const planning::SharedRead> batch, std::uint64_t bytes,
+                 storage::ReadReport& report) {
+  Bytes payload(static_cast<std::size_t>(bytes) + 1);
+  std::size_t at = 1;
+  for (const auto& read : batch) {
+    reader.read_item(read.item, std::span(payload).subspan(at, static_cast<std::size_t>(read.stored_bytes)), report);
+    at += static_cast<std::size_t>(read.stored_bytes);
+  }
+  return payload;
+}
+
 }  // namespace
 
 Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
                         std::span<const planning::SharedRead> shared, ProcessGroup& pg, const ReadOnce& options,
                         storage::ReadReport& report, std::optional<Error> failed) {
   const int me = failure_rank(pg);
-  std::optional<Error> failure = std::move(failed);  // this rank's first; it still takes part in every broadcast
-  auto attempt = [&](auto&& step) {
-    if (failure) return;
-    try {
-      step();
-    } catch (...) {
-      failure = current_exception_as_error();
-    }
-  };
+  // This thread's failure (its own reads, a reader rank's broadcast failure); the consumer's,
+  // which runs a batch's reads while this thread takes part in the next broadcast, is kept
+  // apart and joined in batch order, so the first failure in plan order wins.
+  std::optional<Error> failure = std::move(failed);
 
   // This rank's items: those it reads itself, and those of each shared read.
   std::map<Key, std::size_t> position;
@@ -57,7 +77,16 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
     const auto it = position.find(key_of(item.storage_index));
     (it == position.end() ? own : from_shared[it->second]).items.push_back(item);
   }
-  attempt([&] { report.merge(reader.read_data(own, planner)); });
+  attempt(failure, [&] { report.merge(reader.read_data(own, planner)); });
+
+  // One consumer at a time: the planner and the report are only touched by it until joined.
+  std::future<void> consumer;
+  std::optional<Error> consumer_failure;
+  storage::ReadReport consumer_report;
+  auto join = [&] {
+    if (consumer.valid()) consumer.get();  // the task catches everything itself
+    if (!failure && consumer_failure) failure = std::move(consumer_failure);
+  };
 
   for (std::size_t first = 0; first < shared.size();) {
     const std::size_t end = batch_end(shared, first, options.batch_bytes);
@@ -66,50 +95,50 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
     for (std::size_t k = first; k < end; ++k) batch_bytes += shared[k].stored_bytes;
 
     Bytes payload;
-    if (pg.rank() == root && failure) {
-      payload = failure_payload(me, *failure);
-    } else if (pg.rank() == root) {
-      try {
-        payload.reserve(static_cast<std::size_t>(batch_bytes) + 1);
-        payload.push_back(std::byte{0});
-        for (std::size_t k = first; k < end; ++k) {
-          const auto bytes = reader.read_item(shared[k].item, report);
-          if (bytes.size() != shared[k].stored_bytes)
-            throw Error(Errc::internal, "read " + std::to_string(bytes.size()) + " stored bytes, the plan says " +
-                                            std::to_string(shared[k].stored_bytes))
-                .for_key(shared[k].item.fqn);
-          payload.insert(payload.end(), bytes.begin(), bytes.end());
+    if (pg.rank() == root) {
+      if (failure) {
+        payload = failure_payload(me, *failure);
+      } else {
+        try {
+          payload = read_batch(reader, shared.subspan(first, end - first), batch_bytes, report);
+        } catch (...) {
+          payload = failure_payload(me, current_exception_as_error());
         }
-      } catch (...) {
-        payload = failure_payload(me, current_exception_as_error());
       }
     }
     payload = pg.broadcast(std::move(payload), root);
+    join();  // the previous batch's reads are done (or failed) before this one starts
 
     if (auto sent = failure_of(payload)) {
       if (!failure) failure = std::move(sent);
-    } else {
-      attempt([&] {
-        const auto body = std::span(payload).subspan(1);
-        if (body.size() != batch_bytes)
-          throw Error(Errc::internal, "rank " + std::to_string(root) + " sent " + std::to_string(body.size()) +
-                                          " bytes of shared items, the plan says " + std::to_string(batch_bytes));
-        storage::SharedItems items;
-        planning::LoadPlan reads;
-        std::uint64_t offset = 0;
-        for (std::size_t k = first; k < end; ++k) {
-          items.add(shared[k].item, body.subspan(offset, shared[k].stored_bytes));
-          offset += shared[k].stored_bytes;
-          for (auto& item : from_shared[k].items) reads.items.push_back(std::move(item));
-        }
-        if (reads.items.empty()) return;
-        auto read = reader.read_data(reads, planner, items);
-        if (pg.rank() == root) read.received_bytes = 0;  // its own read, counted in storage_bytes
-        report.merge(std::move(read));
-      });
+    } else if (!failure) {
+      planning::LoadPlan reads;
+      for (std::size_t k = first; k < end; ++k)
+        for (auto& item : from_shared[k].items) reads.items.push_back(std::move(item));
+      if (!reads.items.empty())
+        consumer = std::async(std::launch::async, [&, first, end, batch_bytes, root, reads = std::move(reads),
+                                                   payload = std::move(payload)] {
+          attempt(consumer_failure, [&] {
+            const auto body = std::span(payload).subspan(1);
+            if (body.size() != batch_bytes)
+              throw Error(Errc::internal, "rank " + std::to_string(root) + " sent " + std::to_string(body.size()) +
+                                              " bytes of shared items, the plan says " + std::to_string(batch_bytes));
+            storage::SharedItems items;
+            std::uint64_t offset = 0;
+            for (std::size_t k = first; k < end; ++k) {
+              items.add(shared[k].item, body.subspan(offset, shared[k].stored_bytes));
+              offset += shared[k].stored_bytes;
+            }
+            auto read = reader.read_data(reads, planner, items);
+            if (pg.rank() == root) read.received_bytes = 0;  // its own read, counted in storage_bytes
+            consumer_report.merge(std::move(read));
+          });
+        });
     }
     first = end;
   }
+  join();
+  report.merge(std::move(consumer_report));
   return failure ? failure_payload(me, *failure) : ok_payload({});
 }
 

@@ -124,7 +124,7 @@ const std::span<const std::byte>* SharedItems::find(std::string_view fqn, const 
   return it == items_.end() ? nullptr : &it->second;
 }
 
-std::vector<std::byte> StorageReader::read_item(const metadata::MetadataIndex& item, ReadReport&) {
+void StorageReader::read_item(const metadata::MetadataIndex& item, std::span<std::byte>, ReadReport&) {
   throw Error(Errc::unimplemented, "this storage reader cannot share items (read-once)").for_key(item.fqn);
 }
 

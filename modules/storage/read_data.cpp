@@ -175,7 +175,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
   return read_data(plan, planner, SharedItems{});
 }
 
-std::vector<std::byte> FileSystemReader::read_item(const metadata::MetadataIndex& item, ReadReport& report) {
+void FileSystemReader::read_item(const metadata::MetadataIndex& item, std::span<std::byte> out, ReadReport& report) {
   if (!metadata_) throw Error(Errc::failed_precondition, "read_item before set_up_storage_reader");
   const metadata::Metadata& md = **metadata_;
   const auto* saved = md.find_item(item.fqn);
@@ -189,13 +189,13 @@ std::vector<std::byte> FileSystemReader::read_item(const metadata::MetadataIndex
                                                 std::to_string(options_.max_object_bytes) +
                                                 " (ReadOptions::max_object_bytes)")
           .at_offset(info->offset);
-    // The range was checked against the file when the metadata was read: the allocation is
-    // bounded by the checkpoint's own size.
-    std::vector<std::byte> bytes(info->length);
+    if (out.size() != info->length)
+      throw Error(Errc::invalid_argument, std::to_string(out.size()) + " bytes for an item stored in " +
+                                              std::to_string(info->length))
+          .at_offset(info->offset);
     Fd fd(path);
-    pread_all(fd.get(), path, info->offset, bytes);
-    report.storage_bytes += bytes.size();
-    return bytes;
+    pread_all(fd.get(), path, info->offset, out);
+    report.storage_bytes += out.size();
   } catch (Error& e) {
     e.in_file(path.string());
     e.for_key(item.fqn);

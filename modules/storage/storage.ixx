@@ -123,11 +123,14 @@ class StorageReader {
 
   /// Read-once loading (checkpoint::load over a group): whether this reader can hand out a
   /// saved item's stored bytes (read_item) and execute reads from such bytes (read_data with
-  /// SharedItems). Readers that cannot are read by every rank themselves.
+  /// SharedItems). Readers that cannot are read by every rank themselves. A reader that says
+  /// yes must allow read_item on one thread while read_data runs on another (the load reads
+  /// the next batch while the last one is copied out).
   virtual bool can_share_items() const { return false; }
-  /// The stored bytes of saved item `item` (its whole torch.save archive, or the object's
-  /// bytes), counted into `report.storage_bytes`. By default unimplemented.
-  virtual std::vector<std::byte> read_item(const metadata::MetadataIndex& item, ReadReport& report);
+  /// Reads the stored bytes of saved item `item` (its whole torch.save archive, or the object's
+  /// bytes) into `out`, which must be exactly that long (invalid_argument otherwise), counted
+  /// into `report.storage_bytes`. By default unimplemented.
+  virtual void read_item(const metadata::MetadataIndex& item, std::span<std::byte> out, ReadReport& report);
   /// read_data, with the reads of items in `shared` taken from those bytes (every check the
   /// same as for bytes from storage). By default unimplemented.
   virtual ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
@@ -141,7 +144,7 @@ class FileSystemReader : public StorageReader {
   ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) override;
   bool can_share_items() const override { return true; }
   /// Refuses an object longer than ReadOptions::max_object_bytes (resource_exhausted).
-  std::vector<std::byte> read_item(const metadata::MetadataIndex& item, ReadReport& report) override;
+  void read_item(const metadata::MetadataIndex& item, std::span<std::byte> out, ReadReport& report) override;
   ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
                        const SharedItems& shared) override;
 
