@@ -82,7 +82,7 @@ std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size);
 struct ReadOnce {
   bool enabled = true;
   /// Stored bytes one broadcast carries at most (a larger item travels alone): what each rank
-  /// holds of shared items at a time.
+  /// holds of shared items at a time (two batches). The coordinator's value holds for all.
   std::uint64_t batch_bytes = std::uint64_t{256} << 20;
 };
 
@@ -366,12 +366,13 @@ std::vector<Bytes> coordinate(int rank, int size, const std::vector<Bytes>& gath
 }
 
 /// A load's step 3 with read-once: this rank's own reads of `plan`, then one broadcast per
-/// batch of `shared` (in order, every rank taking part whatever failed before) whose bytes feed
+/// batch of `shared` (at most `batch_bytes`, the coordinator's; in order, every rank taking
+/// part whatever failed before) whose bytes feed
 /// this rank's reads of those items. A rank that already `failed` reads nothing and sends its
 /// failure where it is the reader. Returns this rank's status payload (its first failure, or a
 /// failure a reader rank broadcast); counts go into `report` (read_once.cpp).
 Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
-                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, const ReadOnce& options,
+                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, std::uint64_t batch_bytes,
                         storage::ReadReport& report, std::optional<Error> failed);
 
 /// One process: the collectives are identities.

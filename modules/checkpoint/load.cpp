@@ -41,25 +41,37 @@ Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
   return out;
 }
 
-// The coordinator's answer to one rank: its global plan (length-prefixed), then the shared reads.
-Bytes central_payload(const planning::LoadPlan& plan, const std::vector<std::byte>& shared) {
+void put_u64(Bytes& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
+}
+std::uint64_t get_u64(std::span<const std::byte> in) {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < 8; ++i) v |= std::to_integer<std::uint64_t>(in[i]) << (8 * i);
+  return v;
+}
+
+// The coordinator's answer to one rank: its global plan (length-prefixed), the coordinator's
+// broadcast batch size (every rank must cut the same batches), then the shared reads.
+Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes, const std::vector<std::byte>& shared) {
   const auto encoded = planning::encode_plan(plan);
   Bytes out;
-  out.reserve(8 + encoded.size() + shared.size());
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(std::uint64_t{encoded.size()} >> (8 * i)));
+  out.reserve(16 + encoded.size() + shared.size());
+  put_u64(out, encoded.size());
   out.insert(out.end(), encoded.begin(), encoded.end());
+  put_u64(out, batch_bytes);
   out.insert(out.end(), shared.begin(), shared.end());
   return out;
 }
 
-// Inverse of central_payload; `shared` is filled first, so that a rank whose plan fails still
-// knows the broadcasts it must take part in.
-planning::LoadPlan decode_central(std::span<const std::byte> body, std::vector<planning::SharedRead>& shared) {
-  std::uint64_t length = 0;
-  for (std::size_t i = 0; i < 8 && i < body.size(); ++i) length |= std::to_integer<std::uint64_t>(body[i]) << (8 * i);
-  if (body.size() < 8 || length > body.size() - 8)
+// Inverse of central_payload; `shared` and `batch_bytes` are filled first, so that a rank whose
+// plan fails still knows the broadcasts it must take part in.
+planning::LoadPlan decode_central(std::span<const std::byte> body, std::vector<planning::SharedRead>& shared,
+                                  std::uint64_t& batch_bytes) {
+  const std::uint64_t length = body.size() >= 8 ? get_u64(body) : 0;
+  if (body.size() < 16 || length > body.size() - 16)
     throw Error(Errc::data_loss, "global plan message of " + std::to_string(body.size()) + " bytes is truncated");
-  shared = planning::decode_shared_reads(body.subspan(8 + length));
+  batch_bytes = get_u64(body.subspan(8 + length));
+  shared = planning::decode_shared_reads(body.subspan(16 + length));
   return planning::decode_plan(body.subspan(8, length));
 }
 
@@ -101,7 +113,7 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
       const auto shared =
           planning::encode_shared_reads(all_share ? planning::plan_read_once(plans, *md) : std::vector<planning::SharedRead>{});
       std::vector<Bytes> encoded;
-      for (const auto& plan : plans) encoded.push_back(central_payload(plan, shared));
+      for (const auto& plan : plans) encoded.push_back(central_payload(plan, read_once.batch_bytes, shared));
       return encoded;
     });
   const auto central = pg.scatter(std::move(per_rank), coordinator_rank);
@@ -111,15 +123,16 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
   // all_gather), so a rank whose reads failed fails the others too.
   storage::ReadReport report;
   planning::LoadPlan plan;
+  std::uint64_t batch_bytes = 0;             // the coordinator's
   std::vector<planning::SharedRead> shared;  // the same on every rank
   auto status = guarded(me, [&] {
-    plan = planner.finish_plan(decode_central(body_of(central), shared));
+    plan = planner.finish_plan(decode_central(body_of(central), shared, batch_bytes));
     return Bytes{};
   });
   auto failed = failure_of(status);
   if (!shared.empty()) {
     // A rank that failed above still takes part in every broadcast (the others wait for them).
-    status = read_with_sharing(reader, planner, plan, shared, pg, read_once, report, std::move(failed));
+    status = read_with_sharing(reader, planner, plan, shared, pg, batch_bytes, report, std::move(failed));
   } else if (!failed) {
     status = guarded(me, [&] {
       report = reader.read_data(plan, planner);

@@ -60,7 +60,7 @@ Bytes read_batch(storage::StorageReader& reader, std::span<const planning::Share
 }  // namespace
 
 Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
-                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, const ReadOnce& options,
+                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, std::uint64_t batch_bytes_limit,
                         storage::ReadReport& report, std::optional<Error> failed) {
   const int me = failure_rank(pg);
   // This thread's failure (its own reads, a reader rank's broadcast failure); the consumer's,
@@ -89,7 +89,7 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
   };
 
   for (std::size_t first = 0; first < shared.size();) {
-    const std::size_t end = batch_end(shared, first, options.batch_bytes);
+    const std::size_t end = batch_end(shared, first, batch_bytes_limit);
     const int root = shared[first].reader;
     std::uint64_t batch_bytes = 0;
     for (std::size_t k = first; k < end; ++k) batch_bytes += shared[k].stored_bytes;

@@ -5,11 +5,13 @@
 // layer fills in as the error passes through it, like LLVM's FileError. Deep code throws
 // `dcp::Error`; module edges convert foreign errors (system_error, c10::Error) into it.
 // `Result<T>` carries a value or an Error where exceptions must not cross (async completions,
-// C callers). Imports nothing.
+// C callers); `parallel_for` runs independent checks on several threads and reports the
+// failure of the first item, as a loop would. Imports nothing.
 module;
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -105,6 +107,13 @@ class [[nodiscard]] Result {
 /// std::bad_alloc as resource_exhausted ("out of memory"), anything else as internal. Used
 /// where work crosses a thread-pool boundary, so nothing escapes a worker.
 Error current_exception_as_error();
+
+/// Runs task(i) for every i in [0, count) and rethrows the exception of the lowest i that threw
+/// (tasks after it may be skipped). With `work` (the caller's measure of the whole job, e.g.
+/// chunks) of at least 2^16, on up to min(hardware threads, 16) threads; below it, in order
+/// on this thread. For independent checks of many items (the coordinator's per-tensor checks
+/// at thousands of ranks): errors stay deterministic whatever the threads do.
+void parallel_for(std::size_t count, std::uint64_t work, const std::function<void(std::size_t)>& task);
 
 /// Runs `fn` and turns a thrown dcp::Error into a Result (other exceptions pass through).
 template <class Fn>

@@ -159,14 +159,27 @@ ValidatedMetadata validate(Metadata metadata) {
   // over millions of storage entries does one name lookup each.
   std::vector<std::vector<char>> claimed(md.items.size());
   std::vector<std::vector<std::uint32_t>> start_of(md.items.size());  // chunk → its start's rank
-  for (std::size_t pos = 0; pos < md.items.size(); ++pos) {
+  // Each tensor's chunks are checked on their own: large metadata (thousands of ranks) is
+  // checked on several threads, failing on the first bad item as a loop would.
+  struct TensorCheck {
+    layout::ChunkIndex index;
+    std::vector<std::size_t> order;  // chunk positions sorted by offsets, one per distinct start
+  };
+  std::vector<TensorCheck> checks(md.items.size());
+  std::uint64_t chunk_count = 0;
+  for (const auto& item : md.items)
+    if (item.is_tensor()) chunk_count += item.tensor().chunks.size();
+  parallel_for(md.items.size(), chunk_count, [&](std::size_t pos) {
     const auto& item = md.items[pos];
-    if (!item.is_tensor()) continue;
+    if (!item.is_tensor()) return;
+    auto& out = checks[pos];
     const auto& chunks = item.tensor().chunks;
-    std::vector<std::size_t> order(chunks.size());
+    out.index = validate_tensor(item);
+    auto& order = out.order;
+    order.resize(chunks.size());
     for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    auto index = validate_tensor(item);
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return chunks[a].offsets < chunks[b].offsets; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](std::size_t a, std::size_t b) { return chunks[a].offsets < chunks[b].offsets; });
     auto& starts = start_of[pos];
     starts.resize(chunks.size());
     std::uint32_t distinct = 0;
@@ -177,8 +190,12 @@ ValidatedMetadata validate(Metadata metadata) {
     order.erase(std::unique(order.begin(), order.end(),
                             [&](std::size_t a, std::size_t b) { return chunks[a].offsets == chunks[b].offsets; }),
                 order.end());
-    claimed[pos].assign(order.size(), 0);
-    state->tensors.emplace(item.fqn, ValidatedMetadata::TensorChunks{std::move(index), std::move(order)});
+  });
+  for (std::size_t pos = 0; pos < md.items.size(); ++pos) {
+    if (!md.items[pos].is_tensor()) continue;
+    auto& c = checks[pos];
+    claimed[pos].assign(c.order.size(), 0);
+    state->tensors.emplace(md.items[pos].fqn, ValidatedMetadata::TensorChunks{std::move(c.index), std::move(c.order)});
   }
   const ValidatedMetadata result(state);
 

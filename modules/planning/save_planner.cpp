@@ -460,8 +460,13 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
     }
   }
   // The chunks must tile each tensor: inside, disjoint (bounding-box tree), and covering it.
-  for (const auto& entry : md.items) {
-    if (!entry.is_tensor()) continue;
+  // Each tensor on its own: on several threads at thousands of ranks.
+  std::uint64_t chunk_count = 0;
+  for (const auto& entry : md.items)
+    if (entry.is_tensor()) chunk_count += entry.tensor().chunks.size();
+  parallel_for(md.items.size(), chunk_count, [&](std::size_t position) {
+    const auto& entry = md.items[position];
+    if (!entry.is_tensor()) return;
     const auto& t = entry.tensor();
     std::vector<layout::Box> boxes;
     boxes.reserve(t.chunks.size());
@@ -481,7 +486,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
     if (covered != total)
       fail_for_key(Errc::invalid_argument, entry.fqn, "the saved chunks cover " + std::to_string(covered) + " of " +
                                                           std::to_string(total) + " elements");
-  }
+  });
   // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
   std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
   std::unordered_map<std::string_view, bool> wanted;  // md's keys → already given a path

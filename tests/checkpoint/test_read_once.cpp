@@ -82,10 +82,12 @@ struct RankOutcome {
 using BoxOf = std::function<ly::Box(const md::Shape& global, int rank)>;
 
 // Loads every tensor (the box `box_of` gives each rank) and, with `objects`, "meta", on `world`
-// ranks played by threads. `metadata` skips the metadata step (each rank uses it as given).
+// ranks played by threads, with `read_once` on rank 0 (the coordinator) and `others` (the same
+// when unset) elsewhere. `metadata` skips the metadata step (each rank uses it as given).
 std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int world, const BoxOf& box_of, bool objects,
                                        ck::ReadOnce read_once = {},
-                                       std::optional<md::ValidatedMetadata> metadata = std::nullopt) {
+                                       std::optional<md::ValidatedMetadata> metadata = std::nullopt,
+                                       std::optional<ck::ReadOnce> others = std::nullopt) {
   auto groups = ck::make_in_process_group(world);
   std::vector<RankOutcome> outcomes(static_cast<std::size_t>(world));
   std::vector<std::thread> threads;
@@ -109,7 +111,8 @@ std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int wor
           destination.add_tensor(item.fqn, std::move(dest));
         }
         pl::DefaultLoadPlanner planner;
-        out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0, read_once);
+        out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0,
+                              r == 0 ? read_once : others.value_or(read_once));
         if (const auto* bytes = planner.loaded_bytes("meta")) out.meta = *bytes;
       } catch (const dcp::Error& e) {
         out.error = e;
@@ -232,6 +235,18 @@ BOOST_AUTO_TEST_CASE(one_item_per_broadcast_gives_the_same_values) {
   const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, ck::ReadOnce{.enabled = true, .batch_bytes = 1});
   check_values(saved, outcomes, whole());
   BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored_bytes(saved.dir));
+}
+
+// The ranks cut their broadcasts by the coordinator's batch size, whatever their own says (a
+// rank cutting its own would wait for a broadcast the others never make).
+BOOST_AUTO_TEST_CASE(the_coordinators_batch_size_holds_for_every_rank) {
+  Saved saved;
+  for (const auto& [coordinator, others] : {std::pair<std::uint64_t, std::uint64_t>{1, 1u << 30}, {1u << 30, 1}}) {
+    const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, ck::ReadOnce{.enabled = true, .batch_bytes = coordinator},
+                                        std::nullopt, ck::ReadOnce{.enabled = true, .batch_bytes = others});
+    check_values(saved, outcomes, whole());
+    BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored_bytes(saved.dir));
+  }
 }
 
 BOOST_AUTO_TEST_CASE(disjoint_rows_are_read_by_their_ranks) {

@@ -1,8 +1,10 @@
-// Unit tests for dcp.error: context rendering and checked arithmetic.
+// Unit tests for dcp.error: context rendering, checked arithmetic and parallel_for.
 #define BOOST_TEST_MODULE dcp.error
 #include <boost/test/unit_test.hpp>
+#include <atomic>
 #include <cstdint>
 #include <string>
+#include <vector>
 import dcp.error;
 
 BOOST_AUTO_TEST_SUITE(unit)
@@ -34,6 +36,33 @@ BOOST_AUTO_TEST_CASE(result_carries_error) {
   BOOST_TEST((r.error().code() == dcp::Errc::not_found));
   auto ok = dcp::capture([] { return 7; });
   BOOST_TEST(ok.value() == 7);
+}
+
+// Small work runs in order on this thread; large work on several threads, every item once.
+BOOST_AUTO_TEST_CASE(parallel_for_runs_every_item) {
+  std::vector<std::size_t> order;
+  dcp::parallel_for(5, 10, [&](std::size_t i) { order.push_back(i); });
+  BOOST_TEST((order == std::vector<std::size_t>{0, 1, 2, 3, 4}));
+  std::vector<std::atomic<int>> runs(10000);
+  dcp::parallel_for(runs.size(), std::uint64_t{1} << 20, [&](std::size_t i) { ++runs[i]; });
+  for (const auto& r : runs) BOOST_TEST(r.load() == 1);
+  dcp::parallel_for(0, std::uint64_t{1} << 20, [](std::size_t) { throw dcp::Error(dcp::Errc::internal, "never"); });
+}
+
+// Whatever the threads do, the error is the one of the lowest item that fails, as in a loop.
+BOOST_AUTO_TEST_CASE(parallel_for_reports_the_first_failing_item) {
+  for (std::uint64_t work : {std::uint64_t{1}, std::uint64_t{1} << 20})
+    for (int trial = 0; trial < 20; ++trial) {
+      try {
+        dcp::parallel_for(1000, work, [](std::size_t i) {
+          if (i == 37 || i == 500 || i == 999) throw dcp::Error(dcp::Errc::data_loss, "item " + std::to_string(i));
+        });
+        BOOST_FAIL("no error");
+      } catch (const dcp::Error& e) {
+        BOOST_TEST(e.message() == "item 37");
+        BOOST_TEST((e.code() == dcp::Errc::data_loss));
+      }
+    }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -1,0 +1,49 @@
+// parallel_for: independent per-item checks on several threads, failing as a loop would.
+module;
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+module dcp.error;
+
+namespace dcp {
+
+void parallel_for(std::size_t count, std::uint64_t work, const std::function<void(std::size_t)>& task) {
+  constexpr std::uint64_t kParallelWork = std::uint64_t{1} << 16;
+  const unsigned threads =
+      work < kParallelWork || count < 2 ? 1u : std::clamp(std::thread::hardware_concurrency(), 1u, 16u);
+  if (threads == 1) {
+    for (std::size_t i = 0; i < count; ++i) task(i);
+    return;
+  }
+  std::atomic<std::size_t> next{0};
+  std::atomic<std::size_t> first_failed{count};  // lowest index that threw so far
+  std::mutex mutex;
+  std::exception_ptr failure;
+  {
+    std::vector<std::jthread> workers;
+    for (unsigned t = 0; t < threads; ++t)
+      workers.emplace_back([&] {
+        for (std::size_t i; (i = next.fetch_add(1)) < count;) {
+          if (i > first_failed.load()) continue;  // a lower item failed: no need to run this one
+          try {
+            task(i);
+          } catch (...) {
+            std::lock_guard lock(mutex);
+            if (i < first_failed.load()) {
+              first_failed = i;
+              failure = std::current_exception();
+            }
+          }
+        }
+      });
+  }  // the workers join here
+  if (failure) std::rethrow_exception(failure);
+}
+
+}  // namespace dcp
