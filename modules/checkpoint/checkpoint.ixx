@@ -292,7 +292,9 @@ class Checkpointer {
   /// Copies the tensors into the staging area (the only work done before returning), then
   /// saves the copy on a background thread. Errors surface through the future.
   std::future<metadata::Metadata> async_save(const planning::StateDict& state_dict);
+  /// torch's load over the group, read-once as set by set_read_once (on by default).
   storage::ReadReport load(planning::Destination& destination);
+  void set_read_once(const ReadOnce& read_once) { read_once_ = read_once; }
 
  private:
   void wait_for_pending();
@@ -302,6 +304,7 @@ class Checkpointer {
   int coordinator_rank_;
   std::shared_ptr<planning::LoadPlanner> load_planner_;
   std::shared_ptr<planning::SavePlanner> save_planner_;
+  ReadOnce read_once_;
   StagingArea staging_;
   std::thread worker_;  // the async save in flight, if any
 };

@@ -112,7 +112,7 @@ std::future<metadata::Metadata> Checkpointer::async_save(const planning::StateDi
 storage::ReadReport Checkpointer::load(planning::Destination& destination) {
   wait_for_pending();
   if (!reader_) throw Error(Errc::failed_precondition, "this Checkpointer has no storage reader");
-  return checkpoint::load(destination, *reader_, *load_planner_, group_, coordinator_rank_);
+  return checkpoint::load(destination, *reader_, *load_planner_, group_, coordinator_rank_, read_once_);
 }
 
 }  // namespace dcp::checkpoint

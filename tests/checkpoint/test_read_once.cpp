@@ -249,6 +249,44 @@ BOOST_AUTO_TEST_CASE(the_coordinators_batch_size_holds_for_every_rank) {
   }
 }
 
+// The Checkpointer's load over a group: read-once by default, off when set so.
+BOOST_AUTO_TEST_CASE(checkpointer_load_reads_once_unless_told_not_to) {
+  Saved saved;
+  for (const bool read_once : {true, false}) {
+    auto groups = ck::make_in_process_group(2);
+    std::vector<st::ReadReport> reports(2);
+    std::vector<std::vector<std::byte>> loaded(2);
+    std::vector<std::string> errors(2);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < 2; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          ck::Checkpointer checkpointer(nullptr, std::make_shared<st::FileSystemReader>(saved.dir),
+                                        groups[static_cast<std::size_t>(r)].get());
+          if (!read_once) checkpointer.set_read_once({.enabled = false});
+          auto& memory = loaded[static_cast<std::size_t>(r)];
+          memory.resize(saved.bias.size());
+          pl::Destination destination;
+          pl::TensorDestination dest{{kCols}, DType::float32, {}};
+          dest.chunks.push_back({{0}, {kCols}, pl::contiguous_slice(memory.data(), DType::float32, {kCols})});
+          destination.add_tensor("bias", std::move(dest));
+          reports[static_cast<std::size_t>(r)] = checkpointer.load(destination);
+        } catch (const std::exception& e) {
+          errors[static_cast<std::size_t>(r)] = e.what();
+        }
+      });
+    for (auto& t : threads) t.join();
+    BOOST_TEST_CONTEXT("read_once " << read_once) {
+      for (int r = 0; r < 2; ++r) {
+        BOOST_TEST(errors[static_cast<std::size_t>(r)].empty(), errors[static_cast<std::size_t>(r)]);
+        BOOST_TEST((loaded[static_cast<std::size_t>(r)] == saved.bias));
+      }
+      const auto received = reports[0].received_bytes + reports[1].received_bytes;
+      BOOST_TEST((read_once ? received > 0 : received == 0));
+    }
+  }
+}
+
 BOOST_AUTO_TEST_CASE(disjoint_rows_are_read_by_their_ranks) {
   Saved saved;
   const auto layout = by("rows", 4);
