@@ -80,9 +80,11 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
   attempt(failure, [&] { report.merge(reader.read_data(own, planner)); });
 
   // One consumer at a time: the planner and the report are only touched by it until joined.
-  std::future<void> consumer;
+  // Declared after what it uses: if a broadcast throws, the future's destructor waits for the
+  // task before those go.
   std::optional<Error> consumer_failure;
   storage::ReadReport consumer_report;
+  std::future<void> consumer;
   auto join = [&] {
     if (consumer.valid()) consumer.get();  // the task catches everything itself
     if (!failure && consumer_failure) failure = std::move(consumer_failure);
