@@ -145,7 +145,8 @@ void check_values(const Saved& saved, const std::vector<RankOutcome>& outcomes, 
 
 std::uint64_t stored_bytes(const std::filesystem::path& dir) {
   std::uint64_t total = 0;
-  for (const auto& [index, info] : ck::inspect(dir)->storage_data) total += info.length;
+  const auto md = ck::inspect(dir);  // a range-for over a temporary's member would not keep it alive
+  for (const auto& [index, info] : md->storage_data) total += info.length;
   return total;
 }
 
