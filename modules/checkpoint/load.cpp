@@ -77,9 +77,9 @@ planning::LoadPlan decode_central(std::span<const std::byte> body, std::vector<p
 
 // Everything of torch's load sequence after `.metadata`: local plans → the coordinator's
 // global plan (and the shared reads) → each rank's reads → every rank learns whether all
-// succeeded. `metadata` is
-// the validated metadata, or (for a rank that has none yet) the coordinator's `.metadata`
-// bytes, decoded and validated inside this rank's first step so that its failure travels too.
+// succeeded. `md` is the validated metadata, or (for a rank that has none yet) empty, and
+// `metadata_bytes` the coordinator's `.metadata`, decoded and validated inside this rank's
+// first step so that its failure travels too.
 storage::ReadReport run_load(planning::Destination& destination, storage::StorageReader& reader,
                              planning::LoadPlanner& planner, std::optional<metadata::ValidatedMetadata> md,
                              std::span<const std::byte> metadata_bytes, ProcessGroup& pg, int coordinator_rank,
@@ -181,11 +181,10 @@ metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, Proces
   ProcessGroup& pg = group_or_single(group, single, coordinator_rank);
   std::optional<metadata::ValidatedMetadata> md;
   const auto payload = share_metadata(reader, pg, coordinator_rank, md);
-  if (pg.size() > 1)  // every rank checks the bytes against its own view of the storage
-    agree(pg, coordinator_rank, guarded(failure_rank(pg), [&] {
-            if (!md) md = reader.metadata_from_bytes(body_of(payload));
-            return Bytes{};
-          }));
+  // Every rank checks the bytes against its own view of the storage (the coordinator did).
+  run_agreed(&pg, [&] {
+    if (!md) md = reader.metadata_from_bytes(body_of(payload));
+  }, coordinator_rank);
   return *std::move(md);
 }
 
