@@ -53,6 +53,13 @@ Shape contiguous_strides(const Shape& sizes) {
   return strides;
 }
 
+std::uint64_t span_elements(const Shape& lengths, const Shape& strides) {
+  std::uint64_t last = 0;
+  for (std::size_t d = 0; d < lengths.size(); ++d)
+    last += static_cast<std::uint64_t>(lengths[d] - 1) * static_cast<std::uint64_t>(strides[d]);
+  return last + 1;
+}
+
 bool is_valid(const Box& box) noexcept {
   if (box.offsets.size() != box.sizes.size()) return false;
   for (std::size_t d = 0; d < box.offsets.size(); ++d)
@@ -60,10 +67,13 @@ bool is_valid(const Box& box) noexcept {
   return true;
 }
 
-bool is_inside(const Box& box, const Shape& size) noexcept {
-  if (!is_valid(box) || box.offsets.size() != size.size()) return false;
+bool is_inside(const Box& box, const Shape& size) noexcept { return is_inside(box.offsets, box.sizes, size); }
+
+bool is_inside(std::span<const std::int64_t> offsets, std::span<const std::int64_t> sizes, const Shape& size) noexcept {
+  if (offsets.size() != size.size() || sizes.size() != size.size()) return false;
   for (std::size_t d = 0; d < size.size(); ++d)
-    if (box.offsets[d] + box.sizes[d] > size[d]) return false;
+    if (offsets[d] < 0 || sizes[d] < 0 || offsets[d] > int64_max - sizes[d] || offsets[d] + sizes[d] > size[d])
+      return false;
   return true;
 }
 

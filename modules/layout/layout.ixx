@@ -49,11 +49,17 @@ Box full_box(const Shape& size);
 /// 0 or 1 multiplies by 1). The one place strides are computed. Throws out_of_range when a
 /// stride overflows int64, invalid_argument for a negative size.
 Shape contiguous_strides(const Shape& sizes);
+/// Elements from the first to the last element of a box of `lengths` (all > 0) in memory of
+/// `strides`: what one strided read of it fetches.
+std::uint64_t span_elements(const Shape& lengths, const Shape& strides);
 
 /// Ranks agree, no negative offset or size, and every end fits in int64.
 bool is_valid(const Box& box) noexcept;
 /// `box` is valid and lies inside a tensor of shape `size` (same rank).
 bool is_inside(const Box& box, const Shape& size) noexcept;
+/// The same for the box at `offsets` of `sizes`, without making a Box (plans of millions of
+/// items are checked this way).
+bool is_inside(std::span<const std::int64_t> offsets, std::span<const std::int64_t> sizes, const Shape& size) noexcept;
 /// No element: some size is zero (a 0-dim box is never empty).
 bool is_empty(const Box& box) noexcept;
 /// Number of elements (1 for a 0-dim box). Throws out_of_range on overflow, invalid_argument

@@ -178,6 +178,9 @@ class Metadata {
   std::vector<std::uint32_t> storage_slots_;
 };
 
+/// Chunks of all tensor items together (how much work checking them is).
+std::uint64_t tensor_chunk_count(const Metadata& metadata) noexcept;
+
 /// The globals a `.metadata` may name (all module paths of 1.13 and 2.x).
 const pickle::AllowList& metadata_allow_list();
 

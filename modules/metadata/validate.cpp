@@ -86,6 +86,13 @@ layout::ChunkIndex validate_tensor(const ItemMetadata& item) {
 
 }  // namespace
 
+std::uint64_t tensor_chunk_count(const Metadata& md) noexcept {
+  std::uint64_t count = 0;
+  for (const auto& item : md.items)
+    if (item.is_tensor()) count += item.tensor().chunks.size();
+  return count;
+}
+
 void Metadata::reindex() {
   item_index_.clear();
   path_index_.clear();
@@ -166,10 +173,7 @@ ValidatedMetadata validate(Metadata metadata) {
     std::vector<std::size_t> order;  // chunk positions sorted by offsets, one per distinct start
   };
   std::vector<TensorCheck> checks(md.items.size());
-  std::uint64_t chunk_count = 0;
-  for (const auto& item : md.items)
-    if (item.is_tensor()) chunk_count += item.tensor().chunks.size();
-  parallel_for(md.items.size(), chunk_count, [&](std::size_t pos) {
+  parallel_for(md.items.size(), tensor_chunk_count(md), [&](std::size_t pos) {
     const auto& item = md.items[pos];
     if (!item.is_tensor()) return;
     auto& out = checks[pos];

@@ -28,27 +28,7 @@ struct ItemKeyHash {
 struct Demand {
   std::vector<int> ranks;     // ranks that read it, ascending (plans are visited in rank order)
   std::uint64_t spans = 0;    // elements the ranks' reads would fetch, summed (saturating)
-  const ReadItem* first = nullptr;
 };
-
-// Elements from the first to the last element of a box of `lengths` in a row-major chunk: what
-// a strided read of it fetches. Only for boxes inside the chunk.
-std::uint64_t row_major_span(const Shape& chunk_sizes, const Shape& lengths) {
-  const Shape strides = layout::contiguous_strides(chunk_sizes);
-  std::uint64_t span = 1;
-  for (std::size_t d = 0; d < lengths.size(); ++d) {
-    if (lengths[d] == 0) return 0;
-    span += static_cast<std::uint64_t>(lengths[d] - 1) * static_cast<std::uint64_t>(strides[d]);
-  }
-  return span;
-}
-
-bool inside(const Shape& chunk_sizes, const Shape& offsets, const Shape& lengths) {
-  if (offsets.size() != chunk_sizes.size() || lengths.size() != chunk_sizes.size()) return false;
-  for (std::size_t d = 0; d < chunk_sizes.size(); ++d)
-    if (offsets[d] < 0 || lengths[d] < 0 || offsets[d] > chunk_sizes[d] - lengths[d]) return false;
-  return true;
-}
 
 }  // namespace
 
@@ -68,12 +48,12 @@ std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const me
         if (!position) continue;
         key.chunk = *position;
         const auto& chunk = saved->tensor().chunks[*position];
-        if (!inside(chunk.sizes, read.storage_offsets, read.lengths)) continue;
-        span = row_major_span(chunk.sizes, read.lengths);
-        if (span == 0) continue;  // an empty box reads nothing
+        if (!layout::is_inside(read.storage_offsets, read.lengths, chunk.sizes)) continue;
+        if (std::ranges::find(read.lengths, 0) != read.lengths.end()) continue;  // an empty box reads nothing
+        // What a strided read of it fetches from the chunk (row-major as stored).
+        span = layout::span_elements(read.lengths, layout::contiguous_strides(chunk.sizes));
       }
       Demand& d = demand[key];
-      if (!d.first) d.first = &read;
       if (d.ranks.empty() || d.ranks.back() != rank) d.ranks.push_back(rank);
       d.spans = d.spans > std::numeric_limits<std::uint64_t>::max() - span ? std::numeric_limits<std::uint64_t>::max()
                                                                            : d.spans + span;

@@ -461,10 +461,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
   }
   // The chunks must tile each tensor: inside, disjoint (bounding-box tree), and covering it.
   // Each tensor on its own: on several threads at thousands of ranks.
-  std::uint64_t chunk_count = 0;
-  for (const auto& entry : md.items)
-    if (entry.is_tensor()) chunk_count += entry.tensor().chunks.size();
-  parallel_for(md.items.size(), chunk_count, [&](std::size_t position) {
+  parallel_for(md.items.size(), metadata::tensor_chunk_count(md), [&](std::size_t position) {
     const auto& entry = md.items[position];
     if (!entry.is_tensor()) return;
     const auto& t = entry.tensor();

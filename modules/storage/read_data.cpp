@@ -118,13 +118,7 @@ bool is_single_run(const Shape& sizes, const Shape& offsets, const Shape& length
   return true;
 }
 
-// Elements from a box's first to its last element in a strided storage (the bounce span).
-std::uint64_t span_elements(const Shape& lengths, const Shape& strides) {
-  std::uint64_t last = 0;
-  for (std::size_t d = 0; d < lengths.size(); ++d)
-    last += static_cast<std::uint64_t>(lengths[d] - 1) * static_cast<std::uint64_t>(strides[d]);
-  return last + 1;
-}
+using layout::span_elements;  // the bounce span of a strided read
 
 // Splits a non-empty box into sub-boxes (offsets relative to it) whose storage span is at most
 // `bound_elements`, or a single element: the bounce buffer of a strided read stays bounded.
@@ -158,12 +152,7 @@ void split_box(Shape& offsets, Shape& lengths, const Shape& strides, std::uint64
 
 // Plans may come from other ranks: a tensor item must stay inside the saved chunk it names.
 void check_against_saved_chunk(const ReadItem& item, const metadata::ChunkStorageMetadata& chunk) {
-  const std::size_t rank = chunk.sizes.size();
-  bool inside = item.storage_offsets.size() == rank && item.lengths.size() == rank;
-  for (std::size_t d = 0; inside && d < rank; ++d)
-    inside = item.storage_offsets[d] >= 0 && item.lengths[d] >= 0 &&
-             item.storage_offsets[d] <= chunk.sizes[d] - item.lengths[d];
-  if (!inside)
+  if (!layout::is_inside(item.storage_offsets, item.lengths, chunk.sizes))
     throw Error(Errc::invalid_argument, "read item " + layout::format_box({item.storage_offsets, item.lengths}) +
                                             " reaches outside the saved chunk of sizes " + format_shape(chunk.sizes))
         .for_key(item.storage_index.fqn);

@@ -101,6 +101,16 @@ BOOST_AUTO_TEST_CASE(box_helpers) {
   BOOST_TEST(layout::is_inside(Box{{9, 0}, {1, 7}}, Shape{10, 7}));
   BOOST_TEST(!layout::is_inside(Box{{9, 0}, {2, 7}}, Shape{10, 7}));
   BOOST_TEST(!layout::is_inside(box1(0, 1), Shape{10, 7}));
+  // The offsets/sizes form says the same, for plans checked without making Boxes.
+  const Shape ten_by_seven{10, 7}, max_offset{INT64_MAX, 0};
+  BOOST_TEST(layout::is_inside(Shape{9, 0}, Shape{1, 7}, ten_by_seven));
+  BOOST_TEST(!layout::is_inside(Shape{9, 0}, Shape{2, 7}, ten_by_seven));
+  BOOST_TEST(!layout::is_inside(Shape{-1, 0}, Shape{1, 7}, ten_by_seven));
+  BOOST_TEST(!layout::is_inside(Shape{0, 0}, Shape{1, -1}, ten_by_seven));
+  BOOST_TEST(!layout::is_inside(Shape{0}, Shape{1, 7}, ten_by_seven));
+  BOOST_TEST(!layout::is_inside(max_offset, Shape{1, 0}, Shape{INT64_MAX, 0}));
+  BOOST_TEST(layout::span_elements(Shape{3, 4}, Shape{10, 1}) == 24u);  // rows 0-2 of width 10, 4 used
+  BOOST_TEST(layout::span_elements(Shape{2, 5}, layout::contiguous_strides(Shape{2, 5})) == 10u);
   BOOST_TEST(layout::full_box(Shape{2, 3}) == (Box{{0, 0}, {2, 3}}));
   BOOST_TEST(layout::format_shape(Shape(1000, 7)) == "(7, 7, 7, 7, 7, 7, 7, 7, ..., 1000 dims)");
   BOOST_TEST(layout::contiguous_strides(Shape{2, 3, 4}) == (Shape{12, 4, 1}));
