@@ -89,7 +89,8 @@ at::Tensor allocate(DType dtype, const metadata::Shape& sizes, const AllocOption
   if (options.device.kind == memory::DeviceKind::cpu && !options.pinned)
     return adopt(memory::allocate(metadata::byte_size(sizes, dtype)), dtype, sizes);
   return torch_call("allocating a tensor", [&] {
-    return dcp_torch_bridge::empty(sizes, type, options.pinned, device_type(options.device), options.device.index);
+    return dcp_torch_bridge::empty(std::vector<std::int64_t>(sizes), type, options.pinned, device_type(options.device),
+                                   options.device.index);
   });
 }
 
@@ -101,7 +102,8 @@ at::Tensor adopt(memory::Buffer buffer, DType dtype, const metadata::Shape& size
                                             std::string(dtype_name(dtype)) + " tensor of shape " + format_shape(sizes));
   auto owner = std::make_unique<memory::Buffer>(std::move(buffer));
   auto tensor = torch_call("adopting a buffer", [&] {
-    return dcp_torch_bridge::from_memory(owner->data(), sizes, type, release_buffer, owner.get());
+    return dcp_torch_bridge::from_memory(owner->data(), std::vector<std::int64_t>(sizes), type, release_buffer,
+                                         owner.get());
   });
   (void)owner.release();  // the tensor's deleter frees it now
   return tensor;

@@ -3,6 +3,7 @@ module;
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -176,7 +177,7 @@ JsonWriter& JsonWriter::raw(std::string_view json) {
   return *this;
 }
 
-JsonWriter& JsonWriter::int_array(const std::vector<std::int64_t>& numbers) {
+JsonWriter& JsonWriter::int_array(std::span<const std::int64_t> numbers) {
   before_value();
   out_.push_back('[');
   for (std::size_t i = 0; i < numbers.size(); ++i) {

@@ -11,6 +11,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,7 +45,7 @@ class JsonWriter {
   /// An already-serialized JSON value, inserted verbatim.
   JsonWriter& raw(std::string_view json);
   /// An array of integers, on one line.
-  JsonWriter& int_array(const std::vector<std::int64_t>& numbers);
+  JsonWriter& int_array(std::span<const std::int64_t> numbers);
 
   const std::string& str() const { return out_; }
   std::string take() { return std::move(out_); }

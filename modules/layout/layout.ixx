@@ -19,9 +19,14 @@
 // dcp::Error(invalid_argument) or (out_of_range) for overflow. Imports: dcp.error only, so
 // dcp.metadata can validate chunk lists with `ChunkIndex`.
 module;
+#include <algorithm>
+#include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <iterator>
 #include <optional>
+#include <stdexcept>
 #include <span>
 #include <string>
 #include <string_view>
@@ -32,8 +37,138 @@ import dcp.error;
 
 export namespace dcp::layout {
 
-/// Sizes or offsets, one entry per dimension (torch.Size).
-using Shape = std::vector<std::int64_t>;
+/// Sizes or offsets, one entry per dimension (torch.Size): a vector of int64 whose first
+/// `kInline` entries live inside the object. A checkpoint saved by thousands of ranks holds
+/// millions of chunk boxes; as heap vectors each would cost two allocations and two pointer
+/// chases, which dominated the coordinator's planning. Iterators are pointers, so a Shape is
+/// a contiguous range (std::span, c10::ArrayRef take it). Members are `inline` because a
+/// named module's in-class definitions are not, and these must inline into importers.
+class Shape {
+ public:
+  using value_type = std::int64_t;
+  using size_type = std::size_t;
+  using difference_type = std::ptrdiff_t;
+  using reference = std::int64_t&;
+  using const_reference = const std::int64_t&;
+  using pointer = std::int64_t*;
+  using const_pointer = const std::int64_t*;
+  using iterator = std::int64_t*;
+  using const_iterator = const std::int64_t*;
+  static constexpr std::size_t kInline = 4;  // 2-D layouts need 2; few tensors pass 4 dims
+
+  inline Shape() noexcept {}
+  inline Shape(std::initializer_list<std::int64_t> values) { append(values.begin(), values.size()); }
+  inline explicit Shape(std::size_t n, std::int64_t value = 0) { resize(n, value); }
+  template <std::input_iterator It, std::sentinel_for<It> End>
+  inline Shape(It first, End last) {
+    for (; first != last; ++first) push_back(static_cast<std::int64_t>(*first));
+  }
+  inline explicit Shape(std::span<const std::int64_t> values) { append(values.data(), values.size()); }
+  /// From and to std::vector, which APIs outside dcpp speak.
+  inline Shape(const std::vector<std::int64_t>& values) { append(values.data(), values.size()); }
+  inline explicit operator std::vector<std::int64_t>() const { return {begin(), end()}; }
+
+  inline Shape(const Shape& other) { append(other.data_, other.size_); }
+  inline Shape(Shape&& other) noexcept { steal(other); }
+  inline Shape& operator=(const Shape& other) {
+    if (this != &other) {
+      size_ = 0;
+      append(other.data_, other.size_);
+    }
+    return *this;
+  }
+  inline Shape& operator=(Shape&& other) noexcept {
+    if (this != &other) {
+      release();
+      steal(other);
+    }
+    return *this;
+  }
+  inline ~Shape() { release(); }
+
+  inline std::size_t size() const noexcept { return size_; }
+  inline bool empty() const noexcept { return size_ == 0; }
+  inline std::int64_t* data() noexcept { return data_; }
+  inline const std::int64_t* data() const noexcept { return data_; }
+  inline std::int64_t* begin() noexcept { return data_; }
+  inline std::int64_t* end() noexcept { return data_ + size_; }
+  inline const std::int64_t* begin() const noexcept { return data_; }
+  inline const std::int64_t* end() const noexcept { return data_ + size_; }
+  inline std::int64_t& operator[](std::size_t i) noexcept { return data_[i]; }
+  inline const std::int64_t& operator[](std::size_t i) const noexcept { return data_[i]; }
+  inline std::int64_t& front() noexcept { return data_[0]; }
+  inline const std::int64_t& front() const noexcept { return data_[0]; }
+  inline std::int64_t& back() noexcept { return data_[size_ - 1]; }
+  inline const std::int64_t& back() const noexcept { return data_[size_ - 1]; }
+
+  inline void clear() noexcept { size_ = 0; }
+  inline void reserve(std::size_t n) {
+    if (n > capacity_) grow(n);
+  }
+  inline void push_back(std::int64_t value) {
+    if (size_ == capacity_) grow(2 * std::size_t{capacity_});
+    data_[size_++] = value;
+  }
+  inline void pop_back() noexcept { --size_; }
+  inline void resize(std::size_t n, std::int64_t value = 0) {
+    reserve(n);
+    for (std::size_t i = size_; i < n; ++i) data_[i] = value;
+    size_ = static_cast<std::uint32_t>(n);
+  }
+  inline void assign(std::size_t n, std::int64_t value) {
+    clear();
+    resize(n, value);
+  }
+  template <std::input_iterator It, std::sentinel_for<It> End>
+  inline void assign(It first, End last) {
+    clear();
+    for (; first != last; ++first) push_back(static_cast<std::int64_t>(*first));
+  }
+
+  friend inline bool operator==(const Shape& a, const Shape& b) noexcept {
+    return a.size_ == b.size_ && std::equal(a.begin(), a.end(), b.begin());
+  }
+  friend inline std::strong_ordering operator<=>(const Shape& a, const Shape& b) noexcept {
+    return std::lexicographical_compare_three_way(a.begin(), a.end(), b.begin(), b.end());
+  }
+
+ private:
+  inline void append(const std::int64_t* values, std::size_t n) {
+    reserve(size_ + n);
+    std::copy(values, values + n, data_ + size_);
+    size_ += static_cast<std::uint32_t>(n);
+  }
+  inline void grow(std::size_t n) {
+    if (n > 0xFFFFFFFFu) throw std::length_error("dcp::layout::Shape: too many dimensions");
+    auto* fresh = new std::int64_t[n];
+    std::copy(data_, data_ + size_, fresh);
+    release();
+    data_ = fresh;
+    capacity_ = static_cast<std::uint32_t>(n);
+  }
+  inline void release() noexcept {
+    if (data_ != inline_) delete[] data_;
+    data_ = inline_;
+    capacity_ = kInline;
+  }
+  inline void steal(Shape& other) noexcept {  // requires *this to be inline and empty
+    if (other.data_ == other.inline_) {
+      std::copy(other.inline_, other.inline_ + other.size_, inline_);
+    } else {
+      data_ = other.data_;
+      capacity_ = other.capacity_;
+      other.data_ = other.inline_;
+      other.capacity_ = kInline;
+    }
+    size_ = other.size_;
+    other.size_ = 0;
+  }
+
+  std::int64_t* data_ = inline_;
+  std::uint32_t size_ = 0;
+  std::uint32_t capacity_ = kInline;
+  std::int64_t inline_[kInline];
+};
 
 /// A box in a tensor's global index space: `[offsets[d], offsets[d] + sizes[d])` per dim.
 struct Box {
@@ -157,6 +292,21 @@ class ChunkIndex {
   std::vector<std::int64_t> node_lo_, node_hi_;  // per node: bounding box
   std::optional<std::pair<std::size_t, std::size_t>> first_overlap_;
 };
+
+/// Whether a tensor's chunk boxes tile it: no two share an element, and together they cover
+/// every element (what torch's save-side validation demands of a global plan).
+struct TilingCheck {
+  std::optional<std::pair<std::size_t, std::size_t>> overlap;  ///< two boxes that share an element
+  std::uint64_t covered = 0;                                   ///< summed box volumes
+  std::uint64_t total = 0;                                     ///< the tensor's volume
+  bool tiles() const noexcept { return !overlap && covered == total; }
+};
+/// Checks `boxes` (each valid and inside a tensor of shape `size`, which the caller has
+/// checked) in O(n · rank) when the non-empty boxes form a grid, as every torch.chunk,
+/// ChunkShardingSpec and DTensor layout does: then they tile exactly when each grid cell is
+/// one box. Otherwise (irregular layouts, gaps, overlaps) a `ChunkIndex` finds the first
+/// overlap in O(n log n). Throws out_of_range when a volume overflows.
+TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size);
 
 // ---- Forward: a DTensor layout gives each rank's box ------------------------------------
 

@@ -103,7 +103,7 @@ class MetadataDecoder {
 
   Shape size(NodeId id, std::string_view what) {
     Shape shape = read_size(doc_, id);
-    charge(sizeof(Shape) + shape.size() * sizeof(std::int64_t), id, what);
+    charge(sizeof(Shape) + (shape.size() > Shape::kInline ? shape.size() * sizeof(std::int64_t) : 0), id, what);
     return shape;
   }
 

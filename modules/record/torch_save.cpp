@@ -12,6 +12,7 @@ module;
 module dcp.record;
 import dcp.error;
 import dcp.pickle;
+import dcp.layout;
 import dcp.metadata;
 
 namespace dcp::record {
@@ -19,15 +20,6 @@ namespace {
 
 constexpr std::size_t kBatch = 1000;  // CPython's BATCHSIZE for APPENDS/SETITEMS
 
-metadata::Shape contiguous_strides(const metadata::Shape& sizes) {
-  metadata::Shape strides(sizes.size());
-  std::int64_t stride = 1;
-  for (std::size_t i = sizes.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= std::max<std::int64_t>(sizes[i], 1);
-  }
-  return strides;
-}
 
 }  // namespace
 
@@ -85,7 +77,7 @@ void StateDictPickler::tensor(DType dtype, const metadata::Shape& sizes, std::st
   e_.persistent_id();
   e_.integer(0);  // storage_offset
   int_tuple(sizes);
-  int_tuple(contiguous_strides(sizes));
+  int_tuple(layout::contiguous_strides(sizes));
   e_.boolean(false);  // requires_grad
   global("collections", "OrderedDict");
   e_.empty_tuple();

@@ -85,7 +85,7 @@ BOOST_AUTO_TEST_CASE(one_chunk_shared_by_the_memo_many_times) {
   const auto wide = tmp.path() / "wide", deep = tmp.path() / "deep", stored = tmp.path() / "stored";
   make_hostile("shared_chunk 150000 1000 " + dcp_test::quote(wide));        // a torch.Size of 1000 dims
   make_hostile("shared_chunk 150000 64 " + dcp_test::quote(deep));          // the most dims allowed
-  make_hostile("shared_chunk 150000 8 " + dcp_test::quote(stored) + " 150000");  // storage entries too
+  make_hostile("shared_chunk 150000 8 " + dcp_test::quote(stored) + " 300000");  // storage entries too
   expect_one_line_error(run_measured("inspect " + dcp_test::quote(wide)), (wide / ".metadata").string(), "w",
                         "torch.Size of 1000 dims");
   expect_one_line_error(run_measured("inspect " + dcp_test::quote(deep)), (deep / ".metadata").string(), "w", "budget");

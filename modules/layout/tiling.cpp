@@ -1,0 +1,110 @@
+// check_tiling: does a tensor's chunk list tile it? A grid in linear time, anything else
+// through a ChunkIndex. A coordinator planning thousands of ranks checks millions of chunks.
+module;
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+module dcp.layout;
+import dcp.error;
+
+namespace dcp::layout {
+namespace {
+
+// The distinct values of one coordinate, each mapped to its rank among them: an open-
+// addressing table, as the boxes repeat each start many times (128 rows of 64 columns
+// repeat every row start 64 times).
+class DistinctStarts {
+ public:
+  DistinctStarts() { rehash(16); }
+  void insert(std::int64_t v) {
+    const std::size_t slot = find(v);
+    if (used_[slot]) return;
+    used_[slot] = 1;
+    keys_[slot] = v;
+    values_.push_back(v);
+    if (2 * values_.size() > keys_.size()) rehash(2 * keys_.size());  // at most half full
+  }
+  // After every insert: numbers the values in ascending order.
+  void seal() {
+    std::sort(values_.begin(), values_.end());
+    ranks_.resize(keys_.size());
+    for (std::size_t k = 0; k < values_.size(); ++k) ranks_[find(values_[k])] = k;
+  }
+  const std::vector<std::int64_t>& sorted() const { return values_; }
+  std::size_t rank_of(std::int64_t v) const { return ranks_[find(v)]; }  // v was inserted
+
+ private:
+  void rehash(std::size_t slots) {
+    keys_.assign(slots, 0);
+    used_.assign(slots, 0);
+    for (auto v : values_) {
+      const std::size_t slot = find(v);
+      used_[slot] = 1;
+      keys_[slot] = v;
+    }
+  }
+  std::size_t find(std::int64_t v) const {
+    const std::size_t mask = keys_.size() - 1;
+    auto h = static_cast<std::uint64_t>(v) * 0x9e3779b97f4a7c15ull;
+    std::size_t slot = static_cast<std::size_t>(h >> 20) & mask;
+    while (used_[slot] && keys_[slot] != v) slot = (slot + 1) & mask;
+    return slot;
+  }
+  std::vector<std::int64_t> keys_;
+  std::vector<unsigned char> used_;
+  std::vector<std::int64_t> values_;
+  std::vector<std::size_t> ranks_;
+};
+
+// The non-empty boxes are the cells of a grid whose lines are their starts: per dim the
+// smallest start is 0, each box ends where the next start (or the tensor) begins, and every
+// cell is one box. Then they are disjoint and cover the tensor.
+bool forms_grid(std::span<const Box> boxes, const Shape& size) {
+  const std::size_t rank = size.size();
+  std::size_t nonempty = 0;
+  for (const auto& b : boxes) nonempty += !is_empty(b);
+  if (rank == 0 || nonempty == 0) return false;
+  std::vector<DistinctStarts> starts;
+  starts.reserve(rank);
+  std::size_t cells = 1;
+  for (std::size_t d = 0; d < rank; ++d) {
+    auto& s = starts.emplace_back();
+    for (const auto& b : boxes)
+      if (!is_empty(b)) s.insert(b.offsets[d]);
+    s.seal();
+    if (s.sorted().front() != 0) return false;
+    cells *= s.sorted().size();  // each factor <= nonempty, and the product is checked below
+    if (cells > nonempty) return false;
+  }
+  if (cells != nonempty) return false;
+  std::vector<unsigned char> hit(cells, 0);
+  for (const auto& b : boxes) {
+    if (is_empty(b)) continue;
+    std::size_t cell = 0;
+    for (std::size_t d = 0; d < rank; ++d) {
+      const auto& lines = starts[d].sorted();
+      const std::size_t k = starts[d].rank_of(b.offsets[d]);
+      const std::int64_t end = k + 1 < lines.size() ? lines[k + 1] : size[d];
+      if (b.offsets[d] + b.sizes[d] != end) return false;
+      cell = cell * lines.size() + k;
+    }
+    if (hit[cell]++) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size) {
+  TilingCheck check;
+  check.total = volume(full_box(size));
+  for (const auto& b : boxes) check.covered = add_or_throw(check.covered, volume(b), "covered elements");
+  if (check.covered == check.total && forms_grid(boxes, size)) return check;
+  const ChunkIndex index(std::vector<Box>(boxes.begin(), boxes.end()));
+  check.overlap = index.first_overlap();
+  return check;
+}
+
+}  // namespace dcp::layout
