@@ -19,6 +19,7 @@ module;
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -173,8 +174,16 @@ class Metadata {
   using NameIndex = std::unordered_map<std::string, std::size_t, TextHash, std::equal_to<>>;
   NameIndex item_index_;
   NameIndex path_index_;
-  // storage_data by (fqn, offsets): open addressing over positions + 1 (0 = empty), the key
-  // compared in place; millions of chunks at thousands of ranks cost no key strings.
+  // storage_data by (fqn, offsets), in two levels: fqn → its group's table, then open
+  // addressing over the positions + 1 (0 = empty) of that fqn's entries, the offsets compared
+  // in place. Millions of chunks at thousands of ranks cost no key strings, and each group's
+  // table is small enough to stay in cache while it is built.
+  struct StorageGroup {
+    std::size_t first_slot = 0;
+    std::size_t slot_count = 0;  // a power of two
+  };
+  NameIndex storage_group_;  // fqn → index into storage_groups_
+  std::vector<StorageGroup> storage_groups_;
   std::vector<std::uint32_t> storage_slots_;
 };
 
@@ -203,8 +212,8 @@ class ValidatedMetadata {
   const Metadata& operator*() const noexcept { return state_->metadata; }
   const Metadata* operator->() const noexcept { return &state_->metadata; }
 
-  /// The saved chunks of tensor item `fqn`, indexed (built once, by validate); nullptr when
-  /// `fqn` is not a tensor item.
+  /// The saved chunks of tensor item `fqn`, indexed (built on first use, once, thread-safe);
+  /// nullptr when `fqn` is not a tensor item.
   const layout::ChunkIndex* chunk_index(std::string_view fqn) const;
   /// Position, in its tensor's chunk list, of the saved chunk of `fqn` that starts at
   /// `offsets`; nullopt when there is none.
@@ -212,8 +221,11 @@ class ValidatedMetadata {
 
  private:
   struct TensorChunks {
-    layout::ChunkIndex index;
-    std::vector<std::size_t> by_offsets;  // chunk positions sorted by offsets, one per offset
+    const TensorStorageMetadata* tensor = nullptr;
+    // Chunk positions + 1 by offsets (open addressing; 0 = empty): the first chunk of each start.
+    std::vector<std::uint32_t> start_slots;
+    mutable std::once_flag index_once;  // a coordinator validating 8k ranks' chunks builds none
+    mutable layout::ChunkIndex index;
   };
   struct State {
     Metadata metadata;

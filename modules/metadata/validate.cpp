@@ -3,6 +3,7 @@ module;
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,17 +18,12 @@ import dcp.layout;
 namespace dcp::metadata {
 namespace {
 
-// Hash of a storage_data key (fqn, offsets), what torch's MetadataIndex hashes and compares.
-std::uint64_t index_hash(std::string_view fqn, const Shape* offset) {
-  std::uint64_t h = std::hash<std::string_view>{}(fqn) ^ (offset ? 0x9e3779b97f4a7c15ull : 0);
-  if (offset)
-    for (std::int64_t v : *offset) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
-  return h ^ (h >> 31);
-}
-
-bool same_index(const MetadataIndex& index, std::string_view fqn, const Shape* offset) {
-  if (index.fqn != fqn || index.offset.has_value() != (offset != nullptr)) return false;
-  return !offset || *index.offset == *offset;
+// Hash of chunk offsets (absent for an object's storage entry).
+std::size_t offsets_hash(const Shape* offsets) {
+  std::uint64_t h = offsets ? 0x9e3779b97f4a7c15ull : 0;
+  if (offsets)
+    for (std::int64_t v : *offsets) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
+  return static_cast<std::size_t>(h ^ (h >> 31));
 }
 
 Error item_error(const ItemMetadata& item, std::uint64_t offset, std::string message) {
@@ -40,9 +36,9 @@ std::string chunk_text(const ChunkStorageMetadata& c) {
   return "chunk at " + format_shape(c.offsets) + " with sizes " + format_shape(c.sizes);
 }
 
-// Checks one tensor's chunks and returns their index (disjointness found by the index: a
-// bounding-box tree, O(n log n) for the tilings checkpoints hold, whatever dim they split).
-layout::ChunkIndex validate_tensor(const ItemMetadata& item) {
+// Checks one tensor's chunks: dims, inside, disjoint and covering (layout::check_tiling:
+// linear for the grids checkpoints hold, O(n log n) otherwise).
+void validate_tensor(const ItemMetadata& item) {
   const auto& t = item.tensor();
   const std::size_t rank = t.size.size();
   if (rank > kMaxRank)
@@ -50,38 +46,50 @@ layout::ChunkIndex validate_tensor(const ItemMetadata& item) {
                                                    std::to_string(kMaxRank) + " are supported)");
   for (std::int64_t d : t.size)
     if (d < 0) throw item_error(item, item.pickle_offset, "negative size " + format_shape(t.size));
-  std::uint64_t total = 0;
   try {
-    total = numel(t.size);
     (void)byte_size(t.size, t.properties.dtype);
   } catch (Error& e) {
     throw e.for_key(item.fqn).at_offset(item.pickle_offset);
   }
-
-  std::uint64_t covered = 0;
   std::vector<layout::Box> boxes;
   boxes.reserve(t.chunks.size());
   for (const auto& c : t.chunks) {
     if (c.offsets.size() != rank || c.sizes.size() != rank)
       throw item_error(item, c.pickle_offset, chunk_text(c) + " does not have the tensor's " + std::to_string(rank) +
                                                   " dimensions");
-    if (!layout::is_inside(c.box(), t.size))
+    if (!layout::is_inside(c.offsets, c.sizes, t.size))
       throw item_error(item, c.pickle_offset, chunk_text(c) + " lies outside the tensor of size " + format_shape(t.size));
-    covered = add_or_throw(covered, numel(c.sizes), "covered elements");
     boxes.push_back(c.box());
   }
-  layout::ChunkIndex index(std::move(boxes));
-  if (const auto& pair = index.first_overlap()) {
+  const auto tiling = layout::check_tiling(boxes, t.size);
+  if (const auto& pair = tiling.overlap) {
     const auto& a = t.chunks[pair->first];
     const auto& b = t.chunks[pair->second];
     throw item_error(item, b.pickle_offset, "chunks at " + format_shape(a.offsets) + " and " +
                                                 format_shape(b.offsets) + " overlap");
   }
-  if (covered != total)
+  if (tiling.covered != tiling.total)
     throw item_error(item, item.pickle_offset,
-                     "chunks cover " + std::to_string(covered) + " of " + std::to_string(total) +
+                     "chunks cover " + std::to_string(tiling.covered) + " of " + std::to_string(tiling.total) +
                          " elements of the tensor of size " + format_shape(t.size));
-  return index;
+}
+
+// `slots` (a power of two, chunk positions + 1) gets the first chunk of each distinct start;
+// returns, per chunk, the position of the first chunk that starts where it does. Only empty
+// chunks may share a start (the chunks tile), and torch stores one entry per start.
+std::vector<std::uint32_t> index_starts(const std::vector<ChunkStorageMetadata>& chunks,
+                                        std::vector<std::uint32_t>& slots) {
+  std::size_t size = 16;
+  while (size < 2 * chunks.size()) size *= 2;
+  slots.assign(size, 0);
+  std::vector<std::uint32_t> first(chunks.size());
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    std::size_t slot = offsets_hash(&chunks[i].offsets) & (size - 1);
+    while (slots[slot] && chunks[slots[slot] - 1].offsets != chunks[i].offsets) slot = (slot + 1) & (size - 1);
+    if (!slots[slot]) slots[slot] = static_cast<std::uint32_t>(i + 1);
+    first[i] = slots[slot] - 1;
+  }
+  return first;
 }
 
 }  // namespace
@@ -100,16 +108,43 @@ void Metadata::reindex() {
   for (std::size_t i = 0; i < items.size(); ++i) item_index_.emplace(items[i].fqn, i);
   if (storage_data.size() >= (std::size_t{1} << 31))
     throw Error(Errc::resource_exhausted, "more than 2^31 storage_data entries");
-  std::size_t slots = 16;
-  while (slots < 2 * storage_data.size()) slots *= 2;
-  storage_slots_.assign(slots, 0);
+  storage_group_.clear();
+  storage_groups_.clear();
+  // Each entry's group; entries come grouped by key, so a name is looked up when it changes.
+  std::vector<std::uint32_t> group_of(storage_data.size());
+  std::vector<std::uint64_t> hash_of(storage_data.size());
+  std::vector<std::size_t> members;
+  const std::string* last_fqn = nullptr;
+  std::uint32_t group = 0;
   for (std::size_t i = 0; i < storage_data.size(); ++i) {
-    const auto& index = storage_data[i].first;
-    const Shape* offset = index.offset ? &*index.offset : nullptr;
-    std::size_t slot = index_hash(index.fqn, offset) & (slots - 1);
-    while (storage_slots_[slot] && !same_index(storage_data[storage_slots_[slot] - 1].first, index.fqn, offset))
-      slot = (slot + 1) & (slots - 1);
-    if (!storage_slots_[slot]) storage_slots_[slot] = static_cast<std::uint32_t>(i + 1);  // the first entry wins
+    const auto& fqn = storage_data[i].first.fqn;
+    if (!last_fqn || *last_fqn != fqn) {
+      group = static_cast<std::uint32_t>(storage_group_.try_emplace(fqn, storage_group_.size()).first->second);
+      if (group == members.size()) members.push_back(0);
+      last_fqn = &fqn;
+    }
+    group_of[i] = group;
+    const auto& offset = storage_data[i].first.offset;
+    hash_of[i] = offsets_hash(offset ? &*offset : nullptr);
+    ++members[group];
+  }
+  std::size_t slots = 0;
+  for (const auto count : members) {
+    std::size_t size = 4;
+    while (size < 2 * count) size *= 2;
+    storage_groups_.push_back(StorageGroup{slots, size});
+    slots += size;
+  }
+  storage_slots_.assign(slots, 0);
+  // Entries are read again only when hashes collide.
+  for (std::size_t i = 0; i < storage_data.size(); ++i) {
+    const auto& g = storage_groups_[group_of[i]];
+    std::uint32_t* table = storage_slots_.data() + g.first_slot;
+    std::size_t slot = hash_of[i] & (g.slot_count - 1);
+    while (table[slot] && (hash_of[table[slot] - 1] != hash_of[i] ||
+                           storage_data[table[slot] - 1].first.offset != storage_data[i].first.offset))
+      slot = (slot + 1) & (g.slot_count - 1);
+    if (!table[slot]) table[slot] = static_cast<std::uint32_t>(i + 1);  // the first entry wins
   }
   if (planner_data)
     for (std::size_t i = 0; i < planner_data->size(); ++i) path_index_.emplace((*planner_data)[i].first, i);
@@ -121,11 +156,14 @@ const ItemMetadata* Metadata::find_item(std::string_view fqn) const {
 }
 
 const StorageInfo* Metadata::find_storage(std::string_view fqn, const Shape* offset) const {
-  if (storage_slots_.empty()) return nullptr;
-  const std::size_t mask = storage_slots_.size() - 1;
-  for (std::size_t slot = index_hash(fqn, offset) & mask; storage_slots_[slot]; slot = (slot + 1) & mask) {
-    const auto& [index, info] = storage_data[storage_slots_[slot] - 1];
-    if (same_index(index, fqn, offset)) return &info;
+  const auto it = storage_group_.find(fqn);
+  if (it == storage_group_.end()) return nullptr;
+  const auto& g = storage_groups_[it->second];
+  const std::uint32_t* table = storage_slots_.data() + g.first_slot;
+  const std::size_t mask = g.slot_count - 1;
+  for (std::size_t slot = offsets_hash(offset) & mask; table[slot]; slot = (slot + 1) & mask) {
+    const auto& [index, info] = storage_data[table[slot] - 1];
+    if (index.offset.has_value() == (offset != nullptr) && (!offset || *index.offset == *offset)) return &info;
   }
   return nullptr;
 }
@@ -137,18 +175,26 @@ const std::vector<PathPart>* Metadata::find_path(std::string_view fqn) const {
 
 const layout::ChunkIndex* ValidatedMetadata::chunk_index(std::string_view fqn) const {
   auto it = state_->tensors.find(fqn);
-  return it == state_->tensors.end() ? nullptr : &it->second.index;
+  if (it == state_->tensors.end()) return nullptr;
+  const auto& chunks = it->second;
+  std::call_once(chunks.index_once, [&] {
+    std::vector<layout::Box> boxes;
+    boxes.reserve(chunks.tensor->chunks.size());
+    for (const auto& c : chunks.tensor->chunks) boxes.push_back(c.box());
+    chunks.index = layout::ChunkIndex(std::move(boxes));
+  });
+  return &chunks.index;
 }
 
 std::optional<std::size_t> ValidatedMetadata::chunk_position(std::string_view fqn, const Shape& offsets) const {
   auto it = state_->tensors.find(fqn);
   if (it == state_->tensors.end()) return std::nullopt;
-  const auto& chunks = state_->metadata.find_item(fqn)->tensor().chunks;
-  const auto& order = it->second.by_offsets;
-  auto pos = std::lower_bound(order.begin(), order.end(), offsets,
-                              [&](std::size_t i, const Shape& o) { return chunks[i].offsets < o; });
-  if (pos == order.end() || chunks[*pos].offsets != offsets) return std::nullopt;
-  return *pos;
+  const auto& slots = it->second.start_slots;
+  const auto& chunks = it->second.tensor->chunks;
+  const std::size_t mask = slots.size() - 1;
+  for (std::size_t slot = offsets_hash(&offsets) & mask; slots[slot]; slot = (slot + 1) & mask)
+    if (chunks[slots[slot] - 1].offsets == offsets) return slots[slot] - 1;
+  return std::nullopt;
 }
 
 ValidatedMetadata validate(Metadata metadata) {
@@ -161,59 +207,42 @@ ValidatedMetadata validate(Metadata metadata) {
     for (const auto& item : md.items)
       if (!seen.insert(item.fqn).second) throw item_error(item, item.pickle_offset, "key appears twice");
   }
-  // Chunk starts sorted per tensor (equal starts, which only empty chunks may share, once):
-  // each storage entry must claim one, and each only once. Per item position, so the loop
-  // over millions of storage entries does one name lookup each.
+  // Each storage entry must claim one chunk start, and each only once: per chunk, the first
+  // chunk with its start (`first_of`), whose flag in `claimed` it sets. Each tensor is checked
+  // on its own: large metadata (thousands of ranks) on several threads, failing on the first
+  // bad item as a loop would.
   std::vector<std::vector<char>> claimed(md.items.size());
-  std::vector<std::vector<std::uint32_t>> start_of(md.items.size());  // chunk → its start's rank
-  // Each tensor's chunks are checked on their own: large metadata (thousands of ranks) is
-  // checked on several threads, failing on the first bad item as a loop would.
-  struct TensorCheck {
-    layout::ChunkIndex index;
-    std::vector<std::size_t> order;  // chunk positions sorted by offsets, one per distinct start
-  };
-  std::vector<TensorCheck> checks(md.items.size());
+  std::vector<std::vector<std::uint32_t>> first_of(md.items.size());
+  std::vector<std::vector<std::uint32_t>> start_slots(md.items.size());
   parallel_for(md.items.size(), tensor_chunk_count(md), [&](std::size_t pos) {
     const auto& item = md.items[pos];
     if (!item.is_tensor()) return;
-    auto& out = checks[pos];
-    const auto& chunks = item.tensor().chunks;
-    out.index = validate_tensor(item);
-    auto& order = out.order;
-    order.resize(chunks.size());
-    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::stable_sort(order.begin(), order.end(),
-                     [&](std::size_t a, std::size_t b) { return chunks[a].offsets < chunks[b].offsets; });
-    auto& starts = start_of[pos];
-    starts.resize(chunks.size());
-    std::uint32_t distinct = 0;
-    for (std::size_t k = 0; k < order.size(); ++k) {
-      if (k > 0 && chunks[order[k]].offsets != chunks[order[k - 1]].offsets) ++distinct;
-      starts[order[k]] = distinct;
-    }
-    order.erase(std::unique(order.begin(), order.end(),
-                            [&](std::size_t a, std::size_t b) { return chunks[a].offsets == chunks[b].offsets; }),
-                order.end());
+    validate_tensor(item);
+    first_of[pos] = index_starts(item.tensor().chunks, start_slots[pos]);
+    claimed[pos].assign(item.tensor().chunks.size(), 0);
   });
   for (std::size_t pos = 0; pos < md.items.size(); ++pos) {
     if (!md.items[pos].is_tensor()) continue;
-    auto& c = checks[pos];
-    claimed[pos].assign(c.order.size(), 0);
-    state->tensors.emplace(md.items[pos].fqn, ValidatedMetadata::TensorChunks{std::move(c.index), std::move(c.order)});
+    auto& chunks = state->tensors.try_emplace(md.items[pos].fqn).first->second;
+    chunks.tensor = &md.items[pos].tensor();
+    chunks.start_slots = std::move(start_slots[pos]);
   }
   const ValidatedMetadata result(state);
 
   std::unordered_set<std::string_view> objects_stored;
+  const ItemMetadata* item = nullptr;  // storage entries come grouped by key: look up changes only
+  const std::string* safe_path = nullptr;
   for (const auto& [index, info] : md.storage_data) {
-    const ItemMetadata* item = md.find_item(index.fqn);
+    if (!item || item->fqn != index.fqn) item = md.find_item(index.fqn);
     auto fail = [&](std::string message) {
       Error e(Errc::data_loss, "storage_data: " + std::move(message));
       e.for_key(index.fqn).at_offset(info.pickle_offset);
       return e;
     };
     if (!item) throw fail("key is not in state_dict_metadata");
-    if (!is_safe_relative_path(info.relative_path))
+    if ((!safe_path || *safe_path != info.relative_path) && !is_safe_relative_path(info.relative_path))
       throw fail("unsafe file name '" + info.relative_path + "' (must be a plain name in the checkpoint directory)");
+    safe_path = &info.relative_path;  // consecutive entries mostly share a file: check it once
     if (!checked_add(info.offset, info.length)) throw fail("byte range overflows 64 bits");
     if (item->is_tensor()) {
       if (!index.offset) throw fail("tensor entry without chunk offsets");
@@ -227,7 +256,7 @@ ValidatedMetadata validate(Metadata metadata) {
       else
         chunk = result.chunk_position(item->fqn, *index.offset);
       if (!chunk) throw fail("no chunk starts at " + format_shape(*index.offset));
-      if (claimed[pos][start_of[pos][*chunk]]++) throw fail("entry appears twice");
+      if (claimed[pos][first_of[pos][*chunk]]++) throw fail("entry appears twice");
     } else {
       if (index.offset) throw fail("bytes entry with chunk offsets");
       if (!objects_stored.insert(index.fqn).second) throw fail("entry appears twice");
@@ -239,11 +268,10 @@ ValidatedMetadata validate(Metadata metadata) {
         throw item_error(item, item.pickle_offset, "no storage_data entry for this object");
       continue;
     }
-    const auto& flags = claimed[static_cast<std::size_t>(&item - md.items.data())];
-    const auto& order = state->tensors.at(item.fqn).by_offsets;
-    for (std::size_t k = 0; k < flags.size(); ++k)
-      if (!flags[k]) {
-        const auto& chunk = item.tensor().chunks[order[k]];
+    const auto pos = static_cast<std::size_t>(&item - md.items.data());
+    for (std::size_t k = 0; k < claimed[pos].size(); ++k)
+      if (first_of[pos][k] == k && !claimed[pos][k]) {
+        const auto& chunk = item.tensor().chunks[k];
         throw item_error(item, chunk.pickle_offset, "no storage_data entry for the chunk at " + format_shape(chunk.offsets));
       }
   }

@@ -259,47 +259,55 @@ ResolvedData DefaultSavePlanner::resolve_data(const WriteItem& item) {
 
 namespace {
 
-// Small ids for the keys (fqns) of many plans. Ranks usually plan the same keys in the same
-// order, so an item is first compared with the item at the same position of the previous
-// plan: most lookups cost one string comparison, not a hash.
-class FqnIds {
- public:
-  std::uint32_t id(std::string_view fqn) {
-    auto [it, fresh] = ids_.emplace(fqn, static_cast<std::uint32_t>(ids_.size()));
-    return it->second;
-  }
-  std::size_t size() const { return ids_.size(); }
-
- private:
-  std::unordered_map<std::string_view, std::uint32_t> ids_;
-};
-
-// Every item's fqn id, plan by plan (flat: plan p's items start at begin[p]).
+// Every item's fqn id, plan by plan (flat: plan p's items start at begin[p]). Ranks usually
+// plan the same keys in the same order, so an item is first compared with the item at the same
+// position of the previous plan (on several threads, as those comparisons are independent);
+// only the others cost a hash lookup.
 struct ItemFqns {
   std::vector<std::size_t> begin;
   std::vector<std::uint32_t> fqn;
   std::size_t fqn_count = 0;
 };
 
-ItemFqns fqn_ids(const std::vector<SavePlan>& plans) {
-  ItemFqns out;
-  FqnIds ids;
-  out.begin.reserve(plans.size() + 1);
+std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
+  std::vector<std::size_t> begin;
+  begin.reserve(plans.size() + 1);
   std::size_t total = 0;
   for (const auto& plan : plans) {
-    out.begin.push_back(total);
+    begin.push_back(total);
     total += plan.items.size();
   }
-  out.begin.push_back(total);
+  begin.push_back(total);
+  if (total >= 0xFFFFFFFFu) throw Error(Errc::resource_exhausted, "save plans of 2^32 items or more");
+  return begin;
+}
+
+// `visit(flat, item)` runs on every item in that same pass (each item is read from memory once).
+template <class Visit>
+ItemFqns fqn_ids(const std::vector<SavePlan>& plans, Visit visit) {
+  ItemFqns out;
+  out.begin = plan_starts(plans);
+  const std::size_t total = out.begin.back();
+  std::vector<unsigned char> as_before(total, 0);  // same fqn as the previous plan's item here
+  parallel_for(plans.size(), total, [&](std::size_t p) {
+    const auto& items = plans[p].items;
+    const auto* before = p > 0 ? &plans[p - 1].items : nullptr;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::size_t flat = out.begin[p] + i;
+      as_before[flat] = before && i < before->size() && items[i].index.fqn == (*before)[i].index.fqn;
+      visit(flat, items[i]);
+    }
+  });
+  std::unordered_map<std::string_view, std::uint32_t> ids;
   out.fqn.resize(total);
   for (std::size_t p = 0; p < plans.size(); ++p) {
     const auto& items = plans[p].items;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const auto& fqn = items[i].index.fqn;
-      if (p > 0 && i < plans[p - 1].items.size() && plans[p - 1].items[i].index.fqn == fqn)
-        out.fqn[out.begin[p] + i] = out.fqn[out.begin[p - 1] + i];
+      const std::size_t flat = out.begin[p] + i;
+      if (as_before[flat])
+        out.fqn[flat] = out.fqn[out.begin[p - 1] + i];
       else
-        out.fqn[out.begin[p] + i] = ids.id(fqn);
+        out.fqn[flat] = ids.emplace(items[i].index.fqn, static_cast<std::uint32_t>(ids.size())).first->second;
     }
   }
   out.fqn_count = ids.size();
@@ -316,90 +324,111 @@ std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
 }  // namespace
 
 std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
-  // Items of one key (fqn, offsets) on several plans are found per fqn, so each hash table is
-  // as small as one tensor's chunk list and stays in cache (millions of items at 8k ranks).
-  const auto fqns = fqn_ids(plans);
+  // Millions of items at 8k ranks: every pass over the items themselves runs in plan order
+  // (sequential memory, on several threads); the passes that jump between plans read only
+  // small flat arrays.
+  const auto begin = plan_starts(plans);
+  std::vector<std::uint64_t> hash(begin.back()), bytes(begin.back());  // offsets' hash; torch's `size or 1`
+  const auto fqns = fqn_ids(plans, [&](std::size_t flat, const WriteItem& item) {
+    hash[flat] = hash_offsets(item.index.offset);
+    const auto size = item.tensor_storage_size().value_or(0);
+    bytes[flat] = size ? size : 1;
+  });
   const std::size_t total = fqns.fqn.size();
-  // Items grouped by fqn, in plan order (a counting sort).
+  // Items grouped by fqn, in plan order (a counting sort), with what grouping compares.
+  struct Entry {
+    std::uint64_t hash;
+    std::uint32_t plan;
+    std::uint32_t flat;
+  };
   std::vector<std::size_t> group_begin(fqns.fqn_count + 1, 0);
   for (auto f : fqns.fqn) ++group_begin[f + 1];
   for (std::size_t f = 0; f < fqns.fqn_count; ++f) group_begin[f + 1] += group_begin[f];
-  std::vector<std::uint32_t> plan_of(plans.size() ? total : 0);
-  std::vector<std::size_t> grouped(total);
+  std::vector<Entry> grouped(total);
   {
     auto fill = group_begin;
     for (std::size_t p = 0; p < plans.size(); ++p)
-      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
-        plan_of[flat] = static_cast<std::uint32_t>(p);
-        grouped[fill[fqns.fqn[flat]]++] = flat;
-      }
+      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat)
+        grouped[fill[fqns.fqn[flat]]++] =
+            Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
   }
-  auto item_at = [&](std::size_t flat) -> const WriteItem& {
-    const auto p = plan_of[flat];
-    return plans[p].items[flat - fqns.begin[p]];
+  auto offsets_at = [&](const Entry& e) -> const std::optional<Shape>& {
+    return plans[e.plan].items[e.flat - fqns.begin[e.plan]].index.offset;
   };
-  // Per fqn: the distinct offsets, each a key; key_of[flat] names the item's key. A key's
-  // holders are its items in plan order, so its first item is where torch first sees it.
-  std::vector<std::uint32_t> key_of(total);
-  std::vector<std::size_t> key_first;                  // flat index of each key's first item
-  std::vector<std::vector<std::uint32_t>> extra;       // holders after the first, per key (rare)
-  std::vector<std::uint32_t> extra_of;                 // key → index into `extra`, or none
-  constexpr std::uint32_t kNone = 0xFFFFFFFFu;
+  // Per fqn: the distinct offsets, each a key. Most keys have one holder and are kept where
+  // they are; a key held by several plans ("shared") gets an entry in `shared`. Per item, in
+  // flat order so the passes below read it in sequence: kKept, or the shared key's index
+  // (with kFirst on the item where torch first sees the key: its first holder in plan order).
+  constexpr std::uint32_t kKept = 0xFFFFFFFFu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
+  struct Shared {
+    std::vector<std::uint32_t> holders;  // plans, ascending, the first holder first
+    std::uint32_t keeper = 0;
+  };
+  std::vector<Shared> shared;
+  std::vector<std::uint32_t> role(total, kKept);
+  struct Key {
+    Entry first;
+    std::uint32_t shared = kNone;
+  };
+  std::vector<Key> keys;  // of the current fqn
   std::vector<std::uint32_t> table;
   for (std::size_t f = 0; f < fqns.fqn_count; ++f) {
     const std::size_t n = group_begin[f + 1] - group_begin[f];
     std::size_t slots = 16;
     while (slots < 2 * n) slots *= 2;
     table.assign(slots, kNone);
+    keys.clear();
     for (std::size_t g = group_begin[f]; g < group_begin[f + 1]; ++g) {
-      const auto flat = grouped[g];
-      const auto& offsets = item_at(flat).index.offset;
-      std::size_t slot = hash_offsets(offsets) & (slots - 1);
-      while (table[slot] != kNone && item_at(key_first[table[slot]]).index.offset != offsets) slot = (slot + 1) & (slots - 1);
+      const auto& e = grouped[g];
+      std::size_t slot = e.hash & (slots - 1);
+      auto same_key = [&](const Key& key) { return key.first.hash == e.hash && offsets_at(key.first) == offsets_at(e); };
+      while (table[slot] != kNone && !same_key(keys[table[slot]])) slot = (slot + 1) & (slots - 1);
       if (table[slot] == kNone) {
-        table[slot] = static_cast<std::uint32_t>(key_first.size());
-        key_first.push_back(flat);
-        extra_of.push_back(kNone);
-      } else {
-        const auto key = table[slot];
-        if (plan_of[flat] == plan_of[key_first[key]]) {
-          // A plan holding one key twice is the global plan's error to report; keep both.
-        } else {
-          if (extra_of[key] == kNone) {
-            extra_of[key] = static_cast<std::uint32_t>(extra.size());
-            extra.emplace_back();
-          }
-          auto& holders = extra[extra_of[key]];
-          if (holders.empty() || holders.back() != plan_of[flat]) holders.push_back(plan_of[flat]);
-        }
+        table[slot] = static_cast<std::uint32_t>(keys.size());
+        keys.push_back(Key{e});
+        continue;
       }
-      key_of[flat] = table[slot];
+      auto& key = keys[table[slot]];
+      if (e.plan == key.first.plan) continue;  // twice in one plan: the global plan's error to report
+      if (key.shared == kNone) {
+        if (shared.size() >= kFirst) throw Error(Errc::resource_exhausted, "more than 2^31 keys held by several plans");
+        key.shared = static_cast<std::uint32_t>(shared.size());
+        shared.push_back(Shared{{key.first.plan}});
+        role[key.first.flat] = key.shared | kFirst;
+      }
+      auto& holders = shared[key.shared].holders;
+      if (holders.back() != e.plan) holders.push_back(e.plan);
+      role[e.flat] = key.shared;
     }
   }
-  // Keys in the order torch first sees them (plan by plan); each goes to the lowest rank, or
-  // to the rank with the fewest bytes planned so far (ties: the lowest rank).
+  if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
+  // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
+  // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
   std::vector<std::uint64_t> planned(plans.size(), 0);
-  std::vector<std::uint32_t> keeper(key_first.size());
-  for (std::size_t flat = 0; flat < total; ++flat) {
-    const auto key = key_of[flat];
-    if (key_first[key] != flat) continue;
-    const auto first = plan_of[flat];
-    std::uint32_t best = first;
-    if (extra_of[key] != kNone && !save_to_lowest_rank)
-      for (auto p : extra[extra_of[key]])
-        if (planned[p] < planned[best]) best = p;
-    keeper[key] = best;
-    const auto size = item_at(flat).tensor_storage_size().value_or(0);  // torch: `size or 1`
-    planned[best] += size ? size : 1;
-  }
+  for (std::size_t p = 0; p < plans.size(); ++p)
+    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+      std::uint32_t best = static_cast<std::uint32_t>(p);
+      if (role[flat] == kKept) {
+      } else if (role[flat] & kFirst) {
+        auto& key = shared[role[flat] & ~kFirst];
+        if (!save_to_lowest_rank)
+          for (auto holder : key.holders)
+            if (planned[holder] < planned[best]) best = holder;
+        key.keeper = best;
+      } else {
+        continue;  // not where torch first sees it
+      }
+      planned[best] += bytes[flat];
+    }
   for (std::size_t p = 0; p < plans.size(); ++p) {
     auto& items = plans[p].items;
-    bool drops = false;
-    for (std::size_t i = 0; i < items.size() && !drops; ++i) drops = keeper[key_of[fqns.begin[p] + i]] != p;
-    if (!drops) continue;
+    auto kept = [&](std::size_t i) {
+      const auto r = role[fqns.begin[p] + i];
+      return r == kKept || shared[r & ~kFirst].keeper == p;
+    };
     std::size_t out = 0;
     for (std::size_t i = 0; i < items.size(); ++i)
-      if (keeper[key_of[fqns.begin[p] + i]] == p) {
+      if (kept(i)) {
         if (out != i) items[out] = std::move(items[i]);
         ++out;
       }
@@ -411,9 +440,11 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
 std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
   metadata::Metadata md;
   constexpr std::size_t kUnseen = ~std::size_t{0};
-  const auto fqns = fqn_ids(plans);                        // cheap ids: no string hash per item
+  const auto fqns = fqn_ids(plans, [](std::size_t, const WriteItem&) {});  // cheap ids: no string hash per item
   std::vector<std::size_t> item_of(fqns.fqn_count, kUnseen);  // fqn id → position in md.items
   std::vector<bool> has_plain;                              // per md item: a non-shard item was seen
+  std::vector<std::uint32_t> holders(fqns.fqn_count, 0);    // items per fqn: its chunk list's size
+  for (auto f : fqns.fqn) ++holders[f];
   for (std::size_t p = 0; p < plans.size(); ++p) {
     auto& items = plans[p].items;
     for (std::size_t i = 0; i < items.size(); ++i) {
@@ -433,6 +464,8 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
       const auto& data = *item.tensor_data;
       if (fresh) {
         md.items.push_back(metadata::ItemMetadata{fqn, metadata::TensorStorageMetadata{data.properties, data.size, {}}, 0});
+        auto& chunks = std::get<metadata::TensorStorageMetadata>(md.items.back().storage).chunks;
+        chunks.reserve(holders[fqns.fqn[fqns.begin[p] + i]]);
         has_plain.push_back(false);
       }
       auto& entry = md.items[position];
@@ -459,7 +492,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
       tensor.chunks.push_back(metadata::ChunkStorageMetadata{data.chunk.offsets, data.chunk.sizes, 0});
     }
   }
-  // The chunks must tile each tensor: inside, disjoint (bounding-box tree), and covering it.
+  // The chunks must tile each tensor: inside, disjoint and covering it (layout::check_tiling).
   // Each tensor on its own: on several threads at thousands of ranks.
   parallel_for(md.items.size(), metadata::tensor_chunk_count(md), [&](std::size_t position) {
     const auto& entry = md.items[position];
@@ -467,22 +500,20 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
     const auto& t = entry.tensor();
     std::vector<layout::Box> boxes;
     boxes.reserve(t.chunks.size());
-    std::uint64_t covered = 0;
     for (const auto& c : t.chunks) {
-      if (!layout::is_inside(c.box(), t.size))
+      if (!layout::is_inside(c.offsets, c.sizes, t.size))
         fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + layout::format_box(c.box()) +
                                                             " lies outside the tensor of shape " + layout::format_shape(t.size));
-      covered = add_or_throw(covered, layout::volume(c.box()), "chunk volume");
       boxes.push_back(c.box());
     }
-    const layout::ChunkIndex index(std::move(boxes));
-    if (const auto& pair = index.first_overlap())
-      fail_for_key(Errc::invalid_argument, entry.fqn, "chunks " + layout::format_box(index.box(pair->first)) + " and " +
-                                                          layout::format_box(index.box(pair->second)) + " overlap");
-    const auto total = layout::volume(layout::full_box(t.size));
-    if (covered != total)
-      fail_for_key(Errc::invalid_argument, entry.fqn, "the saved chunks cover " + std::to_string(covered) + " of " +
-                                                          std::to_string(total) + " elements");
+    const auto tiling = layout::check_tiling(boxes, t.size);
+    if (const auto& pair = tiling.overlap)
+      fail_for_key(Errc::invalid_argument, entry.fqn, "chunks " + layout::format_box(boxes[pair->first]) + " and " +
+                                                          layout::format_box(boxes[pair->second]) + " overlap");
+    if (tiling.covered != tiling.total)
+      fail_for_key(Errc::invalid_argument, entry.fqn,
+                   "the saved chunks cover " + std::to_string(tiling.covered) + " of " + std::to_string(tiling.total) +
+                       " elements");
   });
   // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
   std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
