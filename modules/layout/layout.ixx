@@ -126,7 +126,10 @@ class Shape {
   }
 
   friend inline bool operator==(const Shape& a, const Shape& b) noexcept {
-    return a.size_ == b.size_ && std::equal(a.begin(), a.end(), b.begin());
+    if (a.size_ != b.size_) return false;
+    for (std::uint32_t i = 0; i < a.size_; ++i)  // a loop, not std::equal: that calls memcmp
+      if (a.data_[i] != b.data_[i]) return false;
+    return true;
   }
   friend inline std::strong_ordering operator<=>(const Shape& a, const Shape& b) noexcept {
     return std::lexicographical_compare_three_way(a.begin(), a.end(), b.begin(), b.end());

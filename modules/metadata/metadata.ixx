@@ -175,9 +175,9 @@ class Metadata {
   NameIndex item_index_;
   NameIndex path_index_;
   // storage_data by (fqn, offsets), in two levels: fqn → its group's table, then open
-  // addressing over the positions + 1 (0 = empty) of that fqn's entries, the offsets compared
-  // in place. Millions of chunks at thousands of ranks cost no key strings, and each group's
-  // table is small enough to stay in cache while it is built.
+  // addressing over the positions + 1 (0 = empty) of that fqn's entries, found by the offsets'
+  // hash and compared in place. Millions of chunks at thousands of ranks cost no key strings,
+  // and a probe compares offsets only, never names.
   struct StorageGroup {
     std::size_t first_slot = 0;
     std::size_t slot_count = 0;  // a power of two

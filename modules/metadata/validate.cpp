@@ -75,20 +75,24 @@ void validate_tensor(const ItemMetadata& item) {
 }
 
 // `slots` (a power of two, chunk positions + 1) gets the first chunk of each distinct start;
-// returns, per chunk, the position of the first chunk that starts where it does. Only empty
-// chunks may share a start (the chunks tile), and torch stores one entry per start.
+// returns, per chunk, the position of the first chunk that starts where it does, or nothing
+// when every chunk starts elsewhere (the usual case). Only empty chunks may share a start
+// (the chunks tile), and torch stores one entry per start.
 std::vector<std::uint32_t> index_starts(const std::vector<ChunkStorageMetadata>& chunks,
                                         std::vector<std::uint32_t>& slots) {
   std::size_t size = 16;
   while (size < 2 * chunks.size()) size *= 2;
   slots.assign(size, 0);
   std::vector<std::uint32_t> first(chunks.size());
+  bool shared = false;
   for (std::size_t i = 0; i < chunks.size(); ++i) {
     std::size_t slot = offsets_hash(&chunks[i].offsets) & (size - 1);
     while (slots[slot] && chunks[slots[slot] - 1].offsets != chunks[i].offsets) slot = (slot + 1) & (size - 1);
     if (!slots[slot]) slots[slot] = static_cast<std::uint32_t>(i + 1);
     first[i] = slots[slot] - 1;
+    shared = shared || first[i] != i;
   }
+  if (!shared) first.clear();
   return first;
 }
 
@@ -110,7 +114,7 @@ void Metadata::reindex() {
     throw Error(Errc::resource_exhausted, "more than 2^31 storage_data entries");
   storage_group_.clear();
   storage_groups_.clear();
-  // Each entry's group; entries come grouped by key, so a name is looked up when it changes.
+  // Each entry's group; a name is looked up only when it differs from the previous entry's.
   std::vector<std::uint32_t> group_of(storage_data.size());
   std::vector<std::uint64_t> hash_of(storage_data.size());
   std::vector<std::size_t> members;
@@ -229,24 +233,39 @@ ValidatedMetadata validate(Metadata metadata) {
   }
   const ValidatedMetadata result(state);
 
-  std::unordered_set<std::string_view> objects_stored;
-  const ItemMetadata* item = nullptr;  // storage entries come grouped by key: look up changes only
-  const std::string* safe_path = nullptr;
-  for (const auto& [index, info] : md.storage_data) {
-    if (!item || item->fqn != index.fqn) item = md.find_item(index.fqn);
-    auto fail = [&](std::string message) {
-      Error e(Errc::data_loss, "storage_data: " + std::move(message));
-      e.for_key(index.fqn).at_offset(info.pickle_offset);
-      return e;
-    };
-    if (!item) throw fail("key is not in state_dict_metadata");
-    if ((!safe_path || *safe_path != info.relative_path) && !is_safe_relative_path(info.relative_path))
-      throw fail("unsafe file name '" + info.relative_path + "' (must be a plain name in the checkpoint directory)");
-    safe_path = &info.relative_path;  // consecutive entries mostly share a file: check it once
-    if (!checked_add(info.offset, info.length)) throw fail("byte range overflows 64 bits");
-    if (item->is_tensor()) {
-      if (!index.offset) throw fail("tensor entry without chunk offsets");
+  // Each storage entry names an item and, for a tensor, a chunk start. Resolving that reads
+  // scattered memory (torch lists entries rank by rank, each of another tensor), so it runs on
+  // several threads, a block of entries each; claiming the starts (is an entry the second for
+  // its start?) runs after, in order. The first failing entry is reported, as a loop would.
+  const auto& entries = md.storage_data;
+  constexpr std::size_t kBlock = std::size_t{1} << 15;
+  constexpr std::uint32_t kObject = 0xFFFFFFFFu;
+  std::vector<std::uint32_t> entry_item(entries.size()), entry_start(entries.size());
+  std::vector<std::optional<std::pair<std::size_t, Error>>> failure((entries.size() + kBlock - 1) / kBlock);
+  parallel_for(failure.size(), entries.size(), [&](std::size_t block) {
+    const ItemMetadata* item = nullptr;  // looked up when the key differs from the previous entry's
+    const std::string* safe_path = nullptr;
+    for (std::size_t i = block * kBlock; i < std::min(entries.size(), (block + 1) * kBlock); ++i) {
+      const auto& [index, info] = entries[i];
+      auto fail = [&](std::string message) {
+        Error e(Errc::data_loss, "storage_data: " + std::move(message));
+        e.for_key(index.fqn).at_offset(info.pickle_offset);
+        failure[block].emplace(i, std::move(e));
+      };
+      if (!item || item->fqn != index.fqn) item = md.find_item(index.fqn);
+      if (!item) return fail("key is not in state_dict_metadata");
+      if ((!safe_path || *safe_path != info.relative_path) && !is_safe_relative_path(info.relative_path))
+        return fail("unsafe file name '" + info.relative_path + "' (must be a plain name in the checkpoint directory)");
+      safe_path = &info.relative_path;  // torch lists entries rank by rank: runs share a file
+      if (!checked_add(info.offset, info.length)) return fail("byte range overflows 64 bits");
       const auto pos = static_cast<std::size_t>(item - md.items.data());
+      entry_item[i] = static_cast<std::uint32_t>(pos);
+      if (!item->is_tensor()) {
+        if (index.offset) return fail("bytes entry with chunk offsets");
+        entry_start[i] = kObject;
+        continue;
+      }
+      if (!index.offset) return fail("tensor entry without chunk offsets");
       const auto& chunks = item->tensor().chunks;
       // torch's writer sets the index hint to the chunk's position: try it before searching.
       std::optional<std::size_t> chunk;
@@ -255,13 +274,29 @@ ValidatedMetadata validate(Metadata metadata) {
         chunk = static_cast<std::size_t>(*index.index);
       else
         chunk = result.chunk_position(item->fqn, *index.offset);
-      if (!chunk) throw fail("no chunk starts at " + format_shape(*index.offset));
-      if (claimed[pos][first_of[pos][*chunk]]++) throw fail("entry appears twice");
-    } else {
-      if (index.offset) throw fail("bytes entry with chunk offsets");
-      if (!objects_stored.insert(index.fqn).second) throw fail("entry appears twice");
+      if (!chunk) return fail("no chunk starts at " + format_shape(*index.offset));
+      entry_start[i] = first_of[pos].empty() ? static_cast<std::uint32_t>(*chunk) : first_of[pos][*chunk];
+    }
+  });
+  std::size_t resolved = entries.size();
+  const Error* first_failure = nullptr;
+  for (const auto& f : failure)
+    if (f) {
+      resolved = f->first;
+      first_failure = &f->second;
+      break;
+    }
+  std::unordered_set<std::string_view> objects_stored;
+  for (std::size_t i = 0; i < resolved; ++i) {
+    const bool again = entry_start[i] == kObject ? !objects_stored.insert(entries[i].first.fqn).second
+                                                 : claimed[entry_item[i]][entry_start[i]]++ != 0;
+    if (again) {
+      Error e(Errc::data_loss, "storage_data: entry appears twice");
+      e.for_key(entries[i].first.fqn).at_offset(entries[i].second.pickle_offset);
+      throw e;
     }
   }
+  if (first_failure) throw *first_failure;
   for (const auto& item : md.items) {
     if (!item.is_tensor()) {
       if (!objects_stored.contains(item.fqn))
@@ -270,7 +305,7 @@ ValidatedMetadata validate(Metadata metadata) {
     }
     const auto pos = static_cast<std::size_t>(&item - md.items.data());
     for (std::size_t k = 0; k < claimed[pos].size(); ++k)
-      if (first_of[pos][k] == k && !claimed[pos][k]) {
+      if ((first_of[pos].empty() || first_of[pos][k] == k) && !claimed[pos][k]) {
         const auto& chunk = item.tensor().chunks[k];
         throw item_error(item, chunk.pickle_offset, "no storage_data entry for the chunk at " + format_shape(chunk.offsets));
       }
