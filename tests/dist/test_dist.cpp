@@ -11,6 +11,7 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 #include <csignal>
@@ -165,9 +166,16 @@ BOOST_AUTO_TEST_CASE(nccl_collectives_on_one_gpu, *boost::unit_test::preconditio
 }
 
 // torchrun's default: its agent serves the store and every rank is a client, under the
-// agent's "/worker/attempt_<restart>" prefix. Played by a torch 1.13 TCPStore (the protocol of
-// the libtorch dcpp links; a torch 2.x agent needs DCPP_STORE_PORT, see dcp.dist).
-BOOST_AUTO_TEST_CASE(collectives_under_an_agent_store) {
+// agent's "/worker/attempt_<restart>" prefix. Played by a TCPStore that speaks the protocol of
+// the libtorch dcpp links (it changed in 2.x; against another, DCPP_STORE_PORT, see dcp.dist):
+// torch 1.13's, or the torch 2.13 oracle's when dcpp links a libtorch 2.x.
+bool links_torch1() { return std::string_view(DCP_TORCH_VERSION).starts_with("1."); }
+
+boost::test_tools::assertion_result needs_agent_python(boost::unit_test::test_unit_id id) {
+  return links_torch1() ? boost::test_tools::assertion_result(true) : dcp_test::needs_python2x(id);
+}
+
+BOOST_AUTO_TEST_CASE(collectives_under_an_agent_store, *boost::unit_test::precondition(needs_agent_python)) {
   TempDir tmp;
   dist_test::Launch l;
   l.world = 3;
@@ -176,12 +184,13 @@ BOOST_AUTO_TEST_CASE(collectives_under_an_agent_store) {
   l.env = {{"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"}};
   l.argv = [](int) { return std::vector<std::string>{dist_rank_exe(), "collectives"}; };
   const auto ready = tmp.path() / "store-ready";
-  const std::string agent = dcp_test::quote(dcp_test::python()) + " -c \"import time, pathlib, torch.distributed as d; "
+  const auto python = links_torch1() ? dcp_test::python() : dcp_test::python2x();
+  const std::string agent = dcp_test::quote(python) + " -c \"import time, pathlib, torch.distributed as d; "
                             "s = d.TCPStore('127.0.0.1', " + std::to_string(l.port) + ", 4, True, wait_for_workers=False); "
                             "pathlib.Path('" + ready.string() + "').touch(); time.sleep(60)\" >/dev/null 2>&1 & echo $!";
   const auto pid = std::stoi(dcp_test::run_capture(agent));
   for (int i = 0; i < 300 && !fs::exists(ready); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  BOOST_TEST_REQUIRE(fs::exists(ready), "the torch 1.13 store did not start");
+  BOOST_TEST_REQUIRE(fs::exists(ready), "the agent's store (" + python + ") did not start");
   const auto results = dist_test::launch(l);
   ::kill(pid, SIGKILL);
   for (std::size_t r = 0; r < results.size(); ++r) BOOST_TEST(results[r].status == 0, dist_test::describe(results));
