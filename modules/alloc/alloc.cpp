@@ -1,4 +1,4 @@
-// dtype mapping, allocation, adoption of core buffers and device copies through the C++17 bridge.
+// dtype mapping, allocation, adoption of core buffers and device copies through the bridge.
 module;
 #include <ATen/core/Tensor.h>
 #include <cstdint>

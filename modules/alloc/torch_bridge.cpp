@@ -1,4 +1,4 @@
-// C++17 translation unit holding libtorch's heavy calls (see torch_bridge.hpp).
+// The translation unit holding libtorch's heavy calls (see torch_bridge.hpp).
 #include "torch_bridge.hpp"
 
 #include <ATen/ATen.h>

@@ -1,6 +1,7 @@
-// The C++17 bridge between dcp.alloc and libtorch's heavy headers (at::empty, Tensor::to):
-// those headers do not compile as C++20 in clang-19 unless included in a careful order, so
-// they stay in torch_bridge.cpp, built as C++17. This header names only Tensor.h types.
+// The bridge between dcp.alloc and libtorch's heavy headers (at::empty, Tensor::to): before
+// torch 2.14 those headers do not compile as C++20 in clang-19 unless included in a careful
+// order, so they stay in torch_bridge.cpp, built as C++17 (as C++20 from 2.14 on, which
+// demands it). This header names only Tensor.h types.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <cstdint>

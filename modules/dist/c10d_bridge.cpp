@@ -1,8 +1,9 @@
-// C++17 translation unit holding the c10d calls (see c10d_bridge.hpp).
+// The translation unit holding the c10d calls, C++17 or C++20 (see c10d_bridge.hpp).
 #include "c10d_bridge.hpp"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -13,6 +14,7 @@
 #include <algorithm>
 #include <cstring>
 #include <exception>
+#include <type_traits>
 #include <utility>
 
 #ifndef USE_C10D_GLOO
@@ -65,6 +67,11 @@ auto translated(Fn&& fn) -> decltype(fn()) {
   }
 }
 
+// torch 2.x's ProcessGroupGloo and ProcessGroupNCCL are c10d::Backends (ProcessGroup became a
+// dispatcher over them); in 1.13 they are ProcessGroups. Both have the collectives used here.
+using Collectives = std::conditional_t<std::is_base_of_v<c10d::Backend, c10d::ProcessGroupGloo>, c10d::Backend,
+                                       c10d::ProcessGroup>;
+
 bool is_loopback(const std::string& addr) {
   return addr == "localhost" || addr == "::1" || addr.rfind("127.", 0) == 0;
 }
@@ -73,11 +80,23 @@ bool is_loopback(const std::string& addr) {
 
 struct Group::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<Collectives> pg;
   int rank = 0;
   int size = 1;
   std::chrono::milliseconds timeout{0};
   c10::Device device{c10::kCPU};
+
+#if DCP_DIST_NCCL
+  // torch 2.x's ProcessGroupNCCL wants shutdown() (Python's destroy_process_group) before it is
+  // destroyed; without it, it warns and may leave its communicators behind.
+  ~Impl() {
+    if (!pg || !device.is_cuda()) return;
+    try {
+      pg->shutdown();
+    } catch (...) {
+    }
+  }
+#endif
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work) const { work->wait(timeout); }
 
@@ -138,9 +157,18 @@ Group::Group(const Rendezvous& r) : impl_(std::make_unique<Impl>()) {
     impl_->store = store;
     if (r.nccl) {
 #if DCP_DIST_NCCL
+      // Said here, not as a CUDA error at the first collective: NCCL takes one device per
+      // rank (cuda:LOCAL_RANK), and two ranks cannot share one.
+      const auto gpus = at::getNumGPUs();
+      if (static_cast<std::size_t>(r.local_rank) >= gpus)
+        throw Failure(Failure::Kind::other, "LOCAL_RANK " + std::to_string(r.local_rank) + " has no CUDA device (" +
+                                                std::to_string(gpus) + " visible); NCCL needs one GPU per rank");
       impl_->device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(r.local_rank));
       auto options = c10d::ProcessGroupNCCL::Options::create();
       options->timeout = r.timeout;
+      // make_intrusive sizes ProcessGroupNCCL from this TU's view of the class, which depends on
+      // the NCCL_HAS_* macros of nccl.h: it must be the nccl.h libtorch was built with
+      // (subprojects/torch, tools/device).
       impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, r.rank, r.size, options);
 #else
       throw Failure(Failure::Kind::other, "this build has no NCCL");

@@ -1,7 +1,7 @@
-// The C++17 bridge between dcp.dist and c10d (TCPStore, PrefixStore, ProcessGroupGloo and,
-// when built with it, ProcessGroupNCCL): c10d's headers pull in ATen's full headers and gloo,
-// which stay out of module units (docs/build.md), so they are included only by
-// c10d_bridge.cpp, built as C++17. This header names standard types only.
+// The bridge between dcp.dist and c10d (TCPStore, PrefixStore, ProcessGroupGloo and, when
+// built with it, ProcessGroupNCCL): c10d's headers pull in ATen's full headers and gloo, which
+// stay out of module units (docs/build.md), so they are included only by c10d_bridge.cpp,
+// built as C++17 (C++20 from torch 2.14 on). This header names standard types only.
 #pragma once
 #include <chrono>
 #include <cstddef>

@@ -12,7 +12,7 @@
 // bounded by `Options::timeout`, and what c10d or gloo throws becomes a dcp::Error naming this
 // rank and the collective: `io` for a lost peer (a rank exited or was killed), `cancelled` for
 // a timeout. After such an error the group is broken: later collectives throw at once. The
-// libtorch layer only: c10d's headers stay in the C++17 bridge (c10d_bridge.cpp).
+// libtorch layer only: c10d's headers stay in the bridge (c10d_bridge.cpp).
 // Imports: dcp.error, dcp.checkpoint (the ProcessGroup interface).
 module;
 #include <chrono>

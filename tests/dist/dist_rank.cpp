@@ -9,6 +9,7 @@
 //                                      each tensor's rows compared with CASE_DIR/expected.json's
 //                                      bytes. --die-on-rank: rank R kills itself (SIGKILL) in
 //                                      the middle of its reads.
+//   --backend nccl                     either of them over NCCL on cuda:LOCAL_RANK (default gloo)
 //
 // Prints "ok ..." and exits 0, or "dist_rank: error: ..." on stderr and exits 1.
 #include <chrono>
@@ -154,18 +155,25 @@ int load(dcp::checkpoint::ProcessGroup& pg, const std::filesystem::path& ckpt, c
 int main(int argc, char** argv) {
   try {
     std::vector<std::string> args(argv + 1, argv + argc);
-    int die_on_rank = -1;
-    for (std::size_t i = 0; i + 1 < args.size(); ++i)
-      if (args[i] == "--die-on-rank") {
-        die_on_rank = std::stoi(args[i + 1]);
-        args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
-        break;
-      }
-    if (args.empty()) fail("usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R]");
-    auto group = dcp::dist::from_environment({.timeout = std::chrono::seconds(30)});
+    // "--name value" taken out of args; nullopt when absent.
+    auto take = [&](const std::string& name) -> std::optional<std::string> {
+      for (std::size_t i = 0; i + 1 < args.size(); ++i)
+        if (args[i] == name) {
+          auto value = args[i + 1];
+          args.erase(args.begin() + static_cast<std::ptrdiff_t>(i), args.begin() + static_cast<std::ptrdiff_t>(i) + 2);
+          return value;
+        }
+      return std::nullopt;
+    };
+    const int die_on_rank = std::stoi(take("--die-on-rank").value_or("-1"));
+    const auto backend = take("--backend").value_or("gloo");
+    const char* usage = "usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R] [--backend gloo|nccl]";
+    if (args.empty() || (backend != "gloo" && backend != "nccl")) fail(usage);
+    auto group = dcp::dist::from_environment(
+        {.timeout = std::chrono::seconds(30), .backend = backend == "nccl" ? dcp::dist::Backend::nccl : dcp::dist::Backend::gloo});
     if (args[0] == "collectives") return collectives(*group);
     if (args[0] == "load" && args.size() == 3) return load(*group, args[1], args[2], die_on_rank);
-    fail("usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R]");
+    fail(usage);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dist_rank: error: %s\n", e.what());
     std::fflush(stderr);

@@ -8,8 +8,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 #include <csignal>
@@ -17,6 +19,7 @@
 #include "launcher.hpp"
 #include "support.hpp"
 import dcp.error;
+import dcp.alloc;
 import dcp.dist;
 
 namespace {
@@ -34,6 +37,10 @@ std::vector<dist_test::RankResult> run_ranks(int world, const fs::path& scratch,
 }
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// dist_rank beside this executable, so that a build folder still runs when moved (tools/device
+// carries one to a GPU machine).
+std::string dist_rank_exe() { return (fs::read_symlink("/proc/self/exe").parent_path() / "dist_rank").string(); }
 
 // The torch 2.13 DTensor checkpoints saved by 4 ranks.
 const char* const kDtensorCases[] = {"x2_fsdp_4ranks", "x2_2d_4ranks"};
@@ -100,7 +107,7 @@ BOOST_AUTO_TEST_CASE(read_environment_parses_and_refuses) {
 }
 
 BOOST_AUTO_TEST_CASE(nccl_is_unimplemented_without_it) {
-  if (dcp::dist::has_nccl()) return;  // a CUDA build: covered where a GPU is
+  if (dcp::dist::has_nccl()) return;  // an NCCL build: nccl_collectives_on_one_gpu, where a GPU is
   dcp::dist::Environment env;
   env.master_addr = "127.0.0.1";
   env.master_port = static_cast<std::uint16_t>(dist_test::free_port());
@@ -129,31 +136,61 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_CASE(collectives_on_3_ranks) {
   TempDir tmp;
-  const auto results = run_ranks(3, tmp.path(), [](int) { return std::vector<std::string>{DIST_RANK, "collectives"}; });
+  const auto results = run_ranks(3, tmp.path(), [](int) { return std::vector<std::string>{dist_rank_exe(), "collectives"}; });
   for (std::size_t r = 0; r < results.size(); ++r) {
     BOOST_TEST(results[r].status == 0, dist_test::describe(results));
     BOOST_TEST(contains(results[r].out, "ok collectives: rank " + std::to_string(r) + " of 3"), results[r].out);
   }
 }
 
+// NCCL needs a GPU per rank and refuses two ranks on one; the GPU machines lent to this project
+// have one (tools/device check), so NCCL is checked at world size 1 and many ranks over Gloo.
+boost::test_tools::assertion_result needs_nccl_and_a_gpu(boost::unit_test::test_unit_id) {
+  const bool nccl = dcp::dist::has_nccl();
+  boost::test_tools::assertion_result result(nccl && dcp::alloc::cuda_available());
+  if (!result) {
+    const std::string why = nccl ? "no CUDA device is visible" : "this build has no NCCL (-Dnccl=enabled, a CUDA libtorch)";
+    result.message() << "skipped: " << why;
+    std::cerr << "test_dist: SKIPPING the NCCL test: " << why << std::endl;
+  }
+  return result;
+}
+
+BOOST_AUTO_TEST_CASE(nccl_collectives_on_one_gpu, *boost::unit_test::precondition(needs_nccl_and_a_gpu)) {
+  TempDir tmp;
+  const auto results = run_ranks(1, tmp.path(), [](int) {
+    return std::vector<std::string>{dist_rank_exe(), "collectives", "--backend", "nccl"};
+  });
+  BOOST_TEST(results[0].status == 0, dist_test::describe(results));
+  BOOST_TEST(contains(results[0].out, "ok collectives: rank 0 of 1"), results[0].out);
+}
+
 // torchrun's default: its agent serves the store and every rank is a client, under the
-// agent's "/worker/attempt_<restart>" prefix. Played by a torch 1.13 TCPStore (the protocol of
-// the libtorch dcpp links; a torch 2.x agent needs DCPP_STORE_PORT, see dcp.dist).
-BOOST_AUTO_TEST_CASE(collectives_under_an_agent_store) {
+// agent's "/worker/attempt_<restart>" prefix. Played by a TCPStore that speaks the protocol of
+// the libtorch dcpp links (it changed in 2.x; against another, DCPP_STORE_PORT, see dcp.dist):
+// torch 1.13's, or the torch 2.13 oracle's when dcpp links a libtorch 2.x.
+bool links_torch1() { return std::string_view(DCP_TORCH_VERSION).starts_with("1."); }
+
+boost::test_tools::assertion_result needs_agent_python(boost::unit_test::test_unit_id id) {
+  return links_torch1() ? boost::test_tools::assertion_result(true) : dcp_test::needs_python2x(id);
+}
+
+BOOST_AUTO_TEST_CASE(collectives_under_an_agent_store, *boost::unit_test::precondition(needs_agent_python)) {
   TempDir tmp;
   dist_test::Launch l;
   l.world = 3;
   l.port = dist_test::free_port();
   l.scratch = tmp.path();
   l.env = {{"TORCHELASTIC_USE_AGENT_STORE", "True"}, {"TORCHELASTIC_RESTART_COUNT", "2"}};
-  l.argv = [](int) { return std::vector<std::string>{DIST_RANK, "collectives"}; };
+  l.argv = [](int) { return std::vector<std::string>{dist_rank_exe(), "collectives"}; };
   const auto ready = tmp.path() / "store-ready";
-  const std::string agent = dcp_test::quote(dcp_test::python()) + " -c \"import time, pathlib, torch.distributed as d; "
+  const auto python = links_torch1() ? dcp_test::python() : dcp_test::python2x();
+  const std::string agent = dcp_test::quote(python) + " -c \"import time, pathlib, torch.distributed as d; "
                             "s = d.TCPStore('127.0.0.1', " + std::to_string(l.port) + ", 4, True, wait_for_workers=False); "
                             "pathlib.Path('" + ready.string() + "').touch(); time.sleep(60)\" >/dev/null 2>&1 & echo $!";
   const auto pid = std::stoi(dcp_test::run_capture(agent));
   for (int i = 0; i < 300 && !fs::exists(ready); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  BOOST_TEST_REQUIRE(fs::exists(ready), "the torch 1.13 store did not start");
+  BOOST_TEST_REQUIRE(fs::exists(ready), "the agent's store (" + python + ") did not start");
   const auto results = dist_test::launch(l);
   ::kill(pid, SIGKILL);
   for (std::size_t r = 0; r < results.size(); ++r) BOOST_TEST(results[r].status == 0, dist_test::describe(results));
@@ -166,7 +203,7 @@ BOOST_AUTO_TEST_CASE(torch_dtensor_checkpoints_load_by_rows_on_3_ranks,
       TempDir tmp;
       const auto& case_dir = dcp_test::checkpoint_case(name);
       const auto results = run_ranks(3, tmp.path(), [&](int) {
-        return std::vector<std::string>{DIST_RANK, "load", (case_dir / "ckpt").string(), case_dir.string()};
+        return std::vector<std::string>{dist_rank_exe(), "load", (case_dir / "ckpt").string(), case_dir.string()};
       });
       for (std::size_t r = 0; r < results.size(); ++r) {
         BOOST_TEST(results[r].status == 0, dist_test::describe(results));
@@ -199,7 +236,7 @@ BOOST_AUTO_TEST_CASE(one_rank_pointed_at_a_missing_checkpoint) {
     TempDir tmp;
     const auto results = run_ranks(3, tmp.path(), [&, bad = bad](int rank) {
       const auto ckpt = rank == bad ? tmp.path() / "missing" : case_dir / "ckpt";
-      return std::vector<std::string>{DIST_RANK, "load", ckpt.string(), case_dir.string()};
+      return std::vector<std::string>{dist_rank_exe(), "load", ckpt.string(), case_dir.string()};
     });
     all_fail_naming(results, "rank " + std::to_string(bad) + ": ", what);
   }
@@ -222,7 +259,7 @@ BOOST_AUTO_TEST_CASE(a_corrupt_record_that_only_one_rank_reads) {
     f.write("XXXX", 4);
   }
   const auto results = run_ranks(3, tmp.path(), [&](int) {
-    return std::vector<std::string>{DIST_RANK, "load", ckpt.string(), case_dir.string()};
+    return std::vector<std::string>{dist_rank_exe(), "load", ckpt.string(), case_dir.string()};
   });
   all_fail_naming(results, "rank 2: ", "dt.rows");
 }
@@ -235,7 +272,7 @@ BOOST_AUTO_TEST_CASE(a_rank_killed_mid_load) {
     BOOST_TEST_CONTEXT("rank " << die << " killed") {
       TempDir tmp;
       const auto results = run_ranks(3, tmp.path(), [&](int) {
-        return std::vector<std::string>{DIST_RANK, "load", (case_dir / "ckpt").string(), case_dir.string(),
+        return std::vector<std::string>{dist_rank_exe(), "load", (case_dir / "ckpt").string(), case_dir.string(),
                                         "--die-on-rank", std::to_string(die)};
       });
       BOOST_TEST(results[static_cast<std::size_t>(die)].status == 128 + 9, dist_test::describe(results));
