@@ -114,24 +114,35 @@ void Metadata::reindex() {
     throw Error(Errc::resource_exhausted, "more than 2^31 storage_data entries");
   storage_group_.clear();
   storage_groups_.clear();
-  // Each entry's group; a name is looked up only when it differs from the previous entry's.
+  // Each entry's group, and its offsets' hash. The groups of the items' keys exist first, so
+  // entries find theirs on several threads (lookups only); a key that names no item (which
+  // validate rejects) gets its group after, in order.
+  for (const auto& item : items) storage_group_.try_emplace(item.fqn, storage_group_.size());
+  constexpr std::uint32_t kLater = 0xFFFFFFFFu;
   std::vector<std::uint32_t> group_of(storage_data.size());
   std::vector<std::uint64_t> hash_of(storage_data.size());
-  std::vector<std::size_t> members;
-  const std::string* last_fqn = nullptr;
-  std::uint32_t group = 0;
-  for (std::size_t i = 0; i < storage_data.size(); ++i) {
-    const auto& fqn = storage_data[i].first.fqn;
-    if (!last_fqn || *last_fqn != fqn) {
-      group = static_cast<std::uint32_t>(storage_group_.try_emplace(fqn, storage_group_.size()).first->second);
-      if (group == members.size()) members.push_back(0);
-      last_fqn = &fqn;
+  constexpr std::size_t kBlock = std::size_t{1} << 15;
+  parallel_for((storage_data.size() + kBlock - 1) / kBlock, storage_data.size(), [&](std::size_t block) {
+    const std::string* last_fqn = nullptr;  // looked up when it differs from the previous entry's
+    std::uint32_t group = kLater;
+    for (std::size_t i = block * kBlock; i < std::min(storage_data.size(), (block + 1) * kBlock); ++i) {
+      const auto& key = storage_data[i].first;
+      if (!last_fqn || *last_fqn != key.fqn) {
+        const auto it = storage_group_.find(key.fqn);
+        group = it == storage_group_.end() ? kLater : static_cast<std::uint32_t>(it->second);
+        last_fqn = &key.fqn;
+      }
+      group_of[i] = group;
+      hash_of[i] = offsets_hash(key.offset ? &*key.offset : nullptr);
     }
-    group_of[i] = group;
-    const auto& offset = storage_data[i].first.offset;
-    hash_of[i] = offsets_hash(offset ? &*offset : nullptr);
-    ++members[group];
-  }
+  });
+  for (std::size_t i = 0; i < storage_data.size(); ++i)
+    if (group_of[i] == kLater) {
+      const auto it = storage_group_.try_emplace(storage_data[i].first.fqn, storage_group_.size()).first;
+      group_of[i] = static_cast<std::uint32_t>(it->second);
+    }
+  std::vector<std::size_t> members(storage_group_.size(), 0);
+  for (const auto group : group_of) ++members[group];
   std::size_t slots = 0;
   for (const auto count : members) {
     std::size_t size = 4;

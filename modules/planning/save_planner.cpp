@@ -5,6 +5,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
@@ -341,43 +342,55 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
     std::uint32_t plan;
     std::uint32_t flat;
   };
+  // Plans in blocks, each block's items of one fqn in a range of their own: the scatter runs
+  // on several threads and keeps plan order within each fqn.
+  const std::size_t blocks = std::min<std::size_t>(plans.size(), 64);
+  auto block_plans = [&](std::size_t b) { return std::pair{b * plans.size() / blocks, (b + 1) * plans.size() / blocks}; };
+  std::vector<std::size_t> fill(blocks * fqns.fqn_count, 0);  // per block and fqn: items, then where they go
+  parallel_for(blocks, total, [&](std::size_t b) {
+    const auto [first, last] = block_plans(b);
+    for (std::size_t flat = fqns.begin[first]; flat < fqns.begin[last]; ++flat) ++fill[b * fqns.fqn_count + fqns.fqn[flat]];
+  });
   std::vector<std::size_t> group_begin(fqns.fqn_count + 1, 0);
-  for (auto f : fqns.fqn) ++group_begin[f + 1];
-  for (std::size_t f = 0; f < fqns.fqn_count; ++f) group_begin[f + 1] += group_begin[f];
-  std::vector<Entry> grouped(total);
-  {
-    auto fill = group_begin;
-    for (std::size_t p = 0; p < plans.size(); ++p)
-      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat)
-        grouped[fill[fqns.fqn[flat]]++] =
-            Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
+  for (std::size_t f = 0, at = 0; f < fqns.fqn_count; ++f) {
+    group_begin[f] = at;
+    for (std::size_t b = 0; b < blocks; ++b) at += std::exchange(fill[b * fqns.fqn_count + f], at);
+    group_begin[f + 1] = at;
   }
+  std::vector<Entry> grouped(total);
+  parallel_for(blocks, total, [&](std::size_t b) {
+    const auto [first, last] = block_plans(b);
+    for (std::size_t p = first; p < last; ++p)
+      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat)
+        grouped[fill[b * fqns.fqn_count + fqns.fqn[flat]]++] =
+            Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
+  });
   auto offsets_at = [&](const Entry& e) -> const std::optional<Shape>& {
     return plans[e.plan].items[e.flat - fqns.begin[e.plan]].index.offset;
   };
-  // Per fqn: the distinct offsets, each a key. Most keys have one holder and are kept where
-  // they are; a key held by several plans ("shared") gets an entry in `shared`. Per item, in
-  // flat order so the passes below read it in sequence: kKept, or the shared key's index
-  // (with kFirst on the item where torch first sees the key: its first holder in plan order).
+  // Per fqn (on several threads): the distinct offsets, each a key. Most keys have one holder
+  // and are kept where they are; a key held by several plans ("shared") gets an entry in
+  // `shared`. Per item, in flat order so the passes below read it in sequence: kKept, or the
+  // shared key's index (with kFirst on the item where torch first sees the key: its first
+  // holder in plan order).
   constexpr std::uint32_t kKept = 0xFFFFFFFFu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
   struct Shared {
     std::vector<std::uint32_t> holders;  // plans, ascending, the first holder first
     std::uint32_t keeper = 0;
   };
-  std::vector<Shared> shared;
+  std::vector<std::vector<Shared>> shared_of(fqns.fqn_count);  // numbered per fqn, then joined
   std::vector<std::uint32_t> role(total, kKept);
-  struct Key {
-    Entry first;
-    std::uint32_t shared = kNone;
-  };
-  std::vector<Key> keys;  // of the current fqn
-  std::vector<std::uint32_t> table;
-  for (std::size_t f = 0; f < fqns.fqn_count; ++f) {
+  parallel_for(fqns.fqn_count, total, [&](std::size_t f) {
+    struct Key {
+      Entry first;
+      std::uint32_t shared = kNone;
+    };
+    std::vector<Key> keys;
+    auto& shared = shared_of[f];
     const std::size_t n = group_begin[f + 1] - group_begin[f];
     std::size_t slots = 16;
     while (slots < 2 * n) slots *= 2;
-    table.assign(slots, kNone);
-    keys.clear();
+    std::vector<std::uint32_t> table(slots, kNone);
     for (std::size_t g = group_begin[f]; g < group_begin[f + 1]; ++g) {
       const auto& e = grouped[g];
       std::size_t slot = e.hash & (slots - 1);
@@ -391,7 +404,6 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
       auto& key = keys[table[slot]];
       if (e.plan == key.first.plan) continue;  // twice in one plan: the global plan's error to report
       if (key.shared == kNone) {
-        if (shared.size() >= kFirst) throw Error(Errc::resource_exhausted, "more than 2^31 keys held by several plans");
         key.shared = static_cast<std::uint32_t>(shared.size());
         shared.push_back(Shared{{key.first.plan}});
         role[key.first.flat] = key.shared | kFirst;
@@ -400,7 +412,17 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
       if (holders.back() != e.plan) holders.push_back(e.plan);
       role[e.flat] = key.shared;
     }
+  });
+  std::vector<Shared> shared;
+  std::vector<std::uint32_t> shared_begin(fqns.fqn_count);
+  for (std::size_t f = 0; f < fqns.fqn_count; ++f) {
+    if (shared.size() + shared_of[f].size() >= kFirst)
+      throw Error(Errc::resource_exhausted, "more than 2^31 keys held by several plans");
+    shared_begin[f] = static_cast<std::uint32_t>(shared.size());
+    std::move(shared_of[f].begin(), shared_of[f].end(), std::back_inserter(shared));
   }
+  for (std::size_t flat = 0; flat < total; ++flat)
+    if (role[flat] != kKept) role[flat] += shared_begin[fqns.fqn[flat]];  // kFirst stays set: indices < 2^31
   if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
   // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
   // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
@@ -438,39 +460,88 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
 }
 
 std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
+  // Millions of items at 8k ranks. A parallel pass reads each item once (its kind); the steps
+  // that depend on order (where a key first appears, plain tensor versus shards, each chunk's
+  // place in its list) run over flat arrays in plan order; a second parallel pass compares each
+  // item with its key's metadata and copies its chunk. The error is the one a loop over the
+  // items in plan order would raise first.
+  enum Kind : std::uint8_t { kObject, kPlain, kShard, kMalformed };
+  std::vector<std::uint8_t> kind(plan_starts(plans).back());
+  const auto fqns = fqn_ids(plans, [&](std::size_t flat, const WriteItem& item) {
+    if (item.type == WriteItemType::byte_io)
+      kind[flat] = kObject;
+    else if (!item.tensor_data || !item.index.offset || *item.index.offset != item.tensor_data->chunk.offsets)
+      kind[flat] = kMalformed;
+    else
+      kind[flat] = item.type == WriteItemType::tensor ? kPlain : kShard;
+  });
+  const std::size_t total = kind.size();
+  auto item_at = [&](std::size_t p, std::size_t flat) -> WriteItem& { return plans[p].items[flat - fqns.begin[p]]; };
+
   metadata::Metadata md;
-  constexpr std::size_t kUnseen = ~std::size_t{0};
-  const auto fqns = fqn_ids(plans, [](std::size_t, const WriteItem&) {});  // cheap ids: no string hash per item
-  std::vector<std::size_t> item_of(fqns.fqn_count, kUnseen);  // fqn id → position in md.items
-  std::vector<bool> has_plain;                              // per md item: a non-shard item was seen
-  std::vector<std::uint32_t> holders(fqns.fqn_count, 0);    // items per fqn: its chunk list's size
-  for (auto f : fqns.fqn) ++holders[f];
-  for (std::size_t p = 0; p < plans.size(); ++p) {
-    auto& items = plans[p].items;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      auto& item = items[i];
-      const auto& fqn = item.index.fqn;
-      auto& position = item_of[fqns.fqn[fqns.begin[p] + i]];
+  constexpr std::uint32_t kUnseen = 0xFFFFFFFFu;
+  std::vector<std::uint32_t> item_of(fqns.fqn_count, kUnseen);  // fqn id → position in md.items
+  std::vector<std::uint32_t> chunk_of(total);                   // a tensor item's place in its chunk list
+  std::vector<std::uint32_t> chunk_count;                       // per md item
+  std::vector<bool> has_plain;                                  // per md item: an object or plain tensor seen
+  std::size_t failed = total;                                   // the first item the order-dependent checks fail
+  const char* failure = nullptr;
+  bool content_checked_first = false;  // the comparisons with the key's metadata come before that check
+  for (std::size_t p = 0; p < plans.size() && failed == total; ++p)
+    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+      auto fail = [&](const char* message, bool after_content) {
+        failed = flat;
+        failure = message;
+        content_checked_first = after_content;
+      };
+      auto& position = item_of[fqns.fqn[flat]];
       const bool fresh = position == kUnseen;
-      if (fresh) position = md.items.size();
-      if (item.type == WriteItemType::byte_io) {
-        if (!fresh) fail_for_key(Errc::invalid_argument, fqn, "saved twice, or as an object and as a tensor");
-        md.items.push_back(metadata::ItemMetadata{fqn, metadata::BytesStorageMetadata{}, 0});
-        has_plain.push_back(true);
-        continue;
+      if (kind[flat] == kMalformed) {
+        fail("tensor write item without matching chunk data", false);
+        break;
       }
-      if (!item.tensor_data || !item.index.offset || *item.index.offset != item.tensor_data->chunk.offsets)
-        fail_for_key(Errc::invalid_argument, fqn, "tensor write item without matching chunk data");
-      const auto& data = *item.tensor_data;
       if (fresh) {
-        md.items.push_back(metadata::ItemMetadata{fqn, metadata::TensorStorageMetadata{data.properties, data.size, {}}, 0});
-        auto& chunks = std::get<metadata::TensorStorageMetadata>(md.items.back().storage).chunks;
-        chunks.reserve(holders[fqns.fqn[fqns.begin[p] + i]]);
-        has_plain.push_back(false);
+        const auto& item = item_at(p, flat);
+        position = static_cast<std::uint32_t>(md.items.size());
+        if (kind[flat] == kObject)
+          md.items.push_back(metadata::ItemMetadata{item.index.fqn, metadata::BytesStorageMetadata{}, 0});
+        else
+          md.items.push_back(metadata::ItemMetadata{
+              item.index.fqn, metadata::TensorStorageMetadata{item.tensor_data->properties, item.tensor_data->size, {}}, 0});
+        has_plain.push_back(kind[flat] == kObject);
+        chunk_count.push_back(0);
+        if (kind[flat] == kObject) continue;
+      } else if (kind[flat] == kObject) {
+        fail("saved twice, or as an object and as a tensor", false);
+        break;
+      } else if (!md.items[position].is_tensor()) {
+        fail("saved as an object and as a tensor", false);
+        break;
       }
-      auto& entry = md.items[position];
-      if (!entry.is_tensor()) fail_for_key(Errc::invalid_argument, fqn, "saved as an object and as a tensor");
-      auto& tensor = std::get<metadata::TensorStorageMetadata>(entry.storage);
+      if (kind[flat] == kPlain) {
+        if (has_plain[position] || chunk_count[position] != 0) {
+          fail("a plain tensor saved twice, or also as shards", true);
+          break;
+        }
+        has_plain[position] = true;
+      } else if (has_plain[position]) {
+        fail("shards of a tensor that is also saved plain", true);
+        break;
+      }
+      chunk_of[flat] = chunk_count[position]++;
+    }
+  parallel_for(md.items.size(), total, [&](std::size_t position) {  // fresh pages: faulted in on every core
+    if (md.items[position].is_tensor())
+      std::get<metadata::TensorStorageMetadata>(md.items[position].storage).chunks.resize(chunk_count[position]);
+  });
+  const std::size_t checked_end = failed + (content_checked_first ? 1 : 0);
+  parallel_for(plans.size(), total, [&](std::size_t p) {
+    for (std::size_t flat = fqns.begin[p]; flat < std::min(fqns.begin[p + 1], checked_end); ++flat) {
+      if (kind[flat] == kObject) continue;
+      auto& item = item_at(p, flat);
+      const auto& fqn = item.index.fqn;
+      const auto& data = *item.tensor_data;
+      auto& tensor = std::get<metadata::TensorStorageMetadata>(md.items[item_of[fqns.fqn[flat]]].storage);
       if (tensor.size != data.size)
         fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the global size: " + layout::format_shape(tensor.size) +
                                                       " and " + layout::format_shape(data.size));
@@ -481,16 +552,15 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
         fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the tensor's properties (dtype " +
                                                       std::string(dtype_name(a.dtype)) + " and " +
                                                       std::string(dtype_name(b.dtype)) + ")");
-      if (item.type == WriteItemType::tensor) {
-        if (has_plain[position] || !tensor.chunks.empty())
-          fail_for_key(Errc::invalid_argument, fqn, "a plain tensor saved twice, or also as shards");
-        has_plain[position] = true;
-      } else if (has_plain[position]) {
-        fail_for_key(Errc::invalid_argument, fqn, "shards of a tensor that is also saved plain");
-      }
-      item.index.index = static_cast<std::int64_t>(tensor.chunks.size());
-      tensor.chunks.push_back(metadata::ChunkStorageMetadata{data.chunk.offsets, data.chunk.sizes, 0});
+      if (flat == failed) break;  // its order-dependent check fails next
+      item.index.index = static_cast<std::int64_t>(chunk_of[flat]);
+      tensor.chunks[chunk_of[flat]] = metadata::ChunkStorageMetadata{data.chunk.offsets, data.chunk.sizes, 0};
     }
+  });
+  if (failed < total) {
+    std::size_t p = 0;
+    while (fqns.begin[p + 1] <= failed) ++p;
+    fail_for_key(Errc::invalid_argument, item_at(p, failed).index.fqn, failure);
   }
   // The chunks must tile each tensor: inside, disjoint and covering it (layout::check_tiling).
   // Each tensor on its own: on several threads at thousands of ranks.

@@ -273,3 +273,82 @@ BOOST_AUTO_TEST_CASE(replicated_tensor_written_once, *boost::unit_test::precondi
   run_checks(dcp_test::python2x(), "save_check.py", "load " + dcp_test::quote(tmp.path() / "manifest.json"),
              {"replicated"});
 }
+
+BOOST_AUTO_TEST_SUITE(global_plan)
+
+// The coordinator checks in passes (kinds in parallel, order-dependent rules in plan order,
+// comparisons in parallel); its error must still be the one a loop over the items in plan
+// order, checking each item fully, meets first.
+namespace {
+pl::WriteItem shard_item(const std::string& fqn, md::Shape offsets, md::Shape sizes, md::Shape global) {
+  auto item = tensor_item(fqn, sizes);
+  item.type = pl::WriteItemType::shard;
+  item.index.offset = offsets;
+  item.tensor_data->chunk.offsets = offsets;
+  item.tensor_data->size = global;
+  return item;
+}
+void expect_global_error(std::vector<pl::SavePlan> plans, std::vector<std::string> parts) {
+  expect_error([&] { (void)pl::create_global_save_plan(std::move(plans)); }, dcp::Errc::invalid_argument, parts);
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(chunks_in_plan_order_with_their_index_hints) {
+  std::vector<pl::SavePlan> plans(3);
+  plans[0].items = {object_item("step"), shard_item("w", {4, 0}, {4, 2}, {8, 2})};
+  plans[1].items = {shard_item("w", {0, 0}, {4, 2}, {8, 2}), tensor_item("b", {3})};
+  plans[2].items = {shard_item("w", {8, 0}, {0, 2}, {8, 2})};
+  const auto [global, m] = pl::create_global_save_plan(plans);
+  BOOST_TEST(keys(global[1]) == (Keys{"w", "b"}));
+  BOOST_TEST(m.items.size() == 3u);
+  BOOST_TEST(m.items[0].fqn == "step");
+  BOOST_TEST(!m.items[0].is_tensor());
+  const auto& w = m.items[1].tensor();
+  BOOST_TEST(w.chunks.size() == 3u);
+  BOOST_TEST((w.chunks[0].offsets == md::Shape{4, 0}));
+  BOOST_TEST((w.chunks[1].offsets == md::Shape{0, 0}));
+  BOOST_TEST((w.chunks[2].sizes == md::Shape{0, 2}));
+  BOOST_TEST(*global[2].items[0].index.index == 2);
+  BOOST_TEST(*global[1].items[1].index.index == 0);
+}
+
+BOOST_AUTO_TEST_CASE(the_first_failing_item_in_plan_order_is_named) {
+  const md::Shape g{8, 2};
+  {  // a size disagreement (plan 1, first item) before a plain tensor saved twice (plan 1, second)
+    std::vector<pl::SavePlan> plans(2);
+    plans[0].items = {tensor_item("b", {3}), tensor_item("a", {2})};
+    plans[1].items = {tensor_item("b", {5}), tensor_item("a", {2})};
+    expect_global_error(plans, {"'b'", "global size"});
+  }
+  {  // one item failing both: its comparison comes before the plain-twice rule
+    std::vector<pl::SavePlan> plans(2);
+    plans[0].items = {tensor_item("a", {2})};
+    plans[1].items = {tensor_item("a", {2}, DType::int64)};
+    expect_global_error(plans, {"'a'", "properties"});
+  }
+  {  // an order rule in plan 1 before a disagreement in plan 3
+    std::vector<pl::SavePlan> plans(4);
+    plans[0].items = {object_item("o"), shard_item("w", {0, 0}, {4, 2}, g)};
+    plans[1].items = {object_item("o")};
+    plans[3].items = {shard_item("w", {4, 0}, {4, 2}, {9, 2})};
+    expect_global_error(plans, {"'o'", "saved twice"});
+  }
+  {  // an object key saved as a tensor; a malformed item after it is not reached
+    std::vector<pl::SavePlan> plans(2);
+    plans[0].items = {object_item("o")};
+    auto bad = shard_item("w", {4, 0}, {4, 2}, g);
+    bad.index.offset = md::Shape{0, 0};
+    plans[1].items = {tensor_item("o", {2}), bad};
+    expect_global_error(plans, {"'o'", "as an object and as a tensor"});
+    plans[1].items = {bad, tensor_item("o", {2})};
+    expect_global_error(plans, {"'w'", "without matching chunk data"});
+  }
+  {  // shards after a plain tensor of the same key
+    std::vector<pl::SavePlan> plans(2);
+    plans[0].items = {tensor_item("w", {8, 2})};
+    plans[1].items = {shard_item("w", {0, 0}, {4, 2}, g)};
+    expect_global_error(plans, {"'w'", "also saved plain"});
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
