@@ -1,0 +1,366 @@
+// The coordinator's half of saving: de-duplication of the ranks' plans and the global plan
+// with its metadata (torch's _dedup_save_plans.py and create_global_plan). At thousands of
+// ranks these see millions of items, so they run in passes over flat arrays, on every core.
+module;
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+module dcp.planning;
+import dcp.error;
+import dcp.metadata;
+import dcp.layout;
+
+namespace dcp::planning {
+
+namespace {
+
+// Every item's fqn id, plan by plan (flat: plan p's items start at begin[p]). Ranks usually
+// plan the same keys in the same order, so an item is first compared with the item at the same
+// position of the previous plan (on several threads, as those comparisons are independent);
+// only the others cost a hash lookup.
+struct ItemFqns {
+  std::vector<std::size_t> begin;
+  std::vector<std::uint32_t> fqn;
+  std::size_t fqn_count = 0;
+};
+
+std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
+  std::vector<std::size_t> begin;
+  begin.reserve(plans.size() + 1);
+  std::size_t total = 0;
+  for (const auto& plan : plans) {
+    begin.push_back(total);
+    total += plan.items.size();
+  }
+  begin.push_back(total);
+  if (total >= 0xFFFFFFFFu) throw Error(Errc::resource_exhausted, "save plans of 2^32 items or more");
+  return begin;
+}
+
+// `visit(flat, item)` runs on every item in that same pass (each item is read from memory once).
+template <class Visit>
+ItemFqns fqn_ids(const std::vector<SavePlan>& plans, Visit visit) {
+  ItemFqns out;
+  out.begin = plan_starts(plans);
+  const std::size_t total = out.begin.back();
+  std::vector<unsigned char> as_before(total, 0);  // same fqn as the previous plan's item here
+  parallel_for(plans.size(), total, [&](std::size_t p) {
+    const auto& items = plans[p].items;
+    const auto* before = p > 0 ? &plans[p - 1].items : nullptr;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::size_t flat = out.begin[p] + i;
+      as_before[flat] = before && i < before->size() && items[i].index.fqn == (*before)[i].index.fqn;
+      visit(flat, items[i]);
+    }
+  });
+  std::unordered_map<std::string_view, std::uint32_t> ids;
+  out.fqn.resize(total);
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    const auto& items = plans[p].items;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::size_t flat = out.begin[p] + i;
+      if (as_before[flat])
+        out.fqn[flat] = out.fqn[out.begin[p - 1] + i];
+      else
+        out.fqn[flat] = ids.emplace(items[i].index.fqn, static_cast<std::uint32_t>(ids.size())).first->second;
+    }
+  }
+  out.fqn_count = ids.size();
+  return out;
+}
+
+std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
+  if (!offsets) return 0x9e3779b97f4a7c15ull;  // objects
+  std::uint64_t h = 0xcbf29ce484222325ull ^ offsets->size();
+  for (auto v : *offsets) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
+}  // namespace
+
+std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
+  // Millions of items at 8k ranks: every pass over the items themselves runs in plan order
+  // (sequential memory, on several threads); the passes that jump between plans read only
+  // small flat arrays.
+  const auto begin = plan_starts(plans);
+  std::vector<std::uint64_t> hash(begin.back()), bytes(begin.back());  // offsets' hash; torch's `size or 1`
+  const auto fqns = fqn_ids(plans, [&](std::size_t flat, const WriteItem& item) {
+    hash[flat] = hash_offsets(item.index.offset);
+    const auto size = item.tensor_storage_size().value_or(0);
+    bytes[flat] = size ? size : 1;
+  });
+  const std::size_t total = fqns.fqn.size();
+  // Items grouped by fqn, in plan order (a counting sort), with what grouping compares.
+  struct Entry {
+    std::uint64_t hash;
+    std::uint32_t plan;
+    std::uint32_t flat;
+  };
+  // Plans in blocks, each block's items of one fqn in a range of their own: the scatter runs
+  // on several threads and keeps plan order within each fqn.
+  const std::size_t blocks = std::min<std::size_t>(plans.size(), 64);
+  auto block_plans = [&](std::size_t b) { return std::pair{b * plans.size() / blocks, (b + 1) * plans.size() / blocks}; };
+  std::vector<std::size_t> fill(blocks * fqns.fqn_count, 0);  // per block and fqn: items, then where they go
+  parallel_for(blocks, total, [&](std::size_t b) {
+    const auto [first, last] = block_plans(b);
+    for (std::size_t flat = fqns.begin[first]; flat < fqns.begin[last]; ++flat) ++fill[b * fqns.fqn_count + fqns.fqn[flat]];
+  });
+  std::vector<std::size_t> group_begin(fqns.fqn_count + 1, 0);
+  for (std::size_t f = 0, at = 0; f < fqns.fqn_count; ++f) {
+    group_begin[f] = at;
+    for (std::size_t b = 0; b < blocks; ++b) at += std::exchange(fill[b * fqns.fqn_count + f], at);
+    group_begin[f + 1] = at;
+  }
+  std::vector<Entry> grouped(total);
+  parallel_for(blocks, total, [&](std::size_t b) {
+    const auto [first, last] = block_plans(b);
+    for (std::size_t p = first; p < last; ++p)
+      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat)
+        grouped[fill[b * fqns.fqn_count + fqns.fqn[flat]]++] =
+            Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
+  });
+  auto offsets_at = [&](const Entry& e) -> const std::optional<Shape>& {
+    return plans[e.plan].items[e.flat - fqns.begin[e.plan]].index.offset;
+  };
+  // Per fqn (on several threads): the distinct offsets, each a key. Most keys have one holder
+  // and are kept where they are; a key held by several plans ("shared") gets an entry in
+  // `shared`. Per item, in flat order so the passes below read it in sequence: kKept, or the
+  // shared key's index (with kFirst on the item where torch first sees the key: its first
+  // holder in plan order).
+  constexpr std::uint32_t kKept = 0xFFFFFFFFu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
+  struct Shared {
+    std::vector<std::uint32_t> holders;  // plans, ascending, the first holder first
+    std::uint32_t keeper = 0;
+  };
+  std::vector<std::vector<Shared>> shared_of(fqns.fqn_count);  // numbered per fqn, then joined
+  std::vector<std::uint32_t> role(total, kKept);
+  parallel_for(fqns.fqn_count, total, [&](std::size_t f) {
+    struct Key {
+      Entry first;
+      std::uint32_t shared = kNone;
+    };
+    std::vector<Key> keys;
+    auto& shared = shared_of[f];
+    const std::size_t n = group_begin[f + 1] - group_begin[f];
+    std::size_t slots = 16;
+    while (slots < 2 * n) slots *= 2;
+    std::vector<std::uint32_t> table(slots, kNone);
+    for (std::size_t g = group_begin[f]; g < group_begin[f + 1]; ++g) {
+      const auto& e = grouped[g];
+      std::size_t slot = e.hash & (slots - 1);
+      auto same_key = [&](const Key& key) { return key.first.hash == e.hash && offsets_at(key.first) == offsets_at(e); };
+      while (table[slot] != kNone && !same_key(keys[table[slot]])) slot = (slot + 1) & (slots - 1);
+      if (table[slot] == kNone) {
+        table[slot] = static_cast<std::uint32_t>(keys.size());
+        keys.push_back(Key{e});
+        continue;
+      }
+      auto& key = keys[table[slot]];
+      if (e.plan == key.first.plan) continue;  // twice in one plan: the global plan's error to report
+      if (key.shared == kNone) {
+        key.shared = static_cast<std::uint32_t>(shared.size());
+        shared.push_back(Shared{{key.first.plan}});
+        role[key.first.flat] = key.shared | kFirst;
+      }
+      auto& holders = shared[key.shared].holders;
+      if (holders.back() != e.plan) holders.push_back(e.plan);
+      role[e.flat] = key.shared;
+    }
+  });
+  std::vector<Shared> shared;
+  std::vector<std::uint32_t> shared_begin(fqns.fqn_count);
+  for (std::size_t f = 0; f < fqns.fqn_count; ++f) {
+    if (shared.size() + shared_of[f].size() >= kFirst)
+      throw Error(Errc::resource_exhausted, "more than 2^31 keys held by several plans");
+    shared_begin[f] = static_cast<std::uint32_t>(shared.size());
+    std::move(shared_of[f].begin(), shared_of[f].end(), std::back_inserter(shared));
+  }
+  for (std::size_t flat = 0; flat < total; ++flat)
+    if (role[flat] != kKept) role[flat] += shared_begin[fqns.fqn[flat]];  // kFirst stays set: indices < 2^31
+  if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
+  // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
+  // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
+  std::vector<std::uint64_t> planned(plans.size(), 0);
+  for (std::size_t p = 0; p < plans.size(); ++p)
+    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+      std::uint32_t best = static_cast<std::uint32_t>(p);
+      if (role[flat] == kKept) {
+      } else if (role[flat] & kFirst) {
+        auto& key = shared[role[flat] & ~kFirst];
+        if (!save_to_lowest_rank)
+          for (auto holder : key.holders)
+            if (planned[holder] < planned[best]) best = holder;
+        key.keeper = best;
+      } else {
+        continue;  // not where torch first sees it
+      }
+      planned[best] += bytes[flat];
+    }
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    auto& items = plans[p].items;
+    auto kept = [&](std::size_t i) {
+      const auto r = role[fqns.begin[p] + i];
+      return r == kKept || shared[r & ~kFirst].keeper == p;
+    };
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < items.size(); ++i)
+      if (kept(i)) {
+        if (out != i) items[out] = std::move(items[i]);
+        ++out;
+      }
+    items.resize(out);
+  }
+  return plans;
+}
+
+std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
+  // Millions of items at 8k ranks. A parallel pass reads each item once (its kind); the steps
+  // that depend on order (where a key first appears, plain tensor versus shards, each chunk's
+  // place in its list) run over flat arrays in plan order; a second parallel pass compares each
+  // item with its key's metadata and copies its chunk. The error is the one a loop over the
+  // items in plan order would raise first.
+  enum Kind : std::uint8_t { kObject, kPlain, kShard, kMalformed };
+  std::vector<std::uint8_t> kind(plan_starts(plans).back());
+  const auto fqns = fqn_ids(plans, [&](std::size_t flat, const WriteItem& item) {
+    if (item.type == WriteItemType::byte_io)
+      kind[flat] = kObject;
+    else if (!item.tensor_data || !item.index.offset || *item.index.offset != item.tensor_data->chunk.offsets)
+      kind[flat] = kMalformed;
+    else
+      kind[flat] = item.type == WriteItemType::tensor ? kPlain : kShard;
+  });
+  const std::size_t total = kind.size();
+  auto item_at = [&](std::size_t p, std::size_t flat) -> WriteItem& { return plans[p].items[flat - fqns.begin[p]]; };
+
+  metadata::Metadata md;
+  constexpr std::uint32_t kUnseen = 0xFFFFFFFFu;
+  std::vector<std::uint32_t> item_of(fqns.fqn_count, kUnseen);  // fqn id → position in md.items
+  std::vector<std::uint32_t> chunk_of(total);                   // a tensor item's place in its chunk list
+  std::vector<std::uint32_t> chunk_count;                       // per md item
+  std::vector<bool> has_plain;                                  // per md item: an object or plain tensor seen
+  std::size_t failed = total;                                   // the first item the order-dependent checks fail
+  const char* failure = nullptr;
+  bool content_checked_first = false;  // the comparisons with the key's metadata come before that check
+  for (std::size_t p = 0; p < plans.size() && failed == total; ++p)
+    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+      auto fail = [&](const char* message, bool after_content) {
+        failed = flat;
+        failure = message;
+        content_checked_first = after_content;
+      };
+      auto& position = item_of[fqns.fqn[flat]];
+      const bool fresh = position == kUnseen;
+      if (kind[flat] == kMalformed) {
+        fail("tensor write item without matching chunk data", false);
+        break;
+      }
+      if (fresh) {
+        const auto& item = item_at(p, flat);
+        position = static_cast<std::uint32_t>(md.items.size());
+        if (kind[flat] == kObject)
+          md.items.push_back(metadata::ItemMetadata{item.index.fqn, metadata::BytesStorageMetadata{}, 0});
+        else
+          md.items.push_back(metadata::ItemMetadata{
+              item.index.fqn, metadata::TensorStorageMetadata{item.tensor_data->properties, item.tensor_data->size, {}}, 0});
+        has_plain.push_back(kind[flat] == kObject);
+        chunk_count.push_back(0);
+        if (kind[flat] == kObject) continue;
+      } else if (kind[flat] == kObject) {
+        fail("saved twice, or as an object and as a tensor", false);
+        break;
+      } else if (!md.items[position].is_tensor()) {
+        fail("saved as an object and as a tensor", false);
+        break;
+      }
+      if (kind[flat] == kPlain) {
+        if (has_plain[position] || chunk_count[position] != 0) {
+          fail("a plain tensor saved twice, or also as shards", true);
+          break;
+        }
+        has_plain[position] = true;
+      } else if (has_plain[position]) {
+        fail("shards of a tensor that is also saved plain", true);
+        break;
+      }
+      chunk_of[flat] = chunk_count[position]++;
+    }
+  parallel_for(md.items.size(), total, [&](std::size_t position) {  // fresh pages: faulted in on every core
+    if (md.items[position].is_tensor())
+      std::get<metadata::TensorStorageMetadata>(md.items[position].storage).chunks.resize(chunk_count[position]);
+  });
+  const std::size_t checked_end = failed + (content_checked_first ? 1 : 0);
+  parallel_for(plans.size(), total, [&](std::size_t p) {
+    for (std::size_t flat = fqns.begin[p]; flat < std::min(fqns.begin[p + 1], checked_end); ++flat) {
+      if (kind[flat] == kObject) continue;
+      auto& item = item_at(p, flat);
+      const auto& fqn = item.index.fqn;
+      const auto& data = *item.tensor_data;
+      auto& tensor = std::get<metadata::TensorStorageMetadata>(md.items[item_of[fqns.fqn[flat]]].storage);
+      if (tensor.size != data.size)
+        fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the global size: " + layout::format_shape(tensor.size) +
+                                                      " and " + layout::format_shape(data.size));
+      const auto& a = tensor.properties;
+      const auto& b = data.properties;
+      if (a.dtype != b.dtype || a.requires_grad != b.requires_grad || a.memory_format != b.memory_format ||
+          a.pin_memory != b.pin_memory)
+        fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the tensor's properties (dtype " +
+                                                      std::string(dtype_name(a.dtype)) + " and " +
+                                                      std::string(dtype_name(b.dtype)) + ")");
+      if (flat == failed) break;  // its order-dependent check fails next
+      item.index.index = static_cast<std::int64_t>(chunk_of[flat]);
+      tensor.chunks[chunk_of[flat]] = metadata::ChunkStorageMetadata{data.chunk.offsets, data.chunk.sizes, 0};
+    }
+  });
+  if (failed < total) {
+    std::size_t p = 0;
+    while (fqns.begin[p + 1] <= failed) ++p;
+    fail_for_key(Errc::invalid_argument, item_at(p, failed).index.fqn, failure);
+  }
+  // The chunks must tile each tensor: inside, disjoint and covering it (layout::check_tiling).
+  // Each tensor on its own: on several threads at thousands of ranks.
+  parallel_for(md.items.size(), metadata::tensor_chunk_count(md), [&](std::size_t position) {
+    const auto& entry = md.items[position];
+    if (!entry.is_tensor()) return;
+    const auto& t = entry.tensor();
+    std::vector<layout::Box> boxes;
+    boxes.reserve(t.chunks.size());
+    for (const auto& c : t.chunks) {
+      if (!layout::is_inside(c.offsets, c.sizes, t.size))
+        fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + layout::format_box(c.box()) +
+                                                            " lies outside the tensor of shape " + layout::format_shape(t.size));
+      boxes.push_back(c.box());
+    }
+    const auto tiling = layout::check_tiling(boxes, t.size);
+    if (const auto& pair = tiling.overlap)
+      fail_for_key(Errc::invalid_argument, entry.fqn, "chunks " + layout::format_box(boxes[pair->first]) + " and " +
+                                                          layout::format_box(boxes[pair->second]) + " overlap");
+    if (tiling.covered != tiling.total)
+      fail_for_key(Errc::invalid_argument, entry.fqn,
+                   "the saved chunks cover " + std::to_string(tiling.covered) + " of " + std::to_string(tiling.total) +
+                       " elements");
+  });
+  // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
+  std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
+  std::unordered_map<std::string_view, bool> wanted;  // md's keys → already given a path
+  for (const auto& entry : md.items) wanted.emplace(entry.fqn, false);
+  for (const auto& plan : plans)
+    for (const auto& [fqn, path] : plan.planner_data)
+      if (auto it = wanted.find(fqn); it != wanted.end() && !it->second) {
+        it->second = true;
+        paths.emplace_back(fqn, path);
+      }
+  md.planner_data = std::move(paths);
+  md.reindex();
+  return {std::move(plans), std::move(md)};
+}
+
+}  // namespace dcp::planning
