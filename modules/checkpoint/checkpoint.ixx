@@ -334,6 +334,10 @@ std::optional<Error> failure_of(std::span<const std::byte> payload);
 /// The first failure among gathered payloads (rank order).
 std::optional<Error> first_failure(const std::vector<Bytes>& payloads);
 std::span<const std::byte> body_of(const Bytes& payload);
+/// Appends `v` as `width` little-endian bytes (the payloads' one integer encoding).
+void put_le(Bytes& out, std::uint64_t v, int width);
+/// The `width`-byte little-endian integer at the start of `in` (which holds at least that many).
+std::uint64_t get_le(std::span<const std::byte> in, int width);
 
 /// Runs `step`, turning any exception into this rank's failure payload.
 template <class Step>

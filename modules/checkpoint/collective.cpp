@@ -32,25 +32,30 @@ namespace {
 
 constexpr std::uint32_t kNoRank = 0xffffffff;
 
-void put_u32(Bytes& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
-}
 void put_text(Bytes& out, std::string_view text) {
-  put_u32(out, static_cast<std::uint32_t>(text.size()));
+  put_le(out, text.size(), 4);
   for (char c : text) out.push_back(static_cast<std::byte>(c));
 }
 
 }  // namespace
 
+void put_le(Bytes& out, std::uint64_t v, int width) {
+  for (int i = 0; i < width; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
+}
+
+std::uint64_t get_le(std::span<const std::byte> in, int width) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < width; ++i) v |= std::to_integer<std::uint64_t>(in[static_cast<std::size_t>(i)]) << (8 * i);
+  return v;
+}
+
 Bytes failure_payload(int rank, const Error& e) {
   const auto& c = e.context();
   Bytes out{std::byte{1}};
-  put_u32(out, static_cast<std::uint32_t>(c.rank.value_or(rank)));  // -1: kNoRank
+  put_le(out, static_cast<std::uint32_t>(c.rank.value_or(rank)), 4);  // -1: kNoRank
   out.push_back(static_cast<std::byte>(static_cast<int>(e.code())));
   out.push_back(static_cast<std::byte>(c.byte_offset ? 1 : 0));
-  const std::uint64_t offset = c.byte_offset.value_or(0);
-  put_u32(out, static_cast<std::uint32_t>(offset));
-  put_u32(out, static_cast<std::uint32_t>(offset >> 32));
+  put_le(out, c.byte_offset.value_or(0), 8);
   put_text(out, c.file);
   put_text(out, c.key);
   put_text(out, e.message());
@@ -67,8 +72,7 @@ std::optional<Error> failure_of(std::span<const std::byte> payload) {
       bad = true;
       return 0;
     }
-    std::uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= std::to_integer<std::uint32_t>(payload[pos + static_cast<std::size_t>(i)]) << (8 * i);
+    const auto v = static_cast<std::uint32_t>(get_le(payload.subspan(pos), 4));
     pos += 4;
     return v;
   };

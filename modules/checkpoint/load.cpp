@@ -32,6 +32,8 @@ std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOpti
 namespace {
 
 using detail::Bytes;
+using detail::get_le;
+using detail::put_le;
 
 // A rank's local plan on the wire: whether its reader can share items, then the plan.
 Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
@@ -41,24 +43,15 @@ Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
   return out;
 }
 
-void put_u64(Bytes& out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
-}
-std::uint64_t get_u64(std::span<const std::byte> in) {
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < 8; ++i) v |= std::to_integer<std::uint64_t>(in[i]) << (8 * i);
-  return v;
-}
-
 // The coordinator's answer to one rank: its global plan (length-prefixed), the coordinator's
 // broadcast batch size (every rank must cut the same batches), then the shared reads.
 Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes, const std::vector<std::byte>& shared) {
   const auto encoded = planning::encode_plan(plan);
   Bytes out;
   out.reserve(16 + encoded.size() + shared.size());
-  put_u64(out, encoded.size());
+  put_le(out, encoded.size(), 8);
   out.insert(out.end(), encoded.begin(), encoded.end());
-  put_u64(out, batch_bytes);
+  put_le(out, batch_bytes, 8);
   out.insert(out.end(), shared.begin(), shared.end());
   return out;
 }
@@ -67,10 +60,10 @@ Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes,
 // plan fails still knows the broadcasts it must take part in.
 planning::LoadPlan decode_central(std::span<const std::byte> body, std::vector<planning::SharedRead>& shared,
                                   std::uint64_t& batch_bytes) {
-  const std::uint64_t length = body.size() >= 8 ? get_u64(body) : 0;
+  const std::uint64_t length = body.size() >= 8 ? get_le(body, 8) : 0;
   if (body.size() < 16 || length > body.size() - 16)
     throw Error(Errc::data_loss, "global plan message of " + std::to_string(body.size()) + " bytes is truncated");
-  batch_bytes = get_u64(body.subspan(8 + length));
+  batch_bytes = get_le(body.subspan(8 + length), 8);
   shared = planning::decode_shared_reads(body.subspan(16 + length));
   return planning::decode_plan(body.subspan(8, length));
 }

@@ -205,7 +205,7 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
       }
       planned[best] += bytes[flat];
     }
-  for (std::size_t p = 0; p < plans.size(); ++p) {
+  parallel_for(plans.size(), total, [&](std::size_t p) {  // a drop moves the plan's later items
     auto& items = plans[p].items;
     auto kept = [&](std::size_t i) {
       const auto r = role[fqns.begin[p] + i];
@@ -218,7 +218,7 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
         ++out;
       }
     items.resize(out);
-  }
+  });
   return plans;
 }
 
