@@ -23,14 +23,18 @@ namespace dcp::planning {
 
 namespace {
 
-// Every item's fqn id, plan by plan (flat: plan p's items start at begin[p]). Ranks usually
-// plan the same keys in the same order, so an item is first compared with the item at the same
-// position of the previous plan (on several threads, as those comparisons are independent);
-// only the others cost a hash lookup.
-struct ItemFqns {
+// What the coordinator's passes need of each item, read from the plans once, plan by plan
+// (flat: plan p's items start at begin[p]). Ranks usually plan the same keys in the same
+// order, so an item's key is compared with the item at the same position of the previous plan
+// (on several threads: those comparisons are independent); only the others cost a hash lookup.
+enum Kind : std::uint8_t { kObject, kPlain, kShard, kMalformed };
+struct ItemFacts {
   std::vector<std::size_t> begin;
-  std::vector<std::uint32_t> fqn;
+  std::vector<std::uint32_t> fqn;    // key ids
   std::size_t fqn_count = 0;
+  std::vector<std::uint64_t> hash;   // of the offsets (what de-duplication compares)
+  std::vector<std::uint64_t> bytes;  // torch's `tensor_storage_size or 1`
+  std::vector<std::uint8_t> kind;
 };
 
 std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
@@ -46,20 +50,32 @@ std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
   return begin;
 }
 
-// `visit(flat, item)` runs on every item in that same pass (each item is read from memory once).
-template <class Visit>
-ItemFqns fqn_ids(const std::vector<SavePlan>& plans, Visit visit) {
-  ItemFqns out;
+std::uint64_t hash_offsets(const std::optional<Shape>& offsets);
+
+ItemFacts read_items(const std::vector<SavePlan>& plans) {
+  ItemFacts out;
   out.begin = plan_starts(plans);
   const std::size_t total = out.begin.back();
+  out.hash.resize(total);
+  out.bytes.resize(total);
+  out.kind.resize(total);
   std::vector<unsigned char> as_before(total, 0);  // same fqn as the previous plan's item here
   parallel_for(plans.size(), total, [&](std::size_t p) {
     const auto& items = plans[p].items;
     const auto* before = p > 0 ? &plans[p - 1].items : nullptr;
     for (std::size_t i = 0; i < items.size(); ++i) {
       const std::size_t flat = out.begin[p] + i;
-      as_before[flat] = before && i < before->size() && items[i].index.fqn == (*before)[i].index.fqn;
-      visit(flat, items[i]);
+      const auto& item = items[i];
+      as_before[flat] = before && i < before->size() && item.index.fqn == (*before)[i].index.fqn;
+      out.hash[flat] = hash_offsets(item.index.offset);
+      const auto size = item.tensor_storage_size().value_or(0);
+      out.bytes[flat] = size ? size : 1;
+      if (item.type == WriteItemType::byte_io)
+        out.kind[flat] = kObject;
+      else if (!item.tensor_data || !item.index.offset || *item.index.offset != item.tensor_data->chunk.offsets)
+        out.kind[flat] = kMalformed;
+      else
+        out.kind[flat] = item.type == WriteItemType::tensor ? kPlain : kShard;
     }
   });
   std::unordered_map<std::string_view, std::uint32_t> ids;
@@ -85,19 +101,12 @@ std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
   return h ^ (h >> 29);
 }
 
-}  // namespace
-
-std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
-  // Millions of items at 8k ranks: every pass over the items themselves runs in plan order
-  // (sequential memory, on several threads); the passes that jump between plans read only
-  // small flat arrays.
-  const auto begin = plan_starts(plans);
-  std::vector<std::uint64_t> hash(begin.back()), bytes(begin.back());  // offsets' hash; torch's `size or 1`
-  const auto fqns = fqn_ids(plans, [&](std::size_t flat, const WriteItem& item) {
-    hash[flat] = hash_offsets(item.index.offset);
-    const auto size = item.tensor_storage_size().value_or(0);
-    bytes[flat] = size ? size : 1;
-  });
+// torch's de-duplication; `fqns` (read_items of `plans`) follows the plans' items as they drop.
+// Millions of items at 8k ranks: the passes over the items themselves run in plan order
+// (sequential memory, on several threads); those that jump between plans read flat arrays.
+std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool save_to_lowest_rank) {
+  const auto& hash = fqns.hash;
+  const auto& bytes = fqns.bytes;
   const std::size_t total = fqns.fqn.size();
   // Items grouped by fqn, in plan order (a counting sort), with what grouping compares.
   struct Entry {
@@ -205,39 +214,48 @@ std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to
       }
       planned[best] += bytes[flat];
     }
-  parallel_for(plans.size(), total, [&](std::size_t p) {  // a drop moves the plan's later items
+  // The plans drop what others keep, and the facts follow them (fqn ids and kinds are what the
+  // global plan reads). A drop moves the plan's later items.
+  auto kept = [&](std::size_t p, std::size_t flat) {
+    const auto r = role[flat];
+    return r == kKept || shared[r & ~kFirst].keeper == p;
+  };
+  std::vector<std::size_t> begin(plans.size() + 1, 0);
+  for (std::size_t p = 0; p < plans.size(); ++p) {
+    std::size_t count = 0;
+    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) count += kept(p, flat);
+    begin[p + 1] = begin[p] + count;
+  }
+  std::vector<std::uint32_t> fqn(begin.back());
+  std::vector<std::uint8_t> kind(begin.back());
+  parallel_for(plans.size(), total, [&](std::size_t p) {
     auto& items = plans[p].items;
-    auto kept = [&](std::size_t i) {
-      const auto r = role[fqns.begin[p] + i];
-      return r == kKept || shared[r & ~kFirst].keeper == p;
-    };
     std::size_t out = 0;
-    for (std::size_t i = 0; i < items.size(); ++i)
-      if (kept(i)) {
-        if (out != i) items[out] = std::move(items[i]);
-        ++out;
-      }
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::size_t flat = fqns.begin[p] + i;
+      if (!kept(p, flat)) continue;
+      if (out != i) items[out] = std::move(items[i]);
+      fqn[begin[p] + out] = fqns.fqn[flat];
+      kind[begin[p] + out] = fqns.kind[flat];
+      ++out;
+    }
     items.resize(out);
   });
+  fqns.begin = std::move(begin);
+  fqns.fqn = std::move(fqn);
+  fqns.kind = std::move(kind);
+  fqns.hash.clear();
+  fqns.bytes.clear();
   return plans;
 }
 
-std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
-  // Millions of items at 8k ranks. A parallel pass reads each item once (its kind); the steps
-  // that depend on order (where a key first appears, plain tensor versus shards, each chunk's
-  // place in its list) run over flat arrays in plan order; a second parallel pass compares each
-  // item with its key's metadata and copies its chunk. The error is the one a loop over the
-  // items in plan order would raise first.
-  enum Kind : std::uint8_t { kObject, kPlain, kShard, kMalformed };
-  std::vector<std::uint8_t> kind(plan_starts(plans).back());
-  const auto fqns = fqn_ids(plans, [&](std::size_t flat, const WriteItem& item) {
-    if (item.type == WriteItemType::byte_io)
-      kind[flat] = kObject;
-    else if (!item.tensor_data || !item.index.offset || *item.index.offset != item.tensor_data->chunk.offsets)
-      kind[flat] = kMalformed;
-    else
-      kind[flat] = item.type == WriteItemType::tensor ? kPlain : kShard;
-  });
+// torch's create_global_plan over `plans` and their read_items facts. Millions of items at 8k
+// ranks: the steps that depend on order (where a key first appears, plain tensor versus
+// shards, each chunk's place in its list) run over flat arrays in plan order; a parallel pass
+// then compares each item with its key's metadata and copies its chunk. The error is the one a
+// loop over the items in plan order would raise first.
+std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<SavePlan> plans, const ItemFacts& fqns) {
+  const auto& kind = fqns.kind;
   const std::size_t total = kind.size();
   auto item_at = [&](std::size_t p, std::size_t flat) -> WriteItem& { return plans[p].items[flat - fqns.begin[p]]; };
 
@@ -361,6 +379,25 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
   md.planner_data = std::move(paths);
   md.reindex();
   return {std::move(plans), std::move(md)};
+}
+
+}  // namespace
+
+std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
+  auto facts = read_items(plans);
+  return dedup(std::move(plans), facts, save_to_lowest_rank);
+}
+
+std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
+  const auto facts = read_items(plans);
+  return global_plan(std::move(plans), facts);
+}
+
+// Both steps on one reading of the items (at 8k ranks, reading them is most of the cost).
+std::pair<std::vector<SavePlan>, metadata::Metadata> DefaultSavePlanner::create_global_plan(std::vector<SavePlan> plans) {
+  auto facts = read_items(plans);
+  auto kept = dedup(std::move(plans), facts, options_.dedup_save_to_lowest_rank);
+  return global_plan(std::move(kept), facts);
 }
 
 }  // namespace dcp::planning

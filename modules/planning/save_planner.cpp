@@ -232,10 +232,6 @@ SavePlan DefaultSavePlanner::create_local_plan() {
   return plan;
 }
 
-std::pair<std::vector<SavePlan>, metadata::Metadata> DefaultSavePlanner::create_global_plan(std::vector<SavePlan> plans) {
-  return create_global_save_plan(dedup_save_plans(std::move(plans), options_.dedup_save_to_lowest_rank));
-}
-
 SavePlan DefaultSavePlanner::finish_plan(SavePlan central_plan) { return central_plan; }
 
 ResolvedData DefaultSavePlanner::resolve_data(const WriteItem& item) {
