@@ -101,13 +101,13 @@ std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
   return h ^ (h >> 29);
 }
 
-// torch's de-duplication; `fqns` (read_items of `plans`) follows the plans' items as they drop.
+// torch's de-duplication; `facts` (read_items of `plans`) follows the plans' items as they drop.
 // Millions of items at 8k ranks: the passes over the items themselves run in plan order
 // (sequential memory, on several threads); those that jump between plans read flat arrays.
-std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool save_to_lowest_rank) {
-  const auto& hash = fqns.hash;
-  const auto& bytes = fqns.bytes;
-  const std::size_t total = fqns.fqn.size();
+std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool save_to_lowest_rank) {
+  const auto& hash = facts.hash;
+  const auto& bytes = facts.bytes;
+  const std::size_t total = facts.fqn.size();
   // Items grouped by fqn, in plan order (a counting sort), with what grouping compares.
   struct Entry {
     std::uint64_t hash;
@@ -117,28 +117,31 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool s
   // Plans in blocks, each block's items of one fqn in a range of their own: the scatter runs
   // on several threads and keeps plan order within each fqn.
   const std::size_t blocks = std::min<std::size_t>(plans.size(), 64);
-  auto block_plans = [&](std::size_t b) { return std::pair{b * plans.size() / blocks, (b + 1) * plans.size() / blocks}; };
-  std::vector<std::size_t> fill(blocks * fqns.fqn_count, 0);  // per block and fqn: items, then where they go
+  auto block_plans = [&](std::size_t b) {
+    return std::pair{b * plans.size() / blocks, (b + 1) * plans.size() / blocks};
+  };
+  std::vector<std::size_t> fill(blocks * facts.fqn_count, 0);  // per block and fqn: items, then where they go
   parallel_for(blocks, total, [&](std::size_t b) {
     const auto [first, last] = block_plans(b);
-    for (std::size_t flat = fqns.begin[first]; flat < fqns.begin[last]; ++flat) ++fill[b * fqns.fqn_count + fqns.fqn[flat]];
+    for (std::size_t flat = facts.begin[first]; flat < facts.begin[last]; ++flat)
+      ++fill[b * facts.fqn_count + facts.fqn[flat]];
   });
-  std::vector<std::size_t> group_begin(fqns.fqn_count + 1, 0);
-  for (std::size_t f = 0, at = 0; f < fqns.fqn_count; ++f) {
+  std::vector<std::size_t> group_begin(facts.fqn_count + 1, 0);
+  for (std::size_t f = 0, at = 0; f < facts.fqn_count; ++f) {
     group_begin[f] = at;
-    for (std::size_t b = 0; b < blocks; ++b) at += std::exchange(fill[b * fqns.fqn_count + f], at);
+    for (std::size_t b = 0; b < blocks; ++b) at += std::exchange(fill[b * facts.fqn_count + f], at);
     group_begin[f + 1] = at;
   }
   std::vector<Entry> grouped(total);
   parallel_for(blocks, total, [&](std::size_t b) {
     const auto [first, last] = block_plans(b);
     for (std::size_t p = first; p < last; ++p)
-      for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat)
-        grouped[fill[b * fqns.fqn_count + fqns.fqn[flat]]++] =
+      for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat)
+        grouped[fill[b * facts.fqn_count + facts.fqn[flat]]++] =
             Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
   });
   auto offsets_at = [&](const Entry& e) -> const std::optional<Shape>& {
-    return plans[e.plan].items[e.flat - fqns.begin[e.plan]].index.offset;
+    return plans[e.plan].items[e.flat - facts.begin[e.plan]].index.offset;
   };
   // Per fqn (on several threads): the distinct offsets, each a key. Most keys have one holder
   // and are kept where they are; a key held by several plans ("shared") gets an entry in
@@ -150,9 +153,9 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool s
     std::vector<std::uint32_t> holders;  // plans, ascending, the first holder first
     std::uint32_t keeper = 0;
   };
-  std::vector<std::vector<Shared>> shared_of(fqns.fqn_count);  // numbered per fqn, then joined
+  std::vector<std::vector<Shared>> shared_of(facts.fqn_count);  // numbered per fqn, then joined
   std::vector<std::uint32_t> role(total, kKept);
-  parallel_for(fqns.fqn_count, total, [&](std::size_t f) {
+  parallel_for(facts.fqn_count, total, [&](std::size_t f) {
     struct Key {
       Entry first;
       std::uint32_t shared = kNone;
@@ -186,21 +189,21 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool s
     }
   });
   std::vector<Shared> shared;
-  std::vector<std::uint32_t> shared_begin(fqns.fqn_count);
-  for (std::size_t f = 0; f < fqns.fqn_count; ++f) {
+  std::vector<std::uint32_t> shared_begin(facts.fqn_count);
+  for (std::size_t f = 0; f < facts.fqn_count; ++f) {
     if (shared.size() + shared_of[f].size() >= kFirst)
       throw Error(Errc::resource_exhausted, "more than 2^31 keys held by several plans");
     shared_begin[f] = static_cast<std::uint32_t>(shared.size());
     std::move(shared_of[f].begin(), shared_of[f].end(), std::back_inserter(shared));
   }
   for (std::size_t flat = 0; flat < total; ++flat)
-    if (role[flat] != kKept) role[flat] += shared_begin[fqns.fqn[flat]];  // kFirst stays set: indices < 2^31
+    if (role[flat] != kKept) role[flat] += shared_begin[facts.fqn[flat]];  // kFirst stays set: indices < 2^31
   if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
   // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
   // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
   std::vector<std::uint64_t> planned(plans.size(), 0);
   for (std::size_t p = 0; p < plans.size(); ++p)
-    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+    for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) {
       std::uint32_t best = static_cast<std::uint32_t>(p);
       if (role[flat] == kKept) {
       } else if (role[flat] & kFirst) {
@@ -223,7 +226,7 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool s
   std::vector<std::size_t> begin(plans.size() + 1, 0);
   for (std::size_t p = 0; p < plans.size(); ++p) {
     std::size_t count = 0;
-    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) count += kept(p, flat);
+    for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) count += kept(p, flat);
     begin[p + 1] = begin[p] + count;
   }
   std::vector<std::uint32_t> fqn(begin.back());
@@ -232,20 +235,20 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool s
     auto& items = plans[p].items;
     std::size_t out = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const std::size_t flat = fqns.begin[p] + i;
+      const std::size_t flat = facts.begin[p] + i;
       if (!kept(p, flat)) continue;
       if (out != i) items[out] = std::move(items[i]);
-      fqn[begin[p] + out] = fqns.fqn[flat];
-      kind[begin[p] + out] = fqns.kind[flat];
+      fqn[begin[p] + out] = facts.fqn[flat];
+      kind[begin[p] + out] = facts.kind[flat];
       ++out;
     }
     items.resize(out);
   });
-  fqns.begin = std::move(begin);
-  fqns.fqn = std::move(fqn);
-  fqns.kind = std::move(kind);
-  fqns.hash.clear();
-  fqns.bytes.clear();
+  facts.begin = std::move(begin);
+  facts.fqn = std::move(fqn);
+  facts.kind = std::move(kind);
+  facts.hash.clear();
+  facts.bytes.clear();
   return plans;
 }
 
@@ -254,14 +257,14 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& fqns, bool s
 // shards, each chunk's place in its list) run over flat arrays in plan order; a parallel pass
 // then compares each item with its key's metadata and copies its chunk. The error is the one a
 // loop over the items in plan order would raise first.
-std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<SavePlan> plans, const ItemFacts& fqns) {
-  const auto& kind = fqns.kind;
+std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<SavePlan> plans, const ItemFacts& facts) {
+  const auto& kind = facts.kind;
   const std::size_t total = kind.size();
-  auto item_at = [&](std::size_t p, std::size_t flat) -> WriteItem& { return plans[p].items[flat - fqns.begin[p]]; };
+  auto item_at = [&](std::size_t p, std::size_t flat) -> WriteItem& { return plans[p].items[flat - facts.begin[p]]; };
 
   metadata::Metadata md;
   constexpr std::uint32_t kUnseen = 0xFFFFFFFFu;
-  std::vector<std::uint32_t> item_of(fqns.fqn_count, kUnseen);  // fqn id → position in md.items
+  std::vector<std::uint32_t> item_of(facts.fqn_count, kUnseen);  // fqn id → position in md.items
   std::vector<std::uint32_t> chunk_of(total);                   // a tensor item's place in its chunk list
   std::vector<std::uint32_t> chunk_count;                       // per md item
   std::vector<bool> has_plain;                                  // per md item: an object or plain tensor seen
@@ -269,13 +272,13 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
   const char* failure = nullptr;
   bool content_checked_first = false;  // the comparisons with the key's metadata come before that check
   for (std::size_t p = 0; p < plans.size() && failed == total; ++p)
-    for (std::size_t flat = fqns.begin[p]; flat < fqns.begin[p + 1]; ++flat) {
+    for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) {
       auto fail = [&](const char* message, bool after_content) {
         failed = flat;
         failure = message;
         content_checked_first = after_content;
       };
-      auto& position = item_of[fqns.fqn[flat]];
+      auto& position = item_of[facts.fqn[flat]];
       const bool fresh = position == kUnseen;
       if (kind[flat] == kMalformed) {
         fail("tensor write item without matching chunk data", false);
@@ -317,12 +320,12 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
   });
   const std::size_t checked_end = failed + (content_checked_first ? 1 : 0);
   parallel_for(plans.size(), total, [&](std::size_t p) {
-    for (std::size_t flat = fqns.begin[p]; flat < std::min(fqns.begin[p + 1], checked_end); ++flat) {
+    for (std::size_t flat = facts.begin[p]; flat < std::min(facts.begin[p + 1], checked_end); ++flat) {
       if (kind[flat] == kObject) continue;
       auto& item = item_at(p, flat);
       const auto& fqn = item.index.fqn;
       const auto& data = *item.tensor_data;
-      auto& tensor = std::get<metadata::TensorStorageMetadata>(md.items[item_of[fqns.fqn[flat]]].storage);
+      auto& tensor = std::get<metadata::TensorStorageMetadata>(md.items[item_of[facts.fqn[flat]]].storage);
       if (tensor.size != data.size)
         fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the global size: " + layout::format_shape(tensor.size) +
                                                       " and " + layout::format_shape(data.size));
@@ -340,7 +343,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
   });
   if (failed < total) {
     std::size_t p = 0;
-    while (fqns.begin[p + 1] <= failed) ++p;
+    while (facts.begin[p + 1] <= failed) ++p;
     fail_for_key(Errc::invalid_argument, item_at(p, failed).index.fqn, failure);
   }
   // The chunks must tile each tensor: inside, disjoint and covering it (layout::check_tiling).

@@ -348,4 +348,43 @@ BOOST_AUTO_TEST_CASE(semantic_checks_name_the_key) {
   BOOST_TEST((e6.code() == dcp::Errc::not_found), e6.what());
 }
 
+// Storage entries are resolved on several threads in blocks (100,000 entries pass
+// parallel_for's threshold) and claimed after, in order: the error must still be the first
+// failing entry's, whichever check it fails.
+BOOST_AUTO_TEST_CASE(many_storage_entries_fail_at_the_first_bad_one) {
+  constexpr std::int64_t n = 100000;
+  md::Metadata m;
+  md::TensorStorageMetadata t;
+  t.properties.dtype = dcp::DType::float32;
+  t.size = {n};
+  for (std::int64_t i = 0; i < n; ++i) t.chunks.push_back(md::ChunkStorageMetadata{{i}, {1}, 0});
+  m.items.push_back(md::ItemMetadata{"w", t, 0});
+  for (std::int64_t i = 0; i < n; ++i)
+    m.storage_data.emplace_back(md::MetadataIndex{"w", md::Shape{i}, (i * 7) % n},  // hints mostly wrong
+                                md::StorageInfo{"__0_0.distcp", static_cast<std::uint64_t>(4 * i), 4, {}, 1000 + static_cast<std::uint64_t>(i)});
+  BOOST_TEST(md::validate(m)->storage_data.size() == static_cast<std::size_t>(n));
+  auto error_of = [](md::Metadata edited) {
+    return dcp_test::thrown<dcp::Error>([&] { (void)md::validate(std::move(edited)); });
+  };
+  auto twice = m;
+  twice.storage_data[70000].first.offset = md::Shape{3};  // a second entry for chunk 3
+  twice.storage_data[90000].second.relative_path = "../x";
+  auto e = error_of(twice);
+  BOOST_TEST(std::string(e.what()).find("entry appears twice") != std::string::npos, e.what());
+  BOOST_TEST(*e.context().byte_offset == 71000u);
+  twice.storage_data[50000].second.relative_path = "a/b";
+  e = error_of(twice);
+  BOOST_TEST(std::string(e.what()).find("unsafe file name") != std::string::npos, e.what());
+  BOOST_TEST(*e.context().byte_offset == 51000u);
+  auto stranger = m;
+  stranger.storage_data[99999].first.fqn = "v";
+  e = error_of(stranger);
+  BOOST_TEST(std::string(e.what()).find("not in state_dict_metadata") != std::string::npos, e.what());
+  BOOST_TEST(e.context().key == "v");
+  auto missing = m;
+  missing.storage_data[123].first.offset = md::Shape{n + 5};
+  e = error_of(missing);
+  BOOST_TEST(std::string(e.what()).find("no chunk starts at") != std::string::npos, e.what());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
