@@ -25,9 +25,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       default: {
         auto plan = dcp::planning::decode_save_plan(bytes);
         (void)dcp::planning::encode_save_plan(plan);
-        // Two ranks holding the same plan: de-duplication, then the global plan and metadata.
+        // Two ranks holding the same plan: de-duplication, then the global plan and metadata,
+        // as the planner does it (one reading of the items) and step by step.
         std::vector<dcp::planning::SavePlan> plans{plan, plan};
-        (void)dcp::planning::create_global_save_plan(dcp::planning::dedup_save_plans(std::move(plans), data[0] % 5 == 4));
+        if (data[0] % 5 == 3)
+          (void)dcp::planning::DefaultSavePlanner().create_global_plan(std::move(plans));
+        else
+          (void)dcp::planning::create_global_save_plan(dcp::planning::dedup_save_plans(std::move(plans), true));
       }
     }
   } catch (const dcp::Error&) {
