@@ -145,6 +145,8 @@ struct StorageMeta {
 /// A step of a `planner_data` path: a dict key or a list index.
 using PathPart = std::variant<std::string, std::int64_t>;
 
+class ValidatedMetadata;
+
 /// The whole `.metadata`.
 class Metadata {
  public:
@@ -182,6 +184,11 @@ class Metadata {
     std::size_t first_slot = 0;
     std::size_t slot_count = 0;  // a power of two
   };
+  // Builds the storage lookups; returns each storage entry's group (validate reads the items
+  // of the entries from it instead of looking each key up again).
+  std::vector<std::uint32_t> index_storage();
+  void index_names();  // items and planner_data
+  friend ValidatedMetadata validate(Metadata metadata);
   NameIndex storage_group_;  // fqn → index into storage_groups_
   std::vector<StorageGroup> storage_groups_;
   std::vector<std::uint32_t> storage_slots_;

@@ -106,10 +106,20 @@ std::uint64_t tensor_chunk_count(const Metadata& md) noexcept {
 }
 
 void Metadata::reindex() {
+  index_names();
+  (void)index_storage();
+}
+
+void Metadata::index_names() {
   item_index_.clear();
   path_index_.clear();
   item_index_.reserve(items.size());
   for (std::size_t i = 0; i < items.size(); ++i) item_index_.emplace(items[i].fqn, i);
+  if (planner_data)
+    for (std::size_t i = 0; i < planner_data->size(); ++i) path_index_.emplace((*planner_data)[i].first, i);
+}
+
+std::vector<std::uint32_t> Metadata::index_storage() {
   if (storage_data.size() >= (std::size_t{1} << 31))
     throw Error(Errc::resource_exhausted, "more than 2^31 storage_data entries");
   storage_group_.clear();
@@ -161,8 +171,7 @@ void Metadata::reindex() {
       slot = (slot + 1) & (g.slot_count - 1);
     if (!table[slot]) table[slot] = static_cast<std::uint32_t>(i + 1);  // the first entry wins
   }
-  if (planner_data)
-    for (std::size_t i = 0; i < planner_data->size(); ++i) path_index_.emplace((*planner_data)[i].first, i);
+  return group_of;
 }
 
 const ItemMetadata* Metadata::find_item(std::string_view fqn) const {
@@ -216,7 +225,8 @@ ValidatedMetadata validate(Metadata metadata) {
   auto state = std::make_shared<ValidatedMetadata::State>();
   state->metadata = std::move(metadata);
   Metadata& md = state->metadata;  // checked in place: positions and pointers below stay valid
-  md.reindex();  // the caller may have edited the vectors since decoding
+  md.index_names();  // the caller may have edited the vectors since decoding
+  const auto group_of = md.index_storage();
   {
     std::unordered_set<std::string_view> seen;
     for (const auto& item : md.items)
@@ -253,8 +263,12 @@ ValidatedMetadata validate(Metadata metadata) {
   constexpr std::uint32_t kObject = 0xFFFFFFFFu;
   std::vector<std::uint32_t> entry_item(entries.size()), entry_start(entries.size());
   std::vector<std::optional<std::pair<std::size_t, Error>>> failure((entries.size() + kBlock - 1) / kBlock);
+  // The storage index's groups are keys; those of items name them (the rest name no item).
+  constexpr std::uint32_t kNoItem = 0xFFFFFFFFu;
+  std::vector<std::uint32_t> item_of_group(md.storage_groups_.size(), kNoItem);
+  for (std::size_t pos = 0; pos < md.items.size(); ++pos)
+    item_of_group[md.storage_group_.find(md.items[pos].fqn)->second] = static_cast<std::uint32_t>(pos);
   parallel_for(failure.size(), entries.size(), [&](std::size_t block) {
-    const ItemMetadata* item = nullptr;  // looked up when the key differs from the previous entry's
     const std::string* safe_path = nullptr;
     for (std::size_t i = block * kBlock; i < std::min(entries.size(), (block + 1) * kBlock); ++i) {
       const auto& [index, info] = entries[i];
@@ -263,8 +277,9 @@ ValidatedMetadata validate(Metadata metadata) {
         e.for_key(index.fqn).at_offset(info.pickle_offset);
         failure[block].emplace(i, std::move(e));
       };
-      if (!item || item->fqn != index.fqn) item = md.find_item(index.fqn);
-      if (!item) return fail("key is not in state_dict_metadata");
+      const auto item_pos = item_of_group[group_of[i]];
+      if (item_pos == kNoItem) return fail("key is not in state_dict_metadata");
+      const ItemMetadata* item = &md.items[item_pos];
       if ((!safe_path || *safe_path != info.relative_path) && !is_safe_relative_path(info.relative_path))
         return fail("unsafe file name '" + info.relative_path + "' (must be a plain name in the checkpoint directory)");
       safe_path = &info.relative_path;  // torch lists entries rank by rank: runs share a file
