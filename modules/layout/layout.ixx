@@ -1,13 +1,14 @@
 // dcp.layout — chunk geometry: boxes in a tensor's global index space and how they meet.
 //
-// dcp.layout does the arithmetic that resharding needs, with no I/O and no torch: a `Box`
-// (offsets + sizes per dimension), `intersect` (torch's overlap rule, giving the offsets inside
-// the destination chunk and inside the saved chunk, as `ReadItem`s carry them), `chunk_split`
-// (torch.chunk / ChunkShardingSpec row splits), `ChunkIndex` (a bounding-box tree over a
-// tensor's saved chunks, so finding the chunks that meet a destination box does not scan
-// them all), and layouts both ways: forward, a DTensor-style `Layout` (mesh + placements) gives
-// each rank's box (`local_box`, `replicas`); backward, `describe_layout` names the split that a
-// saved chunk list is (rows, cols, grid, nested, irregular).
+// dcp.layout does the arithmetic that resharding needs, with no I/O and no torch: a `Shape`
+// (a dims vector stored inline), a `Box` (offsets + sizes per dimension), `intersect` (torch's
+// overlap rule, giving the offsets inside the destination chunk and inside the saved chunk, as
+// `ReadItem`s carry them), `chunk_split` (torch.chunk / ChunkShardingSpec row splits),
+// `ChunkIndex` (a bounding-box tree over a tensor's saved chunks, so finding the chunks that
+// meet a destination box does not scan them all), `check_tiling` (do a tensor's chunks tile
+// it? linear for grids), and layouts both ways: forward, a DTensor-style `Layout` (mesh +
+// placements) gives each rank's box (`local_box`, `replicas`); backward, `describe_layout`
+// names the split that a saved chunk list is (rows, cols, grid, nested, irregular).
 //
 // Conventions. A 0-dim box (a scalar) has empty shapes and volume 1; it meets every other
 // 0-dim box. A box with any zero size is empty: it meets nothing, so zero-size saved chunks
@@ -17,7 +18,7 @@
 // Boxes from `.metadata` are untrusted: `is_valid` rejects negative numbers and ends that
 // overflow int64, and every function here checks ranks before comparing. Errors are
 // dcp::Error(invalid_argument) or (out_of_range) for overflow. Imports: dcp.error only, so
-// dcp.metadata can validate chunk lists with `ChunkIndex`.
+// dcp.metadata can validate chunk lists with `check_tiling`.
 module;
 #include <algorithm>
 #include <compare>
