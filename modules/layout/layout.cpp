@@ -107,6 +107,12 @@ std::string format_box(const Box& box) {
 
 std::string format_shape(const Shape& shape) { return dcp::format_shape(shape); }
 
+std::uint64_t hash_shape(const Shape& shape) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ull ^ shape.size();
+  for (auto v : shape) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
+  return h ^ (h >> 29);
+}
+
 std::optional<Overlap> intersect(const Box& dest, const Box& saved) {
   require_valid(dest, "destination");
   require_valid(saved, "saved");

@@ -209,6 +209,8 @@ std::uint64_t volume(const Box& box);
 std::string format_box(const Box& box);
 /// "(3, 4)", "(5,)" or "()", torch.Size style, for messages.
 std::string format_shape(const Shape& shape);
+/// A hash of a shape's dims (FNV-1a style), for the tables that find chunks by their offsets.
+std::uint64_t hash_shape(const Shape& shape) noexcept;
 
 /// Where a destination box and a saved box meet, in each box's own coordinates.
 struct Overlap {

@@ -19,12 +19,7 @@ namespace dcp::metadata {
 namespace {
 
 // Hash of chunk offsets (absent for an object's storage entry).
-std::size_t offsets_hash(const Shape* offsets) {
-  std::uint64_t h = offsets ? 0x9e3779b97f4a7c15ull : 0;
-  if (offsets)
-    for (std::int64_t v : *offsets) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
-  return static_cast<std::size_t>(h ^ (h >> 31));
-}
+std::size_t offsets_hash(const Shape* offsets) { return offsets ? layout::hash_shape(*offsets) : 0; }
 
 Error item_error(const ItemMetadata& item, std::uint64_t offset, std::string message) {
   Error e(Errc::data_loss, std::move(message));
@@ -261,7 +256,7 @@ ValidatedMetadata validate(Metadata metadata) {
   const auto& entries = md.storage_data;
   constexpr std::size_t kBlock = std::size_t{1} << 15;
   constexpr std::uint32_t kObject = 0xFFFFFFFFu;
-  std::vector<std::uint32_t> entry_item(entries.size()), entry_start(entries.size());
+  std::vector<std::uint32_t> entry_start(entries.size());
   std::vector<std::optional<std::pair<std::size_t, Error>>> failure((entries.size() + kBlock - 1) / kBlock);
   // The storage index's groups are keys; those of items name them (the rest name no item).
   constexpr std::uint32_t kNoItem = 0xFFFFFFFFu;
@@ -284,8 +279,6 @@ ValidatedMetadata validate(Metadata metadata) {
         return fail("unsafe file name '" + info.relative_path + "' (must be a plain name in the checkpoint directory)");
       safe_path = &info.relative_path;  // torch lists entries rank by rank: runs share a file
       if (!checked_add(info.offset, info.length)) return fail("byte range overflows 64 bits");
-      const auto pos = static_cast<std::size_t>(item - md.items.data());
-      entry_item[i] = static_cast<std::uint32_t>(pos);
       if (!item->is_tensor()) {
         if (index.offset) return fail("bytes entry with chunk offsets");
         entry_start[i] = kObject;
@@ -301,7 +294,7 @@ ValidatedMetadata validate(Metadata metadata) {
       else
         chunk = result.chunk_position(item->fqn, *index.offset);
       if (!chunk) return fail("no chunk starts at " + format_shape(*index.offset));
-      entry_start[i] = first_of[pos].empty() ? static_cast<std::uint32_t>(*chunk) : first_of[pos][*chunk];
+      entry_start[i] = first_of[item_pos].empty() ? static_cast<std::uint32_t>(*chunk) : first_of[item_pos][*chunk];
     }
   });
   std::size_t resolved = entries.size();
@@ -315,7 +308,7 @@ ValidatedMetadata validate(Metadata metadata) {
   std::unordered_set<std::string_view> objects_stored;
   for (std::size_t i = 0; i < resolved; ++i) {
     const bool again = entry_start[i] == kObject ? !objects_stored.insert(entries[i].first.fqn).second
-                                                 : claimed[entry_item[i]][entry_start[i]]++ != 0;
+                                                 : claimed[item_of_group[group_of[i]]][entry_start[i]]++ != 0;
     if (again) {
       Error e(Errc::data_loss, "storage_data: entry appears twice");
       e.for_key(entries[i].first.fqn).at_offset(entries[i].second.pickle_offset);

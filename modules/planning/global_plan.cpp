@@ -50,7 +50,9 @@ std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
   return begin;
 }
 
-std::uint64_t hash_offsets(const std::optional<Shape>& offsets);
+std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
+  return offsets ? layout::hash_shape(*offsets) : 0x9e3779b97f4a7c15ull;  // objects
+}
 
 ItemFacts read_items(const std::vector<SavePlan>& plans) {
   ItemFacts out;
@@ -92,13 +94,6 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
   }
   out.fqn_count = ids.size();
   return out;
-}
-
-std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
-  if (!offsets) return 0x9e3779b97f4a7c15ull;  // objects
-  std::uint64_t h = 0xcbf29ce484222325ull ^ offsets->size();
-  for (auto v : *offsets) h = (h ^ static_cast<std::uint64_t>(v)) * 0x100000001b3ull;
-  return h ^ (h >> 29);
 }
 
 // torch's de-duplication; `facts` (read_items of `plans`) follows the plans' items as they drop.
@@ -196,9 +191,9 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
     shared_begin[f] = static_cast<std::uint32_t>(shared.size());
     std::move(shared_of[f].begin(), shared_of[f].end(), std::back_inserter(shared));
   }
+  if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
   for (std::size_t flat = 0; flat < total; ++flat)
     if (role[flat] != kKept) role[flat] += shared_begin[facts.fqn[flat]];  // kFirst stays set: indices < 2^31
-  if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
   // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
   // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
   std::vector<std::uint64_t> planned(plans.size(), 0);
