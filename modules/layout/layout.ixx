@@ -307,11 +307,18 @@ struct TilingCheck {
   std::uint64_t total = 0;                                     ///< the tensor's volume
   bool tiles() const noexcept { return !overlap && covered == total; }
 };
+/// A box whose dims live elsewhere (a metadata chunk's shapes, say): `size.size()` offsets
+/// and sizes. What check_tiling reads, so that checking millions of chunks copies none.
+struct BoxRef {
+  const std::int64_t* offsets = nullptr;
+  const std::int64_t* sizes = nullptr;
+};
 /// Checks `boxes` (each valid and inside a tensor of shape `size`, which the caller has
 /// checked) in O(n · rank) when the non-empty boxes form a grid, as every torch.chunk,
 /// ChunkShardingSpec and DTensor layout does: then they tile exactly when each grid cell is
 /// one box. Otherwise (irregular layouts, gaps, overlaps) a `ChunkIndex` finds the first
 /// overlap in O(n log n). Throws out_of_range when a volume overflows.
+TilingCheck check_tiling(std::span<const BoxRef> boxes, const Shape& size);
 TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size);
 
 // ---- Forward: a DTensor layout gives each rank's box ------------------------------------

@@ -58,21 +58,38 @@ class DistinctStarts {
   std::vector<std::size_t> ranks_;
 };
 
+// The boxes' dims, `rank` each: no box of them is copied.
+struct BoxDims {
+  std::span<const BoxRef> boxes;
+  std::size_t rank;
+  bool empty(const BoxRef& b) const noexcept {
+    for (std::size_t d = 0; d < rank; ++d)
+      if (b.sizes[d] == 0) return true;
+    return false;
+  }
+  std::uint64_t volume(const BoxRef& b) const {
+    std::uint64_t n = 1;
+    for (std::size_t d = 0; d < rank; ++d)
+      n = mul_or_throw(n, static_cast<std::uint64_t>(b.sizes[d]), "box volume");
+    return n;
+  }
+};
+
 // The non-empty boxes are the cells of a grid whose lines are their starts: per dim the
 // smallest start is 0, each box ends where the next start (or the tensor) begins, and every
 // cell is one box. Then they are disjoint and cover the tensor.
-bool forms_grid(std::span<const Box> boxes, const Shape& size) {
-  const std::size_t rank = size.size();
+bool forms_grid(const BoxDims& dims, const Shape& size) {
+  const std::size_t rank = dims.rank;
   std::size_t nonempty = 0;
-  for (const auto& b : boxes) nonempty += !is_empty(b);
+  for (const auto& b : dims.boxes) nonempty += !dims.empty(b);
   if (rank == 0 || nonempty == 0) return false;
   std::vector<DistinctStarts> starts;
   starts.reserve(rank);
   std::size_t cells = 1;
   for (std::size_t d = 0; d < rank; ++d) {
     auto& s = starts.emplace_back();
-    for (const auto& b : boxes)
-      if (!is_empty(b)) s.insert(b.offsets[d]);
+    for (const auto& b : dims.boxes)
+      if (!dims.empty(b)) s.insert(b.offsets[d]);
     s.seal();
     if (s.sorted().front() != 0) return false;
     cells *= s.sorted().size();  // each factor <= nonempty, and the product is checked below
@@ -80,8 +97,8 @@ bool forms_grid(std::span<const Box> boxes, const Shape& size) {
   }
   if (cells != nonempty) return false;
   std::vector<unsigned char> hit(cells, 0);
-  for (const auto& b : boxes) {
-    if (is_empty(b)) continue;
+  for (const auto& b : dims.boxes) {
+    if (dims.empty(b)) continue;
     std::size_t cell = 0;
     for (std::size_t d = 0; d < rank; ++d) {
       const auto& lines = starts[d].sorted();
@@ -97,14 +114,25 @@ bool forms_grid(std::span<const Box> boxes, const Shape& size) {
 
 }  // namespace
 
-TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size) {
+TilingCheck check_tiling(std::span<const BoxRef> boxes, const Shape& size) {
+  const BoxDims dims{boxes, size.size()};
   TilingCheck check;
   check.total = volume(full_box(size));
-  for (const auto& b : boxes) check.covered = add_or_throw(check.covered, volume(b), "covered elements");
-  if (check.covered == check.total && forms_grid(boxes, size)) return check;
-  const ChunkIndex index(std::vector<Box>(boxes.begin(), boxes.end()));
-  check.overlap = index.first_overlap();
+  for (const auto& b : boxes) check.covered = add_or_throw(check.covered, dims.volume(b), "covered elements");
+  if (check.covered == check.total && forms_grid(dims, size)) return check;
+  std::vector<Box> copies;  // irregular: the tree needs boxes of its own
+  copies.reserve(boxes.size());
+  for (const auto& b : boxes)
+    copies.push_back(Box{Shape(std::span(b.offsets, dims.rank)), Shape(std::span(b.sizes, dims.rank))});
+  check.overlap = ChunkIndex(std::move(copies)).first_overlap();
   return check;
+}
+
+TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size) {
+  std::vector<BoxRef> refs;
+  refs.reserve(boxes.size());
+  for (const auto& b : boxes) refs.push_back(BoxRef{b.offsets.data(), b.sizes.data()});
+  return check_tiling(refs, size);
 }
 
 }  // namespace dcp::layout

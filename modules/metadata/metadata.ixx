@@ -197,6 +197,26 @@ class Metadata {
 /// Chunks of all tensor items together (how much work checking them is).
 std::uint64_t tensor_chunk_count(const Metadata& metadata) noexcept;
 
+/// The first thing wrong with a tensor's chunk list, as `check_chunks` finds it.
+struct ChunkProblem {
+  enum class Kind : std::uint8_t {
+    wrong_rank,  ///< `chunk` has not the tensor's number of dims
+    outside,     ///< `chunk` is not a valid box inside the tensor
+    overlap,     ///< chunks `other` and `chunk` share an element
+    gap,         ///< the chunks cover `covered` of the tensor's `total` elements
+  };
+  Kind kind = Kind::gap;
+  std::size_t chunk = 0;
+  std::size_t other = 0;
+  std::uint64_t covered = 0;
+  std::uint64_t total = 0;
+};
+/// The chunks of `tensor` have its rank, lie inside it and tile it (layout::check_tiling:
+/// linear for the grids checkpoints hold); nullopt when they do. The one check of a chunk
+/// list: a loader's validate and a coordinator's global plan word its result their own way.
+/// Throws out_of_range when a volume overflows.
+std::optional<ChunkProblem> check_chunks(const TensorStorageMetadata& tensor);
+
 /// The globals a `.metadata` may name (all module paths of 1.13 and 2.x).
 const pickle::AllowList& metadata_allow_list();
 

@@ -31,8 +31,7 @@ std::string chunk_text(const ChunkStorageMetadata& c) {
   return "chunk at " + format_shape(c.offsets) + " with sizes " + format_shape(c.sizes);
 }
 
-// Checks one tensor's chunks: dims, inside, disjoint and covering (layout::check_tiling:
-// linear for the grids checkpoints hold, O(n log n) otherwise).
+// Checks one tensor: rank, size, and its chunks (check_chunks).
 void validate_tensor(const ItemMetadata& item) {
   const auto& t = item.tensor();
   const std::size_t rank = t.size.size();
@@ -46,27 +45,24 @@ void validate_tensor(const ItemMetadata& item) {
   } catch (Error& e) {
     throw e.for_key(item.fqn).at_offset(item.pickle_offset);
   }
-  std::vector<layout::Box> boxes;
-  boxes.reserve(t.chunks.size());
-  for (const auto& c : t.chunks) {
-    if (c.offsets.size() != rank || c.sizes.size() != rank)
+  const auto problem = check_chunks(t);
+  if (!problem) return;
+  const auto& c = t.chunks[problem->chunk];
+  switch (problem->kind) {
+    case ChunkProblem::Kind::wrong_rank:
       throw item_error(item, c.pickle_offset, chunk_text(c) + " does not have the tensor's " + std::to_string(rank) +
                                                   " dimensions");
-    if (!layout::is_inside(c.offsets, c.sizes, t.size))
+    case ChunkProblem::Kind::outside:
       throw item_error(item, c.pickle_offset, chunk_text(c) + " lies outside the tensor of size " + format_shape(t.size));
-    boxes.push_back(c.box());
+    case ChunkProblem::Kind::overlap:
+      throw item_error(item, c.pickle_offset, "chunks at " + format_shape(t.chunks[problem->other].offsets) + " and " +
+                                                  format_shape(c.offsets) + " overlap");
+    case ChunkProblem::Kind::gap:
+      break;
   }
-  const auto tiling = layout::check_tiling(boxes, t.size);
-  if (const auto& pair = tiling.overlap) {
-    const auto& a = t.chunks[pair->first];
-    const auto& b = t.chunks[pair->second];
-    throw item_error(item, b.pickle_offset, "chunks at " + format_shape(a.offsets) + " and " +
-                                                format_shape(b.offsets) + " overlap");
-  }
-  if (tiling.covered != tiling.total)
-    throw item_error(item, item.pickle_offset,
-                     "chunks cover " + std::to_string(tiling.covered) + " of " + std::to_string(tiling.total) +
-                         " elements of the tensor of size " + format_shape(t.size));
+  throw item_error(item, item.pickle_offset,
+                   "chunks cover " + std::to_string(problem->covered) + " of " + std::to_string(problem->total) +
+                       " elements of the tensor of size " + format_shape(t.size));
 }
 
 // `slots` (a power of two, chunk positions + 1) gets the first chunk of each distinct start;
@@ -92,6 +88,23 @@ std::vector<std::uint32_t> index_starts(const std::vector<ChunkStorageMetadata>&
 }
 
 }  // namespace
+
+std::optional<ChunkProblem> check_chunks(const TensorStorageMetadata& tensor) {
+  using Kind = ChunkProblem::Kind;
+  const std::size_t rank = tensor.size.size();
+  std::vector<layout::BoxRef> boxes;
+  boxes.reserve(tensor.chunks.size());
+  for (std::size_t i = 0; i < tensor.chunks.size(); ++i) {
+    const auto& c = tensor.chunks[i];
+    if (c.offsets.size() != rank || c.sizes.size() != rank) return ChunkProblem{Kind::wrong_rank, i};
+    if (!layout::is_inside(c.offsets, c.sizes, tensor.size)) return ChunkProblem{Kind::outside, i};
+    boxes.push_back(layout::BoxRef{c.offsets.data(), c.sizes.data()});
+  }
+  const auto tiling = layout::check_tiling(boxes, tensor.size);
+  if (const auto& pair = tiling.overlap) return ChunkProblem{Kind::overlap, pair->second, pair->first};
+  if (tiling.covered != tiling.total) return ChunkProblem{Kind::gap, 0, 0, tiling.covered, tiling.total};
+  return std::nullopt;
+}
 
 std::uint64_t tensor_chunk_count(const Metadata& md) noexcept {
   std::uint64_t count = 0;

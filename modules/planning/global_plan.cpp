@@ -347,22 +347,17 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
     const auto& entry = md.items[position];
     if (!entry.is_tensor()) return;
     const auto& t = entry.tensor();
-    std::vector<layout::Box> boxes;
-    boxes.reserve(t.chunks.size());
-    for (const auto& c : t.chunks) {
-      if (!layout::is_inside(c.offsets, c.sizes, t.size))
-        fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + layout::format_box(c.box()) +
-                                                            " lies outside the tensor of shape " + layout::format_shape(t.size));
-      boxes.push_back(c.box());
-    }
-    const auto tiling = layout::check_tiling(boxes, t.size);
-    if (const auto& pair = tiling.overlap)
-      fail_for_key(Errc::invalid_argument, entry.fqn, "chunks " + layout::format_box(boxes[pair->first]) + " and " +
-                                                          layout::format_box(boxes[pair->second]) + " overlap");
-    if (tiling.covered != tiling.total)
-      fail_for_key(Errc::invalid_argument, entry.fqn,
-                   "the saved chunks cover " + std::to_string(tiling.covered) + " of " + std::to_string(tiling.total) +
-                       " elements");
+    const auto problem = metadata::check_chunks(t);
+    if (!problem) return;
+    const auto box = [&](std::size_t i) { return layout::format_box(t.chunks[i].box()); };
+    using Kind = metadata::ChunkProblem::Kind;
+    if (problem->kind == Kind::overlap)
+      fail_for_key(Errc::invalid_argument, entry.fqn, "chunks " + box(problem->other) + " and " + box(problem->chunk) + " overlap");
+    if (problem->kind == Kind::gap)
+      fail_for_key(Errc::invalid_argument, entry.fqn, "the saved chunks cover " + std::to_string(problem->covered) +
+                                                          " of " + std::to_string(problem->total) + " elements");
+    fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + box(problem->chunk) + " lies outside the tensor of shape " +
+                                                        layout::format_shape(t.size));
   });
   // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
   std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
