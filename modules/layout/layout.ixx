@@ -24,6 +24,7 @@ module;
 #include <compare>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <iterator>
 #include <optional>
@@ -69,12 +70,12 @@ class Shape {
   inline Shape(const std::vector<std::int64_t>& values) { append(values.data(), values.size()); }
   inline explicit operator std::vector<std::int64_t>() const { return {begin(), end()}; }
 
-  inline Shape(const Shape& other) { append(other.data_, other.size_); }
+  inline Shape(const Shape& other) { append(other.data(), other.size_); }
   inline Shape(Shape&& other) noexcept { steal(other); }
   inline Shape& operator=(const Shape& other) {
     if (this != &other) {
       size_ = 0;
-      append(other.data_, other.size_);
+      append(other.data(), other.size_);
     }
     return *this;
   }
@@ -89,18 +90,18 @@ class Shape {
 
   inline std::size_t size() const noexcept { return size_; }
   inline bool empty() const noexcept { return size_ == 0; }
-  inline std::int64_t* data() noexcept { return data_; }
-  inline const std::int64_t* data() const noexcept { return data_; }
-  inline std::int64_t* begin() noexcept { return data_; }
-  inline std::int64_t* end() noexcept { return data_ + size_; }
-  inline const std::int64_t* begin() const noexcept { return data_; }
-  inline const std::int64_t* end() const noexcept { return data_ + size_; }
-  inline std::int64_t& operator[](std::size_t i) noexcept { return data_[i]; }
-  inline const std::int64_t& operator[](std::size_t i) const noexcept { return data_[i]; }
-  inline std::int64_t& front() noexcept { return data_[0]; }
-  inline const std::int64_t& front() const noexcept { return data_[0]; }
-  inline std::int64_t& back() noexcept { return data_[size_ - 1]; }
-  inline const std::int64_t& back() const noexcept { return data_[size_ - 1]; }
+  inline std::int64_t* data() noexcept { return on_heap() ? heap() : storage_; }
+  inline const std::int64_t* data() const noexcept { return on_heap() ? heap() : storage_; }
+  inline std::int64_t* begin() noexcept { return data(); }
+  inline std::int64_t* end() noexcept { return data() + size_; }
+  inline const std::int64_t* begin() const noexcept { return data(); }
+  inline const std::int64_t* end() const noexcept { return data() + size_; }
+  inline std::int64_t& operator[](std::size_t i) noexcept { return data()[i]; }
+  inline const std::int64_t& operator[](std::size_t i) const noexcept { return data()[i]; }
+  inline std::int64_t& front() noexcept { return data()[0]; }
+  inline const std::int64_t& front() const noexcept { return data()[0]; }
+  inline std::int64_t& back() noexcept { return data()[size_ - 1]; }
+  inline const std::int64_t& back() const noexcept { return data()[size_ - 1]; }
 
   inline void clear() noexcept { size_ = 0; }
   inline void reserve(std::size_t n) {
@@ -108,12 +109,13 @@ class Shape {
   }
   inline void push_back(std::int64_t value) {
     if (size_ == capacity_) grow(2 * std::size_t{capacity_});
-    data_[size_++] = value;
+    data()[size_++] = value;
   }
   inline void pop_back() noexcept { --size_; }
   inline void resize(std::size_t n, std::int64_t value = 0) {
     reserve(n);
-    for (std::size_t i = size_; i < n; ++i) data_[i] = value;
+    std::int64_t* values = data();
+    for (std::size_t i = size_; i < n; ++i) values[i] = value;
     size_ = static_cast<std::uint32_t>(n);
   }
   inline void assign(std::size_t n, std::int64_t value) {
@@ -128,8 +130,10 @@ class Shape {
 
   friend inline bool operator==(const Shape& a, const Shape& b) noexcept {
     if (a.size_ != b.size_) return false;
+    const std::int64_t* x = a.data();
+    const std::int64_t* y = b.data();
     for (std::uint32_t i = 0; i < a.size_; ++i)  // a loop, not std::equal: that calls memcmp
-      if (a.data_[i] != b.data_[i]) return false;
+      if (x[i] != y[i]) return false;
     return true;
   }
   friend inline std::strong_ordering operator<=>(const Shape& a, const Shape& b) noexcept {
@@ -139,40 +143,46 @@ class Shape {
  private:
   inline void append(const std::int64_t* values, std::size_t n) {
     reserve(size_ + n);
-    std::copy(values, values + n, data_ + size_);
+    std::copy(values, values + n, data() + size_);
     size_ += static_cast<std::uint32_t>(n);
   }
   inline void grow(std::size_t n) {
     if (n > 0xFFFFFFFFu) throw std::length_error("dcp::layout::Shape: too many dimensions");
     auto* fresh = new std::int64_t[n];
-    std::copy(data_, data_ + size_, fresh);
+    std::copy(data(), data() + size_, fresh);
     release();
-    data_ = fresh;
+    set_heap(fresh);
     capacity_ = static_cast<std::uint32_t>(n);
   }
   inline void release() noexcept {
-    if (data_ != inline_) delete[] data_;
-    data_ = inline_;
+    if (on_heap()) delete[] heap();
     capacity_ = kInline;
   }
   inline void steal(Shape& other) noexcept {  // requires *this to be inline and empty
-    if (other.data_ == other.inline_) {
-      std::copy(other.inline_, other.inline_ + other.size_, inline_);
-    } else {
-      data_ = other.data_;
-      capacity_ = other.capacity_;
-      other.data_ = other.inline_;
-      other.capacity_ = kInline;
-    }
+    if (other.on_heap())
+      set_heap(other.heap());
+    else
+      std::copy(other.storage_, other.storage_ + other.size_, storage_);
+    capacity_ = other.capacity_;
     size_ = other.size_;
+    other.capacity_ = kInline;
     other.size_ = 0;
   }
+  // Beyond kInline dims the storage holds a pointer to the heap instead of dims: millions of
+  // chunk boxes at thousands of ranks are 40 bytes a shape, not 56.
+  inline bool on_heap() const noexcept { return capacity_ > kInline; }
+  inline std::int64_t* heap() const noexcept {
+    std::int64_t* p;
+    std::memcpy(&p, storage_, sizeof p);
+    return p;
+  }
+  inline void set_heap(std::int64_t* p) noexcept { std::memcpy(storage_, &p, sizeof p); }
 
-  std::int64_t* data_ = inline_;
   std::uint32_t size_ = 0;
   std::uint32_t capacity_ = kInline;
-  std::int64_t inline_[kInline];
+  std::int64_t storage_[kInline];
 };
+static_assert(sizeof(Shape) == 40);
 
 /// A box in a tensor's global index space: `[offsets[d], offsets[d] + sizes[d])` per dim.
 struct Box {
