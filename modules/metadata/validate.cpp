@@ -5,6 +5,7 @@ module;
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -159,26 +160,42 @@ std::vector<std::uint32_t> Metadata::index_storage() {
       const auto it = storage_group_.try_emplace(storage_data[i].first.fqn, storage_group_.size()).first;
       group_of[i] = static_cast<std::uint32_t>(it->second);
     }
-  std::vector<std::size_t> members(storage_group_.size(), 0);
-  for (const auto group : group_of) ++members[group];
+  // Each group's table is filled from its entries in order (the first entry of an offsets
+  // wins), on several threads: the entries grouped by a counting sort, each group's hashes
+  // gathered so that probes stay in the group's own memory.
+  std::vector<std::size_t> group_begin(storage_group_.size() + 1, 0);
+  for (const auto group : group_of) ++group_begin[group + 1];
+  for (std::size_t g = 0; g < storage_group_.size(); ++g) group_begin[g + 1] += group_begin[g];
+  std::vector<std::uint32_t> grouped(storage_data.size());
+  {
+    std::vector<std::size_t> fill(group_begin.begin(), group_begin.end() - 1);
+    for (std::size_t i = 0; i < storage_data.size(); ++i) grouped[fill[group_of[i]]++] = static_cast<std::uint32_t>(i);
+  }
   std::size_t slots = 0;
-  for (const auto count : members) {
+  for (std::size_t g = 0; g < storage_group_.size(); ++g) {
     std::size_t size = 4;
-    while (size < 2 * count) size *= 2;
+    while (size < 2 * (group_begin[g + 1] - group_begin[g])) size *= 2;
     storage_groups_.push_back(StorageGroup{slots, size});
     slots += size;
   }
   storage_slots_.assign(slots, 0);
-  // Entries are read again only when hashes collide.
-  for (std::size_t i = 0; i < storage_data.size(); ++i) {
-    const auto& g = storage_groups_[group_of[i]];
-    std::uint32_t* table = storage_slots_.data() + g.first_slot;
-    std::size_t slot = hash_of[i] & (g.slot_count - 1);
-    while (table[slot] && (hash_of[table[slot] - 1] != hash_of[i] ||
-                           storage_data[table[slot] - 1].first.offset != storage_data[i].first.offset))
-      slot = (slot + 1) & (g.slot_count - 1);
-    if (!table[slot]) table[slot] = static_cast<std::uint32_t>(i + 1);  // the first entry wins
-  }
+  parallel_for(storage_groups_.size(), storage_data.size(), [&](std::size_t g) {
+    const std::span<const std::uint32_t> members(grouped.data() + group_begin[g], group_begin[g + 1] - group_begin[g]);
+    std::vector<std::uint64_t> hashes(members.size());
+    for (std::size_t k = 0; k < members.size(); ++k) hashes[k] = hash_of[members[k]];
+    const std::size_t mask = storage_groups_[g].slot_count - 1;
+    std::uint32_t* table = storage_slots_.data() + storage_groups_[g].first_slot;
+    std::vector<std::uint32_t> member_at(mask + 1, 0);  // per slot: member + 1 (0 = empty)
+    for (std::size_t k = 0; k < members.size(); ++k) {
+      std::size_t slot = hashes[k] & mask;
+      while (member_at[slot] && (hashes[member_at[slot] - 1] != hashes[k] ||
+                                 storage_data[members[member_at[slot] - 1]].first.offset != storage_data[members[k]].first.offset))
+        slot = (slot + 1) & mask;
+      if (member_at[slot]) continue;
+      member_at[slot] = static_cast<std::uint32_t>(k + 1);
+      table[slot] = members[k] + 1;
+    }
+  });
   return group_of;
 }
 
