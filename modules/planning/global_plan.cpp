@@ -27,14 +27,23 @@ namespace {
 // (flat: plan p's items start at begin[p]). Ranks usually plan the same keys in the same
 // order, so an item's key is compared with the item at the same position of the previous plan
 // (on several threads: those comparisons are independent); only the others cost a hash lookup.
+// An item that agrees with the previous plan's item at its position (same key, and for tensors
+// the same global size and properties) agrees with the key's metadata when that one did: the
+// global plan reads only the items that start such a chain.
 enum Kind : std::uint8_t { kObject, kPlain, kShard, kMalformed };
+enum Likeness : std::uint8_t { kSameKey = 1, kSameTensor = 2 };
 struct ItemFacts {
   std::vector<std::size_t> begin;
-  std::vector<std::uint32_t> fqn;    // key ids
+  std::vector<std::uint32_t> fqn;          // key ids
   std::size_t fqn_count = 0;
-  std::vector<std::uint64_t> hash;   // of the offsets (what de-duplication compares)
-  std::vector<std::uint64_t> bytes;  // torch's `tensor_storage_size or 1`
+  std::vector<std::uint64_t> hash;         // of the offsets (what de-duplication compares)
+  std::vector<std::uint64_t> bytes;        // torch's `tensor_storage_size or 1`
   std::vector<std::uint8_t> kind;
+  std::vector<std::uint8_t> like_before;   // Likeness bits
+  std::vector<std::uint8_t> dropped;       // set by de-duplication: another plan keeps it
+  const WriteItem& item(const std::vector<SavePlan>& plans, std::size_t p, std::size_t flat) const {
+    return plans[p].items[flat - begin[p]];
+  }
 };
 
 std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
@@ -50,6 +59,11 @@ std::vector<std::size_t> plan_starts(const std::vector<SavePlan>& plans) {
   return begin;
 }
 
+bool same_properties(const metadata::TensorProperties& a, const metadata::TensorProperties& b) {
+  return a.dtype == b.dtype && a.requires_grad == b.requires_grad && a.memory_format == b.memory_format &&
+         a.pin_memory == b.pin_memory;
+}
+
 std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
   return offsets ? layout::hash_shape(*offsets) : 0x9e3779b97f4a7c15ull;  // objects
 }
@@ -61,14 +75,21 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
   out.hash.resize(total);
   out.bytes.resize(total);
   out.kind.resize(total);
-  std::vector<unsigned char> as_before(total, 0);  // same fqn as the previous plan's item here
+  out.like_before.resize(total);
   parallel_for(plans.size(), total, [&](std::size_t p) {
     const auto& items = plans[p].items;
     const auto* before = p > 0 ? &plans[p - 1].items : nullptr;
     for (std::size_t i = 0; i < items.size(); ++i) {
       const std::size_t flat = out.begin[p] + i;
       const auto& item = items[i];
-      as_before[flat] = before && i < before->size() && item.index.fqn == (*before)[i].index.fqn;
+      std::uint8_t like = 0;
+      if (before && i < before->size() && item.index.fqn == (*before)[i].index.fqn) {
+        const auto& a = item.tensor_data;
+        const auto& b = (*before)[i].tensor_data;
+        like = kSameKey;
+        if (a && b && a->size == b->size && same_properties(a->properties, b->properties)) like |= kSameTensor;
+      }
+      out.like_before[flat] = like;
       out.hash[flat] = hash_offsets(item.index.offset);
       const auto size = item.tensor_storage_size().value_or(0);
       out.bytes[flat] = size ? size : 1;
@@ -86,7 +107,7 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
     const auto& items = plans[p].items;
     for (std::size_t i = 0; i < items.size(); ++i) {
       const std::size_t flat = out.begin[p] + i;
-      if (as_before[flat])
+      if (out.like_before[flat] & kSameKey)
         out.fqn[flat] = out.fqn[out.begin[p - 1] + i];
       else
         out.fqn[flat] = ids.emplace(items[i].index.fqn, static_cast<std::uint32_t>(ids.size())).first->second;
@@ -96,12 +117,12 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
   return out;
 }
 
-// torch's de-duplication; `facts` (read_items of `plans`) follows the plans' items as they drop.
-// Millions of items at 8k ranks: the passes over the items themselves run in plan order
-// (sequential memory, on several threads); those that jump between plans read flat arrays.
-std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool save_to_lowest_rank) {
+// torch's de-duplication: marks in `facts.dropped` (left empty when nothing is) the items of
+// `plans` that another plan keeps. Millions of items at 8k ranks: the passes jump between plans
+// over flat arrays; the items themselves are read only where offsets hashes meet.
+void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lowest_rank) {
   const auto& hash = facts.hash;
-  const auto& bytes = facts.bytes;
+  auto& bytes = facts.bytes;
   const std::size_t total = facts.fqn.size();
   // Items grouped by fqn, in plan order (a counting sort), with what grouping compares.
   struct Entry {
@@ -143,7 +164,9 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
   // `shared`. Per item, in flat order so the passes below read it in sequence: kKept, or the
   // shared key's index (with kFirst on the item where torch first sees the key: its first
   // holder in plan order).
-  constexpr std::uint32_t kKept = 0xFFFFFFFFu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
+  // kRepeat: the key again in the same plan, which keeps it with the key (torch's plans hold
+  // sets of keys: a repeat neither counts nor is kept apart).
+  constexpr std::uint32_t kKept = 0xFFFFFFFFu, kRepeat = 0xFFFFFFFEu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
   struct Shared {
     std::vector<std::uint32_t> holders;  // plans, ascending, the first holder first
     std::uint32_t keeper = 0;
@@ -153,9 +176,11 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
   parallel_for(facts.fqn_count, total, [&](std::size_t f) {
     struct Key {
       Entry first;
+      std::uint32_t last = 0;  // the key's last item: torch counts its bytes
       std::uint32_t shared = kNone;
     };
     std::vector<Key> keys;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> first_plan_repeats;  // (key, item)
     auto& shared = shared_of[f];
     const std::size_t n = group_begin[f + 1] - group_begin[f];
     std::size_t slots = 16;
@@ -168,11 +193,16 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
       while (table[slot] != kNone && !same_key(keys[table[slot]])) slot = (slot + 1) & (slots - 1);
       if (table[slot] == kNone) {
         table[slot] = static_cast<std::uint32_t>(keys.size());
-        keys.push_back(Key{e});
+        keys.push_back(Key{e, e.flat});
         continue;
       }
       auto& key = keys[table[slot]];
-      if (e.plan == key.first.plan) continue;  // twice in one plan: the global plan's error to report
+      key.last = e.flat;
+      if (key.shared == kNone && e.plan == key.first.plan) {
+        role[e.flat] = kRepeat;
+        first_plan_repeats.emplace_back(table[slot], e.flat);
+        continue;
+      }
       if (key.shared == kNone) {
         key.shared = static_cast<std::uint32_t>(shared.size());
         shared.push_back(Shared{{key.first.plan}});
@@ -182,6 +212,9 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
       if (holders.back() != e.plan) holders.push_back(e.plan);
       role[e.flat] = key.shared;
     }
+    for (const auto& [k, flat] : first_plan_repeats)
+      if (keys[k].shared != kNone) role[flat] = keys[k].shared;
+    for (const auto& key : keys) bytes[key.first.flat] = bytes[key.last];  // read where torch first sees the key
   });
   std::vector<Shared> shared;
   std::vector<std::uint32_t> shared_begin(facts.fqn_count);
@@ -191,15 +224,16 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
     shared_begin[f] = static_cast<std::uint32_t>(shared.size());
     std::move(shared_of[f].begin(), shared_of[f].end(), std::back_inserter(shared));
   }
-  if (shared.empty()) return plans;  // nothing is held twice: every plan keeps all it has
+  if (shared.empty()) return;  // nothing is held twice: every plan keeps all it has
   for (std::size_t flat = 0; flat < total; ++flat)
-    if (role[flat] != kKept) role[flat] += shared_begin[facts.fqn[flat]];  // kFirst stays set: indices < 2^31
+    if (role[flat] < kRepeat) role[flat] += shared_begin[facts.fqn[flat]];  // kFirst stays set: indices < 2^31
   // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
   // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
   std::vector<std::uint64_t> planned(plans.size(), 0);
   for (std::size_t p = 0; p < plans.size(); ++p)
     for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) {
       std::uint32_t best = static_cast<std::uint32_t>(p);
+      if (role[flat] == kRepeat) continue;
       if (role[flat] == kKept) {
       } else if (role[flat] & kFirst) {
         auto& key = shared[role[flat] & ~kFirst];
@@ -212,75 +246,86 @@ std::vector<SavePlan> dedup(std::vector<SavePlan> plans, ItemFacts& facts, bool 
       }
       planned[best] += bytes[flat];
     }
-  // The plans drop what others keep, and the facts follow them (fqn ids and kinds are what the
-  // global plan reads). A drop moves the plan's later items.
-  auto kept = [&](std::size_t p, std::size_t flat) {
-    const auto r = role[flat];
-    return r == kKept || shared[r & ~kFirst].keeper == p;
-  };
-  std::vector<std::size_t> begin(plans.size() + 1, 0);
-  for (std::size_t p = 0; p < plans.size(); ++p) {
-    std::size_t count = 0;
-    for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) count += kept(p, flat);
-    begin[p + 1] = begin[p] + count;
-  }
-  std::vector<std::uint32_t> fqn(begin.back());
-  std::vector<std::uint8_t> kind(begin.back());
+  facts.dropped.assign(total, 0);
   parallel_for(plans.size(), total, [&](std::size_t p) {
+    for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat)
+      facts.dropped[flat] = role[flat] < kRepeat && shared[role[flat] & ~kFirst].keeper != p;
+  });
+}
+
+// Removes the dropped items from their plans (a drop moves the plan's later items).
+std::vector<SavePlan> drop_items(std::vector<SavePlan> plans, const ItemFacts& facts) {
+  if (facts.dropped.empty()) return plans;
+  parallel_for(plans.size(), facts.dropped.size(), [&](std::size_t p) {
     auto& items = plans[p].items;
     std::size_t out = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
-      const std::size_t flat = facts.begin[p] + i;
-      if (!kept(p, flat)) continue;
+      if (facts.dropped[facts.begin[p] + i]) continue;
       if (out != i) items[out] = std::move(items[i]);
-      fqn[begin[p] + out] = facts.fqn[flat];
-      kind[begin[p] + out] = facts.kind[flat];
       ++out;
     }
     items.resize(out);
   });
-  facts.begin = std::move(begin);
-  facts.fqn = std::move(fqn);
-  facts.kind = std::move(kind);
-  facts.hash.clear();
-  facts.bytes.clear();
   return plans;
 }
 
-// torch's create_global_plan over `plans` and their read_items facts. Millions of items at 8k
-// ranks: the steps that depend on order (where a key first appears, plain tensor versus
-// shards, each chunk's place in its list) run over flat arrays in plan order; a parallel pass
-// then compares each item with its key's metadata and copies its chunk. The error is the one a
-// loop over the items in plan order would raise first.
+// torch's create_global_plan over `plans` and their read_items facts, leaving out the items
+// de-duplication dropped. Millions of items at 8k ranks:
+//  1. one pass in plan order over flat arrays applies the rules that depend on order (where a
+//     key first appears, objects, plain tensor versus shards) and compares each item with its
+//     key's metadata; it reads an item only where a chain of like items starts (ReadItems'
+//     like_before), so its error is the one a loop over the items in plan order meets first;
+//  2. each tensor's chunks are copied in chunk order (on several threads);
+//  3. each plan drops what it does not keep and gets its index hints (on several threads).
 std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<SavePlan> plans, const ItemFacts& facts) {
   const auto& kind = facts.kind;
   const std::size_t total = kind.size();
-  auto item_at = [&](std::size_t p, std::size_t flat) -> WriteItem& { return plans[p].items[flat - facts.begin[p]]; };
+  auto dropped = [&](std::size_t flat) { return !facts.dropped.empty() && facts.dropped[flat]; };
 
   metadata::Metadata md;
   constexpr std::uint32_t kUnseen = 0xFFFFFFFFu;
   std::vector<std::uint32_t> item_of(facts.fqn_count, kUnseen);  // fqn id → position in md.items
-  std::vector<std::uint32_t> chunk_of(total);                   // a tensor item's place in its chunk list
-  std::vector<std::uint32_t> chunk_count;                       // per md item
+  std::vector<std::uint32_t> chunk_of(total);                   // a kept tensor item's place in its chunk list
+  std::vector<std::vector<std::uint32_t>> chunk_items;          // per md item: its chunks' items (flat)
   std::vector<bool> has_plain;                                  // per md item: an object or plain tensor seen
-  std::size_t failed = total;                                   // the first item the order-dependent checks fail
-  const char* failure = nullptr;
-  bool content_checked_first = false;  // the comparisons with the key's metadata come before that check
-  for (std::size_t p = 0; p < plans.size() && failed == total; ++p)
+  std::vector<std::uint8_t> agrees(total, 0);                   // a tensor item agrees with its key's metadata
+  for (std::size_t p = 0; p < plans.size(); ++p)
     for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) {
-      auto fail = [&](const char* message, bool after_content) {
-        failed = flat;
-        failure = message;
-        content_checked_first = after_content;
+      auto fail = [&](const char* message) {
+        fail_for_key(Errc::invalid_argument, facts.item(plans, p, flat).index.fqn, message);
       };
       auto& position = item_of[facts.fqn[flat]];
       const bool fresh = position == kUnseen;
-      if (kind[flat] == kMalformed) {
-        fail("tensor write item without matching chunk data", false);
-        break;
+      const bool is_tensor = kind[flat] == kPlain || kind[flat] == kShard;
+      // Agreement with the key's metadata: inherited along a chain of like items, else compared.
+      auto compare = [&](bool throw_on_mismatch) {
+        if ((facts.like_before[flat] & kSameTensor) && agrees[facts.begin[p - 1] + (flat - facts.begin[p])]) {
+          agrees[flat] = 1;
+          return;
+        }
+        if (fresh || !md.items[position].is_tensor()) return;
+        const auto& data = *facts.item(plans, p, flat).tensor_data;
+        const auto& tensor = md.items[position].tensor();
+        if (tensor.size == data.size && same_properties(tensor.properties, data.properties)) {
+          agrees[flat] = 1;
+        } else if (throw_on_mismatch) {
+          const auto& fqn = facts.item(plans, p, flat).index.fqn;
+          if (tensor.size != data.size)
+            fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the global size: " +
+                                                          layout::format_shape(tensor.size) + " and " +
+                                                          layout::format_shape(data.size));
+          fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the tensor's properties (dtype " +
+                                                        std::string(dtype_name(tensor.properties.dtype)) + " and " +
+                                                        std::string(dtype_name(data.properties.dtype)) + ")");
+        }
+      };
+      if (dropped(flat)) {
+        if (is_tensor) compare(false);  // for the chains through it
+        continue;
       }
+      if (kind[flat] == kMalformed) fail("tensor write item without matching chunk data");
       if (fresh) {
-        const auto& item = item_at(p, flat);
+        const auto& item = facts.item(plans, p, flat);
         position = static_cast<std::uint32_t>(md.items.size());
         if (kind[flat] == kObject)
           md.items.push_back(metadata::ItemMetadata{item.index.fqn, metadata::BytesStorageMetadata{}, 0});
@@ -288,60 +333,47 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
           md.items.push_back(metadata::ItemMetadata{
               item.index.fqn, metadata::TensorStorageMetadata{item.tensor_data->properties, item.tensor_data->size, {}}, 0});
         has_plain.push_back(kind[flat] == kObject);
-        chunk_count.push_back(0);
+        chunk_items.emplace_back();
+        agrees[flat] = is_tensor;
         if (kind[flat] == kObject) continue;
       } else if (kind[flat] == kObject) {
-        fail("saved twice, or as an object and as a tensor", false);
-        break;
+        fail("saved twice, or as an object and as a tensor");
       } else if (!md.items[position].is_tensor()) {
-        fail("saved as an object and as a tensor", false);
-        break;
+        fail("saved as an object and as a tensor");
+      } else {
+        compare(true);
       }
       if (kind[flat] == kPlain) {
-        if (has_plain[position] || chunk_count[position] != 0) {
-          fail("a plain tensor saved twice, or also as shards", true);
-          break;
-        }
+        if (has_plain[position] || !chunk_items[position].empty()) fail("a plain tensor saved twice, or also as shards");
         has_plain[position] = true;
       } else if (has_plain[position]) {
-        fail("shards of a tensor that is also saved plain", true);
-        break;
+        fail("shards of a tensor that is also saved plain");
       }
-      chunk_of[flat] = chunk_count[position]++;
+      chunk_of[flat] = static_cast<std::uint32_t>(chunk_items[position].size());
+      chunk_items[position].push_back(static_cast<std::uint32_t>(flat));
     }
-  parallel_for(md.items.size(), total, [&](std::size_t position) {  // fresh pages: faulted in on every core
-    if (md.items[position].is_tensor())
-      std::get<metadata::TensorStorageMetadata>(md.items[position].storage).chunks.resize(chunk_count[position]);
-  });
-  const std::size_t checked_end = failed + (content_checked_first ? 1 : 0);
+  // Chunks in chunk order: written in sequence, their items read ahead of use.
+  std::vector<std::uint32_t> plan_of(total);
   parallel_for(plans.size(), total, [&](std::size_t p) {
-    for (std::size_t flat = facts.begin[p]; flat < std::min(facts.begin[p + 1], checked_end); ++flat) {
-      if (kind[flat] == kObject) continue;
-      auto& item = item_at(p, flat);
-      const auto& fqn = item.index.fqn;
-      const auto& data = *item.tensor_data;
-      auto& tensor = std::get<metadata::TensorStorageMetadata>(md.items[item_of[facts.fqn[flat]]].storage);
-      if (tensor.size != data.size)
-        fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the global size: " + layout::format_shape(tensor.size) +
-                                                      " and " + layout::format_shape(data.size));
-      const auto& a = tensor.properties;
-      const auto& b = data.properties;
-      if (a.dtype != b.dtype || a.requires_grad != b.requires_grad || a.memory_format != b.memory_format ||
-          a.pin_memory != b.pin_memory)
-        fail_for_key(Errc::invalid_argument, fqn, "ranks disagree on the tensor's properties (dtype " +
-                                                      std::string(dtype_name(a.dtype)) + " and " +
-                                                      std::string(dtype_name(b.dtype)) + ")");
-      if (flat == failed) break;  // its order-dependent check fails next
-      item.index.index = static_cast<std::int64_t>(chunk_of[flat]);
-      tensor.chunks[chunk_of[flat]] = metadata::ChunkStorageMetadata{data.chunk.offsets, data.chunk.sizes, 0};
+    std::fill(plan_of.begin() + static_cast<std::ptrdiff_t>(facts.begin[p]),
+              plan_of.begin() + static_cast<std::ptrdiff_t>(facts.begin[p + 1]), static_cast<std::uint32_t>(p));
+  });
+  parallel_for(md.items.size(), total, [&](std::size_t position) {
+    if (!md.items[position].is_tensor()) return;
+    auto& chunks = std::get<metadata::TensorStorageMetadata>(md.items[position].storage).chunks;
+    const auto& flats = chunk_items[position];
+    chunks.reserve(flats.size());
+    constexpr std::size_t kAhead = 8;
+    for (std::size_t k = 0; k < flats.size(); ++k) {
+      if (k + kAhead < flats.size()) {
+        const auto ahead = flats[k + kAhead];
+        __builtin_prefetch(&facts.item(plans, plan_of[ahead], ahead).tensor_data->chunk);
+      }
+      const auto& chunk = facts.item(plans, plan_of[flats[k]], flats[k]).tensor_data->chunk;
+      chunks.push_back(metadata::ChunkStorageMetadata{chunk.offsets, chunk.sizes, 0});
     }
   });
-  if (failed < total) {
-    std::size_t p = 0;
-    while (facts.begin[p + 1] <= failed) ++p;
-    fail_for_key(Errc::invalid_argument, item_at(p, failed).index.fqn, failure);
-  }
-  // The chunks must tile each tensor: inside, disjoint and covering it (layout::check_tiling).
+  // The chunks must tile each tensor: inside, disjoint and covering it (metadata::check_chunks).
   // Each tensor on its own: on several threads at thousands of ranks.
   parallel_for(md.items.size(), metadata::tensor_chunk_count(md), [&](std::size_t position) {
     const auto& entry = md.items[position];
@@ -358,6 +390,19 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
                                                           " of " + std::to_string(problem->total) + " elements");
     fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + box(problem->chunk) + " lies outside the tensor of shape " +
                                                         layout::format_shape(t.size));
+  });
+  // Each plan keeps its own items, tensors with their chunk's position as index hint.
+  parallel_for(plans.size(), total, [&](std::size_t p) {
+    auto& items = plans[p].items;
+    std::size_t out = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const std::size_t flat = facts.begin[p] + i;
+      if (dropped(flat)) continue;
+      if (out != i) items[out] = std::move(items[i]);
+      if (kind[flat] != kObject) items[out].index.index = static_cast<std::int64_t>(chunk_of[flat]);
+      ++out;
+    }
+    items.resize(out);
   });
   // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
   std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
@@ -378,7 +423,8 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
 
 std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank) {
   auto facts = read_items(plans);
-  return dedup(std::move(plans), facts, save_to_lowest_rank);
+  dedup(plans, facts, save_to_lowest_rank);
+  return drop_items(std::move(plans), facts);
 }
 
 std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std::vector<SavePlan> plans) {
@@ -389,8 +435,8 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> create_global_save_plan(std
 // Both steps on one reading of the items (at 8k ranks, reading them is most of the cost).
 std::pair<std::vector<SavePlan>, metadata::Metadata> DefaultSavePlanner::create_global_plan(std::vector<SavePlan> plans) {
   auto facts = read_items(plans);
-  auto kept = dedup(std::move(plans), facts, options_.dedup_save_to_lowest_rank);
-  return global_plan(std::move(kept), facts);
+  dedup(plans, facts, options_.dedup_save_to_lowest_rank);
+  return global_plan(std::move(plans), facts);
 }
 
 }  // namespace dcp::planning

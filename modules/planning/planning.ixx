@@ -265,7 +265,9 @@ struct WriteItem {
   metadata::MetadataIndex index;
   WriteItemType type = WriteItemType::tensor;
   std::optional<TensorWriteData> tensor_data;  ///< set for tensor and shard items
-  /// Bytes of the chunk's elements; nullopt for objects (torch's tensor_storage_size).
+  /// Bytes of the whole tensor's elements (its global size, not the chunk's: torch's
+  /// tensor_storage_size, which de-duplication and the writer's file split weigh items by);
+  /// nullopt for objects.
   std::optional<std::uint64_t> tensor_storage_size() const;
   friend bool operator==(const WriteItem& a, const WriteItem& b);
 };

@@ -24,7 +24,7 @@ namespace dcp::planning {
 
 std::optional<std::uint64_t> WriteItem::tensor_storage_size() const {
   if (!tensor_data) return std::nullopt;
-  return metadata::byte_size(tensor_data->chunk.sizes, tensor_data->properties.dtype);
+  return metadata::byte_size(tensor_data->size, tensor_data->properties.dtype);
 }
 
 static bool same_index(const metadata::MetadataIndex& a, const metadata::MetadataIndex& b) {

@@ -28,7 +28,7 @@ namespace {
 
 using record::StorageSink;
 
-// torch's _item_size: bytes of a tensor item's chunk; objects count 1.
+// torch's _item_size: bytes of a tensor item's whole tensor (global size); objects count 1.
 std::uint64_t item_size(const planning::WriteItem& item) { return item.tensor_storage_size().value_or(1); }
 
 // torch's _split_by_size_and_type: objects round-robin, then tensors from the largest, each to
