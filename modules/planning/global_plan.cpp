@@ -214,7 +214,8 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
     }
     for (const auto& [k, flat] : first_plan_repeats)
       if (keys[k].shared != kNone) role[flat] = keys[k].shared;
-    for (const auto& key : keys) bytes[key.first.flat] = bytes[key.last];  // read where torch first sees the key
+    for (const auto& key : keys)  // read where torch first sees the key
+      if (key.last != key.first.flat) bytes[key.first.flat] = bytes[key.last];
   });
   std::vector<Shared> shared;
   std::vector<std::uint32_t> shared_begin(facts.fqn_count);
@@ -275,8 +276,9 @@ std::vector<SavePlan> drop_items(std::vector<SavePlan> plans, const ItemFacts& f
 //     key first appears, objects, plain tensor versus shards) and compares each item with its
 //     key's metadata; it reads an item only where a chain of like items starts (ReadItems'
 //     like_before), so its error is the one a loop over the items in plan order meets first;
-//  2. each tensor's chunks are copied in chunk order (on several threads);
-//  3. each plan drops what it does not keep and gets its index hints (on several threads).
+//  2. one pass over the items (on several threads) keeps each plan's own, with their index
+//     hints, and copies their chunks into the metadata;
+//  3. each tensor's chunks are checked to tile it (on several threads).
 std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<SavePlan> plans, const ItemFacts& facts) {
   const auto& kind = facts.kind;
   const std::size_t total = kind.size();
@@ -286,7 +288,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
   constexpr std::uint32_t kUnseen = 0xFFFFFFFFu;
   std::vector<std::uint32_t> item_of(facts.fqn_count, kUnseen);  // fqn id → position in md.items
   std::vector<std::uint32_t> chunk_of(total);                   // a kept tensor item's place in its chunk list
-  std::vector<std::vector<std::uint32_t>> chunk_items;          // per md item: its chunks' items (flat)
+  std::vector<std::uint32_t> chunk_count;                       // per md item
   std::vector<bool> has_plain;                                  // per md item: an object or plain tensor seen
   std::vector<std::uint8_t> agrees(total, 0);                   // a tensor item agrees with its key's metadata
   for (std::size_t p = 0; p < plans.size(); ++p)
@@ -333,7 +335,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
           md.items.push_back(metadata::ItemMetadata{
               item.index.fqn, metadata::TensorStorageMetadata{item.tensor_data->properties, item.tensor_data->size, {}}, 0});
         has_plain.push_back(kind[flat] == kObject);
-        chunk_items.emplace_back();
+        chunk_count.push_back(0);
         agrees[flat] = is_tensor;
         if (kind[flat] == kObject) continue;
       } else if (kind[flat] == kObject) {
@@ -344,34 +346,44 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
         compare(true);
       }
       if (kind[flat] == kPlain) {
-        if (has_plain[position] || !chunk_items[position].empty()) fail("a plain tensor saved twice, or also as shards");
+        if (has_plain[position] || chunk_count[position] != 0) fail("a plain tensor saved twice, or also as shards");
         has_plain[position] = true;
       } else if (has_plain[position]) {
         fail("shards of a tensor that is also saved plain");
       }
-      chunk_of[flat] = static_cast<std::uint32_t>(chunk_items[position].size());
-      chunk_items[position].push_back(static_cast<std::uint32_t>(flat));
+      chunk_of[flat] = chunk_count[position]++;
     }
-  // Chunks in chunk order: written in sequence, their items read ahead of use.
-  std::vector<std::uint32_t> plan_of(total);
-  parallel_for(plans.size(), total, [&](std::size_t p) {
-    std::fill(plan_of.begin() + static_cast<std::ptrdiff_t>(facts.begin[p]),
-              plan_of.begin() + static_cast<std::ptrdiff_t>(facts.begin[p + 1]), static_cast<std::uint32_t>(p));
-  });
-  parallel_for(md.items.size(), total, [&](std::size_t position) {
+  // One pass over the items: each plan keeps its own (a drop moves the later ones), tensors get
+  // their chunk's position as index hint and copy their chunk into the metadata. Plans go in
+  // blocks, item by item across the block: consecutive ranks hold consecutive chunks, so the
+  // chunk lists fill in runs while each plan is still read in order.
+  std::vector<metadata::TensorStorageMetadata*> tensor_at(md.items.size(), nullptr);
+  parallel_for(md.items.size(), total, [&](std::size_t position) {  // fresh pages: faulted in on every core
     if (!md.items[position].is_tensor()) return;
-    auto& chunks = std::get<metadata::TensorStorageMetadata>(md.items[position].storage).chunks;
-    const auto& flats = chunk_items[position];
-    chunks.reserve(flats.size());
-    constexpr std::size_t kAhead = 8;
-    for (std::size_t k = 0; k < flats.size(); ++k) {
-      if (k + kAhead < flats.size()) {
-        const auto ahead = flats[k + kAhead];
-        __builtin_prefetch(&facts.item(plans, plan_of[ahead], ahead).tensor_data->chunk);
+    tensor_at[position] = &std::get<metadata::TensorStorageMetadata>(md.items[position].storage);
+    tensor_at[position]->chunks.resize(chunk_count[position]);
+  });
+  constexpr std::size_t kBlock = 32;
+  parallel_for((plans.size() + kBlock - 1) / kBlock, total, [&](std::size_t block) {
+    const std::size_t first = block * kBlock, last = std::min(plans.size(), first + kBlock);
+    std::size_t out[kBlock] = {};
+    std::size_t longest = 0;
+    for (std::size_t p = first; p < last; ++p) longest = std::max(longest, plans[p].items.size());
+    for (std::size_t i = 0; i < longest; ++i)
+      for (std::size_t p = first; p < last; ++p) {
+        auto& items = plans[p].items;
+        const std::size_t flat = facts.begin[p] + i;
+        if (i >= items.size() || dropped(flat)) continue;
+        auto& kept = out[p - first];
+        if (kept != i) items[kept] = std::move(items[i]);
+        auto& item = items[kept++];
+        if (kind[flat] == kObject) continue;
+        item.index.index = static_cast<std::int64_t>(chunk_of[flat]);
+        auto& chunk = tensor_at[item_of[facts.fqn[flat]]]->chunks[chunk_of[flat]];
+        chunk.offsets = item.tensor_data->chunk.offsets;
+        chunk.sizes = item.tensor_data->chunk.sizes;
       }
-      const auto& chunk = facts.item(plans, plan_of[flats[k]], flats[k]).tensor_data->chunk;
-      chunks.push_back(metadata::ChunkStorageMetadata{chunk.offsets, chunk.sizes, 0});
-    }
+    for (std::size_t p = first; p < last; ++p) plans[p].items.resize(out[p - first]);
   });
   // The chunks must tile each tensor: inside, disjoint and covering it (metadata::check_chunks).
   // Each tensor on its own: on several threads at thousands of ranks.
@@ -390,19 +402,6 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
                                                           " of " + std::to_string(problem->total) + " elements");
     fail_for_key(Errc::invalid_argument, entry.fqn, "chunk " + box(problem->chunk) + " lies outside the tensor of shape " +
                                                         layout::format_shape(t.size));
-  });
-  // Each plan keeps its own items, tensors with their chunk's position as index hint.
-  parallel_for(plans.size(), total, [&](std::size_t p) {
-    auto& items = plans[p].items;
-    std::size_t out = 0;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-      const std::size_t flat = facts.begin[p] + i;
-      if (dropped(flat)) continue;
-      if (out != i) items[out] = std::move(items[i]);
-      if (kind[flat] != kObject) items[out].index.index = static_cast<std::int64_t>(chunk_of[flat]);
-      ++out;
-    }
-    items.resize(out);
   });
   // planner_data: every rank's paths (torch's ChainMap: the first plan holding a key wins).
   std::vector<std::pair<std::string, std::vector<metadata::PathPart>>> paths;
