@@ -2,9 +2,11 @@
 module;
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <span>
 #include <string>
 #include <string_view>
@@ -88,6 +90,53 @@ std::vector<std::uint32_t> index_starts(const std::vector<ChunkStorageMetadata>&
   return first;
 }
 
+// Keys → numbers for millions of lookups (every storage entry names its key): open addressing
+// over views of strings that outlive the table, hashed a word at a time. The seed is drawn per
+// process, so a hostile file cannot pick keys that all collide.
+class NameTable {
+ public:
+  static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
+  explicit NameTable(std::size_t keys) {
+    std::size_t slots = 16;
+    while (slots < 2 * keys) slots *= 2;
+    names_.resize(slots);
+    values_.assign(slots, kAbsent);
+  }
+  // The first value given a name stays.
+  void insert(std::string_view name, std::uint32_t value) {
+    const std::size_t slot = find_slot(name);
+    if (values_[slot] != kAbsent) return;
+    names_[slot] = name;
+    values_[slot] = value;
+  }
+  std::uint32_t find(std::string_view name) const { return values_[find_slot(name)]; }
+
+ private:
+  static std::uint64_t hash(std::string_view s) noexcept {
+    static const std::uint64_t seed = std::random_device{}() | 1;
+    std::uint64_t h = seed ^ (s.size() * 0x9e3779b97f4a7c15ull);
+    std::size_t i = 0;
+    for (; i + 8 <= s.size(); i += 8) {
+      std::uint64_t w;
+      std::memcpy(&w, s.data() + i, 8);
+      h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
+      h ^= h >> 31;
+    }
+    std::uint64_t tail = 0;
+    std::memcpy(&tail, s.data() + i, s.size() - i);
+    h = (h ^ tail) * 0x94d049bb133111ebull;
+    return h ^ (h >> 29);
+  }
+  std::size_t find_slot(std::string_view name) const {
+    const std::size_t mask = names_.size() - 1;
+    std::size_t slot = hash(name) & mask;
+    while (values_[slot] != kAbsent && names_[slot] != name) slot = (slot + 1) & mask;
+    return slot;
+  }
+  std::vector<std::string_view> names_;
+  std::vector<std::uint32_t> values_;
+};
+
 }  // namespace
 
 std::optional<ChunkProblem> check_chunks(const TensorStorageMetadata& tensor) {
@@ -136,22 +185,19 @@ std::vector<std::uint32_t> Metadata::index_storage() {
   // Each entry's group, and its offsets' hash. The groups of the items' keys exist first, so
   // entries find theirs on several threads (lookups only); a key that names no item (which
   // validate rejects) gets its group after, in order.
-  for (const auto& item : items) storage_group_.try_emplace(item.fqn, storage_group_.size());
-  constexpr std::uint32_t kLater = 0xFFFFFFFFu;
+  NameTable item_groups(items.size());
+  for (const auto& item : items) {
+    const auto [it, fresh] = storage_group_.try_emplace(item.fqn, storage_group_.size());
+    if (fresh) item_groups.insert(item.fqn, static_cast<std::uint32_t>(it->second));
+  }
+  constexpr std::uint32_t kLater = NameTable::kAbsent;
   std::vector<std::uint32_t> group_of(storage_data.size());
   std::vector<std::uint64_t> hash_of(storage_data.size());
   constexpr std::size_t kBlock = std::size_t{1} << 15;
   parallel_for((storage_data.size() + kBlock - 1) / kBlock, storage_data.size(), [&](std::size_t block) {
-    const std::string* last_fqn = nullptr;  // looked up when it differs from the previous entry's
-    std::uint32_t group = kLater;
     for (std::size_t i = block * kBlock; i < std::min(storage_data.size(), (block + 1) * kBlock); ++i) {
       const auto& key = storage_data[i].first;
-      if (!last_fqn || *last_fqn != key.fqn) {
-        const auto it = storage_group_.find(key.fqn);
-        group = it == storage_group_.end() ? kLater : static_cast<std::uint32_t>(it->second);
-        last_fqn = &key.fqn;
-      }
-      group_of[i] = group;
+      group_of[i] = item_groups.find(key.fqn);
       hash_of[i] = offsets_hash(key.offset ? &*key.offset : nullptr);
     }
   });
