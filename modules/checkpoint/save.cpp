@@ -50,14 +50,10 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
   std::vector<Bytes> per_rank;
   if (is_coordinator)
     per_rank = coordinate(me, size, gathered, [&](std::vector<std::span<const std::byte>> bodies) {
-      std::vector<planning::SavePlan> plans;
-      for (const auto& body : bodies) plans.push_back(planning::decode_save_plan(body));
-      auto [global, md] = planner.create_global_plan(std::move(plans));
+      auto [global, md] = planner.create_global_plan(planning::decode_save_plans(bodies));
       global = writer.prepare_global_plan(std::move(global));
       global_metadata = std::move(md);
-      std::vector<Bytes> encoded;
-      for (const auto& plan : global) encoded.push_back(planning::encode_save_plan(plan));
-      return encoded;
+      return planning::encode_save_plans(global);
     });
   const auto central = pg.scatter(std::move(per_rank), coordinator_rank);
   if (auto failed = failure_of(central)) return fail(std::move(*failed));

@@ -304,6 +304,22 @@ SavePlan decode_save_plan(std::span<const std::byte> bytes) {
   return plan;
 }
 
+std::vector<SavePlan> decode_save_plans(std::span<const std::span<const std::byte>> bodies) {
+  std::vector<SavePlan> plans(bodies.size());
+  std::uint64_t bytes = 0;
+  for (const auto& body : bodies) bytes += body.size();
+  parallel_for(bodies.size(), bytes / 64, [&](std::size_t r) { plans[r] = decode_save_plan(bodies[r]); });
+  return plans;
+}
+
+std::vector<std::vector<std::byte>> encode_save_plans(std::span<const SavePlan> plans) {
+  std::vector<std::vector<std::byte>> out(plans.size());
+  std::uint64_t items = 0;
+  for (const auto& plan : plans) items += plan.items.size();
+  parallel_for(plans.size(), items, [&](std::size_t r) { out[r] = encode_save_plan(plans[r]); });
+  return out;
+}
+
 std::vector<std::byte> encode_write_results(std::span<const WriteResult> results) {
   Writer w;
   w.bytes(results_magic, sizeof results_magic);

@@ -294,6 +294,10 @@ struct WriteResult {
 /// same conventions as encode_plan). Decoders throw data_loss with the byte offset.
 std::vector<std::byte> encode_save_plan(const SavePlan& plan);
 SavePlan decode_save_plan(std::span<const std::byte> bytes);
+/// The coordinator's side: every rank's plan at once, on several threads (thousands of ranks
+/// send millions of items). Decoding throws the error of the lowest rank whose bytes are bad.
+std::vector<SavePlan> decode_save_plans(std::span<const std::span<const std::byte>> bodies);
+std::vector<std::vector<std::byte>> encode_save_plans(std::span<const SavePlan> plans);
 std::vector<std::byte> encode_write_results(std::span<const WriteResult> results);
 std::vector<WriteResult> decode_write_results(std::span<const std::byte> bytes);
 

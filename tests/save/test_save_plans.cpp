@@ -223,6 +223,25 @@ BOOST_AUTO_TEST_CASE(corrupt_inputs) {
   }
 }
 
+// The coordinator decodes every rank's plan at once (on several threads); the error is the
+// lowest bad rank's, as a loop over the ranks would meet it.
+BOOST_AUTO_TEST_CASE(many_plans_at_once) {
+  auto plan = sample_plan();  // a few MB in all, enough for several threads
+  for (int copy = 0; copy < 8; ++copy) plan.items.insert(plan.items.end(), plan.items.begin(), plan.items.end());
+  std::vector<pl::SavePlan> plans(64, plan);
+  for (std::size_t r = 0; r < plans.size(); ++r) plans[r].storage_data = "rank " + std::to_string(r);
+  auto encoded = pl::encode_save_plans(plans);
+  BOOST_TEST_REQUIRE(encoded.size() == plans.size());
+  BOOST_TEST((encoded[7] == pl::encode_save_plan(plans[7])));
+  std::vector<std::span<const std::byte>> bodies(encoded.begin(), encoded.end());
+  BOOST_TEST((pl::decode_save_plans(bodies) == plans));
+  encoded[31].push_back(std::byte{0});                 // trailing bytes
+  encoded[17].resize(encoded[17].size() - 1);          // truncated
+  bodies.assign(encoded.begin(), encoded.end());
+  const auto e = dcp_test::thrown<dcp::Error>([&] { (void)pl::decode_save_plans(bodies); });
+  BOOST_TEST(std::string(e.what()).find("trailing") == std::string::npos, e.what());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // One plain tensor on 3 ranks is written once (one storage entry, in one rank's file); the
