@@ -8,6 +8,7 @@ module;
 #include <iterator>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -41,6 +42,9 @@ struct ItemFacts {
   std::vector<std::uint8_t> kind;
   std::vector<std::uint8_t> like_before;   // Likeness bits
   std::vector<std::uint8_t> dropped;       // set by de-duplication: another plan keeps it
+  // Every plan lists the same keys, each once, in the same order: item i of every plan is
+  // key id i (what torch's trainers plan: each rank its own part of every tensor).
+  bool regular = false;
   const WriteItem& item(const std::vector<SavePlan>& plans, std::size_t p, std::size_t flat) const {
     return plans[p].items[flat - begin[p]];
   }
@@ -114,7 +118,52 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
     }
   }
   out.fqn_count = ids.size();
+  const std::size_t width = plans.empty() ? 0 : plans[0].items.size();
+  out.regular = out.fqn_count == width && total == width * plans.size();
+  for (std::size_t flat = width; out.regular && flat < total; ++flat) out.regular = out.like_before[flat] & kSameKey;
   return out;
+}
+
+// The order in which CPython iterates a set of the distinct non-negative ints `ascending`,
+// added in that order (Objects/setobject.c, 3.7 on: a small int hashes to itself; 10 slots
+// probed in a row when they fit, then the perturbed jump; the table grows to 4x the entries
+// once 3/5 full, 2x past 50,000 entries). torch breaks de-duplication ties by it.
+std::vector<std::uint32_t> python_set_order(std::span<const std::uint32_t> ascending) {
+  constexpr std::size_t kLinearProbes = 9, kMinSize = 8;
+  constexpr std::int64_t kEmpty = -1;
+  auto insert = [](std::vector<std::int64_t>& table, std::uint32_t value) {
+    const std::size_t mask = table.size() - 1;
+    std::size_t perturb = value, i = value & mask;
+    while (true) {
+      const std::size_t probes = i + kLinearProbes <= mask ? kLinearProbes : 0;
+      for (std::size_t j = 0; j <= probes; ++j)
+        if (table[i + j] == kEmpty) {
+          table[i + j] = value;
+          return;
+        }
+      perturb >>= 5;
+      i = (i * 5 + 1 + perturb) & mask;
+    }
+  };
+  std::vector<std::int64_t> table(kMinSize, kEmpty);
+  std::size_t used = 0;
+  for (const auto value : ascending) {
+    insert(table, value);
+    ++used;
+    if (used * 5 < (table.size() - 1) * 3) continue;
+    const std::size_t min_used = used > 50000 ? used * 2 : used * 4;
+    std::size_t size = kMinSize;
+    while (size <= min_used) size <<= 1;
+    std::vector<std::int64_t> grown(size, kEmpty);
+    for (const auto v : table)
+      if (v != kEmpty) insert(grown, static_cast<std::uint32_t>(v));
+    table = std::move(grown);
+  }
+  std::vector<std::uint32_t> order;
+  order.reserve(used);
+  for (const auto v : table)
+    if (v != kEmpty) order.push_back(static_cast<std::uint32_t>(v));
+  return order;
 }
 
 // torch's de-duplication: marks in `facts.dropped` (left empty when nothing is) the items of
@@ -124,99 +173,135 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
   const auto& hash = facts.hash;
   auto& bytes = facts.bytes;
   const std::size_t total = facts.fqn.size();
-  // Items grouped by fqn, in plan order (a counting sort), with what grouping compares.
+  // Per fqn, its items in plan order (on several threads): the distinct offsets, each a key.
+  // Most keys have one holder and are kept where they are; a key held by several plans
+  // ("shared") gets an entry in `shared`. Per item, in flat order so the passes below read it in
+  // sequence: kKept, or the shared key's index (with kFirst on the item where torch first sees
+  // the key: its first holder in plan order). kRepeat: the key again in the same plan, which
+  // keeps it with the key (torch's plans hold sets of keys: a repeat neither counts nor is kept
+  // apart).
+  static constexpr std::uint32_t kKept = 0xFFFFFFFFu, kRepeat = 0xFFFFFFFEu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
   struct Entry {
     std::uint64_t hash;
     std::uint32_t plan;
     std::uint32_t flat;
   };
-  // Plans in blocks, each block's items of one fqn in a range of their own: the scatter runs
-  // on several threads and keeps plan order within each fqn.
-  const std::size_t blocks = std::min<std::size_t>(plans.size(), 64);
-  auto block_plans = [&](std::size_t b) {
-    return std::pair{b * plans.size() / blocks, (b + 1) * plans.size() / blocks};
-  };
-  std::vector<std::size_t> fill(blocks * facts.fqn_count, 0);  // per block and fqn: items, then where they go
-  parallel_for(blocks, total, [&](std::size_t b) {
-    const auto [first, last] = block_plans(b);
-    for (std::size_t flat = facts.begin[first]; flat < facts.begin[last]; ++flat)
-      ++fill[b * facts.fqn_count + facts.fqn[flat]];
-  });
-  std::vector<std::size_t> group_begin(facts.fqn_count + 1, 0);
-  for (std::size_t f = 0, at = 0; f < facts.fqn_count; ++f) {
-    group_begin[f] = at;
-    for (std::size_t b = 0; b < blocks; ++b) at += std::exchange(fill[b * facts.fqn_count + f], at);
-    group_begin[f + 1] = at;
-  }
-  std::vector<Entry> grouped(total);
-  parallel_for(blocks, total, [&](std::size_t b) {
-    const auto [first, last] = block_plans(b);
-    for (std::size_t p = first; p < last; ++p)
-      for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat)
-        grouped[fill[b * facts.fqn_count + facts.fqn[flat]]++] =
-            Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
-  });
-  auto offsets_at = [&](const Entry& e) -> const std::optional<Shape>& {
-    return plans[e.plan].items[e.flat - facts.begin[e.plan]].index.offset;
-  };
-  // Per fqn (on several threads): the distinct offsets, each a key. Most keys have one holder
-  // and are kept where they are; a key held by several plans ("shared") gets an entry in
-  // `shared`. Per item, in flat order so the passes below read it in sequence: kKept, or the
-  // shared key's index (with kFirst on the item where torch first sees the key: its first
-  // holder in plan order).
-  // kRepeat: the key again in the same plan, which keeps it with the key (torch's plans hold
-  // sets of keys: a repeat neither counts nor is kept apart).
-  constexpr std::uint32_t kKept = 0xFFFFFFFFu, kRepeat = 0xFFFFFFFEu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
   struct Shared {
     std::vector<std::uint32_t> holders;  // plans, ascending, the first holder first
     std::uint32_t keeper = 0;
   };
   std::vector<std::vector<Shared>> shared_of(facts.fqn_count);  // numbered per fqn, then joined
   std::vector<std::uint32_t> role(total, kKept);
-  parallel_for(facts.fqn_count, total, [&](std::size_t f) {
+  auto offsets_at = [&](const Entry& e) -> const std::optional<Shape>& {
+    return plans[e.plan].items[e.flat - facts.begin[e.plan]].index.offset;
+  };
+  // One fqn's keys, its items added in plan order.
+  class KeyGroup {
+   public:
+    KeyGroup(std::size_t items, std::vector<Shared>& shared, std::vector<std::uint32_t>& role,
+             std::vector<std::uint64_t>& bytes, const decltype(offsets_at)& offsets_at)
+        : shared_(shared), role_(role), bytes_(bytes), offsets_at_(offsets_at) {
+      std::size_t slots = 16;
+      while (slots < 2 * items) slots *= 2;
+      table_.assign(slots, kNone);
+    }
+    void add(const Entry& e) {
+      const std::size_t mask = table_.size() - 1;
+      std::size_t slot = e.hash & mask;
+      auto same_key = [&](const Key& key) { return key.first.hash == e.hash && offsets_at_(key.first) == offsets_at_(e); };
+      while (table_[slot] != kNone && !same_key(keys_[table_[slot]])) slot = (slot + 1) & mask;
+      if (table_[slot] == kNone) {
+        table_[slot] = static_cast<std::uint32_t>(keys_.size());
+        keys_.push_back(Key{e, e.flat});
+        return;
+      }
+      auto& key = keys_[table_[slot]];
+      key.last = e.flat;
+      if (key.shared == kNone && e.plan == key.first.plan) {
+        role_[e.flat] = kRepeat;
+        first_plan_repeats_.emplace_back(table_[slot], e.flat);
+        return;
+      }
+      if (key.shared == kNone) {
+        key.shared = static_cast<std::uint32_t>(shared_.size());
+        shared_.push_back(Shared{{key.first.plan}});
+        role_[key.first.flat] = key.shared | kFirst;
+      }
+      auto& holders = shared_[key.shared].holders;
+      if (holders.back() != e.plan) holders.push_back(e.plan);
+      role_[e.flat] = key.shared;
+    }
+    void finish() {
+      for (const auto& [k, flat] : first_plan_repeats_)
+        if (keys_[k].shared != kNone) role_[flat] = keys_[k].shared;
+      for (const auto& key : keys_)  // read where torch first sees the key
+        if (key.last != key.first.flat) bytes_[key.first.flat] = bytes_[key.last];
+    }
+
+   private:
     struct Key {
       Entry first;
       std::uint32_t last = 0;  // the key's last item: torch counts its bytes
       std::uint32_t shared = kNone;
     };
-    std::vector<Key> keys;
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> first_plan_repeats;  // (key, item)
-    auto& shared = shared_of[f];
-    const std::size_t n = group_begin[f + 1] - group_begin[f];
-    std::size_t slots = 16;
-    while (slots < 2 * n) slots *= 2;
-    std::vector<std::uint32_t> table(slots, kNone);
-    for (std::size_t g = group_begin[f]; g < group_begin[f + 1]; ++g) {
-      const auto& e = grouped[g];
-      std::size_t slot = e.hash & (slots - 1);
-      auto same_key = [&](const Key& key) { return key.first.hash == e.hash && offsets_at(key.first) == offsets_at(e); };
-      while (table[slot] != kNone && !same_key(keys[table[slot]])) slot = (slot + 1) & (slots - 1);
-      if (table[slot] == kNone) {
-        table[slot] = static_cast<std::uint32_t>(keys.size());
-        keys.push_back(Key{e, e.flat});
-        continue;
-      }
-      auto& key = keys[table[slot]];
-      key.last = e.flat;
-      if (key.shared == kNone && e.plan == key.first.plan) {
-        role[e.flat] = kRepeat;
-        first_plan_repeats.emplace_back(table[slot], e.flat);
-        continue;
-      }
-      if (key.shared == kNone) {
-        key.shared = static_cast<std::uint32_t>(shared.size());
-        shared.push_back(Shared{{key.first.plan}});
-        role[key.first.flat] = key.shared | kFirst;
-      }
-      auto& holders = shared[key.shared].holders;
-      if (holders.back() != e.plan) holders.push_back(e.plan);
-      role[e.flat] = key.shared;
+    std::vector<std::uint32_t> table_;
+    std::vector<Key> keys_;
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> first_plan_repeats_;  // (key, item)
+    std::vector<Shared>& shared_;
+    std::vector<std::uint32_t>& role_;
+    std::vector<std::uint64_t>& bytes_;
+    const decltype(offsets_at)& offsets_at_;
+  };
+  const std::size_t width = plans.empty() ? 0 : plans[0].items.size();
+  if (facts.regular) {
+    // Column c of every plan is fqn c: each fqn's items are read down its column, a few
+    // columns at a time so that each plan's row of them is one read.
+    constexpr std::size_t kColumns = 8;
+    parallel_for((width + kColumns - 1) / kColumns, total, [&](std::size_t block) {
+      const std::size_t first = block * kColumns, last = std::min(width, first + kColumns);
+      std::vector<KeyGroup> groups;
+      groups.reserve(last - first);
+      for (std::size_t c = first; c < last; ++c) groups.emplace_back(plans.size(), shared_of[c], role, bytes, offsets_at);
+      for (std::size_t p = 0; p < plans.size(); ++p)
+        for (std::size_t c = first; c < last; ++c) {
+          const std::size_t flat = p * width + c;
+          groups[c - first].add(Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)});
+        }
+      for (auto& group : groups) group.finish();
+    });
+  } else {
+    // Items grouped by fqn, in plan order: a counting sort over plans in blocks, each block's
+    // items of one fqn in a range of their own, so the scatter runs on several threads.
+    const std::size_t blocks = std::min<std::size_t>(plans.size(), 64);
+    auto block_plans = [&](std::size_t b) {
+      return std::pair{b * plans.size() / blocks, (b + 1) * plans.size() / blocks};
+    };
+    std::vector<std::size_t> fill(blocks * facts.fqn_count, 0);  // per block and fqn: items, then where they go
+    parallel_for(blocks, total, [&](std::size_t b) {
+      const auto [first, last] = block_plans(b);
+      for (std::size_t flat = facts.begin[first]; flat < facts.begin[last]; ++flat)
+        ++fill[b * facts.fqn_count + facts.fqn[flat]];
+    });
+    std::vector<std::size_t> group_begin(facts.fqn_count + 1, 0);
+    for (std::size_t f = 0, at = 0; f < facts.fqn_count; ++f) {
+      group_begin[f] = at;
+      for (std::size_t b = 0; b < blocks; ++b) at += std::exchange(fill[b * facts.fqn_count + f], at);
+      group_begin[f + 1] = at;
     }
-    for (const auto& [k, flat] : first_plan_repeats)
-      if (keys[k].shared != kNone) role[flat] = keys[k].shared;
-    for (const auto& key : keys)  // read where torch first sees the key
-      if (key.last != key.first.flat) bytes[key.first.flat] = bytes[key.last];
-  });
+    std::vector<Entry> grouped(total);
+    parallel_for(blocks, total, [&](std::size_t b) {
+      const auto [first, last] = block_plans(b);
+      for (std::size_t p = first; p < last; ++p)
+        for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat)
+          grouped[fill[b * facts.fqn_count + facts.fqn[flat]]++] =
+              Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
+    });
+    parallel_for(facts.fqn_count, total, [&](std::size_t f) {
+      KeyGroup group(group_begin[f + 1] - group_begin[f], shared_of[f], role, bytes, offsets_at);
+      for (std::size_t g = group_begin[f]; g < group_begin[f + 1]; ++g) group.add(grouped[g]);
+      group.finish();
+    });
+  }
   std::vector<Shared> shared;
   std::vector<std::uint32_t> shared_begin(facts.fqn_count);
   for (std::size_t f = 0; f < facts.fqn_count; ++f) {
@@ -229,7 +314,8 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
   for (std::size_t flat = 0; flat < total; ++flat)
     if (role[flat] < kRepeat) role[flat] += shared_begin[facts.fqn[flat]];  // kFirst stays set: indices < 2^31
   // Keys in the order torch first sees them (plan by plan); a shared one goes to its lowest
-  // rank, or to the rank with the fewest bytes planned so far (ties: the lowest rank).
+  // rank, or to the rank with the fewest bytes planned so far. torch takes `min` over the set
+  // of holders, so a tie goes to the first of them in CPython's iteration order of that set.
   std::vector<std::uint64_t> planned(plans.size(), 0);
   for (std::size_t p = 0; p < plans.size(); ++p)
     for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat) {
@@ -238,9 +324,22 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
       if (role[flat] == kKept) {
       } else if (role[flat] & kFirst) {
         auto& key = shared[role[flat] & ~kFirst];
-        if (!save_to_lowest_rank)
-          for (auto holder : key.holders)
-            if (planned[holder] < planned[best]) best = holder;
+        if (!save_to_lowest_rank) {
+          std::size_t tied = 0;
+          for (auto holder : key.holders) {
+            if (planned[holder] < planned[best]) {
+              best = holder;
+              tied = 0;
+            }
+            tied += planned[holder] == planned[best];
+          }
+          if (tied > 1)
+            for (auto holder : python_set_order(key.holders))
+              if (planned[holder] == planned[best]) {
+                best = holder;
+                break;
+              }
+        }
         key.keeper = best;
       } else {
         continue;  // not where torch first sees it

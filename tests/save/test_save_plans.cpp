@@ -377,7 +377,7 @@ BOOST_AUTO_TEST_CASE(the_first_failing_item_in_plan_order_is_named) {
 // tests/python/plan_oracle.py) as the oracle: random plan sets of objects, replicated plain
 // tensors and sharded grids whose blocks one or two ranks hold (empty trailing blocks
 // included), in a shared or a per-rank key order, some with a block missing or one extra
-// overlapping shard. dcpp must keep the same items on the same ranks with the same index hints
+// overlapping shard; and a third of them DTensor-style meshes where every rank plans every key. dcpp must keep the same items on the same ranks with the same index hints
 // and build the same metadata, or refuse exactly the plan sets torch refuses, both through
 // the planner (one reading of the items) and step by step.
 namespace {
@@ -386,8 +386,40 @@ struct PlanCase {
   std::vector<pl::SavePlan> plans;
 };
 
+// A DTensor-style save: ranks on an A x B mesh, every rank an item of every key in the same
+// order (the coordinator's regular case): replicated objects and tensors, Shard(0) x Shard(1)
+// and Shard(0) x Replicate blocks.
+PlanCase mesh_plan_case(std::uint64_t& seed) {
+  auto below = [&](std::uint64_t n) { return static_cast<std::int64_t>(splitmix(seed) % n); };
+  PlanCase c;
+  c.lowest = below(2) == 0;
+  const int a = 1 + static_cast<int>(below(6)), b = 2 + static_cast<int>(below(11));  // up to 72 ranks: ties over large holder sets
+  c.plans.resize(static_cast<std::size_t>(a * b));
+  const DType dtypes[] = {DType::float32, DType::float16, DType::int64};
+  for (int k = 0, keys = 1 + static_cast<int>(below(5)); k < keys; ++k) {
+    const std::string fqn = "model." + std::to_string(k);
+    const auto kind = below(4);
+    const DType dtype = dtypes[below(3)];
+    const md::Shape size{1 + below(7), 1 + below(7)};
+    const auto rows = dcp::layout::chunk_split(size, 0, a);
+    const auto cols = dcp::layout::chunk_split(size, 1, b);
+    for (int r = 0; r < a * b; ++r) {
+      auto& items = c.plans[static_cast<std::size_t>(r)].items;
+      const auto& row = rows[static_cast<std::size_t>(r / b)];
+      const auto& col = cols[static_cast<std::size_t>(r % b)];
+      if (kind == 0) items.push_back(object_item(fqn));
+      else if (kind == 1) items.push_back(tensor_item(fqn, size, dtype));
+      else if (kind == 2) items.push_back(shard_item(fqn, {row.offsets[0], col.offsets[1]}, {row.sizes[0], col.sizes[1]}, size));
+      else items.push_back(shard_item(fqn, row.offsets, row.sizes, size));
+      if (items.back().tensor_data) items.back().tensor_data->properties.dtype = dtype;
+    }
+  }
+  return c;
+}
+
 PlanCase random_plan_case(std::uint64_t& seed) {
   auto below = [&](std::uint64_t n) { return static_cast<std::int64_t>(splitmix(seed) % n); };
+  if (below(3) == 0) return mesh_plan_case(seed);
   PlanCase c;
   c.lowest = below(2) == 0;
   const int ranks = 2 + static_cast<int>(below(5));
