@@ -414,8 +414,9 @@ class DefaultSavePlanner : public SavePlanner {
 };
 
 /// torch's dedup_save_plans: an item (by fqn and offsets) planned on several ranks is kept on
-/// one: the lowest rank, or the rank with the fewest bytes so far (objects count 1 byte).
-/// O(n log n) in items.
+/// one: the lowest rank, or the rank with the fewest bytes so far (`tensor_storage_size() or
+/// 1`; a tie goes where torch's `min` over the Python set of holders puts it, docs/format.md
+/// "Saving"). O(n log n) in items.
 std::vector<SavePlan> dedup_save_plans(std::vector<SavePlan> plans, bool save_to_lowest_rank);
 /// torch's create_default_global_save_plan plus validation: the Metadata of every item in
 /// every plan (index hints rewritten to chunk positions), planner_data merged from every
