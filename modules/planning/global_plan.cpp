@@ -119,7 +119,8 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
   }
   out.fqn_count = ids.size();
   const std::size_t width = plans.empty() ? 0 : plans[0].items.size();
-  out.regular = out.fqn_count == width && total == width * plans.size();
+  out.regular = out.fqn_count == width &&
+                std::all_of(plans.begin(), plans.end(), [&](const SavePlan& plan) { return plan.items.size() == width; });
   for (std::size_t flat = width; out.regular && flat < total; ++flat) out.regular = out.like_before[flat] & kSameKey;
   return out;
 }

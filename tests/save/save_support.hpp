@@ -280,4 +280,32 @@ void expect_error(Fn&& fn, dcp::Errc code, std::vector<std::string> parts) {
   for (const auto& p : parts) BOOST_TEST(std::string(e.what()).find(p) != std::string::npos, "'" << p << "' not in: " << e.what());
 }
 
+// Write items as a local planner makes them: a plain tensor at offset 0, a shard of a
+// `global` tensor, an object.
+inline pl::WriteItem tensor_item(const std::string& fqn, md::Shape sizes, DType dtype = DType::float32) {
+  pl::WriteItem item;
+  item.index = md::MetadataIndex{fqn, md::Shape(sizes.size(), 0), std::nullopt};
+  item.type = pl::WriteItemType::tensor;
+  md::TensorProperties p;
+  p.dtype = dtype;
+  item.tensor_data = pl::TensorWriteData{dcp::layout::Box{md::Shape(sizes.size(), 0), sizes}, p, sizes};
+  return item;
+}
+
+inline pl::WriteItem shard_item(const std::string& fqn, md::Shape offsets, md::Shape sizes, md::Shape global) {
+  auto item = tensor_item(fqn, sizes);
+  item.type = pl::WriteItemType::shard;
+  item.index.offset = offsets;
+  item.tensor_data->chunk.offsets = offsets;
+  item.tensor_data->size = global;
+  return item;
+}
+
+inline pl::WriteItem object_item(const std::string& fqn) {
+  pl::WriteItem item;
+  item.index = md::MetadataIndex{fqn, std::nullopt, std::nullopt};
+  item.type = pl::WriteItemType::byte_io;
+  return item;
+}
+
 }  // namespace save_test
