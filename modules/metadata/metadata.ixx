@@ -203,7 +203,8 @@ struct ChunkProblem {
     wrong_rank,  ///< `chunk` has not the tensor's number of dims
     outside,     ///< `chunk` is not a valid box inside the tensor
     overlap,     ///< chunks `other` and `chunk` share an element
-    gap,         ///< the chunks cover `covered` of the tensor's `total` elements
+    gap,         ///< the chunks cover `covered` of the tensor's `total` elements (`chunk`
+                 ///< names none: there may be no chunk at all)
   };
   Kind kind = Kind::gap;
   std::size_t chunk = 0;

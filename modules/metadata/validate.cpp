@@ -50,22 +50,18 @@ void validate_tensor(const ItemMetadata& item) {
   }
   const auto problem = check_chunks(t);
   if (!problem) return;
+  if (problem->kind == ChunkProblem::Kind::gap)  // names no chunk: there may be none
+    throw item_error(item, item.pickle_offset,
+                     "chunks cover " + std::to_string(problem->covered) + " of " + std::to_string(problem->total) +
+                         " elements of the tensor of size " + format_shape(t.size));
   const auto& c = t.chunks[problem->chunk];
-  switch (problem->kind) {
-    case ChunkProblem::Kind::wrong_rank:
-      throw item_error(item, c.pickle_offset, chunk_text(c) + " does not have the tensor's " + std::to_string(rank) +
-                                                  " dimensions");
-    case ChunkProblem::Kind::outside:
-      throw item_error(item, c.pickle_offset, chunk_text(c) + " lies outside the tensor of size " + format_shape(t.size));
-    case ChunkProblem::Kind::overlap:
-      throw item_error(item, c.pickle_offset, "chunks at " + format_shape(t.chunks[problem->other].offsets) + " and " +
-                                                  format_shape(c.offsets) + " overlap");
-    case ChunkProblem::Kind::gap:
-      break;
-  }
-  throw item_error(item, item.pickle_offset,
-                   "chunks cover " + std::to_string(problem->covered) + " of " + std::to_string(problem->total) +
-                       " elements of the tensor of size " + format_shape(t.size));
+  if (problem->kind == ChunkProblem::Kind::wrong_rank)
+    throw item_error(item, c.pickle_offset, chunk_text(c) + " does not have the tensor's " + std::to_string(rank) +
+                                                " dimensions");
+  if (problem->kind == ChunkProblem::Kind::outside)
+    throw item_error(item, c.pickle_offset, chunk_text(c) + " lies outside the tensor of size " + format_shape(t.size));
+  throw item_error(item, c.pickle_offset, "chunks at " + format_shape(t.chunks[problem->other].offsets) + " and " +
+                                              format_shape(c.offsets) + " overlap");
 }
 
 // `slots` (a power of two, chunk positions + 1) gets the first chunk of each distinct start;

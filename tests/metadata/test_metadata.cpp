@@ -348,6 +348,20 @@ BOOST_AUTO_TEST_CASE(semantic_checks_name_the_key) {
   BOOST_TEST((e6.code() == dcp::Errc::not_found), e6.what());
 }
 
+// A tensor without any chunk (fuzz_metadata found validate reading chunk 0 of an empty list
+// for its error message): a clean data_loss naming the key.
+BOOST_AUTO_TEST_CASE(a_tensor_without_chunks) {
+  md::Metadata m;
+  md::TensorStorageMetadata t;
+  t.size = {3, 2};
+  m.items.push_back(md::ItemMetadata{"w", t, 77});
+  const auto e = dcp_test::thrown<dcp::Error>([&] { (void)md::validate(m); });
+  BOOST_TEST((e.code() == dcp::Errc::data_loss), e.what());
+  BOOST_TEST(std::string(e.what()).find("cover 0 of 6") != std::string::npos, e.what());
+  BOOST_TEST(e.context().key == "w");
+  BOOST_TEST(*e.context().byte_offset == 77u);
+}
+
 // Storage entries are resolved on several threads in blocks (100,000 entries pass
 // parallel_for's threshold) and claimed after, in order: the error must still be the first
 // failing entry's, whichever check it fails.
