@@ -115,6 +115,10 @@ Error current_exception_as_error();
 /// at thousands of ranks): errors stay deterministic whatever the threads do.
 void parallel_for(std::size_t count, std::uint64_t work, const std::function<void(std::size_t)>& task);
 
+/// A random number drawn once per process, to seed the hashes of tables that untrusted input
+/// fills: a hostile file cannot choose keys that collide when it cannot know the hash.
+std::uint64_t hash_seed() noexcept;
+
 /// Runs `fn` and turns a thrown dcp::Error into a Result (other exceptions pass through).
 template <class Fn>
 auto capture(Fn&& fn) -> Result<decltype(fn())> {

@@ -1,12 +1,15 @@
-// parallel_for: independent per-item checks on several threads, failing as a loop would.
+// parallel_for: independent per-item checks on several threads, failing as a loop would; and
+// the seed of hash tables that untrusted input fills.
 module;
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <vector>
 module dcp.error;
@@ -44,6 +47,19 @@ void parallel_for(std::size_t count, std::uint64_t work, const std::function<voi
       });
   }  // the workers join here
   if (failure) std::rethrow_exception(failure);
+}
+
+std::uint64_t hash_seed() noexcept {
+  static const std::uint64_t seed = []() noexcept -> std::uint64_t {
+    try {
+      std::random_device device;
+      return (std::uint64_t{device()} << 32) ^ device();
+    } catch (...) {  // no entropy source: the clock and where the code was loaded
+      return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+             reinterpret_cast<std::uintptr_t>(&hash_seed);
+    }
+  }();
+  return seed;
 }
 
 }  // namespace dcp

@@ -6,7 +6,6 @@ module;
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <span>
 #include <string>
 #include <string_view>
@@ -87,8 +86,7 @@ std::vector<std::uint32_t> index_starts(const std::vector<ChunkStorageMetadata>&
 }
 
 // Keys → numbers for millions of lookups (every storage entry names its key): open addressing
-// over views of strings that outlive the table, hashed a word at a time. The seed is drawn per
-// process, so a hostile file cannot pick keys that all collide.
+// over views of strings that outlive the table, hashed a word at a time (seeded: hash_seed).
 class NameTable {
  public:
   static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
@@ -109,8 +107,7 @@ class NameTable {
 
  private:
   static std::uint64_t hash(std::string_view s) noexcept {
-    static const std::uint64_t seed = std::random_device{}() | 1;
-    std::uint64_t h = seed ^ (s.size() * 0x9e3779b97f4a7c15ull);
+    std::uint64_t h = hash_seed() ^ (s.size() * 0x9e3779b97f4a7c15ull);
     std::size_t i = 0;
     for (; i + 8 <= s.size(); i += 8) {
       std::uint64_t w;

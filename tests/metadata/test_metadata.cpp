@@ -3,6 +3,8 @@
 // .metadata (tests/python/metadata_json.py), the encoder read back by torch, and bad input.
 #define BOOST_TEST_MODULE dcp.metadata
 #include <boost/test/unit_test.hpp>
+
+#include <chrono>
 #include <cstddef>
 #include <random>
 #include <span>
@@ -360,6 +362,29 @@ BOOST_AUTO_TEST_CASE(a_tensor_without_chunks) {
   BOOST_TEST(std::string(e.what()).find("cover 0 of 6") != std::string::npos, e.what());
   BOOST_TEST(e.context().key == "w");
   BOOST_TEST(*e.context().byte_offset == 77u);
+}
+
+// Chunk offsets a hostile file picks to collide in validate's tables: 200,000 row chunks of a
+// 2^61-row tensor that start at multiples of 2^44, so their offsets differ only in high bits
+// (with the hashes multiplicative, as they were, every table went quadratic). Validation must
+// accept them (they tile) and stay linear: the time is printed, as for the other hostile inputs.
+BOOST_AUTO_TEST_CASE(offsets_chosen_to_collide) {
+  constexpr std::int64_t n = 200000, step = std::int64_t{1} << 44;
+  md::Metadata m;
+  md::TensorStorageMetadata t;
+  t.properties.dtype = dcp::DType::uint8;
+  t.size = {n * step};
+  for (std::int64_t i = 0; i < n; ++i) t.chunks.push_back(md::ChunkStorageMetadata{{i * step}, {step}, 0});
+  m.items.push_back(md::ItemMetadata{"w", t, 0});
+  for (std::int64_t i = 0; i < n; ++i)
+    m.storage_data.emplace_back(md::MetadataIndex{"w", md::Shape{i * step}, std::nullopt},  // no hints: found by hash
+                                md::StorageInfo{"__0_0.distcp", static_cast<std::uint64_t>(i), 1, {}, 0});
+  const auto start = std::chrono::steady_clock::now();
+  const auto validated = md::validate(std::move(m));
+  BOOST_TEST(validated->storage_data.size() == static_cast<std::size_t>(n));
+  BOOST_TEST((validated.chunk_position("w", md::Shape{(n - 1) * step}) == std::optional<std::size_t>(n - 1)));
+  BOOST_TEST_MESSAGE("validate of 200,000 colliding-by-design offsets: "
+                     << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
 }
 
 // Storage entries are resolved on several threads in blocks (100,000 entries pass
