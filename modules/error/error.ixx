@@ -6,7 +6,8 @@
 // `dcp::Error`; module edges convert foreign errors (system_error, c10::Error) into it.
 // `Result<T>` carries a value or an Error where exceptions must not cross (async completions,
 // C callers); `parallel_for` runs independent checks on several threads and reports the
-// failure of the first item, as a loop would. Imports nothing.
+// failure of the first item, as a loop would; `hash_mix` / `hash_text` are the seeded hashes
+// of every table that untrusted input fills. Imports nothing.
 module;
 #include <cstddef>
 #include <cstdint>
@@ -115,9 +116,12 @@ Error current_exception_as_error();
 /// at thousands of ranks): errors stay deterministic whatever the threads do.
 void parallel_for(std::size_t count, std::uint64_t work, const std::function<void(std::size_t)>& task);
 
-/// A random number drawn once per process, to seed the hashes of tables that untrusted input
-/// fills: a hostile file cannot choose keys that collide when it cannot know the hash.
-std::uint64_t hash_seed() noexcept;
+/// Hashes for tables that untrusted input fills, seeded by a random number drawn once per
+/// process: a hostile file cannot choose keys that collide when it cannot know the hash. Every
+/// bit of the input reaches every bit of the hash (no multiplicative shortcut whose low bits
+/// see only low bits). Not stable across processes: never store or send them.
+std::uint64_t hash_mix(std::uint64_t value) noexcept;
+std::uint64_t hash_text(std::string_view text) noexcept;
 
 /// Runs `fn` and turns a thrown dcp::Error into a Result (other exceptions pass through).
 template <class Fn>

@@ -1,15 +1,17 @@
 // parallel_for: independent per-item checks on several threads, failing as a loop would; and
-// the seed of hash tables that untrusted input fills.
+// the seeded hashes of tables that untrusted input fills.
 module;
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <mutex>
 #include <random>
+#include <string_view>
 #include <thread>
 #include <vector>
 module dcp.error;
@@ -49,6 +51,7 @@ void parallel_for(std::size_t count, std::uint64_t work, const std::function<voi
   if (failure) std::rethrow_exception(failure);
 }
 
+namespace {
 std::uint64_t hash_seed() noexcept {
   static const std::uint64_t seed = []() noexcept -> std::uint64_t {
     try {
@@ -60,6 +63,28 @@ std::uint64_t hash_seed() noexcept {
     }
   }();
   return seed;
+}
+
+std::uint64_t finalize(std::uint64_t x) noexcept {  // splitmix64's: each bit moves about half the output
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+}  // namespace
+
+std::uint64_t hash_mix(std::uint64_t value) noexcept { return finalize(value ^ hash_seed()); }
+
+std::uint64_t hash_text(std::string_view text) noexcept {
+  std::uint64_t h = finalize(hash_seed() ^ text.size());
+  std::size_t i = 0;
+  for (; i + 8 <= text.size(); i += 8) {  // a word at a time: millions of keys are looked up
+    std::uint64_t word;
+    std::memcpy(&word, text.data() + i, 8);
+    h = finalize(h ^ word);
+  }
+  std::uint64_t tail = 0;
+  if (i < text.size()) std::memcpy(&tail, text.data() + i, text.size() - i);  // never from a null data()
+  return finalize(h ^ tail);
 }
 
 }  // namespace dcp

@@ -107,16 +107,9 @@ std::string format_box(const Box& box) {
 
 std::string format_shape(const Shape& shape) { return dcp::format_shape(shape); }
 
-std::uint64_t seeded_mix(std::uint64_t value) noexcept {
-  std::uint64_t x = value ^ hash_seed();  // splitmix64's finalizer: each input bit moves about half the output bits
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
 std::uint64_t hash_shape(const Shape& shape) noexcept {
-  std::uint64_t h = seeded_mix(shape.size());
-  for (auto v : shape) h = seeded_mix(h + static_cast<std::uint64_t>(v));
+  std::uint64_t h = hash_mix(shape.size());
+  for (auto v : shape) h = hash_mix(h + static_cast<std::uint64_t>(v));
   return h;
 }
 

@@ -219,9 +219,8 @@ std::uint64_t volume(const Box& box);
 std::string format_box(const Box& box);
 /// "(3, 4)", "(5,)" or "()", torch.Size style, for messages.
 std::string format_shape(const Shape& shape);
-/// A hash of a shape's dims, for the tables that find chunks by their offsets. Seeded per
-/// process and mixed so that every bit of every dim reaches every bit of the hash: offsets
-/// that a hostile file chooses cannot be made to collide in a table (and make it quadratic).
+/// A hash of a shape's dims, for the tables that find chunks by their offsets (dcp::hash_mix:
+/// seeded per process, so offsets a hostile file chooses cannot make a table quadratic).
 std::uint64_t hash_shape(const Shape& shape) noexcept;
 
 /// Where a destination box and a saved box meet, in each box's own coordinates.
@@ -444,9 +443,4 @@ std::string_view layout_kind_name(const LayoutDescription& description) noexcept
 /// "grid(2x2)" (dims 0 and 1; else "grid(2x2 dims 1,2)"), "irregular(5)".
 std::string format_layout(const LayoutDescription& description);
 
-}  // namespace dcp::layout
-
-namespace dcp::layout {
-// Not exported: the one mixing step of the module's hashes (hash_shape, check_tiling's tables).
-std::uint64_t seeded_mix(std::uint64_t value) noexcept;
 }  // namespace dcp::layout

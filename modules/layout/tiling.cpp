@@ -47,7 +47,7 @@ class DistinctStarts {
   }
   std::size_t find(std::int64_t v) const {
     const std::size_t mask = keys_.size() - 1;
-    std::size_t slot = static_cast<std::size_t>(seeded_mix(static_cast<std::uint64_t>(v))) & mask;
+    std::size_t slot = static_cast<std::size_t>(hash_mix(static_cast<std::uint64_t>(v))) & mask;
     while (used_[slot] && keys_[slot] != v) slot = (slot + 1) & mask;
     return slot;
   }

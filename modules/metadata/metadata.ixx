@@ -166,10 +166,11 @@ class Metadata {
   /// Rebuilds the lookups. Throws resource_exhausted past 2^31 storage entries.
   void reindex();
 
-  /// Heterogeneous lookup by name: a string_view query builds no std::string.
+  /// Heterogeneous lookup by name: a string_view query builds no std::string. Seeded
+  /// (dcp::hash_text): the names come from the file.
   struct TextHash {
     using is_transparent = void;
-    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+    std::size_t operator()(std::string_view s) const noexcept { return hash_text(s); }
   };
 
  private:

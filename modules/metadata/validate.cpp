@@ -86,7 +86,7 @@ std::vector<std::uint32_t> index_starts(const std::vector<ChunkStorageMetadata>&
 }
 
 // Keys → numbers for millions of lookups (every storage entry names its key): open addressing
-// over views of strings that outlive the table, hashed a word at a time (seeded: hash_seed).
+// over views of strings that outlive the table (dcp::hash_text: seeded, a word at a time).
 class NameTable {
  public:
   static constexpr std::uint32_t kAbsent = 0xFFFFFFFFu;
@@ -106,23 +106,9 @@ class NameTable {
   std::uint32_t find(std::string_view name) const { return values_[find_slot(name)]; }
 
  private:
-  static std::uint64_t hash(std::string_view s) noexcept {
-    std::uint64_t h = hash_seed() ^ (s.size() * 0x9e3779b97f4a7c15ull);
-    std::size_t i = 0;
-    for (; i + 8 <= s.size(); i += 8) {
-      std::uint64_t w;
-      std::memcpy(&w, s.data() + i, 8);
-      h = (h ^ w) * 0xbf58476d1ce4e5b9ull;
-      h ^= h >> 31;
-    }
-    std::uint64_t tail = 0;
-    std::memcpy(&tail, s.data() + i, s.size() - i);
-    h = (h ^ tail) * 0x94d049bb133111ebull;
-    return h ^ (h >> 29);
-  }
   std::size_t find_slot(std::string_view name) const {
     const std::size_t mask = names_.size() - 1;
-    std::size_t slot = hash(name) & mask;
+    std::size_t slot = hash_text(name) & mask;
     while (values_[slot] != kAbsent && names_[slot] != name) slot = (slot + 1) & mask;
     return slot;
   }
