@@ -364,8 +364,8 @@ BOOST_AUTO_TEST_CASE(a_tensor_without_chunks) {
   BOOST_TEST(*e.context().byte_offset == 77u);
 }
 
-// Chunk offsets a hostile file picks to collide in validate's tables: 200,000 row chunks of a
-// 2^61-row tensor that start at multiples of 2^44, so their offsets differ only in high bits
+// Chunk offsets a hostile file picks to collide in validate's tables: 200,000 row chunks of
+// 2^44 rows each, starting at multiples of 2^44, so that their offsets differ only in high bits
 // (with the hashes multiplicative, as they were, every table went quadratic). Validation must
 // accept them (they tile) and stay linear: the time is printed, as for the other hostile inputs.
 BOOST_AUTO_TEST_CASE(offsets_chosen_to_collide) {
