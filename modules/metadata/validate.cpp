@@ -2,7 +2,6 @@
 module;
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -10,7 +9,6 @@ module;
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 module dcp.metadata;
@@ -162,8 +160,10 @@ std::vector<std::uint32_t> Metadata::index_storage() {
   storage_group_.clear();
   storage_groups_.clear();
   // Each entry's group, and its offsets' hash. The groups of the items' keys exist first, so
-  // entries find theirs on several threads (lookups only); a key that names no item (which
-  // validate rejects) gets its group after, in order.
+  // entries find theirs on several threads (lookups only, in a flat table over views of the
+  // items' names: faster than the node map at millions of lookups, which owns its strings and
+  // outlives this call); a key that names no item (which validate rejects) gets its group
+  // after, in order.
   NameTable item_groups(items.size());
   for (const auto& item : items) {
     const auto [it, fresh] = storage_group_.try_emplace(item.fqn, storage_group_.size());
@@ -277,11 +277,9 @@ ValidatedMetadata validate(Metadata metadata) {
   Metadata& md = state->metadata;  // checked in place: positions and pointers below stay valid
   md.index_names();  // the caller may have edited the vectors since decoding
   const auto group_of = md.index_storage();
-  {
-    std::unordered_set<std::string_view> seen;
-    for (const auto& item : md.items)
-      if (!seen.insert(item.fqn).second) throw item_error(item, item.pickle_offset, "key appears twice");
-  }
+  for (std::size_t pos = 0; pos < md.items.size(); ++pos)  // the name index keeps a key's first item
+    if (md.item_index_.find(md.items[pos].fqn)->second != pos)
+      throw item_error(md.items[pos], md.items[pos].pickle_offset, "key appears twice");
   // Each storage entry must claim one chunk start, and each only once: per chunk, the first
   // chunk with its start (`first_of`), whose flag in `claimed` it sets. Each tensor is checked
   // on its own: large metadata (thousands of ranks) on several threads, failing on the first
@@ -360,10 +358,10 @@ ValidatedMetadata validate(Metadata metadata) {
       first_failure = &f->second;
       break;
     }
-  std::unordered_set<std::string_view> objects_stored;
+  std::vector<char> object_stored(md.items.size(), 0);
   for (std::size_t i = 0; i < resolved; ++i) {
-    const bool again = entry_start[i] == kObject ? !objects_stored.insert(entries[i].first.fqn).second
-                                                 : claimed[item_of_group[group_of[i]]][entry_start[i]]++ != 0;
+    const auto item_pos = item_of_group[group_of[i]];
+    const bool again = entry_start[i] == kObject ? object_stored[item_pos]++ != 0 : claimed[item_pos][entry_start[i]]++ != 0;
     if (again) {
       Error e(Errc::data_loss, "storage_data: entry appears twice");
       e.for_key(entries[i].first.fqn).at_offset(entries[i].second.pickle_offset);
@@ -371,13 +369,12 @@ ValidatedMetadata validate(Metadata metadata) {
     }
   }
   if (first_failure) throw *first_failure;
-  for (const auto& item : md.items) {
+  for (std::size_t pos = 0; pos < md.items.size(); ++pos) {
+    const auto& item = md.items[pos];
     if (!item.is_tensor()) {
-      if (!objects_stored.contains(item.fqn))
-        throw item_error(item, item.pickle_offset, "no storage_data entry for this object");
+      if (!object_stored[pos]) throw item_error(item, item.pickle_offset, "no storage_data entry for this object");
       continue;
     }
-    const auto pos = static_cast<std::size_t>(&item - md.items.data());
     for (std::size_t k = 0; k < claimed[pos].size(); ++k)
       if ((first_of[pos].empty() || first_of[pos][k] == k) && !claimed[pos][k]) {
         const auto& chunk = item.tensor().chunks[k];

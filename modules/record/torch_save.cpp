@@ -1,6 +1,5 @@
 // torch.save's data.pkl for a nested state dict, written over pickle::Encoder.
 module;
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -19,7 +18,6 @@ namespace dcp::record {
 namespace {
 
 constexpr std::size_t kBatch = 1000;  // CPython's BATCHSIZE for APPENDS/SETITEMS
-
 
 }  // namespace
 

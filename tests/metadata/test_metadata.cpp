@@ -364,6 +364,41 @@ BOOST_AUTO_TEST_CASE(a_tensor_without_chunks) {
   BOOST_TEST(*e.context().byte_offset == 77u);
 }
 
+// Keys and objects: a key listed twice is refused at its second item; an object needs exactly
+// one storage entry.
+BOOST_AUTO_TEST_CASE(keys_twice_and_objects_without_one_entry) {
+  md::Metadata m;
+  md::TensorStorageMetadata t;
+  t.size = {2};
+  t.chunks.push_back(md::ChunkStorageMetadata{{0}, {2}, 0});
+  m.items.push_back(md::ItemMetadata{"w", t, 10});
+  m.items.push_back(md::ItemMetadata{"step", md::BytesStorageMetadata{}, 20});
+  m.storage_data.emplace_back(md::MetadataIndex{"w", md::Shape{0}, 0}, md::StorageInfo{"__0_0.distcp", 0, 8, {}, 30});
+  m.storage_data.emplace_back(md::MetadataIndex{"step", std::nullopt, std::nullopt},
+                              md::StorageInfo{"__0_0.distcp", 8, 5, {}, 40});
+  BOOST_TEST(md::validate(m)->items.size() == 2u);
+  auto error_of = [](md::Metadata edited) {
+    return dcp_test::thrown<dcp::Error>([&] { (void)md::validate(std::move(edited)); });
+  };
+  auto twice = m;
+  twice.items.push_back(md::ItemMetadata{"w", t, 50});
+  auto e = error_of(twice);
+  BOOST_TEST(std::string(e.what()).find("key appears twice") != std::string::npos, e.what());
+  BOOST_TEST(*e.context().byte_offset == 50u);
+  auto stored_twice = m;
+  stored_twice.storage_data.push_back(m.storage_data[1]);
+  stored_twice.storage_data.back().second.pickle_offset = 60;
+  e = error_of(stored_twice);
+  BOOST_TEST(std::string(e.what()).find("entry appears twice") != std::string::npos, e.what());
+  BOOST_TEST(e.context().key == "step");
+  BOOST_TEST(*e.context().byte_offset == 60u);
+  auto unstored = m;
+  unstored.storage_data.pop_back();
+  e = error_of(unstored);
+  BOOST_TEST(std::string(e.what()).find("no storage_data entry for this object") != std::string::npos, e.what());
+  BOOST_TEST(*e.context().byte_offset == 20u);
+}
+
 // Chunk offsets a hostile file picks to collide in validate's tables: 200,000 row chunks of
 // 2^44 rows each, starting at multiples of 2^44, so that their offsets differ only in high bits
 // (with the hashes multiplicative, as they were, every table went quadratic). Validation must
