@@ -1,11 +1,8 @@
 // The save half of the planner protocol: state dicts, write items and the default planner
 // (torch's default_planner.py); the coordinator's passes are in global_plan.cpp.
 module;
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <string>
