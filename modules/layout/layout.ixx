@@ -331,6 +331,12 @@ struct BoxRef {
 /// overlap in O(n log n). Throws out_of_range when a volume overflows.
 TilingCheck check_tiling(std::span<const BoxRef> boxes, const Shape& size);
 TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size);
+/// Whether `boxes` (each of `size.size()` dims; nothing else checked) are, leaving out empty
+/// ones inside the tensor, exactly the cells of a grid over it, listed in row-major order (the
+/// last dim fastest): what the ranks of a DTensor mesh or a torch.chunk split hold, in rank
+/// order. Then they lie inside the tensor and tile it. One sequential read, no table: the
+/// fast path of checking millions of chunks; false says only that a full check is needed.
+bool lists_grid_in_order(std::span<const BoxRef> boxes, const Shape& size);
 
 // ---- Forward: a DTensor layout gives each rank's box ------------------------------------
 

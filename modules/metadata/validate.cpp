@@ -119,14 +119,23 @@ class NameTable {
 std::optional<ChunkProblem> check_chunks(const TensorStorageMetadata& tensor) {
   using Kind = ChunkProblem::Kind;
   const std::size_t rank = tensor.size.size();
+  const auto& chunks = tensor.chunks;
+  // The first chunk of the wrong rank or outside the tensor (a chunk's rank is checked first).
+  auto first_misplaced = [&](std::size_t end) -> std::optional<ChunkProblem> {
+    for (std::size_t i = 0; i < end; ++i) {
+      if (chunks[i].offsets.size() != rank || chunks[i].sizes.size() != rank) return ChunkProblem{Kind::wrong_rank, i};
+      if (!layout::is_inside(chunks[i].offsets, chunks[i].sizes, tensor.size)) return ChunkProblem{Kind::outside, i};
+    }
+    return std::nullopt;
+  };
   std::vector<layout::BoxRef> boxes;
-  boxes.reserve(tensor.chunks.size());
-  for (std::size_t i = 0; i < tensor.chunks.size(); ++i) {
-    const auto& c = tensor.chunks[i];
-    if (c.offsets.size() != rank || c.sizes.size() != rank) return ChunkProblem{Kind::wrong_rank, i};
-    if (!layout::is_inside(c.offsets, c.sizes, tensor.size)) return ChunkProblem{Kind::outside, i};
-    boxes.push_back(layout::BoxRef{c.offsets.data(), c.sizes.data()});
+  boxes.reserve(chunks.size());
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    if (chunks[i].offsets.size() != rank || chunks[i].sizes.size() != rank) return first_misplaced(i + 1);
+    boxes.push_back(layout::BoxRef{chunks[i].offsets.data(), chunks[i].sizes.data()});
   }
+  if (layout::lists_grid_in_order(boxes, tensor.size)) return std::nullopt;  // inside, and they tile
+  if (auto problem = first_misplaced(chunks.size())) return problem;
   const auto tiling = layout::check_tiling(boxes, tensor.size);
   if (const auto& pair = tiling.overlap) return ChunkProblem{Kind::overlap, pair->second, pair->first};
   if (tiling.covered != tiling.total) return ChunkProblem{Kind::gap, 0, 0, tiling.covered, tiling.total};

@@ -27,6 +27,12 @@ std::vector<int> coverage(const std::vector<Box>& boxes, const Shape& size) {
   return count;
 }
 
+std::vector<layout::BoxRef> refs(const std::vector<Box>& boxes) {
+  std::vector<layout::BoxRef> out;
+  for (const auto& b : boxes) out.push_back(layout::BoxRef{b.offsets.data(), b.sizes.data()});
+  return out;
+}
+
 // A grid over `size`: rows cut at `row_cuts`, columns at `col_cuts` (both ascending, inside).
 std::vector<Box> grid(const Shape& size, const std::vector<std::int64_t>& row_cuts,
                       const std::vector<std::int64_t>& col_cuts) {
@@ -120,6 +126,41 @@ BOOST_AUTO_TEST_CASE(irregular_tilings_and_empty_chunks) {
   BOOST_TEST(!layout::check_tiling(none, Shape{1, 3}).tiles());
 }
 
+BOOST_AUTO_TEST_CASE(grids_listed_in_order) {
+  // A 3-D DTensor-style split (2 x 3 x 4 ranks, uneven: empty parts past the ends), in rank order.
+  const Shape size{3, 7, 5};
+  std::vector<Box> boxes;
+  for (const Box& a : layout::chunk_split(size, 0, 2))
+    for (const Box& b : layout::chunk_split(size, 1, 3))
+      for (const Box& c : layout::chunk_split(size, 2, 4))
+        boxes.push_back(Box{{a.offsets[0], b.offsets[1], c.offsets[2]}, {a.sizes[0], b.sizes[1], c.sizes[2]}});
+  BOOST_TEST(layout::lists_grid_in_order(refs(boxes), size));
+  BOOST_TEST(layout::check_tiling(boxes, size).tiles());
+  // De-duplication keeps one of the empty parts that share offsets: still a grid in order.
+  auto kept = boxes;
+  kept.pop_back();
+  BOOST_TEST(layout::lists_grid_in_order(refs(kept), size));
+  // A non-empty cell twice, missing, out of order, or a negative size: not proved.
+  auto twice = boxes;
+  twice.insert(twice.begin() + 1, boxes[1]);
+  BOOST_TEST(!layout::lists_grid_in_order(refs(twice), size));
+  BOOST_TEST(!layout::check_tiling(twice, size).tiles());
+  auto missing = boxes;
+  missing.erase(missing.begin());
+  BOOST_TEST(!layout::lists_grid_in_order(refs(missing), size));
+  auto swapped = boxes;
+  std::swap(swapped[0], swapped[1]);
+  BOOST_TEST(!layout::lists_grid_in_order(refs(swapped), size));
+  BOOST_TEST(layout::check_tiling(swapped, size).tiles());  // still a tiling, found the slow way
+  auto negative = boxes;
+  negative[0].sizes[2] = -1;
+  BOOST_TEST(!layout::lists_grid_in_order(refs(negative), size));
+  BOOST_TEST(!layout::lists_grid_in_order(refs(boxes), Shape{3, 7, 6}));  // does not reach the end
+  BOOST_TEST(!layout::lists_grid_in_order({}, size));
+  const std::vector<Box> scalar{Box{}};
+  BOOST_TEST(!layout::lists_grid_in_order(refs(scalar), Shape{}));
+}
+
 BOOST_AUTO_TEST_CASE(agrees_with_counting_elements) {
   // Random grids, then random damage: a cell moved, resized, dropped or repeated.
   std::mt19937_64 rng(7);
@@ -132,10 +173,22 @@ BOOST_AUTO_TEST_CASE(agrees_with_counting_elements) {
     for (std::int64_t c = 1; c < size[1]; ++c)
       if (pick(3) == 0) cols.push_back(c);
     auto boxes = grid(size, rows, cols);
-    std::shuffle(boxes.begin(), boxes.end(), rng);
+    const bool shuffled = pick(2) == 0;  // else in row-major order, as ranks list them
+    if (shuffled) std::shuffle(boxes.begin(), boxes.end(), rng);
     const auto victim = static_cast<std::size_t>(pick(static_cast<std::int64_t>(boxes.size())));
-    switch (pick(5)) {
+    const auto damage = pick(6);
+    switch (damage) {
       case 0: break;  // intact
+      case 5: {  // an empty chunk among the others, inside the tensor or just past its end
+        const bool outside = pick(4) == 0;
+        const Box empty{{outside ? size[0] + 1 : pick(size[0] + 1), pick(size[1])}, {0, 1}};
+        boxes.insert(boxes.begin() + static_cast<std::ptrdiff_t>(victim), empty);
+        if (outside) {
+          BOOST_TEST(!layout::lists_grid_in_order(refs(boxes), size), "round " << round);
+          continue;  // check_tiling takes boxes inside the tensor only
+        }
+        break;
+      }
       case 1: boxes.erase(boxes.begin() + static_cast<std::ptrdiff_t>(victim)); break;
       case 2: boxes.push_back(boxes[victim]); break;
       case 3: {  // moved or resized, kept inside the tensor
@@ -152,6 +205,10 @@ BOOST_AUTO_TEST_CASE(agrees_with_counting_elements) {
     for (int c : count) tiles = tiles && c == 1, overlaps = overlaps || c > 1;
     const auto check = layout::check_tiling(boxes, size);
     BOOST_TEST(check.tiles() == tiles, "round " << round);
+    // The fast path proves only tilings, and proves every intact grid listed in order.
+    const bool in_order = layout::lists_grid_in_order(refs(boxes), size);
+    if (in_order) BOOST_TEST(tiles, "round " << round << ": a grid in order that does not tile");
+    if (!shuffled && (damage == 0 || damage == 5)) BOOST_TEST(in_order, "round " << round);
     BOOST_TEST(check.overlap.has_value() == overlaps, "round " << round);
     if (check.overlap) {
       const auto both = coverage({boxes[check.overlap->first], boxes[check.overlap->second]}, size);
