@@ -37,7 +37,7 @@ struct ItemFacts {
   std::vector<std::size_t> begin;
   std::vector<std::uint32_t> fqn;          // key ids
   std::size_t fqn_count = 0;
-  std::vector<std::uint64_t> hash;         // of the offsets (what de-duplication compares)
+  std::vector<std::uint64_t> key;          // offsets_key (what de-duplication compares)
   std::vector<std::uint64_t> bytes;        // torch's `tensor_storage_size or 1`
   std::vector<std::uint8_t> kind;
   std::vector<std::uint8_t> like_before;   // Likeness bits
@@ -68,15 +68,28 @@ bool same_properties(const metadata::TensorProperties& a, const metadata::Tensor
          a.pin_memory == b.pin_memory;
 }
 
-std::uint64_t hash_offsets(const std::optional<Shape>& offsets) {
-  return offsets ? layout::hash_shape(*offsets) : 0x9e3779b97f4a7c15ull;  // objects
+// What de-duplication compares of an item's offsets: with the top bit set, the offsets
+// themselves (up to 2 dims, each below 2^30: every layout in practice), so that equal keys
+// mean equal offsets; else a hash (top bit clear), whose matches are compared item by item.
+constexpr std::uint64_t kExactKey = std::uint64_t{1} << 63;
+std::uint64_t offsets_key(const std::optional<Shape>& offsets) {
+  if (!offsets) return 0x1e3779b97f4a7c15ull;  // objects: compared item by item
+  constexpr std::int64_t kLimit = std::int64_t{1} << 30;
+  const auto& o = *offsets;
+  if (o.size() <= 2 && std::all_of(o.begin(), o.end(), [](std::int64_t v) { return v >= 0 && v < kLimit; })) {
+    std::uint64_t key = kExactKey | std::uint64_t{o.size()} << 60;
+    for (std::size_t d = 0; d < o.size(); ++d) key |= static_cast<std::uint64_t>(o[d]) << (30 * (1 - d));
+    return key;
+  }
+  return layout::hash_shape(o) & ~kExactKey;
 }
 
 ItemFacts read_items(const std::vector<SavePlan>& plans) {
+  constexpr std::size_t kAhead = 4;
   ItemFacts out;
   out.begin = plan_starts(plans);
   const std::size_t total = out.begin.back();
-  out.hash.resize(total);
+  out.key.resize(total);
   out.bytes.resize(total);
   out.kind.resize(total);
   out.like_before.resize(total);
@@ -86,6 +99,13 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
     for (std::size_t i = 0; i < items.size(); ++i) {
       const std::size_t flat = out.begin[p] + i;
       const auto& item = items[i];
+      if (i + kAhead < items.size()) {  // two streams of items, each a few lines long
+        for (std::size_t line = 0; line < sizeof(WriteItem); line += 64)
+          __builtin_prefetch(reinterpret_cast<const char*>(&items[i + kAhead]) + line);
+        if (before && i + kAhead < before->size())
+          for (std::size_t line = 0; line < sizeof(WriteItem); line += 64)
+            __builtin_prefetch(reinterpret_cast<const char*>(&(*before)[i + kAhead]) + line);
+      }
       std::uint8_t like = 0;
       if (before && i < before->size() && item.index.fqn == (*before)[i].index.fqn) {
         const auto& a = item.tensor_data;
@@ -94,7 +114,7 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
         if (a && b && a->size == b->size && same_properties(a->properties, b->properties)) like |= kSameTensor;
       }
       out.like_before[flat] = like;
-      out.hash[flat] = hash_offsets(item.index.offset);
+      out.key[flat] = offsets_key(item.index.offset);
       const auto size = item.tensor_storage_size().value_or(0);
       out.bytes[flat] = size ? size : 1;
       if (item.type == WriteItemType::byte_io)
@@ -169,9 +189,9 @@ std::vector<std::uint32_t> python_set_order(std::span<const std::uint32_t> ascen
 
 // torch's de-duplication: marks in `facts.dropped` (left empty when nothing is) the items of
 // `plans` that another plan keeps. Millions of items at 8k ranks: the passes jump between plans
-// over flat arrays; the items themselves are read only where offsets hashes meet.
+// over flat arrays; the items themselves are read only where hashed offsets keys meet.
 void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lowest_rank) {
-  const auto& hash = facts.hash;
+  const auto& key_of = facts.key;
   auto& bytes = facts.bytes;
   const std::size_t total = facts.fqn.size();
   // Per fqn, its items in plan order (on several threads): the distinct offsets, each a key.
@@ -183,7 +203,7 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
   // apart).
   static constexpr std::uint32_t kKept = 0xFFFFFFFFu, kRepeat = 0xFFFFFFFEu, kFirst = 0x80000000u, kNone = 0xFFFFFFFFu;
   struct Entry {
-    std::uint64_t hash;
+    std::uint64_t key;  // offsets_key
     std::uint32_t plan;
     std::uint32_t flat;
   };
@@ -205,11 +225,14 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
       std::size_t slots = 16;
       while (slots < 2 * items) slots *= 2;
       table_.assign(slots, kNone);
+      keys_.reserve(items);
     }
     void add(const Entry& e) {
       const std::size_t mask = table_.size() - 1;
-      std::size_t slot = e.hash & mask;
-      auto same_key = [&](const Key& key) { return key.first.hash == e.hash && offsets_at_(key.first) == offsets_at_(e); };
+      std::size_t slot = hash_mix(e.key) & mask;
+      auto same_key = [&](const Key& key) {
+        return key.first.key == e.key && ((e.key & kExactKey) || offsets_at_(key.first) == offsets_at_(e));
+      };
       while (table_[slot] != kNone && !same_key(keys_[table_[slot]])) slot = (slot + 1) & mask;
       if (table_[slot] == kNone) {
         table_[slot] = static_cast<std::uint32_t>(keys_.size());
@@ -257,17 +280,19 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
   if (facts.regular) {
     // Column c of every plan is fqn c: each fqn's items are read down its column, a few
     // columns at a time so that each plan's row of them is one read.
-    constexpr std::size_t kColumns = 8;
+    constexpr std::size_t kColumns = 8, kAhead = 8;
     parallel_for((width + kColumns - 1) / kColumns, total, [&](std::size_t block) {
       const std::size_t first = block * kColumns, last = std::min(width, first + kColumns);
       std::vector<KeyGroup> groups;
       groups.reserve(last - first);
       for (std::size_t c = first; c < last; ++c) groups.emplace_back(plans.size(), shared_of[c], role, bytes, offsets_at);
-      for (std::size_t p = 0; p < plans.size(); ++p)
+      for (std::size_t p = 0; p < plans.size(); ++p) {
+        if (p + kAhead < plans.size()) __builtin_prefetch(&key_of[(p + kAhead) * width + first]);  // rows a plan apart: not followed by the hardware
         for (std::size_t c = first; c < last; ++c) {
           const std::size_t flat = p * width + c;
-          groups[c - first].add(Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)});
+          groups[c - first].add(Entry{key_of[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)});
         }
+      }
       for (auto& group : groups) group.finish();
     });
   } else {
@@ -295,7 +320,7 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
       for (std::size_t p = first; p < last; ++p)
         for (std::size_t flat = facts.begin[p]; flat < facts.begin[p + 1]; ++flat)
           grouped[fill[b * facts.fqn_count + facts.fqn[flat]]++] =
-              Entry{hash[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
+              Entry{key_of[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)};
     });
     parallel_for(facts.fqn_count, total, [&](std::size_t f) {
       KeyGroup group(group_begin[f + 1] - group_begin[f], shared_of[f], role, bytes, offsets_at);
@@ -463,7 +488,7 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
     tensor_at[position] = &std::get<metadata::TensorStorageMetadata>(md.items[position].storage);
     tensor_at[position]->chunks.resize(chunk_count[position]);
   });
-  constexpr std::size_t kBlock = 32;
+  constexpr std::size_t kBlock = 32, kAhead = 2;
   parallel_for((plans.size() + kBlock - 1) / kBlock, total, [&](std::size_t block) {
     const std::size_t first = block * kBlock, last = std::min(plans.size(), first + kBlock);
     std::size_t out[kBlock] = {};
@@ -472,6 +497,11 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
     for (std::size_t i = 0; i < longest; ++i)
       for (std::size_t p = first; p < last; ++p) {
         auto& items = plans[p].items;
+        if (i + kAhead < items.size()) {  // 32 streams of items: more than the hardware follows
+          const auto* ahead = reinterpret_cast<const char*>(&items[i + kAhead]);
+          __builtin_prefetch(ahead + 64, 1);  // the index hint
+          __builtin_prefetch(ahead + 128);    // the chunk
+        }
         const std::size_t flat = facts.begin[p] + i;
         if (i >= items.size() || dropped(flat)) continue;
         auto& kept = out[p - first];

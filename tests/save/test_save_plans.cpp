@@ -88,6 +88,31 @@ BOOST_AUTO_TEST_CASE(shards_by_offsets) {
   BOOST_TEST(m.items[0].tensor().chunks.size() == 2u);
 }
 
+// Small 1-D and 2-D offsets are compared as de-duplication keys themselves; 3-D ones, and
+// offsets of 2^30 or more, by hash and then item by item. Both ways, equal offsets on two ranks
+// are one item and different ones two, whether the plans list the same keys (read down
+// columns) or not (grouped first).
+BOOST_AUTO_TEST_CASE(offsets_compared_exactly_beyond_the_small_key) {
+  constexpr std::int64_t kFar = std::int64_t{1} << 30;
+  // Per kind of offsets, a key both ranks hold at the same offsets and one at different ones.
+  auto plan_of = [&](int rank, bool regular) {
+    const std::int64_t r = rank;
+    pl::SavePlan plan;
+    plan.items = {shard_item("far.same", {kFar + 6}, {2}, {2 * kFar}), shard_item("far.other", {kFar + 2 * r}, {2}, {2 * kFar}),
+                  shard_item("cube.same", {2, 0, 3}, {2, 4, 1}, {4, 4, 4}), shard_item("cube.other", {2, 0, r}, {2, 4, 1}, {4, 4, 4}),
+                  shard_item("small.same", {1, 2}, {1, 2}, {4, 4}), shard_item("small.other", {1, 2 * r}, {1, 2}, {4, 4})};
+    if (!regular) plan.items.insert(plan.items.begin(), tensor_item("only" + std::to_string(rank), {1}));
+    return plan;
+  };
+  for (const bool regular : {true, false}) {  // the same keys in every plan (read down columns), or grouped first
+    const auto out = pl::dedup_save_plans({plan_of(0, regular), plan_of(1, regular)}, true);  // the lowest rank keeps shared ones
+    BOOST_TEST(out[0].items.size() == (regular ? 6u : 7u));
+    const Keys others = regular ? Keys{"far.other", "cube.other", "small.other"}
+                                : Keys{"only1", "far.other", "cube.other", "small.other"};
+    BOOST_TEST(keys(out[1]) == others, (regular ? "regular plans" : "irregular plans"));
+  }
+}
+
 // A plan keeps its planner_data and storage data through de-duplication.
 BOOST_AUTO_TEST_CASE(keeps_plan_fields) {
   std::vector<pl::SavePlan> plans(2);
