@@ -316,7 +316,7 @@ ValidatedMetadata validate(Metadata metadata) {
   // several threads, a block of entries each; claiming the starts (is an entry the second for
   // its start?) runs after, in order. The first failing entry is reported, as a loop would.
   const auto& entries = md.storage_data;
-  constexpr std::size_t kBlock = std::size_t{1} << 15;
+  constexpr std::size_t kBlock = std::size_t{1} << 15, kAhead = 8;
   constexpr std::uint32_t kObject = 0xFFFFFFFFu;
   std::vector<std::uint32_t> entry_start(entries.size());
   std::vector<std::optional<std::pair<std::size_t, Error>>> failure((entries.size() + kBlock - 1) / kBlock);
@@ -327,7 +327,17 @@ ValidatedMetadata validate(Metadata metadata) {
     item_of_group[md.storage_group_.find(md.items[pos].fqn)->second] = static_cast<std::uint32_t>(pos);
   parallel_for(failure.size(), entries.size(), [&](std::size_t block) {
     const std::string* safe_path = nullptr;
-    for (std::size_t i = block * kBlock; i < std::min(entries.size(), (block + 1) * kBlock); ++i) {
+    const std::size_t end = std::min(entries.size(), (block + 1) * kBlock);
+    for (std::size_t i = block * kBlock; i < end; ++i) {
+      if (i + kAhead < end) {  // the chunk an entry's hint names: torch lists entries rank by rank, chunks lie by tensor
+        const auto& ahead = entries[i + kAhead].first;
+        const auto ahead_item = item_of_group[group_of[i + kAhead]];
+        if (ahead_item != kNoItem && ahead.index && md.items[ahead_item].is_tensor()) {
+          const auto& chunks = md.items[ahead_item].tensor().chunks;
+          if (*ahead.index >= 0 && static_cast<std::uint64_t>(*ahead.index) < chunks.size())
+            __builtin_prefetch(&chunks[static_cast<std::size_t>(*ahead.index)]);
+        }
+      }
       const auto& [index, info] = entries[i];
       auto fail = [&](std::string message) {
         Error e(Errc::data_loss, "storage_data: " + std::move(message));
