@@ -329,7 +329,9 @@ ValidatedMetadata validate(Metadata metadata) {
     const std::string* safe_path = nullptr;
     const std::size_t end = std::min(entries.size(), (block + 1) * kBlock);
     for (std::size_t i = block * kBlock; i < end; ++i) {
-      if (i + kAhead < end) {  // the chunk an entry's hint names: torch lists entries rank by rank, chunks lie by tensor
+      // The chunk an entry's hint names, a few entries ahead: entries come rank by rank, chunks
+      // lie tensor by tensor.
+      if (i + kAhead < end) {
         const auto& ahead = entries[i + kAhead].first;
         const auto ahead_item = item_of_group[group_of[i + kAhead]];
         if (ahead_item != kNoItem && ahead.index && md.items[ahead_item].is_tensor()) {

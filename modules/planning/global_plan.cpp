@@ -84,6 +84,11 @@ std::uint64_t offsets_key(const std::optional<Shape>& offsets) {
   return layout::hash_shape(o) & ~kExactKey;
 }
 
+void prefetch_item(const WriteItem& item) {
+  for (std::size_t line = 0; line < sizeof(WriteItem); line += 64)
+    __builtin_prefetch(reinterpret_cast<const char*>(&item) + line);
+}
+
 ItemFacts read_items(const std::vector<SavePlan>& plans) {
   constexpr std::size_t kAhead = 4;
   ItemFacts out;
@@ -100,11 +105,8 @@ ItemFacts read_items(const std::vector<SavePlan>& plans) {
       const std::size_t flat = out.begin[p] + i;
       const auto& item = items[i];
       if (i + kAhead < items.size()) {  // two streams of items, each a few lines long
-        for (std::size_t line = 0; line < sizeof(WriteItem); line += 64)
-          __builtin_prefetch(reinterpret_cast<const char*>(&items[i + kAhead]) + line);
-        if (before && i + kAhead < before->size())
-          for (std::size_t line = 0; line < sizeof(WriteItem); line += 64)
-            __builtin_prefetch(reinterpret_cast<const char*>(&(*before)[i + kAhead]) + line);
+        prefetch_item(items[i + kAhead]);
+        if (before && i + kAhead < before->size()) prefetch_item((*before)[i + kAhead]);
       }
       std::uint8_t like = 0;
       if (before && i < before->size() && item.index.fqn == (*before)[i].index.fqn) {
@@ -287,7 +289,8 @@ void dedup(const std::vector<SavePlan>& plans, ItemFacts& facts, bool save_to_lo
       groups.reserve(last - first);
       for (std::size_t c = first; c < last; ++c) groups.emplace_back(plans.size(), shared_of[c], role, bytes, offsets_at);
       for (std::size_t p = 0; p < plans.size(); ++p) {
-        if (p + kAhead < plans.size()) __builtin_prefetch(&key_of[(p + kAhead) * width + first]);  // rows a plan apart: not followed by the hardware
+        if (p + kAhead < plans.size())  // rows lie a plan's width apart: the hardware does not follow
+          __builtin_prefetch(&key_of[(p + kAhead) * width + first]);
         for (std::size_t c = first; c < last; ++c) {
           const std::size_t flat = p * width + c;
           groups[c - first].add(Entry{key_of[flat], static_cast<std::uint32_t>(p), static_cast<std::uint32_t>(flat)});
@@ -499,8 +502,8 @@ std::pair<std::vector<SavePlan>, metadata::Metadata> global_plan(std::vector<Sav
         auto& items = plans[p].items;
         if (i + kAhead < items.size()) {  // 32 streams of items: more than the hardware follows
           const auto* ahead = reinterpret_cast<const char*>(&items[i + kAhead]);
-          __builtin_prefetch(ahead + 64, 1);  // the index hint
-          __builtin_prefetch(ahead + 128);    // the chunk
+          __builtin_prefetch(ahead + 64, 1);  // about where the index hint lies (items are not line-aligned)
+          __builtin_prefetch(ahead + 128);    // and the chunk
         }
         const std::size_t flat = facts.begin[p] + i;
         if (i >= items.size() || dropped(flat)) continue;

@@ -98,14 +98,19 @@ BOOST_AUTO_TEST_CASE(offsets_compared_exactly_beyond_the_small_key) {
   auto plan_of = [&](int rank, bool regular) {
     const std::int64_t r = rank;
     pl::SavePlan plan;
-    plan.items = {shard_item("far.same", {kFar + 6}, {2}, {2 * kFar}), shard_item("far.other", {kFar + 2 * r}, {2}, {2 * kFar}),
-                  shard_item("cube.same", {2, 0, 3}, {2, 4, 1}, {4, 4, 4}), shard_item("cube.other", {2, 0, r}, {2, 4, 1}, {4, 4, 4}),
-                  shard_item("small.same", {1, 2}, {1, 2}, {4, 4}), shard_item("small.other", {1, 2 * r}, {1, 2}, {4, 4})};
+    plan.items = {shard_item("far.same", {kFar + 6}, {2}, {2 * kFar}),
+                  shard_item("far.other", {kFar + 2 * r}, {2}, {2 * kFar}),
+                  shard_item("cube.same", {2, 0, 3}, {2, 4, 1}, {4, 4, 4}),
+                  shard_item("cube.other", {2, 0, r}, {2, 4, 1}, {4, 4, 4}),
+                  shard_item("small.same", {1, 2}, {1, 2}, {4, 4}),
+                  shard_item("small.other", {1, 2 * r}, {1, 2}, {4, 4})};
     if (!regular) plan.items.insert(plan.items.begin(), tensor_item("only" + std::to_string(rank), {1}));
     return plan;
   };
-  for (const bool regular : {true, false}) {  // the same keys in every plan (read down columns), or grouped first
-    const auto out = pl::dedup_save_plans({plan_of(0, regular), plan_of(1, regular)}, true);  // the lowest rank keeps shared ones
+  // The same keys in every plan (read down columns), or not (grouped first); the lowest rank
+  // keeps what both hold.
+  for (const bool regular : {true, false}) {
+    const auto out = pl::dedup_save_plans({plan_of(0, regular), plan_of(1, regular)}, true);
     BOOST_TEST(out[0].items.size() == (regular ? 6u : 7u));
     const Keys others = regular ? Keys{"far.other", "cube.other", "small.other"}
                                 : Keys{"only1", "far.other", "cube.other", "small.other"};
