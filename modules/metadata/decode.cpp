@@ -59,11 +59,13 @@ Shape read_size(const Document& doc, NodeId id);
 // times, and the budget keeps the whole decode proportional to the file.
 class MetadataDecoder {
  public:
-  MetadataDecoder(const Document& doc, std::uint64_t input_bytes)
+  // `build_indexes`: the Metadata's lookups, which validate builds again for itself.
+  MetadataDecoder(const Document& doc, std::uint64_t input_bytes, bool build_indexes)
       : doc_(doc),
         budget_(checked_add(checked_mul(input_bytes, kBudgetPerByte).value_or(UINT64_MAX), kBudgetFloor)
                     .value_or(UINT64_MAX)),
-        input_bytes_(input_bytes) {}
+        input_bytes_(input_bytes),
+        build_indexes_(build_indexes) {}
 
   Metadata run();
 
@@ -186,6 +188,7 @@ class MetadataDecoder {
   const Document& doc_;
   std::uint64_t budget_;
   std::uint64_t input_bytes_;
+  bool build_indexes_;
   std::uint64_t used_ = 0;
 };
 
@@ -431,7 +434,7 @@ Metadata MetadataDecoder::run_unchecked() {
         name != "storage_meta" && name != "version")
       md.extra_attributes.push_back(string(attrs[i], "Metadata attribute"));
   }
-  md.reindex();
+  if (build_indexes_) md.reindex();
   return md;
 }
 
@@ -491,11 +494,17 @@ const pickle::AllowList& metadata_allow_list() {
   return list;
 }
 
-Metadata decode_metadata(std::span<const std::byte> bytes) {
+namespace {
+Metadata decode(std::span<const std::byte> bytes, bool build_indexes) {
   pickle::Limits limits;
   limits.memory_per_byte = kPickleMemoryPerByte;
   const Document doc = pickle::decode(bytes, metadata_allow_list(), limits);
-  return MetadataDecoder(doc, bytes.size()).run();
+  return MetadataDecoder(doc, bytes.size(), build_indexes).run();
 }
+}  // namespace
+
+Metadata decode_metadata(std::span<const std::byte> bytes) { return decode(bytes, true); }
+
+ValidatedMetadata decode_validated(std::span<const std::byte> bytes) { return validate(decode(bytes, false)); }
 
 }  // namespace dcp::metadata

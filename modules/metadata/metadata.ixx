@@ -271,6 +271,11 @@ class ValidatedMetadata {
 /// with a safe file name and a byte range that does not overflow. Throws data_loss naming the
 /// key and the byte offset of the offending entry in `.metadata`.
 ValidatedMetadata validate(Metadata metadata);
+/// `validate(decode_metadata(bytes))`, what a loader does, without building the lookups
+/// twice: decode_metadata builds them for a Metadata used as it is, validate for itself (at
+/// thousands of ranks, the storage lookups cost about as much as the chunk checks). The same
+/// errors as the two calls.
+ValidatedMetadata decode_validated(std::span<const std::byte> bytes);
 
 /// Size of a checkpoint file, nullopt if it does not exist.
 using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;

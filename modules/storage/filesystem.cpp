@@ -138,7 +138,7 @@ std::vector<std::byte> StorageReader::read_metadata_bytes() const {
 }
 
 metadata::ValidatedMetadata StorageReader::metadata_from_bytes(std::span<const std::byte> bytes) const {
-  return metadata::validate(metadata::decode_metadata(bytes));
+  return metadata::decode_validated(bytes);
 }
 
 metadata::ValidatedMetadata FileSystemReader::read_metadata() const { return metadata_from_bytes(read_metadata_bytes()); }
@@ -160,7 +160,7 @@ metadata::ValidatedMetadata FileSystemReader::metadata_from_bytes(std::span<cons
   const auto path = dir_ / ".metadata";
   std::optional<metadata::ValidatedMetadata> validated;
   try {
-    validated = metadata::validate(metadata::decode_metadata(bytes));
+    validated = metadata::decode_validated(bytes);
   } catch (Error& e) {
     e.in_file(path.string());
     throw;
