@@ -190,8 +190,11 @@ class AllowList {
 /// Bounds on what a decode may build.
 struct Limits {
   std::size_t max_depth = 256;          ///< nesting of MARKs and containers on the stack
-  std::size_t max_nodes = 1u << 26;     ///< also bounded by the input size
-  std::size_t max_memo = 1u << 26;      ///< memo entries
+  /// Values and memo entries: each costs at least one byte of input, so the input's size
+  /// bounds them first (a `.metadata` of 6.5M chunks, 8,192 ranks' worth, holds over 2^26 of
+  /// each); these defaults keep NodeId in range.
+  std::size_t max_nodes = (std::size_t{1} << 32) - 16;
+  std::size_t max_memo = (std::size_t{1} << 32) - 16;
   /// Memory budget of a decode (document, stack and memo): memory_per_byte × input bytes +
   /// memory_floor. A flood of one-byte container opcodes costs 20–24 bytes a byte (a 16-byte
   /// node, its stack slot); torch's `.metadata` files take 5–9, a long list of protocol-4

@@ -94,6 +94,14 @@ BOOST_AUTO_TEST_CASE(a_flood_of_empty_lists_costs_16_bytes_a_list) {
   BOOST_TEST(doc.at(doc.root()).offset().value() == n + 1);  // the last EMPTY_LIST
 }
 
+// The input's size bounds the values, not a fixed count: a `.metadata` of 8,192 ranks holds
+// more than 2^26 of them (the old cap; 1 GiB of document here).
+BOOST_AUTO_TEST_CASE(values_are_bounded_by_the_input_not_a_fixed_count) {
+  const std::size_t n = (std::size_t{1} << 26) + 1;
+  const auto doc = pk::decode(dcp_hostile::empty_list_flood(n), {});
+  BOOST_TEST(doc.size() == n + 4);  // (an explicit cap still holds: limits_bound_depth_and_nodes)
+}
+
 BOOST_AUTO_TEST_CASE(memory_budget_is_resource_exhausted_at_the_opcode) {
   // One BINUNICODE of 1 MiB under a budget of one byte per input byte: the opcode that
   // crosses it is named.

@@ -1,6 +1,6 @@
 // dcpp-plan-bench: the coordinator's planning at scale, without processes or files.
 //
-//   dcpp-plan-bench [--ranks 8192] [--tensors 1000] [--mesh AxB]
+//   dcpp-plan-bench [--ranks 8192] [--tensors 1000] [--mesh AxB] [--read-metadata]
 //
 // Every simulated rank holds one block of every tensor in a 2-D layout (a mesh of A x B ranks,
 // Shard(0) x Shard(1); by default the squarest mesh for --ranks), plus one replicated scalar
@@ -12,7 +12,9 @@
 // are built before the clock starts, then encoded and decoded as they travel to the
 // coordinator (decode_plans_s: decode_save_plans, as the save sequence calls it; the global
 // plans' encoding for the scatter is encode_plans_s). Keys are named like torchtitan's
-// (longer than a short string's inline buffer, as real ones are).
+// (longer than a short string's inline buffer, as real ones are). With --read-metadata, the
+// metadata is then encoded as `.metadata` (metadata_bytes) and read back as a loader does
+// (read_metadata_s: decode_validated).
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -44,13 +46,16 @@ double cpu_seconds() {
 
 int main(int argc, char** argv) {
   int ranks = 8192, tensors = 1000, mesh_a = 0, mesh_b = 0;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool read_metadata = false;
+  for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--ranks") ranks = std::atoi(argv[i + 1]);
-    else if (a == "--tensors") tensors = std::atoi(argv[i + 1]);
-    else if (a == "--mesh") std::sscanf(argv[i + 1], "%dx%d", &mesh_a, &mesh_b);
+    const bool has_value = i + 1 < argc;
+    if (a == "--read-metadata") read_metadata = true;
+    else if (a == "--ranks" && has_value) ranks = std::atoi(argv[++i]);
+    else if (a == "--tensors" && has_value) tensors = std::atoi(argv[++i]);
+    else if (a == "--mesh" && has_value) std::sscanf(argv[++i], "%dx%d", &mesh_a, &mesh_b);
     else {
-      std::fprintf(stderr, "usage: dcpp-plan-bench [--ranks N] [--tensors N] [--mesh AxB]\n");
+      std::fprintf(stderr, "usage: dcpp-plan-bench [--ranks N] [--tensors N] [--mesh AxB] [--read-metadata]\n");
       return 2;
     }
   }
@@ -125,11 +130,24 @@ int main(int argc, char** argv) {
     const auto validated = dcp::metadata::validate(std::move(md));
     const double validate_s = since(t2);
     const double validate_cpu_s = cpu_seconds() - cpu2;
+    // What every rank of a later load does with this checkpoint's `.metadata` (--read-metadata:
+    // at 8,192 ranks the file is 2.7 GB, and reading it takes minutes and most of this VM's memory).
+    std::size_t metadata_bytes = 0;
+    double read_metadata_s = 0;
+    if (read_metadata) {
+      global = {};
+      const auto bytes = dcp::metadata::encode_metadata(*validated, validated->flavor);
+      metadata_bytes = bytes.size();
+      const auto t3 = Clock::now();
+      (void)dcp::metadata::decode_validated(bytes);
+      read_metadata_s = since(t3);
+    }
 
     std::printf("{\"ranks\": %d, \"mesh\": \"%dx%d\", \"tensors\": %d, \"write_items\": %llu, \"build_plans_s\": %.3f, "
-                "\"decode_plans_s\": %.3f, \"encode_plans_s\": %.3f, \"coordinator_s\": %.3f, \"coordinator_cpu_s\": %.3f, \"validate_s\": %.3f, \"validate_cpu_s\": %.3f}\n",
+                "\"decode_plans_s\": %.3f, \"encode_plans_s\": %.3f, \"coordinator_s\": %.3f, \"coordinator_cpu_s\": %.3f, \"validate_s\": %.3f, \"validate_cpu_s\": %.3f, "
+                "\"metadata_bytes\": %zu, \"read_metadata_s\": %.3f}\n",
                 ranks, mesh_a, mesh_b, tensors, static_cast<unsigned long long>(items), build_s, decode_s, encode_s, coordinator_s,
-                coordinator_cpu_s, validate_s, validate_cpu_s);
+                coordinator_cpu_s, validate_s, validate_cpu_s, metadata_bytes, read_metadata_s);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dcpp-plan-bench: %s\n", e.what());
     return 1;
