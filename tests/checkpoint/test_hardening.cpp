@@ -4,6 +4,7 @@
 #include <boost/test/unit_test.hpp>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <utility>
@@ -188,6 +189,18 @@ BOOST_AUTO_TEST_CASE(huge_object_is_refused_before_allocation) {
   BOOST_TEST(e.context().key == fqn);
   BOOST_TEST(e.context().file == (tmp.path() / file).string());
   BOOST_TEST(e.context().byte_offset.value_or(~0ull) == offset, e.what());
+}
+
+BOOST_AUTO_TEST_CASE(metadata_over_the_size_limit_is_refused_before_reading) {
+  dcp_test::TempDir tmp;
+  {
+    std::ofstream(tmp.path() / ".metadata").put('\x80');
+  }
+  std::filesystem::resize_file(tmp.path() / ".metadata", dcp::storage::kMaxMetadataBytes + 1);  // sparse: no disk used
+  const auto e = error_of([&] { (void)dcp::checkpoint::inspect(tmp.path()); });
+  BOOST_TEST((e.code() == dcp::Errc::out_of_range), e.what());
+  BOOST_TEST(e.context().file == (tmp.path() / ".metadata").string());
+  BOOST_TEST(std::string(e.what()).find("exceeds the limit") != std::string::npos, e.what());
 }
 
 BOOST_AUTO_TEST_CASE(item_too_short_for_its_chunk_is_refused_before_allocation) {
