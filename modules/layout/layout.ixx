@@ -328,7 +328,9 @@ struct BoxRef {
 /// checked) in O(n · rank) when the non-empty boxes form a grid, as every torch.chunk,
 /// ChunkShardingSpec and DTensor layout does: then they tile exactly when each grid cell is
 /// one box. Otherwise (irregular layouts, gaps, overlaps) a `ChunkIndex` finds the first
-/// overlap in O(n log n). Throws out_of_range when a volume overflows.
+/// overlap in O(n log n). Throws out_of_range when a volume overflows. Boxes that come in rank
+/// order are proved faster by `lists_grid_in_order`, which a caller tries first
+/// (metadata::check_chunks does, before it even checks them inside).
 TilingCheck check_tiling(std::span<const BoxRef> boxes, const Shape& size);
 TilingCheck check_tiling(std::span<const Box> boxes, const Shape& size);
 /// Whether `boxes` (each of `size.size()` dims; nothing else checked) are, leaving out empty

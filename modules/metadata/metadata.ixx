@@ -213,8 +213,9 @@ struct ChunkProblem {
   std::uint64_t covered = 0;
   std::uint64_t total = 0;
 };
-/// The chunks of `tensor` have its rank, lie inside it and tile it (layout::check_tiling:
-/// linear for the grids checkpoints hold); nullopt when they do. The one check of a chunk
+/// The chunks of `tensor` have its rank, lie inside it and tile it (layout::lists_grid_in_order
+/// in one read for chunks in rank order, else layout::check_tiling: linear for grids); nullopt
+/// when they do. The one check of a chunk
 /// list: a loader's validate and a coordinator's global plan word its result their own way.
 /// Throws out_of_range when a volume overflows.
 std::optional<ChunkProblem> check_chunks(const TensorStorageMetadata& tensor);
