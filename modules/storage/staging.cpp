@@ -107,6 +107,7 @@ void FileSystemWriter::reset(std::optional<fs::path> checkpoint_dir) {
   save_id_ = new_save_id();
   staging_.clear();
   created_target_ = false;
+  published_ = false;
   lock_.reset();
 }
 
@@ -206,6 +207,7 @@ metadata::Metadata FileSystemWriter::finish(metadata::Metadata md,
   if (::rename((staging_ / ".metadata.tmp").c_str(), (staging_ / ".metadata").c_str()) != 0)
     throw os_error(staging_ / ".metadata", "cannot rename .metadata.tmp to", errno);
   if (options_.sync_files) sync_directory(staging_);
+  if (options_.before_publish) options_.before_publish();
 
   // Publish: swap the staging directory with the target, then drop the old contents.
   const auto parent = dir_.parent_path();
@@ -219,6 +221,7 @@ metadata::Metadata FileSystemWriter::finish(metadata::Metadata md,
     if (::rename(staging_.c_str(), dir_.c_str()) != 0) throw os_error(dir_, "cannot move the new checkpoint into place", errno);
     staging_ = aside;
   }
+  published_ = true;
   if (options_.sync_files) sync_directory(parent);
   remove_tree(staging_);  // now the previous contents
   staging_.clear();
@@ -228,6 +231,7 @@ metadata::Metadata FileSystemWriter::finish(metadata::Metadata md,
 }
 
 void FileSystemWriter::abort() noexcept {
+  if (published_) return;
   if (is_coordinator_) {
     if (!staging_.empty()) remove_tree(staging_);
     if (created_target_) {

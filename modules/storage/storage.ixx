@@ -244,6 +244,10 @@ struct WriteOptions {
   /// Called after each item is written, with its tensor bytes (0 for an object), from the
   /// writing threads one at a time.
   std::function<void(std::uint64_t bytes)> progress;
+  /// Called by the coordinator's finish() once every data file is durable, just before
+  /// `.metadata` is published: a throw refuses to publish (the save fails and is aborted). An
+  /// import checks here that its input file did not change while it was read.
+  std::function<void()> before_publish;
 };
 
 /// torch's StorageWriter protocol, called in this order: set_up_storage_writer (all ranks),
@@ -264,8 +268,13 @@ class StorageWriter {
   /// results; returns the metadata written.
   virtual metadata::Metadata finish(metadata::Metadata metadata,
                                     const std::vector<std::vector<planning::WriteResult>>& results) = 0;
-  /// Undoes an unfinished save (best effort, never throws).
+  /// Undoes an unfinished save (best effort, never throws). Safe on any rank at any moment of
+  /// the sequence: it never removes a file that a published checkpoint, or one the coordinator
+  /// may still publish, references.
   virtual void abort() noexcept {}
+  /// True once finish() has made the new checkpoint visible (on the coordinator). A failure
+  /// after that is reported as "published, then ...", and abort() changes nothing.
+  virtual bool published() const noexcept { return false; }
 };
 
 class FileSystemWriter : public StorageWriter {
@@ -290,6 +299,7 @@ class FileSystemWriter : public StorageWriter {
   metadata::Metadata finish(metadata::Metadata metadata,
                             const std::vector<std::vector<planning::WriteResult>>& results) override;
   void abort() noexcept override;
+  bool published() const noexcept override { return published_; }
 
   const std::filesystem::path& directory() const { return dir_; }
   const WriteOptions& options() const { return options_; }
@@ -305,6 +315,7 @@ class FileSystemWriter : public StorageWriter {
   int rank_ = 0;
   std::filesystem::path staging_;  // set by prepare_global_plan (coordinator) or write_data
   bool created_target_ = false;    // set_up made the target directory (abort removes it if empty)
+  bool published_ = false;         // finish renamed the new checkpoint into place
   std::unique_ptr<Lock> lock_;
 };
 
