@@ -174,13 +174,19 @@ struct ConvertReport {
   std::uint64_t bytes = 0;    ///< tensor bytes written
 };
 
+/// What the converters check of their output path before any work: failed_precondition for a
+/// directory, or (without `overwrite`) any existing entry; invalid_argument for an empty path.
+void check_output_path(const std::filesystem::path& out, bool overwrite);
+
 /// Writes the selected keys as one torch.save file (`torch.load(out)` gives the state dict,
 /// nested along planner_data, tensors full and contiguous on the CPU, objects as saved).
-/// Streams tensor by tensor (memory ≲ 256 MiB or the largest tensor) into `out` + ".tmp-<pid>",
-/// renamed to `out` at the end and removed on any error. Throws unimplemented (with the key)
-/// for quantized tensors and for objects that hold tensors.
+/// Streams tensor by tensor (memory ≲ 256 MiB or the largest tensor) into a new hidden file
+/// beside `out`, renamed to `out` at the end and removed on any error; an existing `out` is
+/// replaced only with `overwrite` (failed_precondition otherwise, before any work). Throws
+/// unimplemented (with the key) for quantized tensors and for objects that hold tensors.
 ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
-                                    const LoadOptions& options = {}, const Progress& progress = {});
+                                    const LoadOptions& options = {}, const Progress& progress = {},
+                                    bool overwrite = false);
 
 /// Writes the selected keys as one safetensors file: tensors by flat key (sorted), objects as
 /// JSON strings in `__metadata__` beside "format": "pt". Same streaming and temp-file rules as
@@ -188,7 +194,8 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
 /// (complex, quantized, float8 other than e4m3fn/e5m2), a tensor named `__metadata__`, an
 /// object named `format` and objects without a JSON form.
 ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
-                                     const LoadOptions& options = {}, const Progress& progress = {});
+                                     const LoadOptions& options = {}, const Progress& progress = {},
+                                     bool overwrite = false);
 
 // ---------------------------------------------------------------------------------------------
 // Importing a file (`dcpp convert FILE CKPT_DIR`).
@@ -397,12 +404,12 @@ void agree(ProcessGroup& pg, int coordinator_rank, Bytes status);
 /// `*group`, or `single` when it is null; checks that `coordinator_rank` is in the group.
 ProcessGroup& group_or_single(ProcessGroup* group, SingleProcess& single, int coordinator_rank);
 
-/// The output of a conversion: a temporary file next to `out`, renamed over it by commit()
-/// (file and directory synced) and removed if the conversion fails first, so a failed
-/// conversion leaves nothing behind.
+/// The output of a conversion: a new hidden temporary file next to `out`, renamed to `out` by
+/// commit() (file and directory synced; over an existing `out` only with `overwrite`) and
+/// removed if the conversion fails first, so a failed conversion leaves nothing behind.
 class TempFile {
  public:
-  explicit TempFile(const std::filesystem::path& out);
+  TempFile(const std::filesystem::path& out, bool overwrite);
   TempFile(const TempFile&) = delete;
   TempFile& operator=(const TempFile&) = delete;
   ~TempFile();
@@ -417,7 +424,9 @@ class TempFile {
   std::filesystem::path out_;
   std::filesystem::path tmp_;
   std::unique_ptr<storage::OutputFile> file_;
+  bool overwrite_ = false;
   bool committed_ = false;
+  int lock_fd_ = -1;  // an flock on the temporary file while this conversion lives
 };
 
 /// A whole file mapped read-only (an empty file maps nothing). Errors name the path.

@@ -88,7 +88,9 @@ std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::V
 using namespace detail;
 
 ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
-                                    const LoadOptions& options, const Progress& progress) {
+                                    const LoadOptions& options, const Progress& progress,
+                                    bool overwrite) {
+  check_output_path(out, overwrite);
   const auto md = inspect(checkpoint_dir);
   // Everything data.pkl needs comes from metadata and the (small) objects: check and
   // encode it all before the output file exists.
@@ -148,7 +150,7 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
   emit(tree);
   const auto data_pkl = pickler.finish();
 
-  TempFile file(out);
+  TempFile file(out, overwrite);
   zip::ArchiveWriter writer([&](std::span<const std::byte> bytes) { file.write(bytes); }, "archive");
   writer.add_record("data.pkl", data_pkl);
   ConvertReport report;

@@ -29,7 +29,8 @@ constexpr std::size_t kMaxHeaderBytes = 100'000'000;
 using namespace detail;
 
 ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
-                                     const LoadOptions& options, const Progress& progress) {
+                                     const LoadOptions& options, const Progress& progress, bool overwrite) {
+  check_output_path(out, overwrite);
   const auto md = inspect(checkpoint_dir);
   for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn)) continue;
@@ -86,7 +87,7 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                                               " bytes passes the format's limit of " + std::to_string(kMaxHeaderBytes));
   const std::uint64_t data_start = 8 + header.size();
 
-  TempFile file(out);
+  TempFile file(out, overwrite);
   std::byte length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<std::byte>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
   file.write(length);

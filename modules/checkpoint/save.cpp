@@ -71,12 +71,24 @@ metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageW
   std::optional<metadata::Metadata> written;
   if (is_coordinator) {
     if (auto failed = first_failure(all_results)) {
+      writer.abort_after_writes();  // every rank is done writing: all of this save's files can go
       outcome = failure_payload(me, *failed);
     } else {
       outcome = guarded(me, [&] {
         std::vector<std::vector<planning::WriteResult>> decoded;
         for (const auto& r : all_results) decoded.push_back(planning::decode_write_results(body_of(r)));
-        written = writer.finish(std::move(*global_metadata), decoded);
+        try {
+          written = writer.finish(std::move(*global_metadata), decoded);
+        } catch (const Error& e) {
+          if (!writer.published()) throw;
+          // The checkpoint is in place: say so, or the caller would take it for a failed save.
+          Error after(e.code(), "published, then " + e.message());
+          const auto& c = e.context();
+          if (!c.file.empty()) after.in_file(c.file);
+          if (!c.key.empty()) after.for_key(c.key);
+          if (c.byte_offset) after.at_offset(*c.byte_offset);
+          throw after;
+        }
         return size > 1 ? metadata::encode_metadata(*written, written->flavor) : Bytes{};
       });
     }

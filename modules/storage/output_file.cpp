@@ -24,13 +24,27 @@ constexpr std::size_t kWriteBuffer = std::size_t{8} << 20;
 constexpr std::uint64_t kWriteBehindWindow = std::uint64_t{32} << 20;
 }  // namespace
 
+namespace {
+// io even for ENOENT (a missing parent): a file we fail to create is a write failure, not a
+// missing input (os_error's not_found).
+[[noreturn]] void cannot_create(const std::filesystem::path& path, int err) {
+  throw Error(Errc::io, std::string("cannot create: ") +
+                            (err == ELOOP ? "a symbolic link is in the way" : std::strerror(err)))
+      .in_file(path.string());
+}
+}  // namespace
+
 OutputFile::OutputFile(std::filesystem::path path, bool exclusive, bool write_behind)
     : path_(std::move(path)), write_behind_(write_behind) {
-  const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC);
+  const int flags = O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (exclusive ? O_EXCL : O_TRUNC);
   fd_ = ::open(path_.c_str(), flags, 0644);
-  // io even for ENOENT (a missing parent): a file we fail to create is a write failure, not a
-  // missing input (os_error's not_found).
-  if (fd_ < 0) throw Error(Errc::io, std::string("cannot create: ") + std::strerror(errno)).in_file(path_.string());
+  if (fd_ < 0) cannot_create(path_, errno);
+}
+
+OutputFile::OutputFile(int dir_fd, const std::string& name, std::filesystem::path path, bool write_behind)
+    : path_(std::move(path)), write_behind_(write_behind) {
+  fd_ = ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  if (fd_ < 0) cannot_create(path_, errno);
 }
 
 OutputFile::~OutputFile() {

@@ -20,11 +20,11 @@
 // (set_up_storage_writer, prepare_local_plan, prepare_global_plan, write_data, finish): each
 // rank's items go into `__{rank}_{n}.distcp` files (n size-balanced files written in parallel
 // on an Asio pool, or one file per item), each item a torch.save archive of the chosen torch
-// version, and the coordinator writes `.metadata` last. Unlike torch it is crash-safe: the
-// whole checkpoint is written into a hidden staging directory beside the target, every file
-// and the directory are fsync'ed, and the staging directory is then swapped into place with
-// one atomic rename (renameat2 RENAME_EXCHANGE), so the target always holds the previous
-// complete checkpoint or the new complete one. docs/format.md, "Saving", has the details.
+// version, and the coordinator writes `.metadata` last. Unlike torch it never mixes two
+// checkpoints and never loses one: the data files get names no entry of the directory had, are
+// fsync'ed, and the new `.metadata` is published by one atomic rename over the old one; only
+// then are the replaced checkpoint's own files removed (publish.cpp; docs/format.md,
+// "Publishing").
 // Imports: dcp.error, dcp.metadata, dcp.planning, dcp.record, dcp.zip.
 module;
 #include <cstddef>
@@ -193,10 +193,14 @@ void copy_slices(std::span<const SliceCopy> copies, int threads = 0);
 /// memory. The destructor closes the file (it never removes it). Errors name the path.
 class OutputFile {
  public:
-  /// Creates `path`, which must not exist when `exclusive` (else it is truncated). With
+  /// Creates `path`, which must not exist when `exclusive` (else it is truncated); a symbolic
+  /// link there is never followed. With
   /// `write_behind`, written ranges are handed to the kernel's writeback as they complete
   /// (sync_file_range), so a final fsync overlaps the writing instead of following it.
   OutputFile(std::filesystem::path path, bool exclusive, bool write_behind = false);
+  /// Creates the new file `name` in the directory `dir_fd` (never through a link; it must not
+  /// exist); `path` is its name in errors.
+  OutputFile(int dir_fd, const std::string& name, std::filesystem::path path, bool write_behind = false);
   ~OutputFile();
   OutputFile(const OutputFile&) = delete;
   OutputFile& operator=(const OutputFile&) = delete;
@@ -272,6 +276,9 @@ class StorageWriter {
   /// the sequence: it never removes a file that a published checkpoint, or one the coordinator
   /// may still publish, references.
   virtual void abort() noexcept {}
+  /// abort() on the coordinator once every rank has returned from write_data (it gathered
+  /// their results, one of them a failure): nothing is being written any more.
+  virtual void abort_after_writes() noexcept { abort(); }
   /// True once finish() has made the new checkpoint visible (on the coordinator). A failure
   /// after that is reported as "published, then ...", and abort() changes nothing.
   virtual bool published() const noexcept { return false; }
@@ -284,21 +291,25 @@ class FileSystemWriter : public StorageWriter {
   FileSystemWriter(const FileSystemWriter&) = delete;
   FileSystemWriter& operator=(const FileSystemWriter&) = delete;
 
-  /// Checks the target: a missing or empty directory, or (with overwrite) one that holds only
-  /// a checkpoint's files. Throws failed_precondition (with the path) otherwise, and when
-  /// another save into the same target is in progress (an flock on the target).
+  /// Coordinator: creates a missing target, locks it (an flock: a second save into it fails
+  /// with failed_precondition), removes what crashed saves provably left in it, and checks that
+  /// a checkpoint already there (a regular `.metadata`) may be replaced (`overwrite`). Other
+  /// files in the directory are never touched.
   void set_up_storage_writer(bool is_coordinator, int rank, int world_size) override;
   /// With format torch_1_13: throws unimplemented (with the key) for a tensor whose dtype
   /// torch 1.13 lacks (uint16/32/64, float8, complex32), before anything is written.
   planning::SavePlan prepare_local_plan(planning::SavePlan plan) override;
-  /// Coordinator: creates the staging directory and gives plan i the file prefix `__{i}_`.
+  /// Coordinator: records the names this save will create (`.dcpp-<save id>.save`) and gives
+  /// plan i the file prefix `__{i}_`, or `__{i}_g{G}_` when the directory holds names like those.
   std::vector<planning::SavePlan> prepare_global_plan(std::vector<planning::SavePlan> plans) override;
   std::vector<planning::WriteResult> write_data(const planning::SavePlan& plan, planning::SavePlanner& planner) override;
-  /// Writes `.metadata` into the staging directory, syncs it and swaps it into place, then
-  /// removes the previous checkpoint.
+  /// Checks the checkpoint as a reader will, writes `.metadata` under a new name, syncs it and
+  /// renames it over `.metadata`, then removes the files only the replaced checkpoint named.
+  /// A throw with published() true happened after publishing.
   metadata::Metadata finish(metadata::Metadata metadata,
                             const std::vector<std::vector<planning::WriteResult>>& results) override;
   void abort() noexcept override;
+  void abort_after_writes() noexcept override;
   bool published() const noexcept override { return published_; }
 
   const std::filesystem::path& directory() const { return dir_; }
@@ -308,19 +319,33 @@ class FileSystemWriter : public StorageWriter {
 
  private:
   struct Lock;
+  void open_directory();
+  void close_directory() noexcept;
+  void remove_leftovers();
   std::filesystem::path dir_;
   WriteOptions options_;
   std::string save_id_;
   bool is_coordinator_ = true;
   int rank_ = 0;
-  std::filesystem::path staging_;  // set by prepare_global_plan (coordinator) or write_data
-  bool created_target_ = false;    // set_up made the target directory (abort removes it if empty)
-  bool published_ = false;         // finish renamed the new checkpoint into place
+  int world_size_ = 1;
+  int dir_fd_ = -1;                    // the target, opened once: every name is relative to it
+  std::string marker_;                 // "" or "g{G}_": this save's data file names
+  std::vector<std::string> replaces_;  // files the replaced checkpoint names
+  std::size_t ranks_ = 0;              // plans in the global plan
+  std::mutex created_mutex_;
+  std::vector<std::string> created_;   // data files this rank created
+  bool recorded_ = false;              // the coordinator wrote this save's record
+  bool wrote_ = false;                 // write_data finished: the coordinator may publish its files
+  bool finishing_ = false;             // finish began: every rank is done writing
+  bool created_target_ = false;        // set_up made the target directory (abort removes it if empty)
+  bool published_ = false;             // finish renamed the new .metadata into place
   std::unique_ptr<Lock> lock_;
 };
 
-/// Staging directories a crashed save left beside `checkpoint_dir`.
-std::vector<std::filesystem::path> stale_staging_dirs(const std::filesystem::path& checkpoint_dir);
+/// Files an unfinished save left in `checkpoint_dir` that the next save into it removes: its
+/// record (`.dcpp-<save id>.save`), the `.metadata` it had not yet published, and the files it
+/// created or was replacing that `.metadata` does not name now. Reads only.
+std::vector<std::string> save_leftovers(const std::filesystem::path& checkpoint_dir);
 
 }  // namespace dcp::storage
 
@@ -331,6 +356,8 @@ namespace dcp::storage {
 void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
                  const std::function<void(std::size_t, Error)>& fail);
 Error os_error(const std::filesystem::path& path, std::string_view what, int err);
+/// Whether `prefix` is a data file prefix FileSystemWriter hands out (`__{rank}_[g{G}_]`).
+bool is_data_file_prefix(std::string_view prefix) noexcept;
 /// Reads exactly out.size() bytes at `offset` (EINTR-safe). Errors (io, or data_loss for a
 /// short file) carry the path and the file offset where the read stopped.
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);

@@ -1,7 +1,9 @@
 // FileSystemWriter::write_data: one rank's items into its `__{rank}_{n}.distcp` files, each item
 // a torch.save archive, the files written in parallel on an Asio thread pool.
 module;
+#include <unistd.h>
 #include <algorithm>
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -100,12 +102,10 @@ struct FileJob {
 
 std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::SavePlan& plan,
                                                                planning::SavePlanner& planner) {
-  const auto split = plan.storage_data.find('\n');
-  if (split == std::string::npos || plan.storage_data.find('/') != std::string::npos)
+  const auto& prefix = plan.storage_data;
+  if (!is_data_file_prefix(prefix))
     throw Error(Errc::invalid_argument, "save plan without the filesystem writer's storage data").in_file(dir_.string());
-  const auto staging = dir_.parent_path() / plan.storage_data.substr(0, split);
-  const auto prefix = plan.storage_data.substr(split + 1);
-  if (!is_coordinator_) staging_ = staging;
+  open_directory();
 
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int files = options_.files_per_rank > 0 ? options_.files_per_rank : std::min(hardware, 8);
@@ -128,7 +128,11 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
                                                                       : record::ArchiveStyle::torch_2x;
   std::mutex progress_mutex;
   auto write_file = [&](FileJob& job) {
-    OutputFile file(staging / job.name, /*exclusive=*/true, /*write_behind=*/options_.sync_files);
+    OutputFile file(dir_fd_, job.name, dir_ / job.name, /*write_behind=*/options_.sync_files);
+    {
+      std::lock_guard lock(created_mutex_);
+      created_.push_back(job.name);
+    }
     std::vector<std::byte> bounce;
     for (const auto* item : job.items) {
       const auto offset = file.position();
@@ -155,7 +159,7 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
         }
       } catch (Error& e) {
         e.for_key(item->index.fqn);
-        e.in_file((dir_ / job.name).string());  // the name the user knows; it is staged until finish
+        e.in_file((dir_ / job.name).string());
         e.at_offset(offset);
         throw;
       }
@@ -171,9 +175,12 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
     for (auto& job : jobs)
       if (job.error) throw *job.error;
   }
+  // The files' entries are durable before the coordinator can publish a .metadata naming them.
+  if (options_.sync_files && !jobs.empty() && ::fsync(dir_fd_) != 0) throw os_error(dir_, "cannot sync directory", errno);
   std::vector<planning::WriteResult> results;
   for (auto& job : jobs)
     for (auto& r : job.results) results.push_back(std::move(r));
+  wrote_ = true;
   return results;
 }
 

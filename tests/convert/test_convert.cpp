@@ -330,8 +330,8 @@ BOOST_AUTO_TEST_CASE(corrupt_item_found_while_streaming_removes_the_temp_file) {
     const auto out = dir.path() / "out" / name;
     dcp_test::write_bytes(out, {std::byte{'x'}});  // an older output stays as it was
     const auto e = expect_error([&] {
-      if (out.extension() == ".pt") dcp::checkpoint::convert_to_torch_save(dir.path() / "ckpt", out);
-      else dcp::checkpoint::convert_to_safetensors(dir.path() / "ckpt", out, keys_with_prefix({"c."}, false));
+      if (out.extension() == ".pt") dcp::checkpoint::convert_to_torch_save(dir.path() / "ckpt", out, {}, {}, true);
+      else dcp::checkpoint::convert_to_safetensors(dir.path() / "ckpt", out, keys_with_prefix({"c."}, false), {}, true);
     });
     BOOST_TEST(dcp::errc_name(e.code()) == "data_loss", e.what());
     BOOST_TEST(contains(e.context().file, last_file), e.what());
@@ -349,12 +349,16 @@ BOOST_AUTO_TEST_CASE(unwritable_output_is_an_io_error) {
   BOOST_TEST(entries(dir.path()) == 0u);
 }
 
-BOOST_AUTO_TEST_CASE(existing_output_is_replaced_on_success) {
+// An existing output is replaced only when asked (overwrite), and then only on success.
+BOOST_AUTO_TEST_CASE(existing_output_is_replaced_only_with_overwrite) {
   const auto& c = dcp_test::checkpoint_case("single_file");
   dcp_test::TempDir dir;
   const auto out = dir.path() / "m.pt";
   dcp_test::write_bytes(out, {std::byte{'x'}});
-  dcp::checkpoint::convert_to_torch_save(c / "ckpt", out);
+  const auto e = expect_error([&] { dcp::checkpoint::convert_to_torch_save(c / "ckpt", out); });
+  BOOST_TEST(dcp::errc_name(e.code()) == "failed_precondition", e.what());
+  BOOST_TEST(fs::file_size(out) == 1u);
+  dcp::checkpoint::convert_to_torch_save(c / "ckpt", out, {}, {}, true);
   BOOST_TEST(fs::file_size(out) > 1u);
   BOOST_TEST(entries(dir.path()) == 1u);
 }

@@ -201,6 +201,8 @@ BOOST_AUTO_TEST_CASE(summary_line_and_progress) {
   BOOST_TEST(reported == 16u);
 }
 
+// --overwrite replaces a checkpoint and nothing else: the user's files in the directory stay,
+// and a directory holding only such files takes a checkpoint beside them.
 BOOST_AUTO_TEST_CASE(overwrite_replaces_only_a_checkpoint) {
   dcp_test::TempDir dir;
   const auto pt = dir.path() / "m.pt";
@@ -211,18 +213,20 @@ BOOST_AUTO_TEST_CASE(overwrite_replaces_only_a_checkpoint) {
   BOOST_TEST(r.status == 1);
   BOOST_TEST(contains(r.err, out.string()), r.err);
   BOOST_TEST(contains(r.err, "--overwrite"), r.err);
+  dcp_test::write_bytes(out / "notes.txt", {std::byte{'x'}});
   r = convert("--overwrite --ranks 2 " + quote(pt) + " " + quote(out), dir.path());
   BOOST_TEST(r.status == 0, r.err);
-  BOOST_TEST(fs::exists(out / "__1_0.distcp"));
+  BOOST_TEST(fs::exists(out / "__1_g1_0.distcp"));
+  BOOST_TEST(!fs::exists(out / "__0_0.distcp"));
+  BOOST_TEST(fs::exists(out / "notes.txt"));
 
   const auto other = dir.path() / "other";
   fs::create_directory(other);
   dcp_test::write_bytes(other / "notes.txt", {std::byte{'x'}});
-  r = convert("--overwrite " + quote(pt) + " " + quote(other), dir.path());
-  BOOST_TEST(r.status == 1);
-  BOOST_TEST(contains(r.err, "notes.txt"), r.err);
+  r = convert(quote(pt) + " " + quote(other), dir.path());
+  BOOST_TEST(r.status == 0, r.err);
   BOOST_TEST(fs::exists(other / "notes.txt"));
-  BOOST_TEST(!fs::exists(other / ".metadata"));
+  BOOST_TEST(fs::exists(other / ".metadata"));
 }
 
 BOOST_AUTO_TEST_CASE(usage_errors_exit_2_before_any_io) {
@@ -232,7 +236,7 @@ BOOST_AUTO_TEST_CASE(usage_errors_exit_2_before_any_io) {
   for (const std::string& args : {"--ranks 0 " + pt + " " + out, "--ranks x " + pt + " " + out, "--ranks 5000 " + pt + " " + out,
                                   "--format torch3 " + pt + " " + out, "--keys w " + pt + " " + out,
                                   "--threads 2 " + pt + " " + out, "--ranks 2 " + out + " " + pt,
-                                  "--overwrite " + out + " " + pt}) {
+                                  "--overwrite " + out + " " + dir.path().string() + "/m.txt"}) {
     const auto r = dcp_test::run_dcpp("convert " + args, dir.path());
     BOOST_TEST(r.status == 2, args << ": " << r.err);
     BOOST_TEST(r.err.starts_with("dcpp: error: "), r.err);

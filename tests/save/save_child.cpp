@@ -2,7 +2,7 @@
 // deterministic state dict of generation GEN (child_values.hpp) into DIR with overwrite and
 // sync_files on, two files per rank.
 //
-//   save_child DIR GEN [--mb N] [--fsize BYTES] [--no-sync]
+//   save_child DIR GEN [--mb N] [--fsize BYTES] [--no-sync] [--no-overwrite]
 //
 // --mb: total size of the data tensors (default 8). --fsize: RLIMIT_FSIZE for this process
 // (SIGXFSZ ignored, so an oversized write fails with EFBIG). Prints "saved" and exits 0 on
@@ -26,13 +26,14 @@ import dcp.checkpoint;
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: save_child DIR GEN [--mb N] [--fsize BYTES] [--no-sync]\n");
+    std::fprintf(stderr, "usage: save_child DIR GEN [--mb N] [--fsize BYTES] [--no-sync] [--no-overwrite]\n");
     return 2;
   }
   const std::string dir = argv[1];
   const std::int64_t gen = std::atoll(argv[2]);
   double mb = 8;
   bool sync = true;
+  bool overwrite = true;
   for (int i = 3; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--mb" && i + 1 < argc) {
@@ -47,6 +48,8 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--no-sync") {
       sync = false;
+    } else if (a == "--no-overwrite") {
+      overwrite = false;
     } else {
       std::fprintf(stderr, "save_child: unknown argument %s\n", a.c_str());
       return 2;
@@ -66,7 +69,7 @@ int main(int argc, char** argv) {
                                        dcp::DType::float32, {static_cast<std::int64_t>(elems)}));
   sd.add_object({std::string("generation")}, pl::ObjectValue::integer(gen));
   dcp::storage::WriteOptions options;
-  options.overwrite = true;
+  options.overwrite = overwrite;
   options.sync_files = sync;
   options.files_per_rank = 2;
   try {

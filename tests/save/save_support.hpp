@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -213,6 +214,24 @@ inline std::map<std::string, std::vector<std::byte>> dcpp_tensors(const fs::path
     out[fqn].assign(t.bytes().begin(), t.bytes().end());
   });
   return out;
+}
+
+/// Whether `dir` holds `.metadata` and exactly the data files it names, plus `extra` (names
+/// that are not the checkpoint's, e.g. a user's file). Reports what else it holds.
+inline boost::test_tools::predicate_result only_the_checkpoint(const fs::path& dir, std::set<std::string> extra = {}) {
+  std::set<std::string> want = std::move(extra);
+  want.insert(".metadata");
+  const auto md = ck::inspect(dir);
+  for (const auto& [index, info] : md->storage_data) want.insert(info.relative_path);
+  const auto names = dcp_test::list_names(dir);
+  const std::set<std::string> have(names.begin(), names.end());
+  if (have == want) return true;
+  boost::test_tools::predicate_result r(false);
+  for (const auto& n : have)
+    if (!want.contains(n)) r.message() << " unexpected '" << n << "'";
+  for (const auto& n : want)
+    if (!have.contains(n)) r.message() << " missing '" << n << "'";
+  return r;
 }
 
 /// Runs a save_check script (`interpreter` + tests/python/SCRIPT ARGS) and checks that every

@@ -1,6 +1,7 @@
 // Bad input: each a clear dcp::Error (code, and the key or directory in the message), and
 // afterwards nothing a loader would take for a checkpoint: no `.metadata` in the target unless
-// the previous checkpoint was there and still verifies, no staging directories left.
+// the previous checkpoint was there and still verifies, nothing a later save would have to
+// clean up.
 #include <boost/test/unit_test.hpp>
 
 #include <sys/stat.h>
@@ -29,10 +30,11 @@ struct Small {
   }
 };
 
-// Nothing partial: no staging directory beside `dir`; `.metadata` only when `previous`, and
-// then it verifies.
+// Nothing partial: no leftovers of the failed save in `dir`; `.metadata` only when
+// `previous`, and then it verifies.
 void nothing_partial(const fs::path& dir, bool previous) {
-  BOOST_TEST(st::stale_staging_dirs(dir).empty(), "staging directories left beside " << dir);
+  const auto leftovers = st::save_leftovers(dir);
+  BOOST_TEST(leftovers.empty(), leftovers.size() << " leftovers in " << dir << ", first " << leftovers.front());
   if (previous) {
     BOOST_TEST(fs::exists(dir / ".metadata"));
     BOOST_CHECK_NO_THROW((void)ck::verify(dir));
@@ -91,8 +93,8 @@ BOOST_AUTO_TEST_CASE(full_disk) {
   } else {
     BOOST_TEST(out.find("rc=3") != std::string::npos, out);
     BOOST_TEST(out.find("No space left on device") != std::string::npos, out);
-    BOOST_TEST(out.find("/.ckpt.dcpp-") != std::string::npos, out);  // the file that failed, in the target's staging dir
-    // `ls -A` of the file system after the failure: nothing (no target, no staging directory).
+    BOOST_TEST(out.find(mnt.string() + "/ckpt/__0_") != std::string::npos, out);  // the data file that failed
+    // `ls -A` of the file system after the failure: nothing (the target the save created is gone).
     BOOST_TEST(out.substr(out.find("rc=3") + 5).empty(), "left on the full file system: " << out);
   }
 
@@ -208,19 +210,24 @@ BOOST_AUTO_TEST_CASE(existing_checkpoint_and_foreign_files) {
   save_one(s.sd, dir, o);  // allowed with overwrite
   nothing_partial(dir, true);
 
-  // A directory holding the user's files is never replaced, overwrite or not.
+  // A directory holding the user's files takes a checkpoint beside them (as torch's save does)
+  // and keeps them, overwrite or not.
   const auto mine = tmp.path() / "mine";
   fs::create_directories(mine / "sub");
   dcp_test::write_bytes(mine / "notes.txt", {std::byte{'n'}});
-  // (It names the first foreign entry it meets: 'sub' or 'notes.txt'.)
-  expect_error([&] { save_one(s.sd, mine, o); }, dcp::Errc::failed_precondition, {mine.string(), "not part of a checkpoint"});
-  BOOST_TEST(fs::exists(mine / "notes.txt"));
-  nothing_partial(mine, false);
-  // ... nor one holding a checkpoint plus a foreign file.
+  dcp_test::write_bytes(mine / "sub" / "x.distcp", {std::byte{'x'}});
+  save_one(s.sd, mine);
+  nothing_partial(mine, true);
+  BOOST_TEST((dcp_test::read_bytes(mine / "notes.txt") == std::vector<std::byte>{std::byte{'n'}}));
+  BOOST_TEST(fs::exists(mine / "sub" / "x.distcp"));
+  // A checkpoint plus a foreign file, replaced: the file stays, the old data files go.
   dcp_test::write_bytes(dir / "README", {std::byte{'r'}});
-  expect_error([&] { save_one(s.sd, dir, o); }, dcp::Errc::failed_precondition, {dir.string(), "README"});
+  const auto old_files = dcp_test::list_names(dir);
+  save_one(s.sd, dir, o);
   nothing_partial(dir, true);
   BOOST_TEST(fs::exists(dir / "README"));
+  for (const auto& name : old_files)
+    if (name.ends_with(".distcp")) BOOST_TEST(!fs::exists(dir / name), name << " of the replaced checkpoint is still there");
 }
 
 // A failure on one rank reaches every rank as that rank's own error, named once: "rank R:
@@ -278,20 +285,21 @@ BOOST_AUTO_TEST_CASE(strings_python_cannot_read) {
   BOOST_TEST(got.count("lone\xed\xa0\x80") == 1u);
 }
 
-// A save removes the staging directories that a crashed save into the same target left, and
-// nothing of a sibling target whose name only starts like one (`ckpt.dcpp-x`'s own staging).
-BOOST_AUTO_TEST_CASE(stale_staging_directories_of_the_target_only) {
+// Nothing beside the target is touched: not a sibling, not a hidden directory named like the
+// staging directories older writers used.
+BOOST_AUTO_TEST_CASE(nothing_beside_the_target) {
   dcp_test::TempDir tmp;
   Small s;
   const auto dir = tmp.path() / "ckpt";
-  const auto stale = tmp.path() / ".ckpt.dcpp-0123abcd-0123-4567-89ab-0123456789ab";
-  const auto sibling = tmp.path() / ".ckpt.dcpp-x.dcpp-0123abcd-0123-4567-89ab-0123456789ab";
-  const auto user_dir = tmp.path() / ".ckpt.dcpp-mine";
-  for (const auto& d : {stale, sibling, user_dir}) fs::create_directories(d);
-  BOOST_TEST(st::stale_staging_dirs(dir).size() == 1u);
+  const auto hidden = tmp.path() / ".ckpt.dcpp-0123abcd-0123-4567-89ab-0123456789ab";
+  const auto sibling = tmp.path() / "ckpt.old";
+  for (const auto& d : {hidden, sibling}) fs::create_directories(d);
+  dcp_test::write_bytes(sibling / ".metadata", {std::byte{'m'}});
   save_one(s.sd, dir);
-  BOOST_TEST(!fs::exists(stale));
-  BOOST_TEST(fs::exists(sibling));
-  BOOST_TEST(fs::exists(user_dir));
+  auto o = options();
+  o.overwrite = true;
+  save_one(s.sd, dir, o);
+  BOOST_TEST(fs::exists(hidden));
+  BOOST_TEST(fs::exists(sibling / ".metadata"));
   BOOST_CHECK_NO_THROW((void)ck::verify(dir));
 }

@@ -176,6 +176,13 @@ boost::json::value case_metadata_json(const std::filesystem::path& case_dir) {
   return read_json(case_dir / "metadata.json");
 }
 
+std::vector<std::string> list_names(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 std::vector<std::byte> read_bytes(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot read " + path.string());

@@ -80,6 +80,9 @@ boost::json::value read_json(const std::filesystem::path& path);
 std::vector<std::byte> read_bytes(const std::filesystem::path& path);
 void write_bytes(const std::filesystem::path& path, const std::vector<std::byte>& bytes);
 
+/// The names in a directory, sorted (hidden ones included).
+std::vector<std::string> list_names(const std::filesystem::path& dir);
+
 /// Copies a checkpoint directory (files only) to `to`.
 void copy_checkpoint(const std::filesystem::path& from, const std::filesystem::path& to);
 

@@ -39,14 +39,15 @@ constexpr Command kCommands[] = {
      "(--all: report every problem)",
      run_verify, 1},
     {"convert",
-     "dcpp convert [--threads N] [--keys REGEX] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors; "
+     "dcpp convert [--threads N] [--keys REGEX] [--overwrite] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors; "
      "dcpp convert [--ranks N] [--format torch2|torch1.13] [--overwrite] [--quiet] IN.pt|IN.pth|IN.safetensors OUT_DIR",
      "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
      "(nested as saved, torch.load reads it), safetensors for .safetensors (objects as JSON in "
-     "__metadata__); streams tensor by tensor, writes OUT only when complete. Given a torch.save "
+     "__metadata__); streams tensor by tensor, writes OUT only when complete (an existing OUT is "
+     "replaced only with --overwrite). Given a torch.save "
      "or safetensors file, the reverse: a checkpoint directory as if saved by N ranks (rows split "
      "as torch.chunk does), nested state dicts flattened as dcp.save does, written crash-safely "
-     "(OUT_DIR appears only when complete)",
+     "(a checkpoint appears in OUT_DIR only when complete; other files there are left alone)",
      run_convert, 2},
     {"reshard",
      "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC_DIR DST_DIR",
@@ -66,7 +67,7 @@ constexpr Flag kFlags[] = {
     {"all", "", "verify", "report every problem, not only the first"},
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
     {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout) or torch1.13 (flat keys)"},
-    {"overwrite", "", "convert reshard", "file to checkpoint, reshard: replace a checkpoint already in OUT_DIR / DST_DIR"},
+    {"overwrite", "", "convert reshard", "replace the file OUT, or the checkpoint already in OUT_DIR / DST_DIR (its data files go, nothing else there does)"},
     {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)), replicated (every rank holds every tensor whole; reshard stores each once); a tensor without the dim is split by rows"},
     {"no-read-once", "", "load reshard", "as ranks of a launcher: every rank reads what it needs from storage itself (default: a saved item several ranks need is read by one of them and broadcast)"},
     {"timeout", "S", "load reshard", "as ranks of a launcher: the longest a rank waits for the others, in seconds (default 120)"},

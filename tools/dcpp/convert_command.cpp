@@ -42,7 +42,7 @@ Format format_of(const std::string& out) {
 }
 
 // Flags of one direction only.
-constexpr std::string_view kImportOnly[] = {"ranks", "format", "overwrite"};
+constexpr std::string_view kImportOnly[] = {"ranks", "format"};
 constexpr std::string_view kExportOnly[] = {"threads", "io", "keys"};
 
 int parse_ranks(const Args& args) {
@@ -113,15 +113,18 @@ int run_convert(const Args& args) {
   const std::string out = args.positional[1];
   const Format format = format_of(out);  // usage errors before any I/O
   const auto options = load_options(args);
+  const bool overwrite = args.has("overwrite");
   const auto start = std::chrono::steady_clock::now();
 
+  dcp::checkpoint::check_output_path(out, overwrite);  // before the checkpoint is read
   const std::uint64_t total = dcp::checkpoint::selected_tensor_bytes(*dcp::checkpoint::inspect(checkpoint), options);
   dcp::checkpoint::ConvertReport report;
   {
     Progress progress(!args.has("quiet"), total, "converting");
     const auto on_tensor = [&](std::uint64_t bytes) { progress.advance(bytes); };
-    report = format == Format::torch_save ? dcp::checkpoint::convert_to_torch_save(checkpoint, out, options, on_tensor)
-                                          : dcp::checkpoint::convert_to_safetensors(checkpoint, out, options, on_tensor);
+    report = format == Format::torch_save
+                 ? dcp::checkpoint::convert_to_torch_save(checkpoint, out, options, on_tensor, overwrite)
+                 : dcp::checkpoint::convert_to_safetensors(checkpoint, out, options, on_tensor, overwrite);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!args.has("quiet"))
