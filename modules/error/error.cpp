@@ -10,6 +10,7 @@ module;
 #include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 module dcp.error;
 
 namespace dcp {
@@ -152,6 +153,11 @@ Error current_exception_as_error() {
     return e;
   } catch (const std::bad_alloc&) {
     return Error(Errc::resource_exhausted, "out of memory");
+  } catch (const std::system_error& e) {
+    // A thread or a mapping that could not start for lack of memory, or of threads.
+    if (e.code() == std::errc::not_enough_memory || e.code() == std::errc::resource_unavailable_try_again)
+      return Error(Errc::resource_exhausted, std::string("out of memory: ") + e.what());
+    return Error(Errc::internal, std::string("unexpected exception: ") + e.what());
   } catch (const std::exception& e) {
     return Error(Errc::internal, std::string("unexpected exception: ") + e.what());
   } catch (...) {
