@@ -81,7 +81,14 @@ int run_import(const Args& args, Format format) {
       std::lock_guard lock(mutex);
       progress.advance(bytes);
     };
-    report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, out, ranks, options);
+    try {
+      report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, out, ranks, options);
+    } catch (dcp::Error& e) {
+      // An error that names no file is a value of the input that cannot be saved (at its key
+      // and byte in the input); the writer's own errors name the file it was writing.
+      if (e.context().file.empty()) e.in_file(in);
+      throw;
+    }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!args.has("quiet"))
