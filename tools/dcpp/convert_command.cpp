@@ -94,9 +94,9 @@ int run_import(const Args& args, Format format) {
   if (!args.has("quiet"))
     std::printf("converted %llu tensors (%llu bytes) and %llu objects from %s (%s) to checkpoint %s (%s, %d rank%s) in %.3f s\n",
                 static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
-                static_cast<unsigned long long>(report.objects), in.c_str(), std::string(format_label(format)).c_str(),
-                out.c_str(), std::string(dcp::metadata::flavor_name(options.format)).c_str(), ranks, ranks == 1 ? "" : "s",
-                seconds);
+                static_cast<unsigned long long>(report.objects), dcp::escape_text(in).c_str(),
+                std::string(format_label(format)).c_str(), dcp::escape_text(out).c_str(),
+                std::string(dcp::metadata::flavor_name(options.format)).c_str(), ranks, ranks == 1 ? "" : "s", seconds);
   return 0;
 }
 
@@ -134,7 +134,7 @@ int run_convert(const Args& args) {
   if (!args.has("quiet"))
     std::printf("converted %llu tensors (%llu bytes) and %llu objects to %s (%s) in %.3f s\n",
                 static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
-                static_cast<unsigned long long>(report.objects), out.c_str(),
+                static_cast<unsigned long long>(report.objects), dcp::escape_text(out).c_str(),
                 std::string(format_label(format)).c_str(), seconds);
   return 0;
 }
