@@ -24,6 +24,18 @@ namespace {
 // Readers refuse larger headers (the safetensors crate's MAX_HEADER_SIZE is 100,000,000).
 constexpr std::size_t kMaxHeaderBytes = 100'000'000;
 
+// A header is UTF-8 JSON: a key with a lone surrogate (which Python's pickle writes) would be a
+// \uDCxx escape that the safetensors library refuses, and other bytes would become U+FFFD.
+bool is_utf8_text(std::string_view key) {
+  for (std::size_t i = 0; i < key.size();) {
+    char32_t code = 0;
+    const auto length = decode_utf8(key, i, code);
+    if (length == 0 || (code >= 0xD800 && code <= 0xDFFF)) return false;
+    i += length;
+  }
+  return true;
+}
+
 }  // namespace
 
 using namespace detail;
@@ -40,6 +52,8 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                        " tensors");
     if (item.is_tensor() && item.fqn == "__metadata__")
       fail_for_key(Errc::unimplemented, item.fqn, "a tensor cannot be named __metadata__ in safetensors");
+    if (!is_utf8_text(item.fqn))
+      fail_for_key(Errc::unimplemented, item.fqn, "a safetensors header holds UTF-8 text only, and this key is not");
     if (!item.is_tensor() && item.fqn == "format")
       fail_for_key(Errc::unimplemented, item.fqn, "object key 'format' collides with safetensors' \"format\": \"pt\"");
   }

@@ -1,14 +1,16 @@
-// Error rendering and checked arithmetic.
+// Error rendering, the escaping of text for terminals, and checked arithmetic.
 module;
 #include <algorithm>
-#include <exception>
-#include <new>
 #include <cstddef>
 #include <cstdint>
-#include <span>
+#include <cstdio>
+#include <exception>
+#include <new>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <system_error>
 module dcp.error;
 
 namespace dcp {
@@ -64,39 +66,83 @@ Error& Error::on_rank(int rank) {
   return *this;
 }
 
-namespace {
-
-// Keeps the head of a long part; an error must stay one short line.
-std::string_view clamp(std::string_view part, bool& clamped) {
-  clamped = part.size() > Error::kMaxPartChars;
-  return clamped ? part.substr(0, Error::kMaxPartChars) : part;
+std::size_t decode_utf8(std::string_view text, std::size_t i, char32_t& code) noexcept {
+  const auto b0 = static_cast<unsigned char>(text[i]);
+  if (b0 < 0x80) {
+    code = b0;
+    return 1;
+  }
+  const std::size_t len = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : b0 >= 0xC2 ? 2 : 0;
+  if (b0 >= 0xF5 || len == 0 || len > text.size() - i) return 0;
+  code = b0 & (0x7Fu >> len);
+  for (std::size_t k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(text[i + k]);
+    if ((b & 0xC0) != 0x80) return 0;
+    code = (code << 6) | (b & 0x3Fu);
+  }
+  if ((len == 3 && code < 0x800) || (len == 4 && (code < 0x10000 || code > 0x10FFFF))) return 0;
+  return len;
 }
 
-void append_part(std::string& text, std::string_view part) {
-  bool clamped = false;
-  text += clamp(part, clamped);
-  if (clamped) text += "...";
+void append_escaped(std::string& out, std::string_view text, Escape style, std::size_t max_chars) {
+  std::size_t used = 0;
+  char unit[8];
+  for (std::size_t i = 0; i < text.size();) {
+    char32_t code = 0;
+    std::size_t len = decode_utf8(text, i, code);
+    const bool surrogate = code >= 0xD800 && code <= 0xDFFF;
+    std::string_view piece;
+    if (len == 0 || surrogate) {  // each byte of what is not UTF-8 on its own
+      std::snprintf(unit, sizeof unit, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(text[i])));
+      piece = unit;
+      len = 1;
+    } else if (code == '\n') {
+      piece = "\\n";
+    } else if (code == '\r') {
+      piece = "\\r";
+    } else if (code == '\t') {
+      piece = "\\t";
+    } else if (code == '\\' && style == Escape::name) {
+      piece = "\\\\";
+    } else if (code < 0x20 || code == 0x7F) {
+      std::snprintf(unit, sizeof unit, "\\x%02x", static_cast<unsigned>(code));
+      piece = unit;
+    } else if (code >= 0x80 && code <= 0x9F) {  // C1: CSI (U+009B) starts a sequence as ESC [ does
+      std::snprintf(unit, sizeof unit, "\\u%04x", static_cast<unsigned>(code));
+      piece = unit;
+    } else {
+      piece = text.substr(i, len);
+    }
+    if (piece.size() > max_chars - used) {
+      out += "...";
+      return;
+    }
+    out += piece;
+    used += piece.size();
+    i += len;
+  }
 }
 
-}  // namespace
+std::string escape_text(std::string_view text, Escape style) {
+  std::string out;
+  append_escaped(out, text, style);
+  return out;
+}
 
 void Error::render() {
   std::string text;
   if (context_.rank) text += "rank " + std::to_string(*context_.rank) + ": ";
   if (!context_.file.empty()) {
-    append_part(text, context_.file);
+    append_escaped(text, context_.file, Escape::name, kMaxPartChars);
     text += ": ";
   }
   if (!context_.key.empty()) {
     text += "key '";
-    append_part(text, context_.key);
+    append_escaped(text, context_.key, Escape::name, kMaxPartChars);
     text += "': ";
   }
   if (context_.byte_offset) text += "byte " + std::to_string(*context_.byte_offset) + ": ";
-  append_part(text, message_);
-  // A newline would break the one-line contract (keys and file names may hold any byte).
-  for (char& c : text)
-    if (c == '\n' || c == '\r') c = ' ';
+  append_escaped(text, message_, Escape::message, kMaxPartChars);
   text_ = std::move(text);
 }
 
@@ -107,6 +153,11 @@ Error current_exception_as_error() {
     return e;
   } catch (const std::bad_alloc&) {
     return Error(Errc::resource_exhausted, "out of memory");
+  } catch (const std::system_error& e) {
+    // A thread or a mapping that could not start for lack of memory, or of threads.
+    if (e.code() == std::errc::not_enough_memory || e.code() == std::errc::resource_unavailable_try_again)
+      return Error(Errc::resource_exhausted, std::string("out of memory: ") + e.what());
+    return Error(Errc::internal, std::string("unexpected exception: ") + e.what());
   } catch (const std::exception& e) {
     return Error(Errc::internal, std::string("unexpected exception: ") + e.what());
   } catch (...) {

@@ -7,7 +7,8 @@
 // `Result<T>` carries a value or an Error where exceptions must not cross (async completions,
 // C callers); `parallel_for` runs independent checks on several threads and reports the
 // failure of the first item, as a loop would; `hash_mix` / `hash_text` are the seeded hashes
-// of every table that untrusted input fills. Imports nothing.
+// of every table that untrusted input fills; `escape_text` is how every printer spells text
+// from a file (keys, paths) for a terminal. Imports nothing.
 module;
 #include <cstddef>
 #include <cstdint>
@@ -67,8 +68,10 @@ class [[nodiscard]] Error : public std::exception {
   Error& add_offset(std::uint64_t base);
   Error& on_rank(int rank);
 
-  /// One line: "FILE: key 'K': byte N: message" (parts that are unknown are left out). Each
-  /// part is clamped (kMaxPartChars), so an error stays short whatever the input held.
+  /// One line: "FILE: key 'K': byte N: message" (parts that are unknown are left out), each
+  /// part escaped (escape_text: the file and key as names, the message as a message) and
+  /// clamped (kMaxPartChars), so an error stays one short line a terminal shows as it is,
+  /// whatever the input held.
   const char* what() const noexcept override { return text_.c_str(); }
 
   static constexpr std::size_t kMaxPartChars = 400;
@@ -80,6 +83,26 @@ class [[nodiscard]] Error : public std::exception {
   ErrorContext context_;
   std::string text_;
 };
+
+/// How escape_text spells a backslash: doubled in a name (a key, a path), so that the text
+/// printed spells one name only; kept in a message, whose own text may hold escapes.
+enum class Escape : bool { name, message };
+
+/// Text from a file or a command line (a key, a path, a name a message quotes), ready for a
+/// terminal and for one line: valid UTF-8 stays as it is, except the controls a terminal
+/// acts on: "\n", "\r", "\t", "\xHH" for the other C0 bytes and DEL ("\x1b" for ESC),
+/// "\u0080".."\u009f" for the C1 controls; each byte that is not part of valid UTF-8
+/// (a lone surrogate's too) is "\xHH". Appends at most `max_chars` characters of the
+/// escaped text, never half an escape or half a character, then "..." when it stopped short.
+void append_escaped(std::string& out, std::string_view text, Escape style,
+                    std::size_t max_chars = std::string_view::npos);
+/// append_escaped into a new string, unclamped.
+std::string escape_text(std::string_view text, Escape style = Escape::name);
+
+/// The UTF-8 sequence at text[i]: its length (1 to 4) with its code point in `code`, or 0 when
+/// the bytes there are not one (a stray continuation byte, an overlong form, a sequence cut
+/// short, past U+10FFFF). Surrogate code points (ED A0..BF xx) decode: callers decide.
+std::size_t decode_utf8(std::string_view text, std::size_t i, char32_t& code) noexcept;
 
 /// A value or an Error, for places where exceptions must not cross.
 template <class T>

@@ -30,23 +30,28 @@ void parallel_for(std::size_t count, std::uint64_t work, const std::function<voi
   std::atomic<std::size_t> first_failed{count};  // lowest index that threw so far
   std::mutex mutex;
   std::exception_ptr failure;
+  auto run_items = [&] {
+    for (std::size_t i; (i = next.fetch_add(1)) < count;) {
+      if (i > first_failed.load()) continue;  // a lower item failed: no need to run this one
+      try {
+        task(i);
+      } catch (...) {
+        std::lock_guard lock(mutex);
+        if (i < first_failed.load()) {
+          first_failed = i;
+          failure = std::current_exception();
+        }
+      }
+    }
+  };
   {
     std::vector<std::jthread> workers;
-    for (unsigned t = 0; t < threads; ++t)
-      workers.emplace_back([&] {
-        for (std::size_t i; (i = next.fetch_add(1)) < count;) {
-          if (i > first_failed.load()) continue;  // a lower item failed: no need to run this one
-          try {
-            task(i);
-          } catch (...) {
-            std::lock_guard lock(mutex);
-            if (i < first_failed.load()) {
-              first_failed = i;
-              failure = std::current_exception();
-            }
-          }
-        }
-      });
+    try {
+      workers.reserve(threads - 1);
+      for (unsigned t = 1; t < threads; ++t) workers.emplace_back(run_items);
+    } catch (...) {  // out of memory or of threads: fewer workers do it
+    }
+    run_items();  // this thread is one of them
   }  // the workers join here
   if (failure) std::rethrow_exception(failure);
 }

@@ -8,6 +8,7 @@ module;
 #include <string_view>
 #include <vector>
 module dcp.json;
+import dcp.error;
 
 namespace dcp::json {
 namespace {
@@ -16,22 +17,6 @@ void append_escape(std::string& out, unsigned code) {
   char buf[8];
   std::snprintf(buf, sizeof buf, "\\u%04x", code);
   out += buf;
-}
-
-// Length of the UTF-8 sequence at s[i] and its code point; 0 if malformed. Surrogate code
-// points (ED A0..BF xx) are accepted here: the caller escapes them.
-std::size_t decode_utf8(std::string_view s, std::size_t i, unsigned& code) {
-  const auto b0 = static_cast<unsigned char>(s[i]);
-  std::size_t len = b0 >= 0xF0 ? 4 : b0 >= 0xE0 ? 3 : b0 >= 0xC2 ? 2 : 0;
-  if (b0 >= 0xF5 || len == 0 || i + len > s.size()) return 0;
-  code = b0 & (0x7F >> len);
-  for (std::size_t k = 1; k < len; ++k) {
-    const auto b = static_cast<unsigned char>(s[i + k]);
-    if ((b & 0xC0) != 0x80) return 0;
-    code = (code << 6) | (b & 0x3F);
-  }
-  if ((len == 3 && code < 0x800) || (len == 4 && (code < 0x10000 || code > 0x10FFFF))) return 0;
-  return len;
 }
 
 }  // namespace
@@ -48,19 +33,19 @@ void append_quoted(std::string& out, std::string_view text) {
         case '\t': out += "\\t"; break;
         case '\r': out += "\\r"; break;
         default:
-          if (c < 0x20) append_escape(out, c);
+          if (c < 0x20 || c == 0x7F) append_escape(out, c);  // DEL too: the text may reach a terminal
           else out.push_back(static_cast<char>(c));
       }
       ++i;
       continue;
     }
-    unsigned code = 0;
+    char32_t code = 0;
     const std::size_t len = decode_utf8(text, i, code);
     if (len == 0) {
       append_escape(out, 0xFFFD);
       ++i;
-    } else if (code >= 0xD800 && code <= 0xDFFF) {
-      append_escape(out, code);
+    } else if ((code >= 0xD800 && code <= 0xDFFF) || (code >= 0x80 && code <= 0x9F)) {  // C1 controls too
+      append_escape(out, static_cast<unsigned>(code));
       i += len;
     } else {
       out.append(text.substr(i, len));

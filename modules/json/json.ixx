@@ -4,7 +4,8 @@
 // `JsonWriter` appends to a string; it tracks commas and nesting, and escapes strings so the
 // output is valid UTF-8 JSON even for keys that are not: a lone surrogate (which Python's
 // "surrogatepass" lets into DCP keys) becomes a \uXXXX escape that Python's json reads back
-// as the same string; bytes that are not UTF-8 at all become U+FFFD. `JsonReader` builds
+// as the same string; bytes that are not UTF-8 at all become U+FFFD. Control characters
+// (C0, DEL and C1) are escaped too, so the output is safe on a terminal. `JsonReader` builds
 // nothing: the caller pulls the values it expects in document order, so reading costs
 // O(nesting) memory plus the strings taken. Imports: dcp.error.
 module;

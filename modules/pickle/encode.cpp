@@ -286,13 +286,23 @@ class ValueWriter {
     for (NodeId child : ids) emit(child, depth + 1);
   }
 
+  // An error about the value at `id`, at the offset of its opcode in the document's source.
+  Error at_node(Error e, NodeId id) const {
+    if (const auto offset = doc_.at(id).offset()) e.at_offset(*offset);
+    return e;
+  }
+
   void emit(NodeId id, std::size_t depth) {
     if (depth > max_depth_)
-      throw Error(Errc::out_of_range, "value nested more than " + std::to_string(max_depth_) +
-                                          " levels deep (or a cycle through tuples or sets only) cannot be encoded");
+      throw at_node(Error(Errc::out_of_range, "value nested more than " + std::to_string(max_depth_) +
+                                                  " levels deep (or a cycle through tuples or sets only) cannot be "
+                                                  "encoded"),
+                    id);
     if (e_.size() > limit_)
-      throw Error(Errc::resource_exhausted, "re-encoded value grows past " + std::to_string(limit_) +
-                                                " bytes, from a pickle of " + std::to_string(doc_.source_size()) + " bytes");
+      throw at_node(Error(Errc::resource_exhausted, "re-encoded value grows past " + std::to_string(limit_) +
+                                                        " bytes, from a pickle of " + std::to_string(doc_.source_size()) +
+                                                        " bytes"),
+                    id);
     if (const auto it = memo_.find(id); it != memo_.end()) return e_.get(it->second);
     const Node n = doc_.at(id);
     const auto children = n.items();
@@ -361,7 +371,7 @@ class ValueWriter {
           // Python writes listitems (APPENDS) before dictitems (SETITEMS); the document keeps
           // them in one list, so an object with both cannot be split again.
           if (n.has_appended_items() && n.has_set_items())
-            throw Error(Errc::unimplemented, "re-encoding an object with both list items and dict items");
+            throw at_node(Error(Errc::unimplemented, "re-encoding an object with both list items and dict items"), id);
           e_.mark();
           items(children, depth);
           n.has_appended_items() ? e_.appends_from_mark() : e_.setitems_from_mark();

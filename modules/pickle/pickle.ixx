@@ -263,7 +263,8 @@ class Encoder {
   /// writes it. Memo indices continue this encoder's numbering. Throws out_of_range past
   /// `max_depth` levels (what a cycle through tuples or sets alone, which Python cannot pickle
   /// either, runs into) and resource_exhausted when the output would pass 32 bytes per byte
-  /// of the document's source (plus 1 MiB).
+  /// of the document's source (plus 1 MiB); errors carry the byte offset, in the document's
+  /// source, of the value where writing stopped.
   void value(const Document& doc, NodeId id, std::size_t max_depth = 256);
   /// Bytes written so far.
   std::size_t size() const { return out_.size(); }

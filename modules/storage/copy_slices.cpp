@@ -2,8 +2,9 @@
 // memory bandwidth on it (async_save's staging copy, where the caller waits for exactly this).
 module;
 #include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/io_context.hpp>
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -28,20 +29,37 @@ constexpr std::uint64_t kPieceBytes = std::uint64_t{16} << 20;
 
 void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
                  const std::function<void(std::size_t, Error)>& fail) {
-  asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
+  // asio::thread_pool(n) whose k-th thread cannot start (no memory left for its stack) joins
+  // the threads it started, which wait for work forever: a hang. Here the work is posted
+  // first and each thread runs the io_context until it is done, so a thread that does not
+  // start is only missing, and this thread runs it when none started.
+  asio::io_context io(std::max(1, threads));
+  std::atomic<bool> unreported{false};  // a failure that fail() could not take, for lack of memory
   for (std::size_t i = 0; i < count; ++i)
-    asio::post(pool, [&task, &fail, i] {
+    asio::post(io, [&task, &fail, &unreported, i] {
       try {
         task(i);
       } catch (...) {
         try {
           fail(i, current_exception_as_error());
         } catch (...) {  // no memory left even for the message: keep the code
-          fail(i, Error(Errc::resource_exhausted, "out of memory"));
+          try {
+            fail(i, Error(Errc::resource_exhausted, "out of memory"));
+          } catch (...) {
+            unreported = true;
+          }
         }
       }
     });
-  pool.join();
+  std::vector<std::thread> workers;
+  try {
+    workers.reserve(static_cast<std::size_t>(std::max(1, threads)));
+    for (int t = 0; t < threads; ++t) workers.emplace_back([&io] { io.run(); });
+  } catch (...) {  // out of memory or of threads: the workers that started do the rest
+  }
+  if (workers.empty()) io.run();
+  for (auto& w : workers) w.join();
+  if (unreported) throw Error(Errc::resource_exhausted, "out of memory");
 }
 
 void copy_slices(std::span<const SliceCopy> copies, int threads) {

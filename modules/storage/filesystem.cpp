@@ -11,6 +11,7 @@ module;
 #include <utility>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -94,7 +95,12 @@ std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_
     e.in_file(path.string());
     throw e;
   }
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
+  std::vector<std::byte> bytes;
+  try {
+    bytes.resize(static_cast<std::size_t>(size));
+  } catch (const std::bad_alloc&) {
+    throw Error(Errc::resource_exhausted, "out of memory for its " + std::to_string(size) + " bytes").in_file(path.string());
+  }
   pread_all(fd.get(), path, 0, bytes);
   return bytes;
 }
@@ -164,6 +170,8 @@ metadata::ValidatedMetadata FileSystemReader::metadata_from_bytes(std::span<cons
   } catch (Error& e) {
     e.in_file(path.string());
     throw;
+  } catch (const std::bad_alloc&) {
+    throw Error(Errc::resource_exhausted, "out of memory decoding it").in_file(path.string());
   }
   try {
     metadata::check_storage_bounds(*validated, [&](std::string_view name) { return file_size(name); });

@@ -136,11 +136,20 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
     std::vector<std::byte> bounce;
     for (const auto* item : job.items) {
       const auto offset = file.position();
+      bool value_error = false;  // the value cannot be saved: its own error, not this file's
       try {
         auto data = planner.resolve_data(*item);
         std::uint64_t tensor_bytes = 0;
         if (const auto* object = std::get_if<planning::ObjectValue>(&data)) {
-          file.write(record::object_archive(*object->document, object->id, style));
+          std::vector<std::byte> archive;
+          try {
+            archive = record::object_archive(*object->document, object->id, style);
+          } catch (Error& e) {
+            value_error = true;  // at its byte in the file it was decoded from, which the caller names
+            if (const auto at = object->document->at(object->id).offset()) e.at_offset(*at);
+            throw;
+          }
+          file.write(archive);
         } else {
           const auto& slice = std::get<planning::TensorSlice>(data);
           if (!item->tensor_data || slice.dtype != item->tensor_data->properties.dtype ||
@@ -159,8 +168,10 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
         }
       } catch (Error& e) {
         e.for_key(item->index.fqn);
-        e.in_file((dir_ / job.name).string());
-        e.at_offset(offset);
+        if (!value_error) {
+          e.in_file((dir_ / job.name).string());
+          e.at_offset(offset);
+        }
         throw;
       }
     }

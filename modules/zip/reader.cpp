@@ -159,19 +159,8 @@ void check_no_overlap(const Archive& archive, std::uint64_t directory_at) {
 }  // namespace
 
 std::string quoted(std::string_view name) {
-  constexpr std::size_t kMaxShown = 200;
   std::string text = "'";
-  for (const char c : name.substr(0, kMaxShown)) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (byte >= 0x20 && byte < 0x7f && c != '\\' && c != '\'') {
-      text += c;
-    } else {
-      char escaped[8];
-      std::snprintf(escaped, sizeof escaped, "\\x%02x", byte);
-      text += escaped;
-    }
-  }
-  if (name.size() > kMaxShown) text += "...";
+  append_escaped(text, name, Escape::name, 200);
   return text + "'";
 }
 

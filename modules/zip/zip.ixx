@@ -60,8 +60,8 @@ std::string cat(const Parts&... parts) {
   }(), ...);
   return text;
 }
-// A name read from an archive, made fit for a one-line message: in quotes, with bytes outside
-// printable ASCII (and quotes and backslashes) escaped as \xNN, cut after 200 bytes.
+// A name read from an archive, made fit for a one-line message: in quotes, escaped as
+// dcp::escape_text escapes a name, cut after 200 characters.
 std::string quoted(std::string_view name);
 }  // namespace dcp::zip
 

@@ -153,7 +153,7 @@ BOOST_AUTO_TEST_CASE(rejects_local_name_mismatch) {
   Sample s;
   patch(s.bytes, s.entry(1).local_header_offset + 30 + 13, '\n', 1);
   expect_error([&] { s.parse(); }, Errc::data_loss, s.entry(1).local_header_offset,
-               "entry 'archive/data/0': local header names 'archive/data/\\x0a'");
+               "entry 'archive/data/0': local header names 'archive/data/\\n'");
 }
 
 BOOST_AUTO_TEST_CASE(rejects_local_header_past_end) {

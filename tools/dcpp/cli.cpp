@@ -184,6 +184,12 @@ int run(int argc, char** argv, const Binary& binary) {
   if (args.positional.size() != command->positional)
     throw UsageError{"'" + args.command + "' takes " + std::to_string(command->positional) +
                      " argument(s); usage: " + std::string(command->usage)};
+  // Every argument names a file or directory; an empty one names none (and "" would reach the
+  // filesystem as the current directory or an internal error).
+  for (std::size_t i = 0; i < args.positional.size(); ++i)
+    if (args.positional[i].empty())
+      throw UsageError{"argument " + std::to_string(i + 1) + " of '" + args.command +
+                       "' is empty: it names a path; usage: " + std::string(command->usage)};
   if (command->run) return command->run(args);
   return (command->name == "load" ? binary.load : binary.reshard)(args);
 }
@@ -194,15 +200,18 @@ int main_with(int argc, char** argv, const Binary& binary) {
   try {
     return run(argc, argv, binary);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "dcpp: error: %s\n", e.message.c_str());
+    // Messages quote the command line, which may hold anything a terminal would act on.
+    std::fprintf(stderr, "dcpp: error: %s\n", dcp::escape_text(e.message, dcp::Escape::message).c_str());
     return 2;
-  } catch (const dcp::Error& e) {
-    std::fprintf(stderr, "dcpp: error: %s\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "dcpp: error: internal: %s\n", e.what());
+  } catch (...) {
+    // Any exception as a worker reports it: std::bad_alloc is resource_exhausted.
+    print_error(dcp::current_exception_as_error());
     return 1;
   }
+}
+
+void print_error(const dcp::Error& error) {
+  std::fprintf(stderr, "dcpp: error: %s [%s]\n", error.what(), std::string(dcp::errc_name(error.code())).c_str());
 }
 
 }  // namespace dcpp_cli

@@ -10,6 +10,7 @@
 #include <string>
 #include <string_view>
 #include <vector>
+import dcp.error;
 import dcp.metadata;
 import dcp.checkpoint;
 
@@ -50,6 +51,10 @@ struct Binary {
 /// Parses the command line, runs the command and turns errors into a one-line message and an
 /// exit status.
 int main_with(int argc, char** argv, const Binary& binary);
+
+/// Prints `error` on stderr as its one line: "dcpp: error: FILE: key 'K': byte N: message
+/// [code]", every part escaped (dcp::escape_text).
+void print_error(const dcp::Error& error);
 
 int run_inspect(const Args& args);
 /// `load` into host buffers (no libtorch); the device must be the CPU.

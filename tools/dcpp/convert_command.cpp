@@ -81,15 +81,22 @@ int run_import(const Args& args, Format format) {
       std::lock_guard lock(mutex);
       progress.advance(bytes);
     };
-    report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, out, ranks, options);
+    try {
+      report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, out, ranks, options);
+    } catch (dcp::Error& e) {
+      // An error that names no file is a value of the input that cannot be saved (at its key
+      // and byte in the input); the writer's own errors name the file it was writing.
+      if (e.context().file.empty()) e.in_file(in);
+      throw;
+    }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!args.has("quiet"))
     std::printf("converted %llu tensors (%llu bytes) and %llu objects from %s (%s) to checkpoint %s (%s, %d rank%s) in %.3f s\n",
                 static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
-                static_cast<unsigned long long>(report.objects), in.c_str(), std::string(format_label(format)).c_str(),
-                out.c_str(), std::string(dcp::metadata::flavor_name(options.format)).c_str(), ranks, ranks == 1 ? "" : "s",
-                seconds);
+                static_cast<unsigned long long>(report.objects), dcp::escape_text(in).c_str(),
+                std::string(format_label(format)).c_str(), dcp::escape_text(out).c_str(),
+                std::string(dcp::metadata::flavor_name(options.format)).c_str(), ranks, ranks == 1 ? "" : "s", seconds);
   return 0;
 }
 
@@ -130,7 +137,7 @@ int run_convert(const Args& args) {
   if (!args.has("quiet"))
     std::printf("converted %llu tensors (%llu bytes) and %llu objects to %s (%s) in %.3f s\n",
                 static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
-                static_cast<unsigned long long>(report.objects), out.c_str(),
+                static_cast<unsigned long long>(report.objects), dcp::escape_text(out).c_str(),
                 std::string(format_label(format)).c_str(), seconds);
   return 0;
 }

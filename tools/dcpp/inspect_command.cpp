@@ -7,6 +7,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli.hpp"
@@ -23,6 +24,14 @@ std::string shape_text(std::span<const std::int64_t> shape) {
   std::string s = "[";
   for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
   return s + "]";
+}
+
+// Columns a cell takes on a terminal: its characters (cells are escaped, so valid UTF-8 with
+// no controls; wide East Asian characters count as one).
+std::size_t columns(std::string_view cell) {
+  std::size_t n = 0;
+  for (const char c : cell) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
 }
 
 std::string human_bytes(std::uint64_t n) {
@@ -55,7 +64,7 @@ int run_inspect(const Args& args) {
   auto add_row = [&](const md::ItemMetadata& item, bool grouped) {
     std::set<std::string> files;
     std::uint64_t bytes = 0;
-    const std::string key = (grouped ? "  " : "") + item.fqn;
+    const std::string key = (grouped ? "  " : "") + dcp::escape_text(item.fqn);
     if (item.is_tensor()) {
       const auto& t = item.tensor();
       for (const auto& c : t.chunks)
@@ -73,7 +82,7 @@ int run_inspect(const Args& args) {
     }
     total += bytes;
     std::string list;
-    for (const auto& f : files) list += (list.empty() ? "" : ",") + f;
+    for (const auto& f : files) list += (list.empty() ? "" : ",") + dcp::escape_text(f);
     rows.back().back() = files.size() > 3 ? std::to_string(files.size()) + " files" : list;
     all_files.insert(files.begin(), files.end());
   };
@@ -92,12 +101,12 @@ int run_inspect(const Args& args) {
   }
   std::vector<std::size_t> width(rows[0].size(), 0);
   for (const auto& r : rows)
-    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], r[i].size());
+    for (std::size_t i = 0; i < r.size(); ++i) width[i] = std::max(width[i], columns(r[i]));
   for (const auto& r : rows) {
     std::string line;
     for (std::size_t i = 0; i < r.size(); ++i) {
       line += r[i];
-      if (i + 1 < r.size()) line += std::string(width[i] - r[i].size() + 2, ' ');
+      if (i + 1 < r.size()) line += std::string(width[i] - columns(r[i]) + 2, ' ');
     }
     std::printf("%s\n", line.c_str());
   }
@@ -106,7 +115,7 @@ int run_inspect(const Args& args) {
   std::printf("\n%s checkpoint: %zu keys, %s, %zu data files%s%s%s\n",
               std::string(md::flavor_name(metadata.flavor)).c_str(), metadata.items.size(),
               human_bytes(total).c_str(), all_files.size(), optimizer.c_str(),
-              metadata.version ? (", version " + *metadata.version).c_str() : "",
+              metadata.version ? (", version " + dcp::escape_text(*metadata.version)).c_str() : "",
               metadata.planner_data ? ", flattened (planner_data)" : "");
   return 0;
 }

@@ -148,7 +148,7 @@ int run_verify(const Args& args) {
     Progress progress(!args.has("quiet"), total, "verifying");
     report = dcp::checkpoint::verify(args.positional[0], options, [&](std::uint64_t bytes) { progress.advance(bytes); });
   }
-  for (const auto& e : report.errors) std::fprintf(stderr, "dcpp: error: %s\n", e.what());
+  for (const auto& e : report.errors) print_error(e);
   if (!report.errors.empty()) return 1;
   if (!args.has("quiet"))
     std::printf("ok: %llu tensors (%llu bytes, CRC-32 checked) and %llu objects\n",

@@ -46,6 +46,7 @@ std::filesystem::path torch_helper() {
 int load(const Args& args) {
   const auto device = device_of(args);
   (void)timeout_of(args);  // usage errors before handing over
+  check_layout(args, launcher_world_size());
   if (launcher_world_size() > 1) run_torch_helper(args, "a load by the ranks of a launcher (WORLD_SIZE > 1)");
   if (device.kind == dcp::memory::DeviceKind::cpu) return run_load(args);
   run_torch_helper(args, "--device " + device.to_string());

@@ -33,6 +33,7 @@ std::unique_ptr<dcp::checkpoint::ProcessGroup> launcher_group(const Args& args) 
 
 int load(const Args& args) {
   const auto device = device_of(args);
+  check_layout(args, launcher_world_size());
   if (launcher_world_size() > 1) {
     if (device.kind != dcp::memory::DeviceKind::cpu)
       throw UsageError{"--device " + device.to_string() + " with WORLD_SIZE > 1: the ranks load rows into host memory only, for now"};
