@@ -7,6 +7,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <optional>
 #include <span>
@@ -28,20 +29,29 @@ constexpr std::uint64_t kPieceBytes = std::uint64_t{16} << 20;
 
 void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
                  const std::function<void(std::size_t, Error)>& fail) {
-  asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
-  for (std::size_t i = 0; i < count; ++i)
-    asio::post(pool, [&task, &fail, i] {
-      try {
-        task(i);
-      } catch (...) {
+  // A worker only records what it caught (copying an exception_ptr allocates nothing); the
+  // errors are built and handed to `fail` on this thread, where a throw reaches the caller.
+  std::vector<std::exception_ptr> caught(count);
+  {
+    asio::thread_pool pool(static_cast<std::size_t>(std::max(1, threads)));
+    for (std::size_t i = 0; i < count; ++i)
+      asio::post(pool, [&task, &caught, i]() noexcept {
         try {
-          fail(i, current_exception_as_error());
-        } catch (...) {  // no memory left even for the message: keep the code
-          fail(i, Error(Errc::resource_exhausted, "out of memory"));
+          task(i);
+        } catch (...) {
+          caught[i] = std::current_exception();
         }
-      }
-    });
-  pool.join();
+      });
+    pool.join();
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!caught[i]) continue;
+    try {
+      std::rethrow_exception(caught[i]);
+    } catch (...) {
+      fail(i, current_exception_as_error());
+    }
+  }
 }
 
 void copy_slices(std::span<const SliceCopy> copies, int threads) {
