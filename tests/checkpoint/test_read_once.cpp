@@ -23,6 +23,7 @@ import dcp.metadata;
 import dcp.layout;
 import dcp.planning;
 import dcp.storage;
+import dcp.collective;
 import dcp.checkpoint;
 
 namespace md = dcp::metadata;
@@ -88,7 +89,7 @@ std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int wor
                                        ck::ReadOnce read_once = {},
                                        std::optional<md::ValidatedMetadata> metadata = std::nullopt,
                                        std::optional<ck::ReadOnce> others = std::nullopt) {
-  auto groups = ck::make_in_process_group(world);
+  auto groups = dcp::collective::make_in_process_group(world);
   std::vector<RankOutcome> outcomes(static_cast<std::size_t>(world));
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r)
@@ -254,7 +255,7 @@ BOOST_AUTO_TEST_CASE(the_coordinators_batch_size_holds_for_every_rank) {
 BOOST_AUTO_TEST_CASE(checkpointer_load_reads_once_unless_told_not_to) {
   Saved saved;
   for (const bool read_once : {true, false}) {
-    auto groups = ck::make_in_process_group(2);
+    auto groups = dcp::collective::make_in_process_group(2);
     std::vector<st::ReadReport> reports(2);
     std::vector<std::vector<std::byte>> loaded(2);
     std::vector<std::string> errors(2);
