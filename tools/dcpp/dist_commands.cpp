@@ -85,8 +85,9 @@ std::vector<double> total_of(Collectives& ranks, const std::vector<double>& mine
     std::vector<double> values;
     for (char* p = s.data(); *p;) {
       char* end = nullptr;
-      values.push_back(std::strtod(p, &end));
+      const double v = std::strtod(p, &end);
       if (end == p) break;
+      values.push_back(v);
       p = end;
     }
     return values;
