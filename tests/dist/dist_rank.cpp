@@ -11,9 +11,14 @@
 //                                      each tensor's rows compared with CASE_DIR/expected.json's
 //                                      bytes. --die-on-rank: rank R kills itself (SIGKILL) in
 //                                      the middle of its reads.
-//   --backend nccl                     either of them over NCCL on cuda:LOCAL_RANK (default gloo)
+//   dist_rank async_save OUT           Checkpointer::async_save of this rank's rows of a 64 x 1024
+//                                      float tensor into OUT, while this thread runs 50 steps on
+//                                      the group; then every rank loads the tensor whole over the
+//                                      group and compares it with the values of the call.
+//   --backend nccl                     collectives or load over NCCL on cuda:LOCAL_RANK (default gloo)
 //
 // Prints "ok ..." and exits 0, or "dist_rank: error: ..." on stderr and exits 1.
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstddef>
@@ -183,6 +188,50 @@ int load(dcp::collective::ProcessGroup& pg, const std::filesystem::path& ckpt, c
   return 0;
 }
 
+int async_save(dcp::collective::ProcessGroup& pg, const std::filesystem::path& out) {
+  using dcp::collective::Collectives;
+  const int me = pg.rank();
+  const int n = pg.size();
+  constexpr std::int64_t kRows = 64, kCols = 1024;
+  auto value = [](std::int64_t i) { return static_cast<float>(i % 100003) * 0.5f; };
+  std::vector<float> values(static_cast<std::size_t>(kRows * kCols));
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = value(static_cast<std::int64_t>(i));
+  dcp::planning::StateDict whole;
+  whole.add_tensor({std::string("w")}, dcp::planning::contiguous_slice(reinterpret_cast<std::byte*>(values.data()),
+                                                                       dcp::DType::float32, {kRows, kCols}));
+  const auto mine = dcp::checkpoint::split_rows(whole, n)[static_cast<std::size_t>(me)];
+  dcp::checkpoint::Checkpointer cp(std::make_shared<dcp::storage::FileSystemWriter>(out), nullptr, &pg);
+  auto saved = cp.async_save(mine);
+  std::fill(values.begin(), values.end(), -1.0f);  // the checkpoint holds the values of the call
+  Collectives ranks(&pg);
+  for (int i = 0; i < 50; ++i) {
+    const auto got = ranks.all_reduce(
+        "test: caller", [&] { return Bytes(static_cast<std::size_t>(me + i), std::byte{1}); },
+        [&](Collectives::Results all) {
+          std::size_t total = 0;
+          for (const auto& b : all) total += b.size();
+          return Bytes(total, std::byte{2});
+        });
+    if (got.size() != static_cast<std::size_t>(n * i + n * (n - 1) / 2)) fail("the caller's step mixed up");
+  }
+  (void)saved.get();
+
+  dcp::storage::FileSystemReader reader(out);
+  const auto md = dcp::checkpoint::read_metadata(reader, &pg, 0);
+  std::vector<float> loaded(values.size());
+  dcp::planning::Destination destination;
+  destination.add_tensor("w", {{kRows, kCols}, dcp::DType::float32,
+                               {{{0, 0}, {kRows, kCols},
+                                 dcp::planning::contiguous_slice(reinterpret_cast<std::byte*>(loaded.data()),
+                                                                 dcp::DType::float32, {kRows, kCols})}}});
+  dcp::planning::DefaultLoadPlanner planner;
+  (void)dcp::checkpoint::load(destination, reader, planner, md, &pg, 0);
+  for (std::size_t i = 0; i < loaded.size(); ++i)
+    if (loaded[i] != value(static_cast<std::int64_t>(i))) fail("element " + std::to_string(i) + " differs");
+  std::printf("ok async_save: rank %d of %d\n", me, n);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -200,12 +249,14 @@ int main(int argc, char** argv) {
     };
     const int die_on_rank = std::stoi(take("--die-on-rank").value_or("-1"));
     const auto backend = take("--backend").value_or("gloo");
-    const char* usage = "usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R] [--backend gloo|nccl]";
+    const char* usage =
+        "usage: dist_rank collectives | load CKPT CASE_DIR [--die-on-rank R] | async_save OUT [--backend gloo|nccl]";
     if (args.empty() || (backend != "gloo" && backend != "nccl")) fail(usage);
     auto group = dcp::dist::from_environment(
         {.timeout = std::chrono::seconds(30), .backend = backend == "nccl" ? dcp::dist::Backend::nccl : dcp::dist::Backend::gloo});
     if (args[0] == "collectives") return collectives(*group);
     if (args[0] == "load" && args.size() == 3) return load(*group, args[1], args[2], die_on_rank);
+    if (args[0] == "async_save" && args.size() == 2) return async_save(*group, args[1]);
     fail(usage);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dist_rank: error: %s\n", e.what());

@@ -143,6 +143,20 @@ BOOST_AUTO_TEST_CASE(collectives_on_3_ranks) {
   }
 }
 
+// Each of 3 Gloo ranks starts an async save and runs its own steps on its group while the save
+// is in flight (the background save has a group of its own); then the ranks load the tensor
+// back and find the values of the call.
+BOOST_AUTO_TEST_CASE(async_save_beside_the_callers_collectives_on_3_ranks) {
+  TempDir tmp;
+  const auto out = tmp.path() / "ckpt";
+  const auto results =
+      run_ranks(3, tmp.path(), [&](int) { return std::vector<std::string>{dist_rank_exe(), "async_save", out.string()}; });
+  for (std::size_t r = 0; r < results.size(); ++r) {
+    BOOST_TEST(results[r].status == 0, dist_test::describe(results));
+    BOOST_TEST(contains(results[r].out, "ok async_save: rank " + std::to_string(r) + " of 3"), results[r].out);
+  }
+}
+
 // NCCL needs a GPU per rank and refuses two ranks on one; the GPU machines lent to this project
 // have one (tools/device check), so NCCL is checked at world size 1 and many ranks over Gloo.
 boost::test_tools::assertion_result needs_nccl_and_a_gpu(boost::unit_test::test_unit_id) {
