@@ -89,7 +89,11 @@ std::optional<Error> read_with_sharing(storage::StorageReader& reader, planning:
   storage::ReadReport consumer_report;
   std::future<void> consumer;
   auto join = [&] {
-    if (consumer.valid()) consumer.get();  // the task catches everything itself
+    try {
+      if (consumer.valid()) consumer.get();  // the task catches everything it can itself
+    } catch (...) {  // not even its error could be built (no memory): keep the code
+      if (!consumer_failure) consumer_failure = Error(Errc::resource_exhausted, "out of memory");
+    }
     if (!failure && consumer_failure) failure = std::move(consumer_failure);
   };
 

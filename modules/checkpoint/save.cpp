@@ -116,29 +116,36 @@ metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_
   if (n == 1) return save(*state_dicts[0], *writers[0], *planners[0]);
   auto groups = collective::make_in_process_group(static_cast<int>(n));
   std::optional<metadata::Metadata> written;  // the coordinator's
-  std::vector<std::optional<Error>> errors(n);
+  std::vector<std::exception_ptr> errors(n);  // caught without allocating: nothing escapes a rank
   {
     std::vector<std::jthread> ranks;
     ranks.reserve(n);
     for (std::size_t r = 0; r < n; ++r)
-      ranks.emplace_back([&, r] {
+      ranks.emplace_back([&, r]() noexcept {
         try {
           Collectives collectives(groups[r].get(), 0);
           auto md = save_sequence(*state_dicts[r], *writers[r], *planners[r], collectives, false);
           if (r == 0) written = std::move(md);
         } catch (...) {
-          errors[r] = current_exception_as_error();
+          errors[r] = std::current_exception();
         }
       });
   }
+  auto error_of = [](const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (...) {
+      return current_exception_as_error();
+    }
+  };
   // The coordinator's outcome decides whether the checkpoint was published.
   if (written) {
-    for (auto& e : errors)
-      if (e) throw published_then(*e);
+    for (const auto& e : errors)
+      if (e) throw published_then(error_of(e));
     return *std::move(written);
   }
-  for (auto& e : errors)
-    if (e) throw *e;
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
   throw Error(Errc::internal, "save_ranks: the coordinator returned no metadata");
 }
 
