@@ -3,7 +3,8 @@
 // `inspect` reads `.metadata` without running a pickle and cross-checks it. `load` is torch's
 // load: it fills a caller-described Destination in place through a LoadPlanner and a
 // StorageReader (`set_up_planner` → `create_local_plan` → global plan → `read_data`), on one
-// process or across the ranks of a `ProcessGroup`.
+// process or across the ranks of a `collective::ProcessGroup`, every collective a step of
+// dcp.collective's `Collectives` (a rank's failure reaches every rank, naming it).
 // `for_each_tensor` loads a whole checkpoint as full, unsharded tensors into dcp.memory
 // buffers, in bounded batches (what `dcpp load`/`verify`/`convert` and dcp.torch's at::Tensor
 // API build on), and `load_objects` decodes the BYTE_IO values. Nothing here includes a
@@ -11,12 +12,13 @@
 //
 // `save` is torch's save sequence (local plans → coordinator's global plan → write → results →
 // `.metadata`) over a SavePlanner and a StorageWriter, on one process or across the ranks of a
-// `ProcessGroup` (an interface: dcp.dist implements it over c10d; `save_ranks` plays several
-// ranks in one process, as `dcpp convert --ranks` does). `import_torch_save` and
+// process group (dcp.dist's over c10d; `save_ranks` plays several ranks in one process, as
+// `dcpp convert --ranks` does). `import_torch_save` and
 // `import_safetensors` read a file as a StateDict over its read-only mapping, which
 // `save_as_checkpoint` writes as an N-rank checkpoint. `Checkpointer` is torch's
 // _Checkpointer: save, async_save (stages the tensors into reusable host buffers, then writes
-// on a background thread; the caller may change its tensors once it returns) and load.
+// on a background thread over a group of its own; the caller may change its tensors, and run
+// its own collectives, once it returns) and load.
 // Imports every core module below it.
 module;
 #include <cstddef>
@@ -41,6 +43,7 @@ import dcp.metadata;
 import dcp.planning;
 import dcp.memory;
 import dcp.storage;
+import dcp.collective;
 
 export namespace dcp::checkpoint {
 
@@ -49,28 +52,6 @@ export namespace dcp::checkpoint {
 /// range inside it (FileSystemReader::read_metadata). Throws dcp::Error naming the file, key
 /// and byte offset.
 metadata::ValidatedMetadata inspect(const std::filesystem::path& checkpoint_dir);
-
-/// The collectives torch's save and load sequences need, over bytes, with `root` the
-/// coordinator. Every rank calls each collective in the same order. dcp.dist implements it
-/// over c10d (Gloo, NCCL); a null group means one process. A collective that cannot complete
-/// (a peer lost, a timeout) throws dcp::Error; a rank's own failure travels inside the payloads
-/// instead, so that the others learn it (save.cpp, load.cpp).
-class ProcessGroup {
- public:
-  virtual ~ProcessGroup() = default;
-  virtual int rank() const = 0;
-  virtual int size() const = 0;
-  /// Every rank's `local`, in rank order, on `root`; empty elsewhere.
-  virtual std::vector<std::vector<std::byte>> gather(std::vector<std::byte> local, int root) = 0;
-  /// Rank r receives `per_rank[r]` (given on `root` only).
-  virtual std::vector<std::byte> scatter(std::vector<std::vector<std::byte>> per_rank, int root) = 0;
-  /// `root`'s bytes on every rank.
-  virtual std::vector<std::byte> broadcast(std::vector<std::byte> bytes, int root) = 0;
-};
-
-/// `size` ranks played by threads of one process: handle r is rank r's group (each handle used
-/// by one thread). For `save_ranks`, tests and simulations; the protocol is the one c10d runs.
-std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size);
 
 /// Read-once loading over a group (on by default; torch has it only as an open proposal,
 /// pytorch#193909): a saved item that several ranks need (a replicated tensor, a chunk whose
@@ -95,26 +76,20 @@ struct ReadOnce {
 /// group is one process (the same sequence, collectives as identities). Saved items several
 /// ranks need are read once (`read_once`). Returns this rank's report.
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0,
+                         planning::LoadPlanner& planner, collective::ProcessGroup* group = nullptr, int coordinator_rank = 0,
                          const ReadOnce& read_once = {});
-
-/// Runs `step` on this rank and agrees on the outcome with every rank of `group` (null: one
-/// process): when it throws on any rank, every rank throws the first failed rank's error, with
-/// that rank named. For a rank-local step that every rank must pass before the next collective
-/// (planning a destination from the metadata). Every rank calls it.
-void run_agreed(ProcessGroup* group, const std::function<void()>& step, int coordinator_rank = 0);
 
 /// The metadata step of a distributed load on its own, for callers that need the checkpoint's
 /// shapes before they can describe a destination: the coordinator reads and validates
 /// `.metadata` and broadcasts its bytes, every rank decodes and validates them against its own
 /// storage, and a failure on any rank fails every rank (naming it). Every rank must call it.
-metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, ProcessGroup* group = nullptr,
+metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, collective::ProcessGroup* group = nullptr,
                                           int coordinator_rank = 0);
 
 /// `load` over metadata every rank already holds (read_metadata): no metadata step.
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
                          planning::LoadPlanner& planner, const metadata::ValidatedMetadata& metadata,
-                         ProcessGroup* group = nullptr, int coordinator_rank = 0, const ReadOnce& read_once = {});
+                         collective::ProcessGroup* group = nullptr, int coordinator_rank = 0, const ReadOnce& read_once = {});
 
 struct LoadOptions {
   storage::ReadOptions read;        ///< how the storage layer reads (threads, backend, budgets)
@@ -242,14 +217,20 @@ ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const st
 
 /// torch's save(state_dict, storage_writer, planner, process_group, coordinator_rank): every
 /// rank plans its items, the coordinator builds the global plan and metadata, every rank writes
-/// its items, and the coordinator writes `.metadata`. A failure on any rank makes every rank
-/// throw (the error names the failed rank) after the writer's `abort`. Returns the metadata.
+/// its items, and the coordinator writes `.metadata` (two steps of collective::Collectives:
+/// reduce_scatter of the plans, all_reduce of the writes). A failure on any rank before the
+/// coordinator published makes every rank throw (the error names the failed rank) after its
+/// writer's `abort`; a failure after it (sending or decoding the metadata, a lost peer) reads
+/// "published, then ..." and aborts nothing: the checkpoint is complete. Returns the metadata
+/// on every rank.
 metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageWriter& writer,
-                        planning::SavePlanner& planner, ProcessGroup* group = nullptr, int coordinator_rank = 0);
+                        planning::SavePlanner& planner, collective::ProcessGroup* group = nullptr, int coordinator_rank = 0);
 
 /// The same sequence for several ranks played in one process (rank r = `state_dicts[r]`,
 /// written through `writers[r]` and `planners[r]`; rank 0 coordinates). What `dcpp convert
-/// --ranks N` uses to write an N-rank checkpoint.
+/// --ranks N` uses to write an N-rank checkpoint. Only the coordinator holds the metadata (the
+/// played ranks never decode it: memory stays O(metadata), not O(ranks x metadata)); a
+/// failure on any rank after the coordinator published reads "published, then ...".
 metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_dicts,
                               std::span<storage::StorageWriter* const> writers,
                               std::span<planning::SavePlanner* const> planners);
@@ -282,11 +263,13 @@ class StagingArea {
 
 /// torch's _Checkpointer: a storage writer and reader, an optional process group and planners
 /// (the defaults when null). At most one async save is in flight: `save`, `async_save` and
-/// `load` first wait for the previous one (its error, if any, stays in its future).
+/// `load` first wait for the previous one (its error, if any, stays in its future). The async
+/// save runs over a group of its own (split from the caller's at the first async_save), never
+/// over the caller's: the caller may run collectives on its group while one is in flight.
 class Checkpointer {
  public:
   Checkpointer(std::shared_ptr<storage::StorageWriter> storage_writer,
-               std::shared_ptr<storage::StorageReader> storage_reader, ProcessGroup* process_group = nullptr,
+               std::shared_ptr<storage::StorageReader> storage_reader, collective::ProcessGroup* process_group = nullptr,
                int coordinator_rank = 0, bool no_dist = false,
                std::shared_ptr<planning::LoadPlanner> load_planner = nullptr,
                std::shared_ptr<planning::SavePlanner> save_planner = nullptr,
@@ -296,8 +279,9 @@ class Checkpointer {
   Checkpointer& operator=(const Checkpointer&) = delete;
 
   metadata::Metadata save(const planning::StateDict& state_dict);
-  /// Copies the tensors into the staging area (the only work done before returning), then
-  /// saves the copy on a background thread. Errors surface through the future.
+  /// Copies the tensors into the staging area (the only work done before returning; a step
+  /// every rank agrees on), then saves the copy on a background thread over the Checkpointer's
+  /// own group. Every rank calls it. Errors surface through the future.
   std::future<metadata::Metadata> async_save(const planning::StateDict& state_dict);
   /// torch's load over the group, read-once as set by set_read_once (on by default).
   storage::ReadReport load(planning::Destination& destination);
@@ -307,102 +291,33 @@ class Checkpointer {
   void wait_for_pending();
   std::shared_ptr<storage::StorageWriter> writer_;
   std::shared_ptr<storage::StorageReader> reader_;
-  ProcessGroup* group_;
+  collective::ProcessGroup* group_;
   int coordinator_rank_;
   std::shared_ptr<planning::LoadPlanner> load_planner_;
   std::shared_ptr<planning::SavePlanner> save_planner_;
   ReadOnce read_once_;
   StagingArea staging_;
+  std::unique_ptr<collective::ProcessGroup> async_group_;  // the background saves' own group
   std::thread worker_;  // the async save in flight, if any
 };
 
 }  // namespace dcp::checkpoint
 
 // Not exported: shared by the implementation units (convert.cpp, safetensors.cpp,
-// temp_file.cpp, verify.cpp, load.cpp, save.cpp, collective.cpp, import.cpp,
+// temp_file.cpp, verify.cpp, load.cpp, save.cpp, read_once.cpp, import.cpp,
 // import_safetensors.cpp).
 namespace dcp::checkpoint::detail {
 
-// ---- Status-carrying payloads (collective.cpp): each collective of the save and load
-// sequences moves either a rank's result or its failure, so one rank's error reaches every
-// rank instead of leaving them waiting.
-using Bytes = std::vector<std::byte>;
-/// A result: a 0 byte, then `body`.
-Bytes ok_payload(std::span<const std::byte> body);
-/// A failure: its parts (code, rank, file, key, offset, bare message), so the error every rank
-/// throws is the failed rank's own, with its rank, never wrapped again at each collective.
-/// `rank` is the failing rank unless `e` names one already; -1 names none.
-Bytes failure_payload(int rank, const Error& e);
-/// The rank a failure of `pg`'s rank names: -1 in a group of one (there is no other rank to
-/// tell apart, and a single process's errors read as they always did).
-int failure_rank(const ProcessGroup& pg);
-/// The failure a payload carries, nullopt for a result (internal for a malformed payload).
-std::optional<Error> failure_of(std::span<const std::byte> payload);
-/// The first failure among gathered payloads (rank order).
-std::optional<Error> first_failure(const std::vector<Bytes>& payloads);
-std::span<const std::byte> body_of(const Bytes& payload);
-/// Appends `v` as `width` little-endian bytes (the payloads' one integer encoding).
-void put_le(Bytes& out, std::uint64_t v, int width);
-/// The `width`-byte little-endian integer at the start of `in` (which holds at least that many).
-std::uint64_t get_le(std::span<const std::byte> in, int width);
-
-/// Runs `step`, turning any exception into this rank's failure payload.
-template <class Step>
-Bytes guarded(int rank, Step&& step) {
-  try {
-    return ok_payload(step());
-  } catch (...) {
-    return failure_payload(rank, current_exception_as_error());
-  }
-}
-
-/// The coordinator's global step over gathered local plans: the first failed rank's failure
-/// for every rank, or `plan(bodies)` (one encoded plan per rank) as results; a throw from
-/// `plan` fails every rank with the coordinator's error.
-template <class Plan>
-std::vector<Bytes> coordinate(int rank, int size, const std::vector<Bytes>& gathered, Plan&& plan) {
-  std::vector<Bytes> per_rank;
-  std::optional<Error> failed = first_failure(gathered);
-  if (!failed) {
-    try {
-      std::vector<std::span<const std::byte>> bodies;
-      for (const auto& p : gathered) bodies.push_back(body_of(p));
-      for (const auto& encoded : plan(std::move(bodies))) per_rank.push_back(ok_payload(encoded));
-      if (per_rank.size() != static_cast<std::size_t>(size))
-        throw Error(Errc::internal, "the global plan has " + std::to_string(per_rank.size()) + " plans for " +
-                                        std::to_string(size) + " ranks");
-    } catch (...) {
-      failed = current_exception_as_error();
-    }
-  }
-  if (failed) per_rank.assign(static_cast<std::size_t>(size), failure_payload(rank, *failed));
-  return per_rank;
-}
-
 /// A load's step 3 with read-once: this rank's own reads of `plan`, then one broadcast per
 /// batch of `shared` (at most `batch_bytes`, the coordinator's; in order, every rank taking
-/// part whatever failed before) whose bytes feed
-/// this rank's reads of those items. A rank that already `failed` reads nothing and sends its
-/// failure where it is the reader. Returns this rank's status payload (its first failure, or a
-/// failure a reader rank broadcast); counts go into `report` (read_once.cpp).
-Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
-                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, std::uint64_t batch_bytes,
-                        storage::ReadReport& report, std::optional<Error> failed);
-
-/// One process: the collectives are identities.
-class SingleProcess final : public ProcessGroup {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  std::vector<Bytes> gather(Bytes local, int) override;
-  Bytes scatter(std::vector<Bytes> per_rank, int) override;
-  Bytes broadcast(Bytes bytes, int) override { return bytes; }
-};
-/// The end of a sequence: every rank's `status` (a payload) to the coordinator, the first
-/// failure (or success) back to every rank; throws that failure on every rank.
-void agree(ProcessGroup& pg, int coordinator_rank, Bytes status);
-/// `*group`, or `single` when it is null; checks that `coordinator_rank` is in the group.
-ProcessGroup& group_or_single(ProcessGroup* group, SingleProcess& single, int coordinator_rank);
+/// part whatever failed before) whose bytes feed this rank's reads of those items. A reader
+/// rank that failed sends its failure, which every rank throws at that broadcast. Returns this
+/// rank's first failure (its own reads, or its use of received bytes), which the caller's last
+/// step agrees on; counts go into `report` (read_once.cpp).
+std::optional<Error> read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner,
+                                       const planning::LoadPlan& plan, std::span<const planning::SharedRead> shared,
+                                       collective::Collectives& ranks, std::uint64_t batch_bytes,
+                                       storage::ReadReport& report);
 
 /// The output of a conversion: a new hidden temporary file next to `out`, renamed to `out` by
 /// commit() (file and directory synced; over an existing `out` only with `overwrite`) and

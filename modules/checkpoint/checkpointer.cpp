@@ -17,6 +17,7 @@ import dcp.metadata;
 import dcp.planning;
 import dcp.memory;
 import dcp.storage;
+import dcp.collective;
 
 namespace dcp::checkpoint {
 
@@ -69,7 +70,7 @@ planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
 }
 
 Checkpointer::Checkpointer(std::shared_ptr<storage::StorageWriter> storage_writer,
-                           std::shared_ptr<storage::StorageReader> storage_reader, ProcessGroup* process_group,
+                           std::shared_ptr<storage::StorageReader> storage_reader, collective::ProcessGroup* process_group,
                            int coordinator_rank, bool no_dist, std::shared_ptr<planning::LoadPlanner> load_planner,
                            std::shared_ptr<planning::SavePlanner> save_planner,
                            std::function<memory::Buffer(std::uint64_t)> allocate_staging)
@@ -94,14 +95,22 @@ metadata::Metadata Checkpointer::save(const planning::StateDict& state_dict) {
 }
 
 std::future<metadata::Metadata> Checkpointer::async_save(const planning::StateDict& state_dict) {
-  wait_for_pending();  // the staging buffers are free again
-  if (!writer_) throw Error(Errc::failed_precondition, "this Checkpointer has no storage writer");
-  auto staged = std::make_shared<planning::StateDict>(staging_.stage(state_dict));
+  wait_for_pending();  // the staging buffers and the background group are free again
+  collective::Collectives ranks(group_, coordinator_rank_);
+  // A rank that cannot stage must not leave the others' background saves waiting for it.
+  std::shared_ptr<planning::StateDict> staged;
+  ranks.run("async_save: stage", [&] {
+    if (!writer_) throw Error(Errc::failed_precondition, "this Checkpointer has no storage writer");
+    staged = std::make_shared<planning::StateDict>(staging_.stage(state_dict));
+  });
+  // The background save runs its collectives on a group of its own: the caller's thread keeps
+  // the caller's group.
+  if (group_ && !async_group_) async_group_ = ranks.split("async_save: group");
   std::promise<metadata::Metadata> promise;
   auto future = promise.get_future();
   worker_ = std::thread([this, staged = std::move(staged), promise = std::move(promise)]() mutable {
     try {
-      promise.set_value(checkpoint::save(*staged, *writer_, *save_planner_, group_, coordinator_rank_));
+      promise.set_value(checkpoint::save(*staged, *writer_, *save_planner_, async_group_.get(), coordinator_rank_));
     } catch (...) {
       promise.set_exception(std::current_exception());
     }

@@ -19,6 +19,7 @@ import dcp.planning;
 import dcp.memory;
 import dcp.record;
 import dcp.storage;
+import dcp.collective;
 
 namespace dcp::checkpoint {
 std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOptions& options) {
@@ -31,9 +32,10 @@ std::uint64_t selected_tensor_bytes(const metadata::Metadata& md, const LoadOpti
 
 namespace {
 
-using detail::Bytes;
-using detail::get_le;
-using detail::put_le;
+using collective::Bytes;
+using collective::Collectives;
+using collective::get_le;
+using collective::put_le;
 
 // A rank's local plan on the wire: whether its reader can share items, then the plan.
 Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
@@ -43,12 +45,16 @@ Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
   return out;
 }
 
-// The coordinator's answer to one rank: its global plan (length-prefixed), the coordinator's
-// broadcast batch size (every rank must cut the same batches), then the shared reads.
-Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes, const std::vector<std::byte>& shared) {
+// The coordinator's answer to one rank: whether any item is shared (the same byte for every
+// rank, readable without decoding the rest), its global plan (length-prefixed), the
+// coordinator's broadcast batch size (every rank must cut the same batches), then the shared
+// reads.
+Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes, bool sharing,
+                      const std::vector<std::byte>& shared) {
   const auto encoded = planning::encode_plan(plan);
   Bytes out;
-  out.reserve(16 + encoded.size() + shared.size());
+  out.reserve(17 + encoded.size() + shared.size() + 1);  // + the status byte
+  out.push_back(std::byte{sharing ? std::uint8_t{1} : std::uint8_t{0}});
   put_le(out, encoded.size(), 8);
   out.insert(out.end(), encoded.begin(), encoded.end());
   put_le(out, batch_bytes, 8);
@@ -56,137 +62,120 @@ Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes,
   return out;
 }
 
-// Inverse of central_payload; `shared` and `batch_bytes` are filled first, so that a rank whose
-// plan fails still knows the broadcasts it must take part in.
-planning::LoadPlan decode_central(std::span<const std::byte> body, std::vector<planning::SharedRead>& shared,
+bool shares_items(std::span<const std::byte> central) { return !central.empty() && central[0] == std::byte{1}; }
+
+// Inverse of central_payload.
+planning::LoadPlan decode_central(std::span<const std::byte> message, std::vector<planning::SharedRead>& shared,
                                   std::uint64_t& batch_bytes) {
+  const auto body = message.empty() ? message : message.subspan(1);
   const std::uint64_t length = body.size() >= 8 ? get_le(body, 8) : 0;
   if (body.size() < 16 || length > body.size() - 16)
-    throw Error(Errc::data_loss, "global plan message of " + std::to_string(body.size()) + " bytes is truncated");
+    throw Error(Errc::data_loss, "global plan message of " + std::to_string(message.size()) + " bytes is truncated");
   batch_bytes = get_le(body.subspan(8 + length), 8);
   shared = planning::decode_shared_reads(body.subspan(16 + length));
   return planning::decode_plan(body.subspan(8, length));
 }
 
-// Everything of torch's load sequence after `.metadata`: local plans → the coordinator's
-// global plan (and the shared reads) → each rank's reads → every rank learns whether all
-// succeeded. `md` is the validated metadata, or (for a rank that has none yet) empty, and
-// `metadata_bytes` the coordinator's `.metadata`, decoded and validated inside this rank's
-// first step so that its failure travels too.
+// Everything of torch's load sequence after `.metadata`, as steps of `ranks`: local plans →
+// the coordinator's global plan (and the shared reads) → each rank's reads → every rank learns
+// whether all succeeded. `md` is the validated metadata, or (for a rank that has none yet)
+// empty, and `metadata_bytes` the coordinator's `.metadata`, decoded and validated inside
+// this rank's first step so that its failure travels too.
 storage::ReadReport run_load(planning::Destination& destination, storage::StorageReader& reader,
                              planning::LoadPlanner& planner, std::optional<metadata::ValidatedMetadata> md,
-                             std::span<const std::byte> metadata_bytes, ProcessGroup& pg, int coordinator_rank,
-                             const ReadOnce& read_once) {
-  using namespace detail;
-  const int rank = pg.rank();
-  const int me = failure_rank(pg);  // the rank a failure here names
-  const bool is_coordinator = rank == coordinator_rank;
+                             std::span<const std::byte> metadata_bytes, Collectives& ranks, const ReadOnce& read_once) {
+  const bool is_coordinator = ranks.is_coordinator();
+  const auto central = ranks.reduce_scatter(
+      "load: plan",
+      [&] {
+        if (!md) md = reader.metadata_from_bytes(metadata_bytes);
+        planner.set_up_planner(destination, *md, is_coordinator);
+        reader.set_up_storage_reader(*md, is_coordinator);
+        return local_payload(reader.can_share_items(), reader.prepare_local_plan(planner.create_local_plan()));
+      },
+      [&](Collectives::Results bodies) {
+        std::vector<planning::LoadPlan> plans;
+        bool all_share = read_once.enabled && ranks.size() > 1;
+        for (const auto& body : bodies) {
+          if (body.empty()) throw Error(Errc::data_loss, "empty local plan message");
+          all_share = all_share && body[0] == std::byte{1};
+          plans.push_back(planning::decode_plan(body.subspan(1)));
+        }
+        plans = reader.prepare_global_plan(planner.create_global_plan(std::move(plans)));
+        const auto shared = all_share ? planning::plan_read_once(plans, *md) : std::vector<planning::SharedRead>{};
+        const auto encoded_shared = planning::encode_shared_reads(shared);
+        std::vector<Bytes> encoded;
+        for (const auto& plan : plans)
+          encoded.push_back(central_payload(plan, read_once.batch_bytes, !shared.empty(), encoded_shared));
+        return encoded;
+      });
 
-  // 1. Local plans → coordinator.
-  auto local = guarded(me, [&] {
-    if (!md) md = reader.metadata_from_bytes(metadata_bytes);
-    planner.set_up_planner(destination, *md, is_coordinator);
-    reader.set_up_storage_reader(*md, is_coordinator);
-    return local_payload(reader.can_share_items(), reader.prepare_local_plan(planner.create_local_plan()));
-  });
-  auto gathered = pg.gather(std::move(local), coordinator_rank);
-
-  // 2. Global plan (coordinator) → every rank.
-  std::vector<Bytes> per_rank;
-  if (is_coordinator)
-    per_rank = coordinate(me, pg.size(), gathered, [&](std::vector<std::span<const std::byte>> bodies) {
-      std::vector<planning::LoadPlan> plans;
-      bool all_share = read_once.enabled && pg.size() > 1;
-      for (const auto& body : bodies) {
-        if (body.empty()) throw Error(Errc::data_loss, "empty local plan message");
-        all_share = all_share && body[0] == std::byte{1};
-        plans.push_back(planning::decode_plan(body.subspan(1)));
-      }
-      plans = reader.prepare_global_plan(planner.create_global_plan(std::move(plans)));
-      const auto shared =
-          planning::encode_shared_reads(all_share ? planning::plan_read_once(plans, *md) : std::vector<planning::SharedRead>{});
-      std::vector<Bytes> encoded;
-      for (const auto& plan : plans) encoded.push_back(central_payload(plan, read_once.batch_bytes, shared));
-      return encoded;
-    });
-  const auto central = pg.scatter(std::move(per_rank), coordinator_rank);
-  if (auto failed = failure_of(central)) throw *failed;
-
-  // 3. Every rank reads its items; the outcome of every rank → every rank (torch's final
-  // all_gather), so a rank whose reads failed fails the others too.
   storage::ReadReport report;
   planning::LoadPlan plan;
   std::uint64_t batch_bytes = 0;             // the coordinator's
   std::vector<planning::SharedRead> shared;  // the same on every rank
-  auto status = guarded(me, [&] {
-    plan = planner.finish_plan(decode_central(body_of(central), shared, batch_bytes));
-    return Bytes{};
-  });
-  auto failed = failure_of(status);
-  if (!shared.empty()) {
-    // A rank that failed above still takes part in every broadcast (the others wait for them).
-    status = read_with_sharing(reader, planner, plan, shared, pg, batch_bytes, report, std::move(failed));
-  } else if (!failed) {
-    status = guarded(me, [&] {
+  auto decode = [&] { plan = planner.finish_plan(decode_central(central, shared, batch_bytes)); };
+  std::optional<Error> failed;
+  if (shares_items(central)) {
+    // Every rank must cut the same broadcasts from the same shared reads: the decode is a step
+    // of its own, so that no rank enters the broadcasts without them.
+    ranks.run("load: shared reads", decode);
+    failed = detail::read_with_sharing(reader, planner, plan, shared, ranks, batch_bytes, report);
+  } else {
+    try {
+      decode();
       report = reader.read_data(plan, planner);
-      return Bytes{};
-    });
+    } catch (...) {
+      failed = current_exception_as_error();
+    }
   }
-  agree(pg, coordinator_rank, std::move(status));
+  // torch's final all_gather of the outcome: a rank whose reads failed fails the others too.
+  ranks.run("load: read", [&] {
+    if (failed) throw *failed;
+  });
   return report;
 }
 
-// Step 0, the coordinator's part: `.metadata` read once, validated, and sent as its bytes (one
-// source of truth); `md` receives the coordinator's own validated copy.
-detail::Bytes share_metadata(storage::StorageReader& reader, ProcessGroup& pg, int coordinator_rank,
-                             std::optional<metadata::ValidatedMetadata>& md) {
-  using namespace detail;
-  Bytes payload;
-  if (pg.rank() == coordinator_rank)
-    payload = guarded(failure_rank(pg), [&] {
-      auto bytes = reader.read_metadata_bytes();
-      md = reader.metadata_from_bytes(bytes);
-      return bytes;
-    });
-  payload = pg.broadcast(std::move(payload), coordinator_rank);
-  if (auto failed = failure_of(payload)) throw *failed;
-  return payload;
+// Step 0: the coordinator reads `.metadata` once, validates it and sends its bytes (one source
+// of truth); `md` receives the coordinator's own validated copy.
+Bytes share_metadata(storage::StorageReader& reader, Collectives& ranks, std::optional<metadata::ValidatedMetadata>& md) {
+  return ranks.broadcast("load: metadata", [&] {
+    auto bytes = reader.read_metadata_bytes();
+    md = reader.metadata_from_bytes(bytes);
+    return bytes;
+  });
 }
 
 }  // namespace
 
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner, ProcessGroup* group, int coordinator_rank,
+                         planning::LoadPlanner& planner, collective::ProcessGroup* group, int coordinator_rank,
                          const ReadOnce& read_once) {
-  detail::SingleProcess single;
-  ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
+  Collectives ranks(group, coordinator_rank);
   // The other ranks decode and validate the coordinator's bytes in their first step, so that a
   // failure there travels with the local plans instead of costing another round.
   std::optional<metadata::ValidatedMetadata> md;
-  const auto payload = share_metadata(reader, pg, coordinator_rank, md);
-  return run_load(destination, reader, planner, std::move(md), detail::body_of(payload), pg, coordinator_rank,
-                  read_once);
+  const auto bytes = share_metadata(reader, ranks, md);
+  return run_load(destination, reader, planner, std::move(md), bytes, ranks, read_once);
 }
 
-metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, ProcessGroup* group, int coordinator_rank) {
-  using namespace detail;
-  SingleProcess single;
-  ProcessGroup& pg = group_or_single(group, single, coordinator_rank);
+metadata::ValidatedMetadata read_metadata(storage::StorageReader& reader, collective::ProcessGroup* group,
+                                          int coordinator_rank) {
+  Collectives ranks(group, coordinator_rank);
   std::optional<metadata::ValidatedMetadata> md;
-  const auto payload = share_metadata(reader, pg, coordinator_rank, md);
+  const auto bytes = share_metadata(reader, ranks, md);
   // Every rank checks the bytes against its own view of the storage (the coordinator did).
-  run_agreed(&pg, [&] {
-    if (!md) md = reader.metadata_from_bytes(body_of(payload));
-  }, coordinator_rank);
+  ranks.run("load: check metadata", [&] {
+    if (!md) md = reader.metadata_from_bytes(bytes);
+  });
   return *std::move(md);
 }
 
 storage::ReadReport load(planning::Destination& destination, storage::StorageReader& reader,
-                         planning::LoadPlanner& planner, const metadata::ValidatedMetadata& md, ProcessGroup* group,
-                         int coordinator_rank, const ReadOnce& read_once) {
-  detail::SingleProcess single;
-  ProcessGroup& pg = detail::group_or_single(group, single, coordinator_rank);
-  return run_load(destination, reader, planner, md, {}, pg, coordinator_rank, read_once);
+                         planning::LoadPlanner& planner, const metadata::ValidatedMetadata& md,
+                         collective::ProcessGroup* group, int coordinator_rank, const ReadOnce& read_once) {
+  Collectives ranks(group, coordinator_rank);
+  return run_load(destination, reader, planner, md, {}, ranks, read_once);
 }
 
 std::span<const std::byte> TensorBuffer::bytes() const {

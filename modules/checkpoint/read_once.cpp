@@ -14,6 +14,7 @@ import dcp.error;
 import dcp.metadata;
 import dcp.planning;
 import dcp.storage;
+import dcp.collective;
 
 namespace dcp::checkpoint::detail {
 namespace {
@@ -44,12 +45,14 @@ void attempt(std::optional<Error>& failure, Step&& step) {
   }
 }
 
-// The reader's payload for shared[first, end): a 0 byte, then each item's stored bytes, read
-// straight into place.
-Bytes read_batch(storage::StorageReader& reader, std::span<const planning::SharedRead> batch, std::uint64_t bytes,
-                 storage::ReadReport& report) {
-  Bytes payload(static_cast<std::size_t>(bytes) + 1);
-  std::size_t at = 1;
+// The reader's payload for shared[first, end): each item's stored bytes, read straight into
+// place (with room for the status byte the broadcast appends).
+collective::Bytes read_batch(storage::StorageReader& reader, std::span<const planning::SharedRead> batch,
+                             std::uint64_t bytes, storage::ReadReport& report) {
+  collective::Bytes payload;
+  payload.reserve(static_cast<std::size_t>(bytes) + 1);
+  payload.resize(static_cast<std::size_t>(bytes));
+  std::size_t at = 0;
   for (const auto& read : batch) {
     reader.read_item(read.item, std::span(payload).subspan(at, static_cast<std::size_t>(read.stored_bytes)), report);
     at += static_cast<std::size_t>(read.stored_bytes);
@@ -59,14 +62,14 @@ Bytes read_batch(storage::StorageReader& reader, std::span<const planning::Share
 
 }  // namespace
 
-Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner, const planning::LoadPlan& plan,
-                        std::span<const planning::SharedRead> shared, ProcessGroup& pg, std::uint64_t batch_bytes_limit,
-                        storage::ReadReport& report, std::optional<Error> failed) {
-  const int me = failure_rank(pg);
-  // This thread's failure (its own reads, a reader rank's broadcast failure); the consumer's,
-  // which runs a batch's reads while this thread takes part in the next broadcast, is kept
-  // apart and joined in batch order, so the first failure in plan order wins.
-  std::optional<Error> failure = std::move(failed);
+std::optional<Error> read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& planner,
+                                       const planning::LoadPlan& plan, std::span<const planning::SharedRead> shared,
+                                       collective::Collectives& ranks, std::uint64_t batch_bytes_limit,
+                                       storage::ReadReport& report) {
+  // This thread's failure (its own reads); the consumer's, which runs a batch's reads while
+  // this thread takes part in the next broadcast, is kept apart and joined in batch order, so
+  // the first failure in plan order wins.
+  std::optional<Error> failure;
 
   // This rank's items: those it reads itself, and those of each shared read.
   std::map<Key, std::size_t> position;
@@ -86,7 +89,11 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
   storage::ReadReport consumer_report;
   std::future<void> consumer;
   auto join = [&] {
-    if (consumer.valid()) consumer.get();  // the task catches everything itself
+    try {
+      if (consumer.valid()) consumer.get();  // the task catches everything it can itself
+    } catch (...) {  // not even its error could be built (no memory): keep the code
+      if (!consumer_failure) consumer_failure = Error(Errc::resource_exhausted, "out of memory");
+    }
     if (!failure && consumer_failure) failure = std::move(consumer_failure);
   };
 
@@ -96,24 +103,17 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
     std::uint64_t batch_bytes = 0;
     for (std::size_t k = first; k < end; ++k) batch_bytes += shared[k].stored_bytes;
 
-    Bytes payload;
-    if (pg.rank() == root) {
-      if (failure) {
-        payload = failure_payload(me, *failure);
-      } else {
-        try {
-          payload = read_batch(reader, shared.subspan(first, end - first), batch_bytes, report);
-        } catch (...) {
-          payload = failure_payload(me, current_exception_as_error());
-        }
-      }
-    }
-    payload = pg.broadcast(std::move(payload), root);
+    // A reader that failed (here or before) sends its failure, and every rank throws it here.
+    auto payload = ranks.broadcast(
+        "load: shared items",
+        [&] {
+          if (failure) throw *failure;
+          return read_batch(reader, shared.subspan(first, end - first), batch_bytes, report);
+        },
+        root);
     join();  // the previous batch's reads are done (or failed) before this one starts
 
-    if (auto sent = failure_of(payload)) {
-      if (!failure) failure = std::move(sent);
-    } else if (!failure) {
+    if (!failure) {
       planning::LoadPlan reads;
       for (std::size_t k = first; k < end; ++k)
         for (auto& item : from_shared[k].items) reads.items.push_back(std::move(item));
@@ -121,7 +121,7 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
         consumer = std::async(std::launch::async, [&, first, end, batch_bytes, root, reads = std::move(reads),
                                                    payload = std::move(payload)] {
           attempt(consumer_failure, [&] {
-            const auto body = std::span(payload).subspan(1);
+            const auto body = std::span(payload);
             if (body.size() != batch_bytes)
               throw Error(Errc::internal, "rank " + std::to_string(root) + " sent " + std::to_string(body.size()) +
                                               " bytes of shared items, the plan says " + std::to_string(batch_bytes));
@@ -132,7 +132,7 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
               offset += shared[k].stored_bytes;
             }
             auto read = reader.read_data(reads, planner, items);
-            if (pg.rank() == root) read.received_bytes = 0;  // its own read, counted in storage_bytes
+            if (ranks.rank() == root) read.received_bytes = 0;  // its own read, counted in storage_bytes
             consumer_report.merge(std::move(read));
           });
         });
@@ -141,7 +141,7 @@ Bytes read_with_sharing(storage::StorageReader& reader, planning::LoadPlanner& p
   }
   join();
   report.merge(std::move(consumer_report));
-  return failure ? failure_payload(me, *failure) : ok_payload({});
+  return failure;
 }
 
 }  // namespace dcp::checkpoint::detail

@@ -20,83 +20,96 @@ import dcp.layout;
 import dcp.metadata;
 import dcp.planning;
 import dcp.storage;
+import dcp.collective;
 
 namespace dcp::checkpoint {
-metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageWriter& writer,
-                        planning::SavePlanner& planner, ProcessGroup* group, int coordinator_rank) {
-  using namespace detail;
-  SingleProcess single;
-  ProcessGroup& pg = group_or_single(group, single, coordinator_rank);
-  const int rank = pg.rank();
-  const int me = failure_rank(pg);  // the rank a failure here names
-  const int size = pg.size();
-  const bool is_coordinator = rank == coordinator_rank;
-  auto fail = [&](Error e) -> metadata::Metadata {
-    writer.abort();
-    throw e;
-  };
+namespace {
 
-  // 1. Local plans → coordinator.
-  auto local = guarded(me, [&] {
-    writer.reset();
-    writer.set_up_storage_writer(is_coordinator, rank, size);
-    planner.set_up_planner(state_dict, is_coordinator);
-    return planning::encode_save_plan(writer.prepare_local_plan(planner.create_local_plan()));
-  });
-  auto gathered = pg.gather(std::move(local), coordinator_rank);
+using collective::Bytes;
+using collective::Collectives;
 
-  // 2. Global plan (coordinator) → every rank.
-  std::optional<metadata::Metadata> global_metadata;
-  std::vector<Bytes> per_rank;
-  if (is_coordinator)
-    per_rank = coordinate(me, size, gathered, [&](std::vector<std::span<const std::byte>> bodies) {
-      auto [global, md] = planner.create_global_plan(planning::decode_save_plans(bodies));
-      global = writer.prepare_global_plan(std::move(global));
-      global_metadata = std::move(md);
-      return planning::encode_save_plans(global);
-    });
-  const auto central = pg.scatter(std::move(per_rank), coordinator_rank);
-  if (auto failed = failure_of(central)) return fail(std::move(*failed));
+constexpr std::string_view kPublished = "published, then ";
 
-  // 3. Every rank writes its items; results → coordinator.
-  auto results = guarded(me, [&] {
-    const auto plan = planner.finish_plan(planning::decode_save_plan(body_of(central)));
-    return planning::encode_write_results(writer.write_data(plan, planner));
-  });
-  auto all_results = pg.gather(std::move(results), coordinator_rank);
+// A failure after the coordinator made the checkpoint visible: the checkpoint is complete, so
+// it must not read as a failed save.
+Error published_then(const Error& e) {
+  if (e.message().starts_with(kPublished)) return e;
+  Error out(e.code(), std::string(kPublished) + e.message());
+  const auto& c = e.context();
+  if (!c.file.empty()) out.in_file(c.file);
+  if (!c.key.empty()) out.for_key(c.key);
+  if (c.byte_offset) out.at_offset(*c.byte_offset);
+  if (c.rank) out.on_rank(*c.rank);
+  return out;
+}
 
-  // 4. The coordinator writes `.metadata`; everyone learns the outcome, and the other ranks the
-  // metadata (encoded only when there are other ranks: one process keeps what finish returned).
+// torch's save_state_dict as two steps over `ranks`: the plans (reduce_scatter), then the
+// writes and `.metadata` (all_reduce). With `share_metadata`, the coordinator sends what it
+// wrote to every rank, which returns it; without, only the coordinator returns it. Any failure
+// aborts this rank's writer unless it published.
+std::optional<metadata::Metadata> save_sequence(const planning::StateDict& state_dict, storage::StorageWriter& writer,
+                                                planning::SavePlanner& planner, Collectives& ranks,
+                                                bool share_metadata) {
+  std::optional<metadata::Metadata> global_metadata, written;
   Bytes outcome;
-  std::optional<metadata::Metadata> written;
-  if (is_coordinator) {
-    if (auto failed = first_failure(all_results)) {
-      writer.abort_after_writes();  // every rank is done writing: all of this save's files can go
-      outcome = failure_payload(me, *failed);
-    } else {
-      outcome = guarded(me, [&] {
-        std::vector<std::vector<planning::WriteResult>> decoded;
-        for (const auto& r : all_results) decoded.push_back(planning::decode_write_results(body_of(r)));
-        try {
-          written = writer.finish(std::move(*global_metadata), decoded);
-        } catch (const Error& e) {
-          if (!writer.published()) throw;
-          // The checkpoint is in place: say so, or the caller would take it for a failed save.
-          Error after(e.code(), "published, then " + e.message());
-          const auto& c = e.context();
-          if (!c.file.empty()) after.in_file(c.file);
-          if (!c.key.empty()) after.for_key(c.key);
-          if (c.byte_offset) after.at_offset(*c.byte_offset);
-          throw after;
-        }
-        return size > 1 ? metadata::encode_metadata(*written, written->flavor) : Bytes{};
-      });
-    }
+  bool writing = false;  // the write step began: a failure reported in it comes after every rank wrote
+  try {
+    const auto central = ranks.reduce_scatter(
+        "save: plan",
+        [&] {
+          writer.reset();
+          writer.set_up_storage_writer(ranks.is_coordinator(), ranks.rank(), ranks.size());
+          planner.set_up_planner(state_dict, ranks.is_coordinator());
+          return planning::encode_save_plan(writer.prepare_local_plan(planner.create_local_plan()));
+        },
+        [&](Collectives::Results bodies) {
+          auto [global, md] = planner.create_global_plan(planning::decode_save_plans(bodies));
+          global = writer.prepare_global_plan(std::move(global));
+          global_metadata = std::move(md);
+          return planning::encode_save_plans(global);
+        });
+    writing = true;
+    outcome = ranks.all_reduce(
+        "save: write",
+        [&] {
+          const auto plan = planner.finish_plan(planning::decode_save_plan(central));
+          return planning::encode_write_results(writer.write_data(plan, planner));
+        },
+        [&](Collectives::Results bodies) {
+          std::vector<std::vector<planning::WriteResult>> decoded;
+          for (const auto& body : bodies) decoded.push_back(planning::decode_write_results(body));
+          try {
+            written = writer.finish(std::move(*global_metadata), decoded);
+            return share_metadata && ranks.size() > 1 ? metadata::encode_metadata(*written, written->flavor) : Bytes{};
+          } catch (...) {
+            if (writer.published()) throw published_then(current_exception_as_error());
+            throw;
+          }
+        });
+  } catch (...) {
+    auto e = current_exception_as_error();
+    if (writer.published()) throw published_then(e);
+    // The coordinator learns a rank's write failure from the gathered results, when every rank
+    // has returned from write_data: then all of this save's files can go at once.
+    if (writing && ranks.is_coordinator()) writer.abort_after_writes();
+    else writer.abort();
+    throw e;
   }
-  outcome = pg.broadcast(std::move(outcome), coordinator_rank);
-  if (auto failed = failure_of(outcome)) return fail(std::move(*failed));
-  if (written) return *std::move(written);
-  return metadata::decode_metadata(body_of(outcome));
+  if (written) return written;
+  if (!share_metadata) return std::nullopt;
+  try {  // the coordinator published: what fails now fails after it
+    return metadata::decode_metadata(outcome);
+  } catch (...) {
+    throw published_then(current_exception_as_error().on_rank(ranks.failure_rank()));
+  }
+}
+
+}  // namespace
+
+metadata::Metadata save(const planning::StateDict& state_dict, storage::StorageWriter& writer,
+                        planning::SavePlanner& planner, collective::ProcessGroup* group, int coordinator_rank) {
+  Collectives ranks(group, coordinator_rank);
+  return *save_sequence(state_dict, writer, planner, ranks, true);
 }
 
 metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_dicts,
@@ -106,23 +119,39 @@ metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_
   if (n == 0 || writers.size() != n || planners.size() != n)
     throw Error(Errc::invalid_argument, "save_ranks needs one state dict, writer and planner per rank");
   if (n == 1) return save(*state_dicts[0], *writers[0], *planners[0]);
-  auto groups = make_in_process_group(static_cast<int>(n));
-  std::vector<std::optional<metadata::Metadata>> results(n);
-  std::vector<std::exception_ptr> errors(n);
+  auto groups = collective::make_in_process_group(static_cast<int>(n));
+  std::optional<metadata::Metadata> written;  // the coordinator's
+  std::vector<std::exception_ptr> errors(n);  // caught without allocating: nothing escapes a rank
   {
     std::vector<std::jthread> ranks;
+    ranks.reserve(n);
     for (std::size_t r = 0; r < n; ++r)
-      ranks.emplace_back([&, r] {
+      ranks.emplace_back([&, r]() noexcept {
         try {
-          results[r] = save(*state_dicts[r], *writers[r], *planners[r], groups[r].get(), 0);
+          Collectives collectives(groups[r].get(), 0);
+          auto md = save_sequence(*state_dicts[r], *writers[r], *planners[r], collectives, false);
+          if (r == 0) written = std::move(md);
         } catch (...) {
           errors[r] = std::current_exception();
         }
       });
   }
-  for (auto& e : errors)
+  auto error_of = [](const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (...) {
+      return current_exception_as_error();
+    }
+  };
+  // The coordinator's outcome decides whether the checkpoint was published.
+  if (written) {
+    for (const auto& e : errors)
+      if (e) throw published_then(error_of(e));
+    return *std::move(written);
+  }
+  for (const auto& e : errors)
     if (e) std::rethrow_exception(e);
-  return std::move(*results[0]);
+  throw Error(Errc::internal, "save_ranks: the coordinator returned no metadata");
 }
 
 metadata::Metadata save_ranks(std::span<const planning::StateDict> state_dicts,

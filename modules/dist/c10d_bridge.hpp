@@ -32,6 +32,10 @@ struct Failure : std::runtime_error {
   enum class Kind { timeout, lost_peer, other };
   Failure(Kind kind, const std::string& message) : std::runtime_error(message), kind(kind) {}
   Kind kind;
+  /// For a lost peer: the rank whose address the message names ("Connection closed by peer
+  /// [addr]:port"), learned from the addresses the ranks exchanged when the group formed; -1
+  /// when the message names none this group knows.
+  int peer_rank = -1;
 };
 
 /// A c10d process group moving byte buffers of any size (Gloo's collectives need equal sizes:
@@ -47,12 +51,16 @@ class Group {
   std::vector<std::vector<std::byte>> gather(const std::vector<std::byte>& local, int root);
   std::vector<std::byte> scatter(const std::vector<std::vector<std::byte>>& per_rank, int root);
   std::vector<std::byte> broadcast(std::vector<std::byte> bytes, int root);
+  /// A new group of the same ranks over the same store, its keys under `prefix` (every rank
+  /// passes the same one): its collectives are independent of this group's.
+  std::unique_ptr<Group> split(const std::string& prefix);
   /// After a failure: drops the c10d objects without destroying them, so that this process
   /// never waits in a destructor for a peer that is gone.
   void abandon() noexcept;
 
  private:
   struct Impl;
+  explicit Group(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,4 +1,4 @@
-// The environment, and checkpoint::ProcessGroup over the c10d bridge with its errors as
+// The environment, and collective::ProcessGroup over the c10d bridge with its errors as
 // dcp::Error.
 module;
 #include <charconv>
@@ -16,7 +16,7 @@ module;
 #include "c10d_bridge.hpp"
 module dcp.dist;
 import dcp.error;
-import dcp.checkpoint;
+import dcp.collective;
 
 namespace dcp::dist {
 namespace {
@@ -48,29 +48,37 @@ std::optional<long long> integer_var(const Lookup& lookup, std::string_view name
   return value;
 }
 
-class C10dGroup final : public checkpoint::ProcessGroup {
+class C10dGroup final : public collective::ProcessGroup {
  public:
   C10dGroup(std::unique_ptr<bridge::Group> group, int rank, int size, std::chrono::milliseconds timeout)
       : group_(std::move(group)), rank_(rank), size_(size), timeout_(timeout) {}
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
-  std::vector<Bytes> gather(Bytes local, int root) override {
-    return run("gather", root, [&] { return group_->gather(local, root); });
+ private:
+  std::vector<Bytes> gather(Bytes local, int root, std::string_view step) override {
+    return run("gather", step, root, [&] { return group_->gather(local, root); });
   }
-  Bytes scatter(std::vector<Bytes> per_rank, int root) override {
-    return run("scatter", root, [&] { return group_->scatter(per_rank, root); });
+  Bytes scatter(std::vector<Bytes> per_rank, int root, std::string_view step) override {
+    return run("scatter", step, root, [&] { return group_->scatter(per_rank, root); });
   }
-  Bytes broadcast(Bytes bytes, int root) override {
-    return run("broadcast", root, [&] { return group_->broadcast(std::move(bytes), root); });
+  Bytes broadcast(Bytes bytes, int root, std::string_view step) override {
+    return run("broadcast", step, root, [&] { return group_->broadcast(std::move(bytes), root); });
+  }
+  // A new ProcessGroupGloo (or NCCL) over the same store, under a prefix every rank derives from
+  // how many splits came before, since every rank splits at the same points.
+  std::unique_ptr<collective::ProcessGroup> split(std::string_view step) override {
+    const auto prefix = "dcpp/split/" + std::to_string(splits_++);
+    return run("split", step, 0, [&]() -> std::unique_ptr<collective::ProcessGroup> {
+      return std::make_unique<C10dGroup>(group_->split(prefix), rank_, size_, timeout_);
+    });
   }
 
- private:
   template <class Fn>
-  auto run(std::string_view what, int root, Fn&& fn) -> decltype(fn()) {
+  auto run(std::string_view what, std::string_view step, int root, Fn&& fn) -> decltype(fn()) {
     const auto seq = next_++;
-    const auto name = std::string(what) + " #" + std::to_string(seq) + " (root " + std::to_string(root) + ", " +
-                      std::to_string(size_) + " ranks)";
+    const auto name = std::string(what) + " #" + std::to_string(seq) + " (" + std::string(step) + ", root " +
+                      std::to_string(root) + ", " + std::to_string(size_) + " ranks)";
     if (broken_)
       throw Error(Errc::failed_precondition, name + ": the process group failed in an earlier collective").on_rank(rank_);
     if (root < 0 || root >= size_) throw Error(Errc::invalid_argument, name + ": root outside the group").on_rank(rank_);
@@ -90,9 +98,11 @@ class C10dGroup final : public checkpoint::ProcessGroup {
       case Kind::timeout:
         return Error(Errc::cancelled, name + " timed out after " + seconds + " s waiting for the other ranks: " + f.what())
             .on_rank(rank_);
-      case Kind::lost_peer:
-        return Error(Errc::io, name + " lost the connection to another rank (it exited or was killed): " + f.what())
+      case Kind::lost_peer: {
+        const auto whom = f.peer_rank >= 0 ? "rank " + std::to_string(f.peer_rank) : std::string("another rank");
+        return Error(Errc::io, name + " lost the connection to " + whom + " (it exited or was killed): " + f.what())
             .on_rank(rank_);
+      }
       default:
         return Error(Errc::io, name + " failed: " + f.what()).on_rank(rank_);
     }
@@ -103,6 +113,7 @@ class C10dGroup final : public checkpoint::ProcessGroup {
   int size_;
   std::chrono::milliseconds timeout_;
   std::uint64_t next_ = 0;
+  std::uint64_t splits_ = 0;
   bool broken_ = false;
 };
 
@@ -132,7 +143,7 @@ Environment read_environment(const Lookup& given) {
   return env;
 }
 
-std::unique_ptr<checkpoint::ProcessGroup> connect(const Environment& env, const Options& options) {
+std::unique_ptr<collective::ProcessGroup> connect(const Environment& env, const Options& options) {
   if (options.timeout.count() <= 0) throw Error(Errc::invalid_argument, "the process group timeout must be positive");
   if (options.backend == Backend::nccl && !bridge::has_nccl())
     throw Error(Errc::unimplemented, "backend nccl: this build has no NCCL process groups (it needs -Dnccl=enabled and a "
@@ -163,7 +174,7 @@ std::unique_ptr<checkpoint::ProcessGroup> connect(const Environment& env, const 
   }
 }
 
-std::unique_ptr<checkpoint::ProcessGroup> from_environment(const Options& options) {
+std::unique_ptr<collective::ProcessGroup> from_environment(const Options& options) {
   return connect(read_environment(), options);
 }
 

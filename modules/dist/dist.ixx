@@ -1,4 +1,4 @@
-// dcp.dist — `checkpoint::ProcessGroup` over c10d: the collectives of the save and load
+// dcp.dist — `collective::ProcessGroup` over c10d: the collectives of the save and load
 // sequences between processes, as torchrun (or any launcher that sets torch's environment
 // variables) starts them.
 //
@@ -10,10 +10,13 @@
 // does not speak (2.x added a query type in front of the others): DCPP_STORE_PORT=<port> then
 // makes rank 0 serve dcpp's own store on MASTER_ADDR:<port> instead. Gather, scatter and broadcast move byte buffers of any size, every wait is
 // bounded by `Options::timeout`, and what c10d or gloo throws becomes a dcp::Error naming this
-// rank and the collective: `io` for a lost peer (a rank exited or was killed), `cancelled` for
-// a timeout. After such an error the group is broken: later collectives throw at once. The
-// libtorch layer only: c10d's headers stay in the bridge (c10d_bridge.cpp).
-// Imports: dcp.error, dcp.checkpoint (the ProcessGroup interface).
+// rank, the collective and its step: `io` for a lost peer (a rank exited or was killed, named
+// by its rank: the addresses gloo's messages print are mapped to the ranks that published them
+// when the group formed), `cancelled` for a timeout. After such an error the group is broken:
+// later collectives throw at once. `split` forms a new Gloo (or NCCL) group of the same ranks
+// over the same store, under a prefix of its own. The libtorch layer only: c10d's headers stay
+// in the bridge (c10d_bridge.cpp). Imports: dcp.error, dcp.collective (the ProcessGroup
+// interface).
 module;
 #include <chrono>
 #include <cstdint>
@@ -24,7 +27,7 @@ module;
 #include <string_view>
 export module dcp.dist;
 import dcp.error;
-import dcp.checkpoint;
+import dcp.collective;
 
 export namespace dcp::dist {
 
@@ -65,10 +68,10 @@ Environment read_environment(const Lookup& lookup = {});
 /// Forms the process group of `env` (every rank of the world must call it). Throws
 /// unimplemented for NCCL in a build without it, invalid_argument for a bad timeout, and io
 /// (or cancelled, past the timeout) when the ranks cannot meet.
-std::unique_ptr<checkpoint::ProcessGroup> connect(const Environment& env, const Options& options = {});
+std::unique_ptr<collective::ProcessGroup> connect(const Environment& env, const Options& options = {});
 
 /// connect(read_environment(), options).
-std::unique_ptr<checkpoint::ProcessGroup> from_environment(const Options& options = {});
+std::unique_ptr<collective::ProcessGroup> from_environment(const Options& options = {});
 
 /// Whether this build has NCCL process groups (-Dnccl=enabled with a CUDA libtorch).
 bool has_nccl() noexcept;

@@ -9,7 +9,6 @@ module;
 #include <cstring>
 #include <exception>
 #include <functional>
-#include <mutex>
 #include <random>
 #include <string_view>
 #include <thread>
@@ -26,20 +25,23 @@ void parallel_for(std::size_t count, std::uint64_t work, const std::function<voi
     for (std::size_t i = 0; i < count; ++i) task(i);
     return;
   }
+  // Each worker keeps the lowest index that threw in its own slot, so a catch block neither
+  // locks nor allocates (copying an exception_ptr does not): nothing can escape a worker.
+  struct Failed {
+    std::size_t index;
+    std::exception_ptr error;
+  };
+  std::vector<Failed> failed(threads, Failed{count, nullptr});
   std::atomic<std::size_t> next{0};
   std::atomic<std::size_t> first_failed{count};  // lowest index that threw so far
-  std::mutex mutex;
-  std::exception_ptr failure;
-  auto run_items = [&] {
+  auto run_items = [&](unsigned t) noexcept {
     for (std::size_t i; (i = next.fetch_add(1)) < count;) {
       if (i > first_failed.load()) continue;  // a lower item failed: no need to run this one
       try {
         task(i);
       } catch (...) {
-        std::lock_guard lock(mutex);
-        if (i < first_failed.load()) {
-          first_failed = i;
-          failure = std::current_exception();
+        if (i < failed[t].index) failed[t] = Failed{i, std::current_exception()};
+        for (auto seen = first_failed.load(); i < seen && !first_failed.compare_exchange_weak(seen, i);) {
         }
       }
     }
@@ -48,12 +50,15 @@ void parallel_for(std::size_t count, std::uint64_t work, const std::function<voi
     std::vector<std::jthread> workers;
     try {
       workers.reserve(threads - 1);
-      for (unsigned t = 1; t < threads; ++t) workers.emplace_back(run_items);
+      for (unsigned t = 1; t < threads; ++t) workers.emplace_back(run_items, t);
     } catch (...) {  // out of memory or of threads: fewer workers do it
     }
-    run_items();  // this thread is one of them
+    run_items(0);  // this thread is one of them
   }  // the workers join here
-  if (failure) std::rethrow_exception(failure);
+  const Failed* first = nullptr;
+  for (const auto& f : failed)
+    if (f.error && (!first || f.index < first->index)) first = &f;
+  if (first) std::rethrow_exception(first->error);
 }
 
 namespace {

@@ -20,12 +20,13 @@ import dcp.planning;
 import dcp.memory;
 import dcp.record;
 import dcp.storage;
+import dcp.collective;
 import dcp.checkpoint;
 
 namespace dcp::optimizer {
-OptimizerPlan agree_on_plan(checkpoint::ProcessGroup* group, const std::function<OptimizerPlan()>& plan_step) {
+OptimizerPlan agree_on_plan(collective::ProcessGroup* group, const std::function<OptimizerPlan()>& plan_step) {
   OptimizerPlan plan;
-  checkpoint::run_agreed(group, [&] { plan = plan_step(); });
+  collective::Collectives(group).run("optimizer: plan", [&] { plan = plan_step(); });
   return plan;
 }
 
@@ -55,37 +56,44 @@ planning::Destination destination(const OptimizerPlan& plan, std::span<const pla
 
 Objects load_optimizer_state(const OptimizerPlan& plan, std::span<const planning::TensorSlice> memory,
                              storage::StorageReader& reader, const metadata::ValidatedMetadata& metadata,
-                             checkpoint::ProcessGroup* group, const planning::LoadPlannerOptions& planner_options,
+                             collective::ProcessGroup* group, const planning::LoadPlannerOptions& planner_options,
                              storage::ReadReport* report) {
-  auto dest = destination(plan, memory);
+  collective::Collectives ranks(group);
+  planning::Destination dest;
+  ranks.run("optimizer: destination", [&] { dest = destination(plan, memory); });
   planning::DefaultLoadPlanner planner(planner_options);
   auto r = checkpoint::load(dest, reader, planner, metadata, group);
   Objects objects;
-  for (const auto& o : plan.objects) {
-    auto bytes = planner.take_bytes(o.fqn);
-    if (!bytes) throw Error(Errc::internal, "the load did not read this object").for_key(o.fqn);
-    try {
-      objects.push_back(record::parse_object(*bytes));
-    } catch (Error& e) {
-      throw e.for_key(o.fqn);
+  ranks.run("optimizer: objects", [&] {
+    for (const auto& o : plan.objects) {
+      auto bytes = planner.take_bytes(o.fqn);
+      if (!bytes) throw Error(Errc::internal, "the load did not read this object").for_key(o.fqn);
+      try {
+        objects.push_back(record::parse_object(*bytes));
+      } catch (Error& e) {
+        throw e.for_key(o.fqn);
+      }
     }
-  }
+  });
   if (report) *report = std::move(r);
   return objects;
 }
 
 LoadedState load_sharded_optimizer_state_dict(const ModelLayout& model, std::string_view optimizer_key,
-                                              storage::StorageReader& reader, checkpoint::ProcessGroup* group,
+                                              storage::StorageReader& reader, collective::ProcessGroup* group,
                                               const Devices& devices, const PlanOptions& options) {
   const auto md = checkpoint::read_metadata(reader, group);
   const RankInfo rank{group ? group->rank() : 0, group ? group->size() : 1, devices};
   LoadedState out;
-  out.plan = agree_on_plan(group, [&] { return plan_optimizer_state(*md, model, optimizer_key, rank, options); });
   std::vector<planning::TensorSlice> slices;
-  for (const auto& t : out.plan.tensors) {
-    out.tensors.push_back(memory::allocate(metadata::byte_size(t.shard.sizes, t.properties.dtype)));
-    slices.push_back(planning::contiguous_slice(out.tensors.back().data(), t.properties.dtype, t.shard.sizes));
-  }
+  out.plan = agree_on_plan(group, [&] {  // allocating is part of the step every rank must pass
+    auto plan = plan_optimizer_state(*md, model, optimizer_key, rank, options);
+    for (const auto& t : plan.tensors) {
+      out.tensors.push_back(memory::allocate(metadata::byte_size(t.shard.sizes, t.properties.dtype)));
+      slices.push_back(planning::contiguous_slice(out.tensors.back().data(), t.properties.dtype, t.shard.sizes));
+    }
+    return plan;
+  });
   out.objects = load_optimizer_state(out.plan, slices, reader, md, group, {}, &out.report);
   return out;
 }

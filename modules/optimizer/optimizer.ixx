@@ -53,6 +53,7 @@ import dcp.metadata;
 import dcp.planning;
 import dcp.memory;
 import dcp.storage;
+import dcp.collective;
 import dcp.checkpoint;
 
 export namespace dcp::optimizer {
@@ -173,13 +174,13 @@ using Objects = std::vector<pickle::Document>;
 /// DefaultLoadPlanner with `planner_options`; returns the objects. Every rank calls it.
 Objects load_optimizer_state(const OptimizerPlan& plan, std::span<const planning::TensorSlice> memory,
                              storage::StorageReader& reader, const metadata::ValidatedMetadata& metadata,
-                             checkpoint::ProcessGroup* group = nullptr,
+                             collective::ProcessGroup* group = nullptr,
                              const planning::LoadPlannerOptions& planner_options = {},
                              storage::ReadReport* report = nullptr);
 
 /// Every rank's planning outcome agreed: `plan_step` runs here, and if it throws on any rank,
 /// every rank throws that rank's error (naming it). Every rank of `group` calls it.
-OptimizerPlan agree_on_plan(checkpoint::ProcessGroup* group, const std::function<OptimizerPlan()>& plan_step);
+OptimizerPlan agree_on_plan(collective::ProcessGroup* group, const std::function<OptimizerPlan()>& plan_step);
 
 /// A loaded optimizer state in host memory.
 struct LoadedState {
@@ -194,7 +195,7 @@ struct LoadedState {
 /// (plan_optimizer_state, agreed across ranks), allocates and loads. `rank.rank` and
 /// `rank.world_size` must be the group's. Every rank calls it.
 LoadedState load_sharded_optimizer_state_dict(const ModelLayout& model, std::string_view optimizer_key,
-                                              storage::StorageReader& reader, checkpoint::ProcessGroup* group,
+                                              storage::StorageReader& reader, collective::ProcessGroup* group,
                                               const Devices& devices = {}, const PlanOptions& options = {});
 
 /// An optimizer state entry and the entry of the parameter it belongs to (positions in

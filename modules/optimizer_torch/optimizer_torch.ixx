@@ -20,6 +20,7 @@ import dcp.planning;
 import dcp.memory;
 import dcp.storage;
 import dcp.alloc;
+import dcp.collective;
 import dcp.checkpoint;
 import dcp.optimizer;
 
@@ -40,7 +41,7 @@ struct LoadedState {
 /// Throws what they throw, and unimplemented for a device this libtorch cannot use (checked
 /// before any read, on every rank).
 LoadedState load_sharded_optimizer_state_dict(const optimizer::ModelLayout& model, std::string_view optimizer_key,
-                                              storage::StorageReader& reader, checkpoint::ProcessGroup* group,
+                                              storage::StorageReader& reader, collective::ProcessGroup* group,
                                               const optimizer::Devices& devices = {},
                                               const optimizer::PlanOptions& options = {});
 

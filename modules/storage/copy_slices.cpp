@@ -8,6 +8,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <optional>
 #include <span>
@@ -32,23 +33,17 @@ void run_on_pool(int threads, std::size_t count, const std::function<void(std::s
   // asio::thread_pool(n) whose k-th thread cannot start (no memory left for its stack) joins
   // the threads it started, which wait for work forever: a hang. Here the work is posted
   // first and each thread runs the io_context until it is done, so a thread that does not
-  // start is only missing, and this thread runs it when none started.
+  // start is only missing, and this thread runs it when none started. A worker only records
+  // what it caught (copying an exception_ptr allocates nothing); the errors are built and
+  // handed to `fail` on this thread, where a throw reaches the caller.
+  std::vector<std::exception_ptr> caught(count);
   asio::io_context io(std::max(1, threads));
-  std::atomic<bool> unreported{false};  // a failure that fail() could not take, for lack of memory
   for (std::size_t i = 0; i < count; ++i)
-    asio::post(io, [&task, &fail, &unreported, i] {
+    asio::post(io, [&task, &caught, i]() noexcept {
       try {
         task(i);
       } catch (...) {
-        try {
-          fail(i, current_exception_as_error());
-        } catch (...) {  // no memory left even for the message: keep the code
-          try {
-            fail(i, Error(Errc::resource_exhausted, "out of memory"));
-          } catch (...) {
-            unreported = true;
-          }
-        }
+        caught[i] = std::current_exception();
       }
     });
   std::vector<std::thread> workers;
@@ -59,7 +54,14 @@ void run_on_pool(int threads, std::size_t count, const std::function<void(std::s
   }
   if (workers.empty()) io.run();
   for (auto& w : workers) w.join();
-  if (unreported) throw Error(Errc::resource_exhausted, "out of memory");
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!caught[i]) continue;
+    try {
+      std::rethrow_exception(caught[i]);
+    } catch (...) {
+      fail(i, current_exception_as_error());
+    }
+  }
 }
 
 void copy_slices(std::span<const SliceCopy> copies, int threads) {

@@ -352,7 +352,8 @@ std::vector<std::string> save_leftovers(const std::filesystem::path& checkpoint_
 namespace dcp::storage {
 // Not exported: shared by the implementation units.
 /// Runs task(i) for every i in [0, count) on an Asio pool of `threads` and waits. Nothing
-/// escapes a worker: an exception (out of memory included) goes to fail(i, error).
+/// escapes a worker: an exception (out of memory included) goes to fail(i, error), called on
+/// this thread once the pool has joined (what `fail` throws reaches the caller).
 void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
                  const std::function<void(std::size_t, Error)>& fail);
 Error os_error(const std::filesystem::path& path, std::string_view what, int err);

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "../support/support.hpp"
@@ -23,6 +24,7 @@ import dcp.metadata;
 import dcp.layout;
 import dcp.planning;
 import dcp.storage;
+import dcp.collective;
 import dcp.checkpoint;
 
 namespace md = dcp::metadata;
@@ -81,21 +83,63 @@ struct RankOutcome {
 
 using BoxOf = std::function<ly::Box(const md::Shape& global, int rank)>;
 
+// A step of one rank's load that fails: its local plan, taking its part of the global plan
+// (with read-once, where the shared reads are decoded too), its own reads, or its use of bytes
+// another rank broadcast.
+enum class Fault { none, local_plan, central_plan, own_read, shared_bytes };
+
+dcp::Error injected(const char* where) { return dcp::Error(dcp::Errc::io, std::string("injected failure in ") + where); }
+
+class FaultyPlanner final : public pl::DefaultLoadPlanner {
+ public:
+  explicit FaultyPlanner(Fault fault) : fault_(fault) {}
+  pl::LoadPlan create_local_plan() override {
+    if (fault_ == Fault::local_plan) throw injected("the local plan");
+    return DefaultLoadPlanner::create_local_plan();
+  }
+  pl::LoadPlan finish_plan(pl::LoadPlan central) override {
+    if (fault_ == Fault::central_plan) throw injected("the central plan");
+    return DefaultLoadPlanner::finish_plan(std::move(central));
+  }
+  void commit_tensor(const pl::ReadItem& item, const pl::TensorSlice& slice) override {
+    if (fault_ == Fault::shared_bytes) throw injected("the shared bytes");
+    DefaultLoadPlanner::commit_tensor(item, slice);
+  }
+
+ private:
+  Fault fault_;
+};
+
+class FaultyReader final : public st::FileSystemReader {
+ public:
+  FaultyReader(const std::filesystem::path& dir, Fault fault) : FileSystemReader(dir), fault_(fault) {}
+  using FileSystemReader::read_data;
+  st::ReadReport read_data(const pl::LoadPlan& plan, pl::LoadPlanner& planner) override {
+    if (fault_ == Fault::own_read) throw injected("the reads");
+    return FileSystemReader::read_data(plan, planner);
+  }
+
+ private:
+  Fault fault_;
+};
+
 // Loads every tensor (the box `box_of` gives each rank) and, with `objects`, "meta", on `world`
 // ranks played by threads, with `read_once` on rank 0 (the coordinator) and `others` (the same
 // when unset) elsewhere. `metadata` skips the metadata step (each rank uses it as given).
 std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int world, const BoxOf& box_of, bool objects,
                                        ck::ReadOnce read_once = {},
                                        std::optional<md::ValidatedMetadata> metadata = std::nullopt,
-                                       std::optional<ck::ReadOnce> others = std::nullopt) {
-  auto groups = ck::make_in_process_group(world);
+                                       std::optional<ck::ReadOnce> others = std::nullopt, int faulty_rank = -1,
+                                       Fault fault = Fault::none) {
+  auto groups = dcp::collective::make_in_process_group(world);
   std::vector<RankOutcome> outcomes(static_cast<std::size_t>(world));
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r)
     threads.emplace_back([&, r] {
       auto& out = outcomes[static_cast<std::size_t>(r)];
       try {
-        st::FileSystemReader reader(dir);
+        const auto mine = r == faulty_rank ? fault : Fault::none;
+        FaultyReader reader(dir, mine);
         const auto md = metadata ? *metadata : ck::read_metadata(reader, groups[static_cast<std::size_t>(r)].get());
         pl::Destination destination;
         for (const auto& item : md->items) {
@@ -110,7 +154,7 @@ std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int wor
           dest.chunks.push_back({box.offsets, box.sizes, pl::contiguous_slice(memory.data(), DType::float32, box.sizes)});
           destination.add_tensor(item.fqn, std::move(dest));
         }
-        pl::DefaultLoadPlanner planner;
+        FaultyPlanner planner(mine);
         out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0,
                               r == 0 ? read_once : others.value_or(read_once));
         if (const auto* bytes = planner.loaded_bytes("meta")) out.meta = *bytes;
@@ -254,7 +298,7 @@ BOOST_AUTO_TEST_CASE(the_coordinators_batch_size_holds_for_every_rank) {
 BOOST_AUTO_TEST_CASE(checkpointer_load_reads_once_unless_told_not_to) {
   Saved saved;
   for (const bool read_once : {true, false}) {
-    auto groups = ck::make_in_process_group(2);
+    auto groups = dcp::collective::make_in_process_group(2);
     std::vector<st::ReadReport> reports(2);
     std::vector<std::vector<std::byte>> loaded(2);
     std::vector<std::string> errors(2);
@@ -326,6 +370,33 @@ BOOST_AUTO_TEST_CASE(a_reader_that_fails_fails_every_rank_naming_it) {
       BOOST_REQUIRE(e.context().rank.has_value());
       if (!named) named = e.context().rank;
       BOOST_TEST(*e.context().rank == *named);  // every rank names the same failed rank
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(ranks_agree)
+
+// One rank fails in one step of its load: every rank throws that rank's error, naming it, with
+// read-once (every rank loading everything whole) and without (each rank its rows).
+BOOST_AUTO_TEST_CASE(a_rank_failing_in_any_load_step_fails_every_rank_naming_it) {
+  Saved saved;
+  const std::tuple<Fault, int, const char*, bool> cases[] = {
+      {Fault::local_plan, 2, "the local plan", false}, {Fault::central_plan, 2, "the central plan", false},
+      {Fault::own_read, 1, "the reads", false},       {Fault::local_plan, 0, "the local plan", true},
+      {Fault::central_plan, 2, "the central plan", true}, {Fault::central_plan, 0, "the central plan", true},
+      {Fault::shared_bytes, 3, "the shared bytes", true}, {Fault::own_read, 3, "the reads", true}};
+  for (const auto& [fault, rank, where, whole_tensors] : cases) {
+    BOOST_TEST_CONTEXT(where << " on rank " << rank << (whole_tensors ? ", read-once" : ", rows")) {
+      const auto outcomes =
+          load_on_ranks(saved.dir, 4, whole_tensors ? whole() : by("rows", 4), true, {}, std::nullopt, std::nullopt, rank, fault);
+      for (std::size_t r = 0; r < outcomes.size(); ++r) {
+        BOOST_TEST_CONTEXT("rank " << r) {
+          BOOST_REQUIRE(outcomes[r].error.has_value());
+          BOOST_TEST(outcomes[r].error->what() == "rank " + std::to_string(rank) + ": injected failure in " + where);
+        }
+      }
     }
   }
 }

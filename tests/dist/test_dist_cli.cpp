@@ -235,6 +235,104 @@ BOOST_AUTO_TEST_CASE(reshard_of_a_torch_113_sharded_tensor_checkpoint_for_torch_
   check_with_torch(dcp_test::python(), "save_check113.py", "load", manifest);
 }
 
+// The one-line error a rank printed ("dcpp: error: ..."), empty if none.
+std::string error_line(const std::string& err) {
+  const auto at = err.find("dcpp: error: ");
+  if (at == std::string::npos) return {};
+  return err.substr(at, err.find('\n', at) - at);
+}
+
+// Every rank exits 1 within seconds, each with the same error line: the failed rank's own,
+// naming it, and saying `what`.
+void all_fail_alike(const std::vector<dist_test::RankResult>& results, int failed, const std::string& what) {
+  const auto line = error_line(results.at(0).err);
+  BOOST_TEST(contains(line, "dcpp: error: rank " + std::to_string(failed) + ": "), dist_test::describe(results));
+  BOOST_TEST(contains(line, what), dist_test::describe(results));
+  for (const auto& r : results) {
+    BOOST_TEST(r.status == 1, dist_test::describe(results));
+    BOOST_TEST(!r.killed);
+    BOOST_TEST(r.seconds < 30);
+    BOOST_TEST(error_line(r.err) == line, dist_test::describe(results));
+  }
+}
+
+// Rank 1 may not allocate its share: its data limit (RLIMIT_DATA, set by prlimit) is 2 GiB and
+// each rank's rows of the checkpoint's 3 x 2^30 float tensor take 4 GiB (the data file is a
+// sparse file; nothing is read). Every rank fails with rank 1's out-of-memory error.
+BOOST_AUTO_TEST_CASE(a_rank_that_cannot_allocate_its_share_fails_every_rank) {
+  TempDir tmp;
+  const auto src = tmp.path() / "huge";
+  int status = 0;
+  const auto made = dcp_test::run_capture(dcp_test::quote(dcp_test::python2x()) + " " +
+                                              dcp_test::quote(dcp_test::source_root() / "tests/python/huge_tensor.py") +
+                                              " " + dcp_test::quote(src) + " 3 1073741824 2>&1",
+                                          &status);
+  BOOST_TEST_REQUIRE(status == 0, made);
+  dist_test::Launch l;
+  l.world = 3;
+  l.scratch = tmp.path();
+  l.argv = [&](int rank) {
+    std::vector<std::string> argv;
+    if (rank == 1) argv = {"/usr/bin/prlimit", "--data=" + std::to_string(std::uint64_t{2} << 30)};
+    for (const auto& a : {dcp_test::dcpp_exe().string(), std::string("reshard"), std::string("--timeout"),
+                          std::string("30"), src.string(), (tmp.path() / "out").string()})
+      argv.push_back(a);
+    return argv;
+  };
+  all_fail_alike(dist_test::launch(l), 1, "key 'big': allocating 4294967296 bytes: out of memory");
+  BOOST_TEST(!fs::exists(tmp.path() / "out" / ".metadata"));
+}
+
+// Rank 0 loads the objects for reshard and cannot parse one (its zip header is broken): every
+// rank fails with rank 0's error, which names the object's file, key and byte offset.
+BOOST_AUTO_TEST_CASE(a_corrupt_object_fails_every_rank) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
+  const auto ckpt = tmp.path() / "ckpt";
+  dcp_test::copy_checkpoint(case_dir / "ckpt", ckpt);
+  const auto doc = json::parse(dcp_test::run_dcpp("inspect --json " + ckpt.string(), tmp.path()).out).as_object();
+  std::string key, file;
+  std::int64_t offset = -1;
+  for (const auto& item : doc.at("items").as_array()) {
+    const auto& o = item.as_object();
+    if (o.at("kind").as_string() != "bytes") continue;
+    key = o.at("fqn").as_string();
+    file = o.at("file").as_string();
+    offset = o.at("offset").as_int64();
+    break;
+  }
+  BOOST_TEST_REQUIRE(offset >= 0, "the case has no object");
+  {
+    std::fstream f(ckpt / file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(offset);
+    f.write("XXXX", 4);
+  }
+  const auto results = run_dcpp_ranks(3, tmp.path(), {"reshard", "--timeout", "30", ckpt.string(), (tmp.path() / "out").string()});
+  all_fail_alike(results, 0, (ckpt / file).string() + ": key '" + key + "': byte " + std::to_string(offset));
+  BOOST_TEST(!fs::exists(tmp.path() / "out" / ".metadata"));
+}
+
+// Rank 1 may not write more than 4 KiB into a file (RLIMIT_FSIZE; SIGXFSZ ignored, so the write
+// fails with EFBIG instead of killing it): every rank fails with rank 1's write error, and no
+// checkpoint appears.
+BOOST_AUTO_TEST_CASE(a_rank_that_cannot_write_fails_every_rank) {
+  TempDir tmp;
+  const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
+  dist_test::Launch l;
+  l.world = 3;
+  l.scratch = tmp.path();
+  l.argv = [&](int rank) {
+    std::vector<std::string> argv;
+    if (rank == 1) argv = {"/bin/sh", "-c", "trap '' XFSZ; exec /usr/bin/prlimit --fsize=4096 \"$0\" \"$@\""};
+    for (const auto& a : {dcp_test::dcpp_exe().string(), std::string("reshard"), std::string("--timeout"),
+                          std::string("30"), (case_dir / "ckpt").string(), (tmp.path() / "out").string()})
+      argv.push_back(a);
+    return argv;
+  };
+  all_fail_alike(dist_test::launch(l), 1, "__1_0.distcp");
+  BOOST_TEST(!fs::exists(tmp.path() / "out" / ".metadata"));
+}
+
 BOOST_AUTO_TEST_CASE(a_rank_with_a_missing_source_fails_every_rank) {
   TempDir tmp;
   const auto& case_dir = dcp_test::checkpoint_case("x2_2d_4ranks");

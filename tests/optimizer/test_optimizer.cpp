@@ -1,6 +1,6 @@
 // dcp.optimizer without libtorch: planning (which box of each state tensor a rank holds, for
 // FSDP alone and for TP inside FSDP), the errors, and loads on 4 ranks played by threads
-// (checkpoint::make_in_process_group) of a checkpoint dcpp saved from known values: every
+// (collective::make_in_process_group) of a checkpoint dcpp saved from known values: every
 // rank's shard must equal the slice of the full tensor that its box names, computed here from
 // the values' formula, not by dcpp.
 #define BOOST_TEST_MODULE dcp.optimizer
@@ -28,6 +28,7 @@ import dcp.planning;
 import dcp.memory;
 import dcp.record;
 import dcp.storage;
+import dcp.collective;
 import dcp.checkpoint;
 import dcp.optimizer;
 
@@ -133,8 +134,8 @@ opt::ModelLayout layout_2d(int rank) {
 }
 
 // Runs `body(rank, group)` on `world` threads; returns each rank's exception (or null).
-std::vector<std::exception_ptr> on_ranks(int world, const std::function<void(int, ck::ProcessGroup&)>& body) {
-  auto groups = ck::make_in_process_group(world);
+std::vector<std::exception_ptr> on_ranks(int world, const std::function<void(int, dcp::collective::ProcessGroup&)>& body) {
+  auto groups = dcp::collective::make_in_process_group(world);
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(world));
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r)
@@ -273,7 +274,7 @@ std::vector<std::optional<opt::LoadedState>> load_on_4_ranks(const std::function
   dcp_test::TempDir tmp;
   const auto saved = save_checkpoint(tmp.path() / "ck");
   std::vector<std::optional<opt::LoadedState>> results(4);
-  const auto errors = on_ranks(4, [&](int rank, ck::ProcessGroup& g) {
+  const auto errors = on_ranks(4, [&](int rank, dcp::collective::ProcessGroup& g) {
     dcp::storage::FileSystemReader reader(tmp.path() / "ck");
     results[static_cast<std::size_t>(rank)] = opt::load_sharded_optimizer_state_dict(layout(rank), "optim", reader, &g);
   });
@@ -299,7 +300,7 @@ BOOST_AUTO_TEST_CASE(two_d_load_on_4_ranks_equals_the_slices) {
 BOOST_AUTO_TEST_CASE(a_planning_failure_on_one_rank_fails_every_rank) {
   dcp_test::TempDir tmp;
   save_checkpoint(tmp.path() / "ck");
-  const auto errors = on_ranks(4, [&](int rank, ck::ProcessGroup& g) {
+  const auto errors = on_ranks(4, [&](int rank, dcp::collective::ProcessGroup& g) {
     dcp::storage::FileSystemReader reader(tmp.path() / "ck");
     auto m = fsdp_layout();
     if (rank == 2) m.params[0].second.size = {10, 7};

@@ -1,10 +1,14 @@
 // Checkpointer::async_save: the caller may change its tensors as soon as the call returns;
 // each checkpoint holds the values at its call. A failed write surfaces through the future and
-// the next save works.
+// the next save works. Over a group, the background save has a group of its own.
 #include <boost/test/unit_test.hpp>
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <optional>
+#include <thread>
+#include <chrono>
 #include <filesystem>
 #include <future>
 #include <memory>
@@ -13,8 +17,11 @@
 
 #include "../support/support.hpp"
 #include "save_support.hpp"
+import dcp.memory;
+import dcp.collective;
 
 using namespace save_test;
+namespace co = dcp::collective;
 
 namespace {
 
@@ -167,4 +174,83 @@ BOOST_AUTO_TEST_CASE(async_failure_through_the_future) {
   expect_error([&] { (void)h.get(); }, dcp::Errc::unimplemented, {"bad_object"});
   BOOST_TEST(!fs::exists(tmp.path() / "third" / ".metadata"));
   BOOST_TEST(!fs::exists(tmp.path() / "third"), "the directory the failed save created is still there");
+}
+
+namespace {
+
+// Each of `world` ranks (threads over an in-process group) runs `body`; each rank's error.
+std::vector<std::optional<dcp::Error>> on_ranks(int world, const std::function<void(int, co::ProcessGroup&)>& body) {
+  auto groups = co::make_in_process_group(world, {.timeout = std::chrono::seconds(60)});
+  std::vector<std::optional<dcp::Error>> errors(static_cast<std::size_t>(world));
+  {
+    std::vector<std::jthread> threads;
+    for (int r = 0; r < world; ++r)
+      threads.emplace_back([&, r] {
+        try {
+          body(r, *groups[static_cast<std::size_t>(r)]);
+        } catch (const dcp::Error& e) {
+          errors[static_cast<std::size_t>(r)] = e;
+        }
+      });
+  }
+  return errors;
+}
+
+}  // namespace
+
+// Three ranks: each starts an async save over the group, then runs its own collectives on the
+// same group while the save is in flight (the background save has a group of its own). Every
+// step of both sees its own payloads, and the checkpoint holds the values of the call.
+BOOST_AUTO_TEST_CASE(async_save_beside_the_callers_collectives) {
+  dcp_test::TempDir tmp;
+  const auto dir = tmp.path() / "ckpt";
+  constexpr int kWorld = 3, kSteps = 100;
+  std::vector<Source> sources(kWorld);
+  const auto errors = on_ranks(kWorld, [&](int rank, co::ProcessGroup& group) {
+    auto& src = sources[static_cast<std::size_t>(rank)];
+    src.fill(5);
+    const auto mine = ck::split_rows(src.sd, kWorld)[static_cast<std::size_t>(rank)];
+    ck::Checkpointer cp(std::make_shared<st::FileSystemWriter>(dir, options()), nullptr, &group);
+    auto saved = cp.async_save(mine);
+    src.fill(6);
+    co::Collectives ranks(&group);
+    for (int i = 0; i < kSteps; ++i) {
+      const auto got = ranks.all_reduce(
+          "caller", [&] { return std::vector<std::byte>(static_cast<std::size_t>(rank + i), std::byte{1}); },
+          [&](co::Collectives::Results all) {
+            std::size_t total = 0;
+            for (const auto& b : all) total += b.size();
+            return std::vector<std::byte>(total, std::byte{2});
+          });
+      if (got.size() != static_cast<std::size_t>(3 * i + 3)) throw dcp::Error(dcp::Errc::internal, "caller's step mixed up");
+    }
+    (void)saved.get();
+  });
+  for (const auto& e : errors) BOOST_TEST(!e.has_value(), (e ? e->what() : ""));
+  check_dir(dir, 5);
+}
+
+// Staging fails on rank 1 (its allocator refuses): every rank's async_save throws that error,
+// naming rank 1, instead of the others starting a background save that waits for it.
+BOOST_AUTO_TEST_CASE(a_rank_that_cannot_stage_fails_every_ranks_async_save) {
+  dcp_test::TempDir tmp;
+  const auto dir = tmp.path() / "ckpt";
+  std::vector<Source> sources(3);
+  const auto errors = on_ranks(3, [&](int rank, co::ProcessGroup& group) {
+    std::function<dcp::memory::Buffer(std::uint64_t)> allocate;
+    if (rank == 1)
+      allocate = [](std::uint64_t bytes) -> dcp::memory::Buffer {
+        throw dcp::Error(dcp::Errc::resource_exhausted, "allocating " + std::to_string(bytes) + " bytes: out of memory");
+      };
+    const auto mine = ck::split_rows(sources[static_cast<std::size_t>(rank)].sd, 3)[static_cast<std::size_t>(rank)];
+    ck::Checkpointer cp(std::make_shared<st::FileSystemWriter>(dir, options()), nullptr, &group, 0, false, nullptr,
+                        nullptr, allocate);
+    (void)cp.async_save(mine).get();
+  });
+  for (const auto& e : errors) {
+    BOOST_REQUIRE(e.has_value());
+    BOOST_TEST((e->code() == dcp::Errc::resource_exhausted), e->what());
+    BOOST_TEST(std::string(e->what()).rfind("rank 1: ", 0) == 0, e->what());
+  }
+  BOOST_TEST(!fs::exists(dir / ".metadata"));
 }

@@ -27,6 +27,7 @@ import dcp.error;
 import dcp.planning;
 import dcp.storage;
 import dcp.checkpoint;
+import dcp.collective;
 import dcp.dist;
 
 namespace {
@@ -38,17 +39,29 @@ using Clock = std::chrono::steady_clock;
   std::exit(2);
 }
 
-// Every rank's `seconds` on rank 0 (a gather of 8-byte doubles).
-std::vector<double> gather_seconds(dcp::checkpoint::ProcessGroup& pg, double seconds) {
-  std::vector<std::byte> mine(sizeof seconds);
-  std::memcpy(mine.data(), &seconds, sizeof seconds);
-  std::vector<double> all;
-  for (const auto& bytes : pg.gather(std::move(mine), 0)) {
-    double s = 0;
-    if (bytes.size() == sizeof s) std::memcpy(&s, bytes.data(), sizeof s);
-    all.push_back(s);
-  }
-  return all;
+// The slowest rank's `seconds`, on every rank.
+double slowest_seconds(dcp::collective::Collectives& ranks, double seconds) {
+  const auto bytes = ranks.all_reduce(
+      "bench: seconds",
+      [&] {
+        std::vector<std::byte> mine(sizeof seconds);
+        std::memcpy(mine.data(), &seconds, sizeof seconds);
+        return mine;
+      },
+      [](dcp::collective::Collectives::Results all) {
+        double slowest = 0;
+        for (const auto& b : all) {
+          double s = 0;
+          if (b.size() == sizeof s) std::memcpy(&s, b.data(), sizeof s);
+          slowest = std::max(slowest, s);
+        }
+        std::vector<std::byte> out(sizeof slowest);
+        std::memcpy(out.data(), &slowest, sizeof slowest);
+        return out;
+      });
+  double s = 0;
+  if (bytes.size() == sizeof s) std::memcpy(&s, bytes.data(), sizeof s);
+  return s;
 }
 
 }  // namespace
@@ -68,6 +81,7 @@ int main(int argc, char** argv) {
   try {
     auto pg = dcp::dist::from_environment();
     const int rank = pg->rank();
+    dcp::collective::Collectives ranks(pg.get());
     const auto whole = bench::state_dict_of_spec(spec);
     const auto mine = dcp::checkpoint::split_rows(whole.state_dict, pg->size())[static_cast<std::size_t>(rank)];
     dcp::storage::WriteOptions options;
@@ -81,11 +95,10 @@ int main(int argc, char** argv) {
         ::sync();
         std::this_thread::sleep_for(std::chrono::seconds(1));
       }
-      (void)pg->broadcast({}, 0);  // every rank starts together
+      ranks.run("bench: start", [] {});  // every rank starts together
       const auto t0 = Clock::now();
       (void)dcp::checkpoint::save(mine, writer, planner, pg.get(), 0);
-      const auto all = gather_seconds(*pg, std::chrono::duration<double>(Clock::now() - t0).count());
-      if (rank == 0) slowest.push_back(*std::max_element(all.begin(), all.end()));
+      slowest.push_back(slowest_seconds(ranks, std::chrono::duration<double>(Clock::now() - t0).count()));
     }
     if (rank == 0) {
       std::string list;

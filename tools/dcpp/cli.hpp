@@ -12,6 +12,7 @@
 #include <vector>
 import dcp.error;
 import dcp.metadata;
+import dcp.collective;
 import dcp.checkpoint;
 
 namespace dcpp_cli {
@@ -103,9 +104,9 @@ void check_layout(const Args& args, int world_size);
 dcp::metadata::Flavor parse_flavor(const Args& args);
 /// `load` of this rank's rows (torch.chunk along dim 0) of every tensor, with every object,
 /// reporting this rank's and (on rank 0) every rank's bytes and GB/s.
-int run_load_distributed(const Args& args, dcp::checkpoint::ProcessGroup& group);
+int run_load_distributed(const Args& args, dcp::collective::ProcessGroup& group);
 /// `reshard SRC DST`: every rank loads its rows of every tensor of SRC and the ranks save them
 /// together as a checkpoint of `group`'s size in DST; a null group is one process.
-int run_reshard(const Args& args, dcp::checkpoint::ProcessGroup* group);
+int run_reshard(const Args& args, dcp::collective::ProcessGroup* group);
 
 }  // namespace dcpp_cli

@@ -1,14 +1,17 @@
 // The commands that run as ranks of a process group (launched by torchrun, or anything that
 // sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT): `load` of each rank's rows and
-// `reshard`. Written against the checkpoint::ProcessGroup interface, so they live in the core
+// `reshard`. Written against the collective::ProcessGroup interface, so they live in the core
 // command line; dcpp-torch forms the c10d group (dcp.dist) and hands it in. `reshard` in one
-// process (no launcher) needs no group at all.
+// process (no launcher) needs no group at all. Whatever a rank does on its own between the
+// library's sequences (allocating its share, parsing loaded objects, adding up totals) is a
+// step of collective::Collectives, so a rank that fails there fails every rank, naming it.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -24,6 +27,7 @@ import dcp.pickle;
 import dcp.planning;
 import dcp.record;
 import dcp.storage;
+import dcp.collective;
 import dcp.checkpoint;
 
 namespace dcpp_cli {
@@ -32,7 +36,8 @@ dcp::checkpoint::LoadOptions load_options(const Args& args);  // load_command.cp
 
 namespace {
 
-using dcp::checkpoint::ProcessGroup;
+using dcp::collective::Collectives;
+using dcp::collective::ProcessGroup;
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -54,7 +59,11 @@ std::uint64_t add_share(dcp::planning::Destination& destination, const dcp::meta
   const auto box = t.size.empty() ? dcp::layout::full_box(t.size)
                                   : dcp::layout::local_box(t.size, layout_for(t.size, layout, world), rank);
   const std::uint64_t bytes = dcp::metadata::byte_size(box.sizes, t.properties.dtype);
-  memory.push_back(dcp::memory::allocate(std::max<std::uint64_t>(bytes, 1)));
+  try {
+    memory.push_back(dcp::memory::allocate(std::max<std::uint64_t>(bytes, 1)));
+  } catch (dcp::Error& e) {
+    throw e.for_key(item.fqn);
+  }
   dcp::planning::TensorDestination dest{t.size, t.properties.dtype, {}};
   if (t.size.empty() || !dcp::layout::is_empty(box))
     dest.chunks.push_back({box.offsets, box.sizes,
@@ -63,25 +72,43 @@ std::uint64_t add_share(dcp::planning::Destination& destination, const dcp::meta
   return bytes;
 }
 
-// Small facts of every rank, gathered on rank 0 as text (numbers separated by spaces).
-std::vector<std::vector<double>> gather_numbers(ProcessGroup& pg, const std::vector<double>& mine) {
-  std::string text;
-  for (double v : mine) text += std::to_string(v) + " ";
-  std::vector<std::byte> bytes(text.size());
-  std::transform(text.begin(), text.end(), bytes.begin(), [](char c) { return static_cast<std::byte>(c); });
-  std::vector<std::vector<double>> all;
-  for (const auto& payload : pg.gather(std::move(bytes), 0)) {
+// Small facts of every rank, added up on rank 0: every rank's numbers, then the coordinator's
+// element-wise sums (or maximum, where `is_max`) as text on every rank.
+std::vector<double> total_of(Collectives& ranks, const std::vector<double>& mine, const std::vector<bool>& is_max) {
+  auto to_bytes = [](const std::string& text) {
+    std::vector<std::byte> bytes(text.size());
+    std::transform(text.begin(), text.end(), bytes.begin(), [](char c) { return static_cast<std::byte>(c); });
+    return bytes;
+  };
+  auto numbers = [](std::span<const std::byte> payload) {
     std::string s(reinterpret_cast<const char*>(payload.data()), payload.size());
     std::vector<double> values;
     for (char* p = s.data(); *p;) {
       char* end = nullptr;
-      values.push_back(std::strtod(p, &end));
+      const double v = std::strtod(p, &end);
       if (end == p) break;
+      values.push_back(v);
       p = end;
     }
-    all.push_back(std::move(values));
-  }
-  return all;
+    return values;
+  };
+  auto text_of = [](const std::vector<double>& values) {
+    std::string text;
+    for (double v : values) text += std::to_string(v) + " ";
+    return text;
+  };
+  const auto total = ranks.all_reduce(
+      "totals", [&] { return to_bytes(text_of(mine)); },
+      [&](Collectives::Results all) {
+        std::vector<double> sums(mine.size());
+        for (const auto& payload : all) {
+          const auto values = numbers(payload);
+          for (std::size_t i = 0; i < sums.size() && i < values.size(); ++i)
+            sums[i] = is_max[i] ? std::max(sums[i], values[i]) : sums[i] + values[i];
+        }
+        return to_bytes(text_of(sums));
+      });
+  return numbers(total);
 }
 
 }  // namespace
@@ -128,6 +155,7 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
   const auto options = load_options(args);
   const int rank = pg.rank();
   const int world = pg.size();
+  Collectives ranks(&pg);
   const auto start = std::chrono::steady_clock::now();
   dcp::storage::FileSystemReader reader(args.positional[0], options.read);
   const auto md = dcp::checkpoint::read_metadata(reader, &pg, 0);
@@ -144,18 +172,20 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
   do {
     dcp::planning::Destination destination;
     std::vector<dcp::memory::Buffer> memory;
-    std::uint64_t global = 0;
-    while (next < tensors.size()) {
-      const auto& t = tensors[next]->tensor();
-      const auto size = dcp::metadata::byte_size(t.size, t.properties.dtype);
-      if (!memory.empty() && global + size > options.batch_bytes * static_cast<std::uint64_t>(world)) break;
-      global += size;
-      const auto bytes = add_share(destination, *tensors[next++], layout, rank, world, memory);
-      result.bytes += bytes;
-      if (bytes > 0) ++result.tensors;
-    }
-    if (next == tensors.size())  // objects are replicated: every rank loads each, in the last batch
-      for (const auto* item : objects) destination.add_object(item->fqn);
+    ranks.run("load: allocate", [&] {
+      std::uint64_t global = 0;
+      while (next < tensors.size()) {
+        const auto& t = tensors[next]->tensor();
+        const auto size = dcp::metadata::byte_size(t.size, t.properties.dtype);
+        if (!memory.empty() && global + size > options.batch_bytes * static_cast<std::uint64_t>(world)) break;
+        global += size;
+        const auto bytes = add_share(destination, *tensors[next++], layout, rank, world, memory);
+        result.bytes += bytes;
+        if (bytes > 0) ++result.tensors;
+      }
+      if (next == tensors.size())  // objects are replicated: every rank loads each, in the last batch
+        for (const auto* item : objects) destination.add_object(item->fqn);
+    });
     dcp::planning::DefaultLoadPlanner planner;
     const auto report = dcp::checkpoint::load(destination, reader, planner, md, &pg, 0, read_once_of(args));
     result.items_read += report.items;
@@ -166,18 +196,13 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
   result.seconds = seconds_since(start);
   result.device = "cpu";
 
-  const auto all = gather_numbers(pg, {static_cast<double>(result.bytes), static_cast<double>(dist.storage_bytes),
-                                      static_cast<double>(dist.received_bytes), result.seconds});
-  if (rank == 0) {
-    DistTotal total;
-    for (const auto& r : all) {
-      total.bytes += static_cast<std::uint64_t>(r.at(0));
-      total.storage_bytes += static_cast<std::uint64_t>(r.at(1));
-      total.received_bytes += static_cast<std::uint64_t>(r.at(2));
-      total.seconds = std::max(total.seconds, r.at(3));
-    }
-    dist.total = total;
-  }
+  const auto all = total_of(ranks,
+                            {static_cast<double>(result.bytes), static_cast<double>(dist.storage_bytes),
+                             static_cast<double>(dist.received_bytes), result.seconds},
+                            {false, false, false, true});
+  if (rank == 0 && all.size() == 4)
+    dist.total = DistTotal{static_cast<std::uint64_t>(all[0]), static_cast<std::uint64_t>(all[1]),
+                           static_cast<std::uint64_t>(all[2]), all[3]};
   result.dist = dist;
   print_load_result(args, result);
   return 0;
@@ -188,8 +213,9 @@ int run_reshard(const Args& args, ProcessGroup* group) {
   write.format = parse_flavor(args);
   write.overwrite = args.has("overwrite");
   const auto options = load_options(args);
-  const int rank = group ? group->rank() : 0;
-  const int world = group ? group->size() : 1;
+  Collectives ranks(group);
+  const int rank = ranks.rank();
+  const int world = ranks.size();
   if (world > 1) write.files_per_rank = 1;  // the ranks write in parallel already
   const auto layout = layout_of(args, world);
   const auto start = std::chrono::steady_clock::now();
@@ -199,10 +225,12 @@ int run_reshard(const Args& args, ProcessGroup* group) {
   const auto md = dcp::checkpoint::read_metadata(reader, group, 0);
   dcp::planning::Destination destination;
   std::vector<dcp::memory::Buffer> memory;
-  for (const auto& item : md->items) {
-    if (item.is_tensor()) (void)add_share(destination, item, layout, rank, world, memory);
-    else if (rank == 0) destination.add_object(item.fqn);
-  }
+  ranks.run("reshard: allocate", [&] {
+    for (const auto& item : md->items) {
+      if (item.is_tensor()) (void)add_share(destination, item, layout, rank, world, memory);
+      else if (rank == 0) destination.add_object(item.fqn);
+    }
+  });
   dcp::planning::DefaultLoadPlanner planner;
   (void)dcp::checkpoint::load(destination, reader, planner, md, group, 0, read_once_of(args));
 
@@ -210,32 +238,43 @@ int run_reshard(const Args& args, ProcessGroup* group) {
   // and empty tensors (as `convert --ranks` splits).
   dcp::planning::StateDict state_dict;
   std::uint64_t tensors = 0, objects = 0;
-  std::size_t next_memory = 0;  // add_share made one buffer per tensor, in metadata order
-  for (const auto& item : md->items) {
-    const auto* found = md->find_path(item.fqn);
-    const auto path = found ? *found : std::vector<dcp::metadata::PathPart>{item.fqn};
-    const auto* entry = destination.find(item.fqn);
-    if (!item.is_tensor()) {
-      if (!entry) continue;
-      auto doc = std::make_shared<const dcp::pickle::Document>(dcp::record::parse_object(*planner.loaded_bytes(item.fqn)));
-      state_dict.add_object(path, dcp::planning::ObjectValue{doc, doc->root()});
-      ++objects;
-      continue;
+  ranks.run("reshard: state dict", [&] {  // parses the objects rank 0 loaded
+    std::size_t next_memory = 0;  // add_share made one buffer per tensor, in metadata order
+    for (const auto& item : md->items) {
+      const auto* found = md->find_path(item.fqn);
+      const auto path = found ? *found : std::vector<dcp::metadata::PathPart>{item.fqn};
+      const auto* entry = destination.find(item.fqn);
+      if (!item.is_tensor()) {
+        if (!entry) continue;
+        std::shared_ptr<const dcp::pickle::Document> doc;
+        try {
+          doc = std::make_shared<const dcp::pickle::Document>(dcp::record::parse_object(*planner.loaded_bytes(item.fqn)));
+        } catch (dcp::Error& e) {  // where in which file the object's bytes lie
+          if (const auto* info = md->find_storage(item.fqn, nullptr)) {
+            e.add_offset(info->offset);
+            e.in_file(reader.path_of(info->relative_path).string());
+          }
+          throw e.for_key(item.fqn);
+        }
+        state_dict.add_object(path, dcp::planning::ObjectValue{doc, doc->root()});
+        ++objects;
+        continue;
+      }
+      ++tensors;
+      const auto& t = item.tensor();
+      const auto& loaded = std::get<dcp::planning::TensorDestination>(*entry);
+      std::byte* data = memory[next_memory++].data();
+      if (t.size.empty() || dcp::metadata::numel(t.size) == 0) {
+        if (rank == 0)
+          state_dict.add_tensor(path, dcp::planning::contiguous_slice(data, t.properties.dtype, t.size),
+                                t.properties.requires_grad);
+        continue;
+      }
+      std::vector<dcp::planning::SaveChunk> chunks;
+      for (const auto& c : loaded.chunks) chunks.push_back({c.offsets, c.memory});
+      state_dict.add_sharded_tensor(path, t.size, t.properties, std::move(chunks));
     }
-    ++tensors;
-    const auto& t = item.tensor();
-    const auto& loaded = std::get<dcp::planning::TensorDestination>(*entry);
-    std::byte* data = memory[next_memory++].data();
-    if (t.size.empty() || dcp::metadata::numel(t.size) == 0) {
-      if (rank == 0)
-        state_dict.add_tensor(path, dcp::planning::contiguous_slice(data, t.properties.dtype, t.size),
-                              t.properties.requires_grad);
-      continue;
-    }
-    std::vector<dcp::planning::SaveChunk> chunks;
-    for (const auto& c : loaded.chunks) chunks.push_back({c.offsets, c.memory});
-    state_dict.add_sharded_tensor(path, t.size, t.properties, std::move(chunks));
-  }
+  });
   dcp::storage::FileSystemWriter writer(args.positional[1], write);
   dcp::planning::DefaultSavePlanner save_planner;
   (void)dcp::checkpoint::save(state_dict, writer, save_planner, group, 0);

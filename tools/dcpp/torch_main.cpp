@@ -17,6 +17,7 @@
 #include "progress.hpp"
 import dcp.error;
 import dcp.memory;
+import dcp.collective;
 import dcp.checkpoint;
 import dcp.dist;
 import dcp.torch;
@@ -27,7 +28,7 @@ dcp::memory::Device device_of(const Args& args);
 
 namespace {
 
-std::unique_ptr<dcp::checkpoint::ProcessGroup> launcher_group(const Args& args) {
+std::unique_ptr<dcp::collective::ProcessGroup> launcher_group(const Args& args) {
   return dcp::dist::from_environment({.timeout = timeout_of(args), .backend = dcp::dist::Backend::gloo});
 }
 
