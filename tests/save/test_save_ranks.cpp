@@ -146,7 +146,7 @@ BOOST_AUTO_TEST_CASE(a_failure_in_any_step_of_one_rank_fails_every_rank_and_abor
         }
       }
       BOOST_TEST(!fs::exists(dir / ".metadata"));
-      BOOST_TEST(st::stale_staging_dirs(dir).empty());
+      BOOST_TEST(st::save_leftovers(dir).empty());
     }
   }
 }
@@ -167,7 +167,7 @@ BOOST_AUTO_TEST_CASE(a_rank_that_never_arrives_times_out_and_every_writer_aborts
   }
   BOOST_TEST(contains(outcomes[0].error->what(), "waiting for rank 3, which did not arrive"), outcomes[0].error->what());
   BOOST_TEST(!fs::exists(dir / ".metadata"));
-  BOOST_TEST(st::stale_staging_dirs(dir).empty());
+  BOOST_TEST(st::save_leftovers(dir).empty());
 }
 
 // The coordinator's writer fails right after publishing: every rank reports the save as
