@@ -136,7 +136,8 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
         auto data = planner.resolve_data(*item);
         std::uint64_t tensor_bytes = 0;
         if (const auto* object = std::get_if<planning::ObjectValue>(&data)) {
-          file.write(record::object_archive(*object->document, object->id, style));
+          (void)record::write_object_archive([&](std::span<const std::byte> bytes) { file.write(bytes); }, style,
+                                             *object->document, object->id, object->storages);
         } else {
           const auto& slice = std::get<planning::TensorSlice>(data);
           if (!item->tensor_data || slice.dtype != item->tensor_data->properties.dtype ||
