@@ -252,8 +252,8 @@ BOOST_AUTO_TEST_CASE(reshard_of_a_nested_torch_2x_checkpoint_for_torch_113_on_3_
   oracle(dcp_test::python2x(), "make2x " + dcp_test::quote(tmp.path()));
   const auto out = tmp.path() / "out";
   all_ok(run_dcpp_ranks(3, tmp.path(), {"reshard", "--format", "torch1.13", (tmp.path() / "ckpt2x").string(), out.string()}));
-  const auto inspect = dcp_test::run_dcpp("inspect --json " + out.string(), tmp.path());
-  for (const auto& item : json::parse(inspect.out).as_object().at("items").as_array()) {
+  const auto doc = json::parse(dcp_test::run_dcpp("inspect --json " + out.string(), tmp.path()).out);
+  for (const auto& item : doc.as_object().at("items").as_array()) {
     const auto& o = item.as_object();
     if (o.at("fqn") == "weight") BOOST_TEST(o.at("chunks").as_array().size() == 3u);  // 5 rows: 2, 2, 1
     if (o.at("fqn") == "model" || o.at("fqn") == "optim") BOOST_TEST(o.at("kind") == "bytes");
