@@ -501,6 +501,10 @@ bool is_selected(const LoadOptions& options, std::string_view fqn);
 /// Names the object `fqn` in `e`: its key, its data file, and the error's archive offset
 /// moved to a file offset.
 void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn);
+/// What walking an imported file's state dict may cost: units (values visited, key bytes) per
+/// byte of its data.pkl, plus a floor (a value shared by memo is walked at each reference).
+inline constexpr std::uint64_t kImportWalkPerByte = 32;
+inline constexpr std::uint64_t kImportWalkFloor = std::uint64_t{16} << 20;
 /// Writes `node` (an unflatten tree) into `pickler` as torch.save pickles nested containers:
 /// dicts and lists, None for a hole, and `leaf(fqn)` for each leaf.
 void pickle_nested(record::StateDictPickler& pickler, const planning::NestedNode& node,

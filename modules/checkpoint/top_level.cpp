@@ -52,9 +52,9 @@ class TopLevelImport {
   TopLevelImport(std::shared_ptr<const record::TorchSave> saved, std::span<const std::byte> whole,
                  planning::StateDict& out)
       : saved_(std::move(saved)), doc_(saved_->document), whole_(whole), out_(out) {
-    // Objects that share values by memo are each walked whole: the walks together are bounded
-    // as import_torch_save bounds its own.
-    budget_ = checked_add(checked_mul(doc_.source_size(), 32).value_or(UINT64_MAX), std::uint64_t{16} << 20)
+    // Objects that share values by memo are each walked whole: the walks together are bounded.
+    budget_ = checked_add(checked_mul(doc_.source_size(), detail::kImportWalkPerByte).value_or(UINT64_MAX),
+                          detail::kImportWalkFloor)
                   .value_or(UINT64_MAX);
   }
 
