@@ -1,4 +1,5 @@
-// libFuzzer target: a DCP item (torch.save archive) as a tensor and as an object.
+// libFuzzer target: a DCP item (torch.save archive) as a tensor and as an object, tensors
+// inside included.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +21,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     const auto doc = dcp::record::parse_object(bytes);
     (void)dcp::record::object_to_json(doc, doc.root());
+  } catch (const dcp::Error&) {
+  }
+  try {  // an object holding tensors (torch 1.13's nested values): found, checked, written again
+    const auto saved = dcp::record::parse_torch_save(bytes);
+    const auto storages = dcp::record::find_storages(saved, bytes, saved.document.root());
+    (void)dcp::record::object_archive(saved.document, saved.document.root(), dcp::record::ArchiveStyle::torch_1_13,
+                                      storages);
   } catch (const dcp::Error&) {
   }
   return 0;

@@ -42,6 +42,7 @@ import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
 import dcp.memory;
+import dcp.record;
 import dcp.storage;
 import dcp.collective;
 
@@ -125,6 +126,25 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
 std::vector<std::pair<std::string, pickle::Document>> load_objects(
     const std::filesystem::path& checkpoint_dir, const metadata::ValidatedMetadata& metadata, const LoadOptions& options);
 
+/// A BYTE_IO object as saved, ready to be saved again: its decoded value, with the storages of
+/// the tensors it holds (torch 1.13 saves every non-tensor value of a state dict as one
+/// object, tensors inside included), viewing `archive`, which the value keeps alive only
+/// together with this struct.
+struct LoadedObject {
+  std::string fqn;
+  planning::ObjectValue value;  ///< the root of the object's data.pkl, and its storages
+  std::shared_ptr<const std::vector<std::byte>> archive;  ///< the item's torch.save archive
+};
+
+/// load_objects, keeping what saving the objects again needs: each object's archive, and the
+/// storages of its tensors, each checked once (size, CRC-32, every view inside it).
+std::vector<LoadedObject> load_object_values(const std::filesystem::path& checkpoint_dir,
+                                             const metadata::ValidatedMetadata& metadata, const LoadOptions& options);
+/// One loaded BYTE_IO item's archive as a LoadedObject, checked as load_object_values checks.
+/// Errors name the key, and the data file and file offset `metadata` and `reader` give it.
+LoadedObject decode_object(std::string fqn, std::vector<std::byte> archive, const metadata::Metadata& metadata,
+                           const storage::FileSystemReader& reader);
+
 /// Called after each tensor is verified or written, with its size in bytes.
 using Progress = std::function<void(std::uint64_t tensor_bytes)>;
 
@@ -136,7 +156,7 @@ struct VerifyReport {
   std::vector<Error> errors;  ///< with options.read.collect_errors, every problem found
 };
 /// Reads every selected record whole, checking every bound, dtype, size and CRC-32, and
-/// decodes every selected object, in batches of at most 256 MiB (or one tensor, if larger)
+/// decodes every selected object (checking the storages of the tensors it holds), in batches of at most 256 MiB (or one tensor, if larger)
 /// dropped as soon as they are checked. Throws the first problem, or with
 /// `options.read.collect_errors` reports them all (errors in `.metadata` always throw).
 VerifyReport verify(const std::filesystem::path& checkpoint_dir, const LoadOptions& options = {},
@@ -155,10 +175,11 @@ void check_output_path(const std::filesystem::path& out, bool overwrite);
 
 /// Writes the selected keys as one torch.save file (`torch.load(out)` gives the state dict,
 /// nested along planner_data, tensors full and contiguous on the CPU, objects as saved).
-/// Streams tensor by tensor (memory ≲ 256 MiB or the largest tensor) into a new hidden file
-/// beside `out`, renamed to `out` at the end and removed on any error; an existing `out` is
-/// replaced only with `overwrite` (failed_precondition otherwise, before any work). Throws
-/// unimplemented (with the key) for quantized tensors and for objects that hold tensors.
+/// An object that holds tensors (torch 1.13's nested values) is written with their storages.
+/// Streams tensor by tensor (memory ≲ 256 MiB or the largest tensor, plus the objects) into a
+/// new hidden file beside `out`, renamed to `out` at the end and removed on any error; an
+/// existing `out` is replaced only with `overwrite` (failed_precondition otherwise, before any
+/// work). Throws unimplemented (with the key) for quantized tensors.
 ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out,
                                     const LoadOptions& options = {}, const Progress& progress = {},
                                     bool overwrite = false);
@@ -193,6 +214,26 @@ struct ImportedStateDict {
 /// data_loss for a corrupt file; resource_exhausted past the walk's budget (32 units per byte
 /// of data.pkl + 16 Mi: a value shared by memo is walked at each reference).
 ImportedStateDict import_torch_save(const std::filesystem::path& file);
+
+/// Reads a torch.save file as torch 1.13's save_state_dict takes a state dict, for a torch 1.13
+/// checkpoint: nothing is flattened. Each item of the root dict (or OrderedDict) becomes one
+/// entry under its key: a tensor or parameter a tensor (a view of its storage record), any
+/// other value one object holding that whole value, with the storages of the tensors inside
+/// it (ObjectValue::storages, views of the mapping). Every storage is checked once (size,
+/// CRC-32, every view inside it). Top-level keys must be strings. Errors as import_torch_save's;
+/// the walks over the objects share its budget (32 units per byte of data.pkl + 16 Mi).
+ImportedStateDict import_torch_save_top_level(const std::filesystem::path& file);
+
+/// The state dict torch 1.13's save_state_dict would be given for the nested one `state_dict`
+/// describes (`dcpp reshard --format torch1.13` of a torch 2.x checkpoint): entries whose path
+/// has one part are kept; the others are regrouped under their top-level key, each group one
+/// object holding the nested value as torch.save pickles it (dicts with str keys, lists for int
+/// parts with None in holes, tensors whole and contiguous, objects as they are, the storages
+/// of their tensors included), in order of first appearance. The objects' storages view the
+/// state dict's memory, which must outlive the result. Throws invalid_argument (with the key)
+/// for a grouped tensor that is not one whole contiguous chunk, and unflatten's errors for
+/// paths that collide.
+planning::StateDict group_top_level(const planning::StateDict& state_dict);
 
 /// Reads a safetensors file: each tensor under its key as a one-part path (never split on
 /// dots), in header order, viewing the file's data section. `__metadata__` is not imported.
@@ -246,8 +287,9 @@ metadata::Metadata save_ranks(std::span<const planning::StateDict> state_dicts,
 std::vector<planning::StateDict> split_rows(const planning::StateDict& state_dict, int ranks);
 
 /// Copies of a state dict's tensors in host memory that persist between saves: each
-/// `stage` copies every tensor chunk into a buffer kept for its (fqn, chunk), reallocated
-/// only when its size changes, and returns a state dict over those buffers (objects shared).
+/// `stage` copies every tensor chunk, and every storage an object's tensors view, into a
+/// buffer kept for it (by fqn and chunk or storage key), reallocated only when its size
+/// changes, and returns a state dict over those buffers (object documents shared).
 class StagingArea {
  public:
   /// `allocate` as in LoadOptions (dcp.torch passes pinned memory when CUDA is present).
@@ -257,6 +299,7 @@ class StagingArea {
   std::uint64_t bytes() const noexcept;
 
  private:
+  memory::Buffer& buffer(const std::string& name, std::uint64_t bytes, std::string_view fqn);
   std::function<memory::Buffer(std::uint64_t)> allocate_;
   std::unordered_map<std::string, memory::Buffer> buffers_;
 };
@@ -361,7 +404,7 @@ class MappedFile {
 /// What a conversion's selection holds, in metadata order.
 struct Selection {
   std::vector<const metadata::ItemMetadata*> tensors;
-  std::vector<std::pair<std::string, pickle::Document>> objects;
+  std::vector<LoadedObject> objects;
   std::vector<std::string> fqns;  ///< tensors and objects
 };
 /// The selected keys of `md`, with every selected object decoded.
@@ -382,5 +425,13 @@ bool is_selected(const LoadOptions& options, std::string_view fqn);
 /// Names the object `fqn` in `e`: its key, its data file, and the error's archive offset
 /// moved to a file offset.
 void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn);
+/// What walking an imported file's state dict may cost: units (values visited, key bytes) per
+/// byte of its data.pkl, plus a floor (a value shared by memo is walked at each reference).
+inline constexpr std::uint64_t kImportWalkPerByte = 32;
+inline constexpr std::uint64_t kImportWalkFloor = std::uint64_t{16} << 20;
+/// Writes `node` (an unflatten tree) into `pickler` as torch.save pickles nested containers:
+/// dicts and lists, None for a hole, and `leaf(fqn)` for each leaf.
+void pickle_nested(record::StateDictPickler& pickler, const planning::NestedNode& node,
+                   const std::function<void(const std::string& fqn)>& leaf);
 
 }  // namespace dcp::checkpoint::detail

@@ -5,7 +5,9 @@ module;
 #include <functional>
 #include <future>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <variant>
@@ -29,32 +31,47 @@ std::uint64_t StagingArea::bytes() const noexcept {
   return total;
 }
 
+// The staging buffer kept under `name` for `bytes` bytes, reallocated when the size changed.
+memory::Buffer& StagingArea::buffer(const std::string& name, std::uint64_t bytes, std::string_view fqn) {
+  auto& buffer = buffers_[name];
+  if (buffer.size() != bytes || !buffer.data()) {
+    buffer = memory::Buffer();  // free first: the peak stays one copy
+    try {
+      buffer = allocate_ ? allocate_(bytes) : memory::allocate(bytes);
+    } catch (Error& e) {
+      e.for_key(fqn);
+      throw;
+    }
+    if (buffer.size() < bytes)
+      throw Error(Errc::internal, "staging allocator gave " + std::to_string(buffer.size()) + " bytes for " +
+                                      std::to_string(bytes)).for_key(fqn);
+  }
+  return buffer;
+}
+
 planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
   planning::StateDict staged;
   std::vector<storage::SliceCopy> copies;
   for (const auto& entry : state_dict.entries()) {
     const auto* tensor = std::get_if<planning::SaveTensor>(&entry.value);
     if (!tensor) {
-      staged.add_object(entry.path, std::get<planning::ObjectValue>(entry.value));
+      // The storages of the tensors an object holds are the caller's memory too.
+      auto object = std::get<planning::ObjectValue>(entry.value);
+      for (auto& [key, bytes] : object.storages) {
+        auto& copy = buffer(entry.fqn + "\nstorage " + key, bytes.size(), entry.fqn);
+        copies.push_back({planning::contiguous_slice(copy.data(), DType::uint8, {static_cast<std::int64_t>(bytes.size())}),
+                          planning::contiguous_slice(const_cast<std::byte*>(bytes.data()), DType::uint8,
+                                                     {static_cast<std::int64_t>(bytes.size())})});
+        bytes = std::span<const std::byte>(copy.data(), bytes.size());
+      }
+      staged.add_object(entry.path, std::move(object));
       continue;
     }
     std::vector<planning::SaveChunk> chunks;
     for (std::size_t c = 0; c < tensor->chunks.size(); ++c) {
       const auto& source = tensor->chunks[c].memory;
       const auto bytes = metadata::byte_size(source.sizes, source.dtype);
-      auto& buffer = buffers_[entry.fqn + '\n' + std::to_string(c)];
-      if (buffer.size() != bytes || !buffer.data()) {
-        buffer = memory::Buffer();  // free first: the peak stays one copy
-        try {
-          buffer = allocate_ ? allocate_(bytes) : memory::allocate(bytes);
-        } catch (Error& e) {
-          e.for_key(entry.fqn);
-          throw;
-        }
-        if (buffer.size() < bytes)
-          throw Error(Errc::internal, "staging allocator gave " + std::to_string(buffer.size()) + " bytes for " +
-                                          std::to_string(bytes)).for_key(entry.fqn);
-      }
+      auto& buffer = this->buffer(entry.fqn + '\n' + std::to_string(c), bytes, entry.fqn);
       auto copy = planning::contiguous_slice(buffer.data(), source.dtype, source.sizes);
       copies.push_back({copy, source});
       chunks.push_back({tensor->chunks[c].offsets, std::move(copy)});

@@ -54,7 +54,7 @@ Selection select_items(const std::filesystem::path& dir, const metadata::Validat
     s.fqns.push_back(item.fqn);
     if (item.is_tensor()) s.tensors.push_back(&item);
   }
-  s.objects = load_objects(dir, md, options);
+  s.objects = load_object_values(dir, md, options);
   return s;
 }
 
@@ -83,6 +83,24 @@ std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::V
   return bytes;
 }
 
+void pickle_nested(record::StateDictPickler& pickler, const planning::NestedNode& node,
+                   const std::function<void(const std::string& fqn)>& leaf) {
+  switch (node.kind) {
+    case planning::NestedNode::Kind::none: return pickler.none();
+    case planning::NestedNode::Kind::leaf: return leaf(node.fqn);
+    case planning::NestedNode::Kind::dict:
+      pickler.begin_dict();
+      return pickler.dict_items(node.children.size(), [&](std::size_t i) {
+        pickler.key(node.keys[i]);
+        pickle_nested(pickler, node.children[i], leaf);
+      });
+    case planning::NestedNode::Kind::list:
+      pickler.begin_list();
+      return pickler.list_items(node.children.size(), [&](std::size_t i) { pickle_nested(pickler, node.children[i], leaf); });
+    default: throw Error(Errc::internal, "unknown nested node kind");
+  }
+}
+
 }  // namespace detail
 
 using namespace detail;
@@ -92,8 +110,8 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
                                     bool overwrite) {
   check_output_path(out, overwrite);
   const auto md = inspect(checkpoint_dir);
-  // Everything data.pkl needs comes from metadata and the (small) objects: check and
-  // encode it all before the output file exists.
+  // Everything data.pkl needs comes from metadata and the objects (held in memory with the
+  // tensors inside them): check and encode it all before the output file exists.
   for (const auto& item : md->items) {
     if (!is_selected(options, item.fqn) || !item.is_tensor()) continue;
     const auto& info = dtype_info(item.tensor().properties.dtype);
@@ -101,58 +119,49 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
       fail_for_key(Errc::unimplemented, item.fqn, "torch.save output cannot hold " + std::string(info.name) + " tensors");
   }
   Selection selection = select_items(checkpoint_dir, md, options);
-  std::unordered_map<std::string, const pickle::Document*> objects;
-  for (const auto& [fqn, doc] : selection.objects) {
-    for (std::size_t i = 0; i < doc.size(); ++i)
-      if (doc.at(static_cast<pickle::NodeId>(i)).kind() == pickle::NodeKind::persistent)
-        fail_for_key(Errc::unimplemented, fqn, "object holds tensors; converting such objects is not supported");
-    objects.emplace(fqn, &doc);
-  }
+  std::unordered_map<std::string, const planning::ObjectValue*> objects;
+  for (const auto& object : selection.objects) objects.emplace(object.fqn, &object.value);
   const auto tree = planning::unflatten(*md, selection.fqns);
 
-  // Storage keys "0", "1", ... in pickling order, as torch.save numbers them.
+  // Storage keys "0", "1", ... in pickling order, as torch.save numbers them: the tensors'
+  // (streamed later), and those of the tensors inside objects (already in memory).
   std::unordered_map<std::string, std::string> storage_keys;
+  std::vector<std::pair<std::string, std::span<const std::byte>>> object_storages;
+  const auto next_key = [&] { return std::to_string(storage_keys.size() + object_storages.size()); };
   record::StateDictPickler pickler;
-  std::function<void(const planning::NestedNode&)> emit = [&](const planning::NestedNode& node) {
-    switch (node.kind) {
-      case planning::NestedNode::Kind::none: return pickler.none();
-      case planning::NestedNode::Kind::leaf: {
-        const auto* item = md->find_item(node.fqn);
-        if (!item) fail_for_key(Errc::internal, node.fqn, "unflatten produced an unknown key");
-        if (!item->is_tensor()) {
-          const auto it = objects.find(node.fqn);
-          if (it == objects.end()) fail_for_key(Errc::internal, node.fqn, "object was not loaded");
-          try {
-            return pickler.object(*it->second);
-          } catch (Error& e) {
-            locate_object_error(e, checkpoint_dir, *md, node.fqn);
-            throw;
-          }
-        }
-        const auto& t = item->tensor();
-        auto key = std::to_string(storage_keys.size());
-        pickler.tensor(t.properties.dtype, t.size, key);
-        storage_keys.emplace(node.fqn, std::move(key));
-        return;
-      }
-      case planning::NestedNode::Kind::dict:
-        pickler.begin_dict();
-        return pickler.dict_items(node.children.size(), [&](std::size_t i) {
-          pickler.key(node.keys[i]);
-          emit(node.children[i]);
+  pickle_nested(pickler, tree, [&](const std::string& fqn) {
+    const auto* item = md->find_item(fqn);
+    if (!item) fail_for_key(Errc::internal, fqn, "unflatten produced an unknown key");
+    if (!item->is_tensor()) {
+      const auto it = objects.find(fqn);
+      if (it == objects.end()) fail_for_key(Errc::internal, fqn, "object was not loaded");
+      const auto& object = *it->second;
+      std::unordered_map<std::string, std::string> keys;  // the object's storage keys → the file's
+      try {
+        return pickler.object(*object.document, object.id, [&](std::string_view key) {
+          if (const auto k = keys.find(std::string(key)); k != keys.end()) return k->second;
+          const auto bytes = object.storages.find(std::string(key));
+          if (bytes == object.storages.end()) fail_for_key(Errc::internal, fqn, "a storage of the object was not found");
+          auto name = next_key();
+          object_storages.emplace_back(name, bytes->second);
+          return keys.emplace(std::string(key), std::move(name)).first->second;
         });
-      case planning::NestedNode::Kind::list:
-        pickler.begin_list();
-        return pickler.list_items(node.children.size(), [&](std::size_t i) { emit(node.children[i]); });
-      default: throw Error(Errc::internal, "unknown nested node kind");
+      } catch (Error& e) {
+        locate_object_error(e, checkpoint_dir, *md, fqn);
+        throw;
+      }
     }
-  };
-  emit(tree);
+    const auto& t = item->tensor();
+    auto key = next_key();
+    pickler.tensor(t.properties.dtype, t.size, key);
+    storage_keys.emplace(fqn, std::move(key));
+  });
   const auto data_pkl = pickler.finish();
 
   TempFile file(out, overwrite);
   zip::ArchiveWriter writer([&](std::span<const std::byte> bytes) { file.write(bytes); }, "archive");
   writer.add_record("data.pkl", data_pkl);
+  for (const auto& [key, bytes] : object_storages) writer.add_record("data/" + key, bytes);
   ConvertReport report;
   report.bytes = stream_tensors(checkpoint_dir, md, options, selection, progress,
                                 [&](const std::string& fqn, std::span<const std::byte> data) {

@@ -60,9 +60,10 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
   Selection selection = select_items(checkpoint_dir, md, options);
   std::map<std::string, std::string> metadata_strings;  // sorted by key
   std::size_t header_bytes = 0;
-  for (const auto& [fqn, doc] : selection.objects) {
+  for (const auto& object : selection.objects) {
+    const auto& fqn = object.fqn;
     try {
-      auto text = record::object_to_json(doc, doc.root());
+      auto text = record::object_to_json(*object.value.document, object.value.id);
       header_bytes += text.size();
       if (header_bytes > kMaxHeaderBytes)
         throw Error(Errc::resource_exhausted, "objects' JSON passes the safetensors header limit of " +

@@ -1,5 +1,5 @@
 // Verifying a checkpoint: every selected record read whole with its CRC-32 checked, every
-// selected object decoded, nothing kept.
+// selected object decoded (the storages of its tensors checked), nothing kept.
 module;
 #include <cstdint>
 #include <filesystem>
@@ -23,7 +23,7 @@ VerifyReport verify(const std::filesystem::path& checkpoint_dir, const LoadOptio
   });
   report.errors = std::move(read.errors);
   try {
-    report.objects = load_objects(checkpoint_dir, md, o).size();
+    report.objects = load_object_values(checkpoint_dir, md, o).size();  // tensors inside checked too
   } catch (const Error& e) {
     if (!o.read.collect_errors) throw;
     report.errors.push_back(e);

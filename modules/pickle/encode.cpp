@@ -4,6 +4,7 @@ module;
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -179,8 +180,9 @@ namespace {
 // by one (an imported torch.save file's objects all live in its one data.pkl).
 class ValueWriter {
  public:
-  ValueWriter(Encoder& e, const Document& doc, std::size_t max_depth)
-      : e_(e), doc_(doc), max_depth_(max_depth) {
+  ValueWriter(Encoder& e, const Document& doc, std::size_t max_depth,
+              const std::function<void(const Document&, NodeId)>& persistent_id)
+      : e_(e), doc_(doc), max_depth_(max_depth), persistent_id_(persistent_id) {
     const std::uint64_t source = std::max<std::uint64_t>(doc.source_size(), doc.size());
     limit_ = e.size() + (source > (UINT64_MAX >> 6) ? UINT64_MAX >> 1 : source * 32 + (std::uint64_t{1} << 20));
   }
@@ -378,7 +380,8 @@ class ValueWriter {
         }
         return;
       case NodeKind::persistent:
-        emit(n.args(), depth + 1);
+        if (persistent_id_) persistent_id_(doc_, n.args());
+        else emit(n.args(), depth + 1);
         return e_.persistent_id();  // Python does not memoize persistent ids
       default: throw Error(Errc::internal, "unknown node kind in Encoder::value");
     }
@@ -387,6 +390,7 @@ class ValueWriter {
   Encoder& e_;
   const Document& doc_;
   std::size_t max_depth_;
+  const std::function<void(const Document&, NodeId)>& persistent_id_;
   std::uint64_t limit_ = 0;
   std::unordered_map<NodeId, std::uint32_t> local_;  // reachable node → its local number
   std::vector<std::uint8_t> refs_;                  // by local number
@@ -396,8 +400,9 @@ class ValueWriter {
 
 }  // namespace
 
-void Encoder::value(const Document& doc, NodeId id, std::size_t max_depth) {
-  ValueWriter(*this, doc, max_depth).write(id);
+void Encoder::value(const Document& doc, NodeId id, std::size_t max_depth,
+                    const std::function<void(const Document&, NodeId)>& persistent_id) {
+  ValueWriter(*this, doc, max_depth, persistent_id).write(id);
 }
 
 std::vector<std::byte> Encoder::finish() {

@@ -15,6 +15,7 @@
 module;
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <optional>
@@ -264,8 +265,11 @@ class Encoder {
   /// `max_depth` levels (what a cycle through tuples or sets alone, which Python cannot pickle
   /// either, runs into) and resource_exhausted when the output would pass 32 bytes per byte
   /// of the document's source (plus 1 MiB); errors carry the byte offset, in the document's
-  /// source, of the value where writing stopped.
-  void value(const Document& doc, NodeId id, std::size_t max_depth = 256);
+  /// source, of the value where writing stopped. `persistent_id`, when given, writes each
+  /// persistent id's value (it must push exactly one) instead of the decoded one: torch.save's
+  /// storage keys are numbered per archive, so a value moved into another archive needs new ones.
+  void value(const Document& doc, NodeId id, std::size_t max_depth = 256,
+             const std::function<void(const Document& doc, NodeId pid)>& persistent_id = {});
   /// Bytes written so far.
   std::size_t size() const { return out_.size(); }
   /// Appends STOP and returns the bytes; the encoder is empty afterwards.

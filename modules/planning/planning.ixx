@@ -23,7 +23,8 @@
 // destination, the storage layer against the saved chunk).
 //
 // The save half (`SavePlanner`, `DefaultSavePlanner`): a caller's `StateDict` (flat keys with
-// their nested paths, tensors as strided views of caller memory, objects as pickle values)
+// their nested paths, tensors as strided views of caller memory, objects as pickle values with
+// the storages of the tensors they hold)
 // becomes a `SavePlan` of `WriteItem`s per rank; the coordinator de-duplicates replicated
 // items across ranks (`dedup_save_plans`) and builds the global `Metadata`
 // (`create_global_save_plan`, O(n log n) in chunks); the storage writer then asks
@@ -301,11 +302,17 @@ std::vector<std::vector<std::byte>> encode_save_plans(std::span<const SavePlan> 
 std::vector<std::byte> encode_write_results(std::span<const WriteResult> results);
 std::vector<WriteResult> decode_write_results(std::span<const std::byte> bytes);
 
-/// A Python value to save as an object: node `id` of a shared pickle document (plain
-/// containers and scalars; tensors inside objects are not supported).
+/// A Python value to save as an object: node `id` of a shared pickle document (containers,
+/// scalars, and tensors as torch.save pickles them: `_rebuild_tensor_v2`/`_v3` over a
+/// persistent id ('storage', class, key, location, numel), which torch 1.13 saves inside
+/// the objects of a nested state dict).
 struct ObjectValue {
   std::shared_ptr<const pickle::Document> document;
   pickle::NodeId id = pickle::kNoNode;
+  /// The bytes of each storage the value's tensors view, by the key its persistent ids name
+  /// (empty for a value without tensors). Caller-owned memory, as a tensor's: it must outlive
+  /// the save. The writer checks each tensor against it (dcp.record's write_object_archive).
+  std::unordered_map<std::string, std::span<const std::byte>> storages = {};
   /// Scalars, for callers without a document at hand.
   static ObjectValue integer(std::int64_t value);
   static ObjectValue floating(double value);
@@ -443,6 +450,8 @@ struct NestedNode {
 /// collide or mix dict and list at one place, out_of_range for a list index or depth past
 /// the limits (2^20, 256).
 NestedNode unflatten(const metadata::Metadata& metadata, const std::vector<std::string>& fqns);
+/// The nesting of a state dict's entries along their paths, by the same rules.
+NestedNode unflatten(const StateDict& state_dict);
 
 }  // namespace dcp::planning
 

@@ -155,4 +155,10 @@ NestedNode unflatten(const metadata::Metadata& metadata, const std::vector<std::
   return builder.convert();
 }
 
+NestedNode unflatten(const StateDict& state_dict) {
+  Builder builder;
+  for (const auto& entry : state_dict.entries()) builder.set(entry.fqn, entry.path);
+  return builder.convert();
+}
+
 }  // namespace dcp::planning

@@ -1,5 +1,6 @@
 // Whole item archives for the save path: a tensor chunk or an object, as torch.save writes them.
 module;
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -8,6 +9,7 @@ module;
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 module dcp.record;
@@ -88,17 +90,50 @@ std::uint64_t check_object_savable(const pickle::Document& doc, pickle::NodeId i
   return seen.size();
 }
 
-std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeId id, ArchiveStyle style) {
-  check_object_savable(doc, id);
+std::uint64_t write_object_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
+                                   const pickle::Document& doc, pickle::NodeId id, const StorageMap& storages) {
+  // Every tensor checked against the storage it views before a byte is written. The
+  // document's offsets say nothing about the output: errors leave them out.
+  try {
+    for_each_object_tensor(doc, id, UINT64_MAX, [&](pickle::NodeId, const TensorRecord& r, bool first_view) {
+      if (!first_view) return;
+      const auto it = storages.find(r.storage_key);
+      if (it == storages.end())
+        throw Error(Errc::invalid_argument, "the object's tensors view storage '" + r.storage_key +
+                                                "', which the object value does not carry");
+      check_storage_size(r, it->second.size());
+    });
+  } catch (const Error& e) {
+    throw Error(e.code() == Errc::data_loss ? Errc::invalid_argument : e.code(), e.message());
+  }
+  std::vector<std::string> renamed;  // document keys, by archive key
+  std::unordered_map<std::string, std::string> new_keys;
   StateDictPickler pickler;
-  pickler.object(doc, id);
+  pickler.object(doc, id, [&](std::string_view key) {
+    const auto [it, added] = new_keys.emplace(std::string(key), std::to_string(new_keys.size()));
+    if (added) renamed.emplace_back(key);
+    return it->second;
+  });
   const auto data_pkl = pickler.finish();
-  std::vector<std::byte> out;
-  zip::ArchiveWriter writer([&](std::span<const std::byte> b) { out.insert(out.end(), b.begin(), b.end()); }, "archive");
+
+  zip::ArchiveWriter writer(sink, "archive");
   writer.add_record("data.pkl", data_pkl);
   add_leading_records(writer, style);
+  // torch.save writes the storages in sorted(key) order: "0", "1", "10", "11", ..., "2".
+  std::vector<std::string> keys;
+  for (std::size_t i = 0; i < renamed.size(); ++i) keys.push_back(std::to_string(i));
+  std::sort(keys.begin(), keys.end());
+  for (const auto& key : keys) writer.add_record("data/" + key, storages.at(renamed[std::stoul(key)]));
   add_trailing_records(writer, style);
   writer.finish();
+  return writer.bytes_written();
+}
+
+std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeId id, ArchiveStyle style,
+                                      const StorageMap& storages) {
+  std::vector<std::byte> out;
+  (void)write_object_archive([&](std::span<const std::byte> b) { out.insert(out.end(), b.begin(), b.end()); }, style, doc,
+                             id, storages);
   return out;
 }
 

@@ -2,9 +2,13 @@
 module;
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 module dcp.record;
 import dcp.error;
@@ -168,15 +172,106 @@ const pickle::AllowList& object_allow_list() {
   return list;
 }
 
-pickle::Document parse_object(std::span<const std::byte> archive) {
-  const auto parsed = zip::parse_archive(archive);
-  const auto pkl = zip::record_data(parsed, archive, "data.pkl");
+TorchSave parse_torch_save(std::span<const std::byte> bytes) {
+  if (!bytes.empty() && bytes[0] == std::byte{0x80})
+    throw Error(Errc::unimplemented,
+                "legacy (non-zip) torch.save format is not supported; re-save it with torch >= 1.6 "
+                "(_use_new_zipfile_serialization=True)")
+        .at_offset(0);
+  if (bytes.size() < 4 || std::memcmp(bytes.data(), "PK\x03\x04", 4) != 0)
+    throw Error(Errc::data_loss, "not a torch.save zip archive (no PK\\3\\4 signature)").at_offset(0);
+  TorchSave out;
+  out.archive = zip::parse_archive(bytes);
+  if (const auto* order = zip::find(out.archive.entries, out.archive.prefix + "byteorder")) {
+    const auto text = zip::record_data(out.archive, bytes, "byteorder");
+    if (std::string_view(reinterpret_cast<const char*>(text.data()), text.size()) != "little")
+      throw Error(Errc::unimplemented, "big-endian tensor data (byteorder record) is not supported")
+          .at_offset(order->local_header_offset);
+  }
+  const auto pkl = zip::record_data(out.archive, bytes, "data.pkl");
   pickle::Limits limits;
   limits.allow_persistent_ids = true;
-  limits.base_offset = static_cast<std::uint64_t>(pkl.data() - archive.data());  // offsets in the archive
-  return pickle::decode(pkl, object_allow_list(), limits);
+  limits.base_offset = static_cast<std::uint64_t>(pkl.data() - bytes.data());  // offsets in the archive
+  out.document = pickle::decode(pkl, object_allow_list(), limits);
+  return out;
 }
 
+pickle::Document parse_object(std::span<const std::byte> archive) { return parse_torch_save(archive).document; }
+
 std::string object_to_json(const pickle::Document& doc, pickle::NodeId id) { return JsonRenderer(doc).render(id); }
+
+namespace {
+
+Error at_node(Error e, const Document& doc, NodeId id) {
+  if (auto offset = doc.at(id).offset()) e.at_offset(*offset);
+  return e;
+}
+
+}  // namespace
+
+std::uint64_t for_each_object_tensor(const Document& doc, NodeId id, std::uint64_t max_nodes,
+                                     const std::function<void(NodeId, const TensorRecord&, bool first_view)>& tensor) {
+  struct Seen {  // a storage, as the first tensor that views it saw it
+    DType dtype;
+    std::uint64_t numel;
+  };
+  std::unordered_map<std::string, Seen> storages;
+  std::unordered_set<NodeId> seen;
+  std::vector<NodeId> stack{id};
+  while (!stack.empty()) {
+    const NodeId n = stack.back();
+    stack.pop_back();
+    if (n == pickle::kNoNode || n >= doc.size() || !seen.insert(n).second) continue;
+    if (seen.size() > max_nodes)
+      throw at_node(Error(Errc::resource_exhausted, "object has more than " + std::to_string(max_nodes) + " values"), doc, n);
+    const Node node = doc.at(n);
+    if (node.kind() == NodeKind::persistent)
+      throw at_node(Error(Errc::unimplemented, "object holds a storage outside a tensor"), doc, n);
+    if (!is_tensor_rebuild(doc, n)) {
+      for (auto child : node.items()) stack.push_back(child);
+      stack.push_back(node.callee());
+      stack.push_back(node.args());
+      stack.push_back(node.state());
+      continue;
+    }
+    const TensorRecord r = tensor_record(doc, n);
+    try {
+      if (r.sizes.size() > metadata::kMaxRank)
+        throw Error(Errc::unimplemented, "tensor of " + std::to_string(r.sizes.size()) + " dims (at most " +
+                                             std::to_string(metadata::kMaxRank) + ")");
+      if (dtype_info(r.dtype).rebuild == TensorRebuild::none)
+        throw Error(Errc::unimplemented, std::string(dtype_name(r.dtype)) + " tensors are not supported");
+      check_view(r);
+      const auto [it, first] = storages.emplace(r.storage_key, Seen{r.dtype, r.storage_numel});
+      if (!first && (it->second.dtype != r.dtype || it->second.numel != r.storage_numel))
+        throw Error(Errc::data_loss, "two tensors view storage " + r.storage_key + " as different dtypes or sizes");
+      tensor(n, r, first);
+    } catch (Error& e) {
+      throw at_node(std::move(e), doc, n);
+    }
+  }
+  return seen.size();
+}
+
+StorageMap find_storages(const TorchSave& saved, std::span<const std::byte> bytes, pickle::NodeId id,
+                         std::uint64_t max_nodes, std::uint64_t* visited) {
+  StorageMap out;
+  const auto count = for_each_object_tensor(saved.document, id, max_nodes, [&](NodeId, const TensorRecord& r, bool first_view) {
+    if (!first_view) return;
+    const zip::Entry* entry = zip::find(saved.archive.entries, saved.archive.prefix + "data/" + r.storage_key);
+    if (!entry) throw Error(Errc::data_loss, "archive has no storage record data/" + r.storage_key);
+    const auto index = static_cast<std::size_t>(entry - saved.archive.entries.data());
+    const auto data = bytes.subspan(saved.archive.data_offsets[index], entry->size);
+    try {
+      check_storage_size(r, entry->size);
+      zip::verify_crc32(*entry, data);
+    } catch (Error& e) {
+      throw e.at_offset(entry->local_header_offset);
+    }
+    out.emplace(r.storage_key, data);
+  });
+  if (visited) *visited += count;
+  return out;
+}
 
 }  // namespace dcp::record

@@ -5,10 +5,13 @@
 // small bounded reads, the raw storage bytes of a tensor item and what its `data.pkl` says
 // about them (dtype, storage offset, sizes, strides), so the loader can read exactly the
 // bytes it needs straight into destination memory. `parse_object` decodes a BYTE_IO item
-// into a pickle value tree with an allow-list of plain Python types (nothing is executed);
+// into a pickle value tree with an allow-list of plain Python types (nothing is executed), and
+// `find_storages` checks and finds the storages of the tensors such a value holds (torch 1.13
+// saves every non-tensor value of a state dict as one object, tensors inside included);
 // `object_to_json` renders such values. `StateDictPickler` writes torch.save's data.pkl for
-// `dcpp convert`; `write_tensor_archive` and `object_archive` write whole item archives as
-// torch 1.13's or 2.x's torch.save does, for the save path. Untrusted input: every byte of the item.
+// `dcpp convert`; `write_tensor_archive` and `write_object_archive` write whole item archives
+// as torch 1.13's or 2.x's torch.save does, for the save path. Untrusted input: every byte of
+// the item.
 // Imports: dcp.error, dcp.pickle, dcp.zip, dcp.metadata, dcp.json.
 module;
 #include <cstddef>
@@ -77,9 +80,35 @@ void check_against_chunk(const TensorLocation& location, DType dtype, const meta
 /// torch.device, dtypes, and tensor rebuilds with their storages.
 const pickle::AllowList& object_allow_list();
 
-/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree. Node offsets and
-/// error offsets are archive offsets.
+/// A torch.save archive in memory, decoded: its records and data.pkl's value tree.
+struct TorchSave {
+  zip::Archive archive;
+  pickle::Document document;
+};
+
+/// Parses a torch.save zip archive (`bytes`, the whole of it): its records, a `byteorder`
+/// record if any (must say little), and data.pkl decoded with object_allow_list and
+/// persistent ids. Node and error offsets are offsets in `bytes`. Throws unimplemented for
+/// the legacy non-zip format and big-endian data, data_loss for anything malformed.
+TorchSave parse_torch_save(std::span<const std::byte> bytes);
+
+/// Decodes a BYTE_IO item (the whole archive in memory) into a value tree (parse_torch_save's
+/// document). Node offsets and error offsets are archive offsets.
 pickle::Document parse_object(std::span<const std::byte> archive);
+
+/// Storage bytes by key: the records data/<key> of a torch.save archive, which the persistent
+/// ids ('storage', class, key, location, numel) of a value's tensors name.
+using StorageMap = std::unordered_map<std::string, std::span<const std::byte>>;
+
+/// The storages that the tensors of the value at node `id` view, each a subspan of `bytes`
+/// (the archive `saved` was parsed from) and checked once: the record exists, holds
+/// numel × itemsize bytes and matches its CRC-32; every tensor's view lies inside its storage;
+/// no two tensors view one storage with different dtypes or sizes. Visits each node once, at
+/// most `max_nodes` of them (resource_exhausted past that), and adds their number to
+/// `*visited` if given. Throws data_loss with the offset in `bytes`, unimplemented for a
+/// storage outside a tensor and for tensors dcpp cannot read.
+StorageMap find_storages(const TorchSave& saved, std::span<const std::byte> bytes, pickle::NodeId id,
+                         std::uint64_t max_nodes = UINT64_MAX, std::uint64_t* visited = nullptr);
 
 /// Renders a decoded object as JSON (tuples and sets as arrays, bytes as latin-1 text, dict
 /// keys as strings). Throws unimplemented for values JSON cannot hold (tensors, calls of
@@ -112,6 +141,11 @@ class StateDictPickler {
   void object(const pickle::Document& doc);
   /// Node `id` of a decoded value.
   void object(const pickle::Document& doc, pickle::NodeId id);
+  /// Node `id` of a decoded value whose tensors view storages: each persistent id is written
+  /// as tensor() writes one, with the key `storage_key(key the document names)` returns.
+  /// Throws invalid_argument for a persistent id that is not a storage's.
+  void object(const pickle::Document& doc, pickle::NodeId id,
+              const std::function<std::string(std::string_view key)>& storage_key);
   /// Appends STOP and returns data.pkl.
   std::vector<std::byte> finish();
 
@@ -121,6 +155,9 @@ class StateDictPickler {
   // A string that is the same Python object every time torch pickles it (a code constant).
   void constant(std::string_view utf8, std::optional<std::uint32_t>& memo);
   void int_tuple(const metadata::Shape& values);
+  // ('storage', <class>, key, location, numel), memoized as CPython memoizes it.
+  void storage_id(std::string_view module, std::string_view cls, std::string_view key, std::string_view location,
+                  std::int64_t numel);
 
   pickle::Encoder e_;
   std::unordered_map<std::string, std::uint32_t> globals_;
@@ -145,14 +182,36 @@ std::uint64_t write_tensor_archive(const std::function<void(std::span<const std:
                                    const std::function<void(const StorageSink&)>& write_storage);
 
 /// Walks the value at node `id` (each node once, O(the value), not O(the document)): throws
-/// unimplemented when it holds a storage (a tensor), which an object item cannot carry, and
-/// resource_exhausted when it has more than `max_nodes` nodes. Returns the nodes visited.
+/// unimplemented when it holds a storage (a tensor), for callers that keep tensors out of
+/// objects, and resource_exhausted when it has more than `max_nodes` nodes. Returns the nodes
+/// visited.
 std::uint64_t check_object_savable(const pickle::Document& doc, pickle::NodeId id,
                                    std::uint64_t max_nodes = UINT64_MAX);
 
-/// The archive torch.save(value) writes for node `id` of `doc` (a BYTE_IO item). Throws
-/// unimplemented (naming the value) for tensors and other values torch.save would write
-/// with storages, resource_exhausted past the encoder's budget.
-std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeId id, ArchiveStyle style);
+/// Writes, through `sink`, the archive torch.save(value) writes for node `id` of `doc` (a
+/// BYTE_IO item): data.pkl, its storages renumbered "0", "1", ... in pickling order as
+/// torch.save numbers them, then each storage's bytes (`storages`, by the key `doc` names it
+/// with) as record data/<new key>, in torch.save's sorted key order. Returns the archive's
+/// length. Throws invalid_argument (naming the key) when `storages` lacks a storage the value
+/// names or holds other than numel × itemsize bytes for it, unimplemented for a storage class
+/// without a dtype, resource_exhausted past the encoder's budget.
+std::uint64_t write_object_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
+                                   const pickle::Document& doc, pickle::NodeId id, const StorageMap& storages = {});
 
+/// write_object_archive into memory.
+std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeId id, ArchiveStyle style,
+                                      const StorageMap& storages = {});
+
+}  // namespace dcp::record
+
+namespace dcp::record {
+// Not exported: shared by the implementation units.
+
+/// Calls `tensor` for each tensor that the value at node `id` holds (each node visited once, at
+/// most `max_nodes`; a storage outside a tensor is unimplemented), after checking it: a dtype
+/// dcpp reads, at most kMaxRank dims, its view inside its storage, and every view of one
+/// storage key with one dtype and one size. `first_view` is true for the first tensor of each
+/// storage key. Errors carry the offset of the tensor's node. Returns the nodes visited.
+std::uint64_t for_each_object_tensor(const pickle::Document& doc, pickle::NodeId id, std::uint64_t max_nodes,
+                                     const std::function<void(pickle::NodeId, const TensorRecord&, bool first_view)>& tensor);
 }  // namespace dcp::record

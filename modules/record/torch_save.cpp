@@ -50,6 +50,19 @@ void StateDictPickler::int_tuple(const metadata::Shape& values) {
   (void)e_.put();
 }
 
+void StateDictPickler::storage_id(std::string_view module, std::string_view cls, std::string_view key,
+                                  std::string_view location, std::int64_t numel) {
+  e_.mark();
+  constant("storage", storage_);
+  global(module, cls);
+  text(key);
+  if (location == "cpu") constant("cpu", cpu_);
+  else text(location);
+  e_.integer(numel);
+  e_.tuple_from_mark();
+  (void)e_.put();
+}
+
 void StateDictPickler::tensor(DType dtype, const metadata::Shape& sizes, std::string_view key) {
   const auto& info = dtype_info(dtype);
   if (info.rebuild == TensorRebuild::none)
@@ -60,18 +73,10 @@ void StateDictPickler::tensor(DType dtype, const metadata::Shape& sizes, std::st
   if (count > static_cast<std::uint64_t>(INT64_MAX)) throw Error(Errc::out_of_range, "storage size past 2^63");
   global("torch._utils", v3 ? "_rebuild_tensor_v3" : "_rebuild_tensor_v2");
   e_.mark();
-  // The persistent id ('storage', <storage class>, key, 'cpu', numel), then BINPERSID.
-  e_.mark();
-  constant("storage", storage_);
   // torch 2.x's own torch.save names torch.storage.UntypedStorage; its weights_only
   // torch.load (the default since 2.6) refuses the torch.UntypedStorage alias.
-  if (v3) global("torch.storage", "UntypedStorage");
-  else global("torch", info.storage_class);
-  text(key);
-  constant("cpu", cpu_);
-  e_.integer(static_cast<std::int64_t>(count));
-  e_.tuple_from_mark();
-  (void)e_.put();
+  if (v3) storage_id("torch.storage", "UntypedStorage", key, "cpu", static_cast<std::int64_t>(count));
+  else storage_id("torch", info.storage_class, key, "cpu", static_cast<std::int64_t>(count));
   e_.persistent_id();
   e_.integer(0);  // storage_offset
   int_tuple(sizes);
@@ -141,6 +146,21 @@ void StateDictPickler::list_items(std::size_t count, const std::function<void(st
 void StateDictPickler::object(const pickle::Document& doc) { e_.value(doc, doc.root()); }
 
 void StateDictPickler::object(const pickle::Document& doc, pickle::NodeId id) { e_.value(doc, id); }
+
+void StateDictPickler::object(const pickle::Document& doc, pickle::NodeId id,
+                              const std::function<std::string(std::string_view key)>& storage_key) {
+  e_.value(doc, id, 256, [&](const pickle::Document& d, pickle::NodeId pid) {
+    const auto node = d.at(pid);
+    const auto parts = node.items();
+    const auto is = [&](std::size_t i, pickle::NodeKind kind) { return d.at(parts[i]).kind() == kind; };
+    if (node.kind() != pickle::NodeKind::tuple || parts.size() != 5 || !is(0, pickle::NodeKind::string) ||
+        d.at(parts[0]).text() != "storage" || !is(1, pickle::NodeKind::global) || !is(2, pickle::NodeKind::string) ||
+        !is(3, pickle::NodeKind::string) || !is(4, pickle::NodeKind::integer))
+      throw Error(Errc::invalid_argument, "persistent id " + d.describe(pid) + " is not a storage's");
+    const auto cls = d.at(parts[1]);
+    storage_id(cls.text(), cls.name(), storage_key(d.at(parts[2]).text()), d.at(parts[3]).text(), d.at(parts[4]).integer());
+  });
+}
 
 std::vector<std::byte> StateDictPickler::finish() { return e_.finish(); }
 

@@ -141,15 +141,15 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
         auto data = planner.resolve_data(*item);
         std::uint64_t tensor_bytes = 0;
         if (const auto* object = std::get_if<planning::ObjectValue>(&data)) {
-          std::vector<std::byte> archive;
           try {
-            archive = record::object_archive(*object->document, object->id, style);
+            // Every error it raises comes before its first byte is written.
+            (void)record::write_object_archive([&](std::span<const std::byte> bytes) { file.write(bytes); }, style,
+                                               *object->document, object->id, object->storages);
           } catch (Error& e) {
             value_error = true;  // at its byte in the file it was decoded from, which the caller names
             if (const auto at = object->document->at(object->id).offset()) e.at_offset(*at);
             throw;
           }
-          file.write(archive);
         } else {
           const auto& slice = std::get<planning::TensorSlice>(data);
           if (!item->tensor_data || slice.dtype != item->tensor_data->properties.dtype ||

@@ -6,7 +6,7 @@
   check_import.py make113 DIR         torch 1.13: DIR/x113.pt with 1.13's dtypes
   check_import.py load ORIG CKPT...   torch 2.13 dcp.load (no process group) of each CKPT into a
                                       template of ORIG (.pt or .safetensors) and a bitwise compare
-  check_import.py load113 ORIG CKPT   torch 1.13 load_state_dict(no_dist=True) into the flat keys
+  check_import.py load113 ORIG CKPT   torch 1.13 load_state_dict(no_dist=True) into the top-level keys
   check_import.py same ORIG OTHER.pt  torch.load of both, compared
 
 Prints "check_import: OK: ..." or "check_import: FAIL: ..." (exit 1) per check.
@@ -124,27 +124,15 @@ def load(original, ckpts):
         print(f"check_import: OK: {ckpt} loads as {original}")
 
 
-def flatten(value, prefix, out):
-    if isinstance(value, dict):
-        for k, v in value.items():
-            flatten(v, prefix + [str(k)], out)
-    elif isinstance(value, list) and any(isinstance(v, (torch.Tensor, dict, list)) for v in value):
-        for i, v in enumerate(value):
-            flatten(v, prefix + [str(i)], out)
-    else:
-        out[".".join(prefix)] = value
-
-
 def load113(original, ckpt):
     import os
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
     import dcp113  # noqa: F401  (makes torch 1.13's DCP importable on Python 3.11)
     from torch.distributed._shard.checkpoint import FileSystemReader, load_state_dict
-    flat = {}
-    flatten(torch.load(original), [], flat)
-    sd = {k: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else "placeholder" for k, v in flat.items()}
+    orig = torch.load(original)  # 1.13 keeps the top-level keys: nested values are objects
+    sd = {k: torch.zeros(v.shape, dtype=v.dtype) if isinstance(v, torch.Tensor) else "placeholder" for k, v in orig.items()}
     load_state_dict(sd, FileSystemReader(ckpt), no_dist=True)
-    same(flat, sd, "")
+    same(orig, sd, "")
     print(f"check_import: OK: {ckpt} loads with torch 1.13 as {original}")
 
 

@@ -331,6 +331,30 @@ BOOST_AUTO_TEST_CASE(a_rank_that_cannot_write_fails_every_rank) {
   };
   all_fail_alike(dist_test::launch(l), 1, "__1_0.distcp");
   BOOST_TEST(!fs::exists(tmp.path() / "out" / ".metadata"));
+// torch 1.13 keeps top-level keys only: on 3 ranks, a nested torch 2.13 checkpoint becomes its
+// top-level tensors split over the ranks and one object per nested top-level key, its tensors
+// loaded whole by rank 0; torch 1.13 loads the values torch 2.13 saved (nested113.py).
+BOOST_AUTO_TEST_CASE(reshard_of_a_nested_torch_2x_checkpoint_for_torch_113_on_3_ranks) {
+  TempDir tmp;
+  const auto oracle = [&](const std::string& python, const std::string& args) {
+    int status = 0;
+    const auto out = dcp_test::run_capture(dcp_test::quote(python) + " " +
+                                               dcp_test::quote(dcp_test::source_root() / "tests/python/nested113.py") +
+                                               " " + args + " 2>&1",
+                                           &status);
+    BOOST_TEST(status == 0, args << ":\n" << out);
+    BOOST_TEST(!contains(out, "FAIL"), out);
+  };
+  oracle(dcp_test::python2x(), "make2x " + dcp_test::quote(tmp.path()));
+  const auto out = tmp.path() / "out";
+  all_ok(run_dcpp_ranks(3, tmp.path(), {"reshard", "--format", "torch1.13", (tmp.path() / "ckpt2x").string(), out.string()}));
+  const auto doc = json::parse(dcp_test::run_dcpp("inspect --json " + out.string(), tmp.path()).out);
+  for (const auto& item : doc.as_object().at("items").as_array()) {
+    const auto& o = item.as_object();
+    if (o.at("fqn") == "weight") BOOST_TEST(o.at("chunks").as_array().size() == 3u);  // 5 rows: 2, 2, 1
+    if (o.at("fqn") == "model" || o.at("fqn") == "optim") BOOST_TEST(o.at("kind") == "bytes");
+  }
+  oracle(dcp_test::python(), "check2x " + dcp_test::quote(tmp.path()) + " " + dcp_test::quote(out));
 }
 
 BOOST_AUTO_TEST_CASE(a_rank_with_a_missing_source_fails_every_rank) {

@@ -66,7 +66,7 @@ constexpr Flag kFlags[] = {
     {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
     {"all", "", "verify", "report every problem, not only the first"},
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
-    {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout) or torch1.13 (flat keys)"},
+    {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout, nested values flattened) or torch1.13 (top-level keys, nested values one object each)"},
     {"overwrite", "", "convert reshard", "replace the file OUT, or the checkpoint already in OUT_DIR / DST_DIR (its data files go, nothing else there does)"},
     {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)), replicated (every rank holds every tensor whole; reshard stores each once); a tensor without the dim is split by rows"},
     {"no-read-once", "", "load reshard", "as ranks of a launcher: every rank reads what it needs from storage itself (default: a saved item several ranks need is read by one of them and broadcast)"},

@@ -71,8 +71,11 @@ int run_import(const Args& args, Format format) {
   options.overwrite = args.has("overwrite");
   const auto start = std::chrono::steady_clock::now();
 
+  // torch 1.13's save_state_dict keeps the top-level keys; torch 2.x's dcp.save flattens.
   const auto imported = format == Format::safetensors ? dcp::checkpoint::import_safetensors(in)
-                                                      : dcp::checkpoint::import_torch_save(in);
+                        : options.format == dcp::metadata::Flavor::torch_1_13
+                            ? dcp::checkpoint::import_torch_save_top_level(in)
+                            : dcp::checkpoint::import_torch_save(in);
   dcp::checkpoint::ConvertReport report;
   {
     Progress progress(!args.has("quiet"), imported.state_dict.tensor_bytes(), "converting");

@@ -23,9 +23,7 @@ import dcp.error;
 import dcp.layout;
 import dcp.metadata;
 import dcp.memory;
-import dcp.pickle;
 import dcp.planning;
-import dcp.record;
 import dcp.storage;
 import dcp.collective;
 import dcp.checkpoint;
@@ -220,51 +218,55 @@ int run_reshard(const Args& args, ProcessGroup* group) {
   const auto layout = layout_of(args, world);
   const auto start = std::chrono::steady_clock::now();
 
-  // Each rank loads its share of every tensor; rank 0 also loads the objects.
+  // Each rank loads its share of every tensor; rank 0 also loads the objects. torch 1.13 keeps
+  // only top-level keys: a tensor nested under one goes whole into that key's object, on rank 0.
   dcp::storage::FileSystemReader reader(args.positional[0], options.read);
   const auto md = dcp::checkpoint::read_metadata(reader, group, 0);
+  const auto path_of = [&](const dcp::metadata::ItemMetadata& item) {
+    const auto* found = md->find_path(item.fqn);
+    return found ? *found : std::vector<dcp::metadata::PathPart>{item.fqn};
+  };
+  const bool regroup = write.format == dcp::metadata::Flavor::torch_1_13;
   dcp::planning::Destination destination;
   std::vector<dcp::memory::Buffer> memory;
+  std::vector<std::size_t> buffer_of;  // per item: its buffer in `memory`, if it has one
   ranks.run("reshard: allocate", [&] {
     for (const auto& item : md->items) {
-      if (item.is_tensor()) (void)add_share(destination, item, layout, rank, world, memory);
-      else if (rank == 0) destination.add_object(item.fqn);
+      buffer_of.push_back(memory.size());
+      if (!item.is_tensor()) {
+        if (rank == 0) destination.add_object(item.fqn);
+      } else if (!regroup || path_of(item).size() == 1) {
+        (void)add_share(destination, item, layout, rank, world, memory);
+      } else if (rank == 0) {
+        (void)add_share(destination, item, dcp::layout::parse_layout("replicated", world), rank, world, memory);
+      }
     }
   });
   dcp::planning::DefaultLoadPlanner planner;
   (void)dcp::checkpoint::load(destination, reader, planner, md, group, 0, read_once_of(args));
 
   // The same shares, saved together: every rank its shards, rank 0 the objects and the 0-dim
-  // and empty tensors (as `convert --ranks` splits).
+  // and empty tensors (as `convert --ranks` splits) and the whole nested tensors.
   dcp::planning::StateDict state_dict;
-  std::uint64_t tensors = 0, objects = 0;
-  ranks.run("reshard: state dict", [&] {  // parses the objects rank 0 loaded
-    std::size_t next_memory = 0;  // add_share made one buffer per tensor, in metadata order
-    for (const auto& item : md->items) {
-      const auto* found = md->find_path(item.fqn);
-      const auto path = found ? *found : std::vector<dcp::metadata::PathPart>{item.fqn};
+  std::vector<dcp::checkpoint::LoadedObject> objects;  // the objects' archives stay alive
+  std::uint64_t tensors = 0;
+  ranks.run("reshard: state dict", [&] {  // decodes the objects rank 0 loaded
+    for (std::size_t i = 0; i < md->items.size(); ++i) {
+      const auto& item = md->items[i];
+      const auto path = path_of(item);
       const auto* entry = destination.find(item.fqn);
       if (!item.is_tensor()) {
         if (!entry) continue;
-        std::shared_ptr<const dcp::pickle::Document> doc;
-        try {
-          doc = std::make_shared<const dcp::pickle::Document>(dcp::record::parse_object(*planner.loaded_bytes(item.fqn)));
-        } catch (dcp::Error& e) {  // where in which file the object's bytes lie
-          if (const auto* info = md->find_storage(item.fqn, nullptr)) {
-            e.add_offset(info->offset);
-            e.in_file(reader.path_of(info->relative_path).string());
-          }
-          throw e.for_key(item.fqn);
-        }
-        state_dict.add_object(path, dcp::planning::ObjectValue{doc, doc->root()});
-        ++objects;
+        objects.push_back(dcp::checkpoint::decode_object(item.fqn, std::move(*planner.take_bytes(item.fqn)), *md, reader));
+        state_dict.add_object(path, objects.back().value);
         continue;
       }
       ++tensors;
+      if (!entry) continue;
       const auto& t = item.tensor();
       const auto& loaded = std::get<dcp::planning::TensorDestination>(*entry);
-      std::byte* data = memory[next_memory++].data();
-      if (t.size.empty() || dcp::metadata::numel(t.size) == 0) {
+      std::byte* data = memory[buffer_of[i]].data();
+      if (t.size.empty() || dcp::metadata::numel(t.size) == 0 || (regroup && path.size() > 1)) {
         if (rank == 0)
           state_dict.add_tensor(path, dcp::planning::contiguous_slice(data, t.properties.dtype, t.size),
                                 t.properties.requires_grad);
@@ -274,16 +276,18 @@ int run_reshard(const Args& args, ProcessGroup* group) {
       for (const auto& c : loaded.chunks) chunks.push_back({c.offsets, c.memory});
       state_dict.add_sharded_tensor(path, t.size, t.properties, std::move(chunks));
     }
+    if (regroup) state_dict = dcp::checkpoint::group_top_level(state_dict);
   });
+  const std::uint64_t saved_objects = objects.size();
   dcp::storage::FileSystemWriter writer(args.positional[1], write);
   dcp::planning::DefaultSavePlanner save_planner;
   (void)dcp::checkpoint::save(state_dict, writer, save_planner, group, 0);
   if (rank == 0 && !args.has("quiet"))
     std::printf("resharded %llu tensors and %llu objects from %s to %s (%s, %d rank%s, %s) in %.3f s\n",
-                static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(objects),
-                args.positional[0].c_str(), args.positional[1].c_str(),
+                static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(saved_objects),
+                dcp::escape_text(args.positional[0]).c_str(), dcp::escape_text(args.positional[1]).c_str(),
                 std::string(dcp::metadata::flavor_name(write.format)).c_str(), world, world == 1 ? "" : "s",
-                args.get("layout").value_or("rows").c_str(), seconds_since(start));
+                dcp::escape_text(args.get("layout").value_or("rows")).c_str(), seconds_since(start));
   return 0;
 }
 

@@ -130,7 +130,7 @@ int run_load(const Args& args) {
                                                          result.bytes += t.bytes().size();
                                                          tensors.emplace_back(fqn, std::move(t));
                                                        });
-  result.objects = dcp::checkpoint::load_objects(args.positional[0], md, options).size();
+  result.objects = dcp::checkpoint::load_object_values(args.positional[0], md, options).size();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tensors = tensors.size();
   result.items_read = report.items;
