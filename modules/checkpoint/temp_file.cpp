@@ -17,7 +17,9 @@ namespace dcp::checkpoint::detail {
 TempFile::TempFile(const std::filesystem::path& out)
     : out_(out), tmp_(out.string() + ".tmp-" + std::to_string(::getpid())) {
   try {
-    file_ = std::make_unique<storage::OutputFile>(tmp_, /*exclusive=*/false);
+    // Exclusive: a name that is already there, a link planted to make us truncate its target
+    // included, is refused instead of followed.
+    file_ = std::make_unique<storage::OutputFile>(tmp_, /*exclusive=*/true);
   } catch (Error& e) {
     throw Error(e.code(), "cannot create output file: " + e.message()).in_file(out_.string());
   }
