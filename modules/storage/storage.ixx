@@ -101,7 +101,8 @@ class SharedItems {
 /// at 1,024 ranks × 1,000 tensors, 2.7 GB at 8,192 (what dcpp's coordinator writes there).
 inline constexpr std::uint64_t kMaxMetadataBytes = std::uint64_t{8} << 30;
 
-/// Reads a whole file of at most `max_bytes`. Throws not_found / io / out_of_range.
+/// Reads a whole file of at most `max_bytes`. Throws not_found / io / out_of_range, and
+/// invalid_argument for anything but a regular file (a FIFO, a device: never waited on).
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes);
 
 /// torch's StorageReader protocol.
@@ -335,7 +336,11 @@ Error os_error(const std::filesystem::path& path, std::string_view what, int err
 /// short file) carry the path and the file offset where the read stopped.
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);
 
-/// An open read-only file descriptor.
+/// An open read-only descriptor of a regular file. Opening never blocks (O_NONBLOCK, so a
+/// FIFO planted where a file was expected cannot hang us) and anything but a regular file is
+/// refused (invalid_argument, naming the path and what it is). Symlinks are followed: every
+/// caller opens a name the user gave or a file of a directory the user named, and a Hugging
+/// Face cache snapshot is all symlinks.
 class Fd {
  public:
   explicit Fd(const std::filesystem::path& path);
@@ -343,10 +348,17 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
+  /// The file's size when it was opened.
+  std::uint64_t size() const { return size_; }
+  /// Gives up the descriptor (the caller closes it).
+  int release() noexcept;
 
  private:
   int fd_;
+  std::uint64_t size_ = 0;
 };
+/// What a file of mode `mode` (st_mode) is, for errors: "a FIFO", "a directory", ...
+std::string_view file_kind(unsigned mode) noexcept;
 
 /// The data files of one read_data, opened on first use and shared by the workers (pread is
 /// thread-safe). At most `capacity` stay open: the least recently used is closed when a new

@@ -45,9 +45,10 @@ class UringReader {
         open(pieces_[i].file);
         break;
       } catch (const boost::system::system_error& e) {
-        errors_[i] = Error(e.code() == boost::system::errc::no_such_file_or_directory ? Errc::not_found : Errc::io,
-                           "cannot open: " + e.code().message())
+        errors_[i] = Error(Errc::io, "cannot read through io_uring: " + e.code().message())
                          .in_file(files_.path(pieces_[i].file).string());
+      } catch (const Error& e) {
+        errors_[i] = e;
       }
     }
     const ReadPiece& p = pieces_[i];
@@ -76,7 +77,9 @@ class UringReader {
   void open(const std::string& name) {
     if (open_ && open_name_ == name) return;
     open_.reset();
-    open_ = std::make_shared<asio::random_access_file>(ctx_, files_.path(name).string(), asio::file_base::read_only);
+    Fd fd(files_.path(name));  // never waits on a FIFO planted in the checkpoint
+    open_ = std::make_shared<asio::random_access_file>(ctx_, fd.get());
+    (void)fd.release();  // the file object closes it now
     open_name_ = name;
   }
 
@@ -99,7 +102,9 @@ bool read_pieces_uring(const FileTable& files, const std::vector<ReadPiece>& pie
   try {
     reader.probe();
   } catch (const boost::system::system_error&) {
-    return false;  // io_uring refused (seccomp, old kernel) or the file is missing: pread says which
+    return false;  // io_uring refused (seccomp, old kernel)
+  } catch (const Error&) {
+    return false;  // the file cannot be opened: pread says why
   }
   for (std::size_t k = 0; k < std::min(in_flight, pieces.size()); ++k) reader.start_next();
   ctx.run();
