@@ -105,6 +105,41 @@ inline constexpr std::uint64_t kMaxMetadataBytes = std::uint64_t{8} << 30;
 /// invalid_argument for anything but a regular file (a FIFO, a device: never waited on).
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes);
 
+/// A whole regular file mapped read-only (an empty file maps nothing), for readers that use
+/// its bytes in place. Shrinking the file, or an I/O error, while its pages are read cannot
+/// kill the process: a SIGBUS handler (installed with the first mapping, chaining to the
+/// handler before it for any other address) maps zero pages over the rest of the mapping and
+/// flags it, so the reader sees zeros and `changed` says why they cannot be trusted. Every
+/// error names the path; FIFOs and devices are refused without waiting on them.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  const std::filesystem::path& path() const noexcept { return path_; }
+  /// How the file changed since it was mapped, as a sentence ("the file shrank below byte N
+  /// while it was read"): a fault in the mapping, or a size, modification or status-change
+  /// time that differs now. nullopt while it is as it was (to the file system's timestamp
+  /// granularity; a SIGBUS is always seen).
+  std::optional<std::string> changed() const;
+  /// Throws data_loss, naming the file, when `changed()` says it did.
+  void check_unchanged() const;
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;  // kept open: `changed` compares the file's status with the one at mapping
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  struct Stamp {
+    std::int64_t size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec;
+    friend bool operator==(const Stamp&, const Stamp&) = default;
+  };
+  Stamp stamp_{};
+  void* guard_ = nullptr;  // the SIGBUS handler's record of this mapping
+};
+
 /// torch's StorageReader protocol.
 class StorageReader {
  public:

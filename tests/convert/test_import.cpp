@@ -195,7 +195,7 @@ BOOST_AUTO_TEST_CASE(summary_line_and_progress) {
   std::uint64_t reported = 0;
   options.progress = [&](std::uint64_t bytes) { reported += bytes; };
   options.files_per_rank = 1;
-  const auto report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, dir.path() / "ck2", 1, options);
+  const auto report = dcp::checkpoint::save_as_checkpoint(imported, dir.path() / "ck2", options);
   BOOST_TEST(report.tensors == 1u);
   BOOST_TEST(report.bytes == 16u);
   BOOST_TEST(reported == 16u);
