@@ -20,11 +20,13 @@ import dcp.storage;
 namespace dcp::checkpoint {
 namespace {
 
-// `.metadata` per entry, as dcpp's encoder writes it for torch 2.x (1.13's is no larger),
-// rounded up from what it measured: an empty float32 tensor with an 8-character key costs 750
-// bytes with one chunk and 1,860 with four (a tensor entry about 360 bytes plus 3 per key
-// byte, a chunk with its storage entry about 365 plus 1 per key byte and 8 per dim); an
-// object about 290 plus 4 per key byte.
+// `.metadata`, as dcpp's encoder writes it for torch 2.x (1.13's is no larger), rounded up
+// from what it measured: about 335 bytes whatever it holds (the Metadata object, its dicts and
+// classes); per entry, an empty float32 tensor with an 8-character key 750 bytes with one chunk
+// and 1,860 with four (a tensor entry about 360 bytes plus 3 per key byte, a chunk with its
+// storage entry about 365 plus 1 per key byte and 8 per dim); an object about 290 plus 4 per
+// key byte.
+constexpr std::uint64_t kMetadataBytes = 512;
 constexpr std::uint64_t kTensorEntryBytes = 384, kTensorEntryBytesPerKeyByte = 3;
 constexpr std::uint64_t kChunkBytes = 384, kChunkBytesPerKeyByte = 1, kChunkBytesPerDim = 16;
 constexpr std::uint64_t kObjectEntryBytes = 320, kObjectEntryBytesPerKeyByte = 4;
@@ -43,7 +45,7 @@ std::uint64_t default_max_output_bytes(std::uint64_t input_bytes) noexcept {
 namespace detail {
 
 OutputBudget::OutputBudget(const ImportOptions& options, std::uint64_t input_bytes)
-    : options_(options), input_bytes_(input_bytes) {
+    : options_(options), input_bytes_(input_bytes), charged_(kMetadataBytes) {
   if (options_.ranks < 1) throw Error(Errc::invalid_argument, "an import needs at least one rank");
   if (options_.max_output_bytes == 0) options_.max_output_bytes = default_max_output_bytes(input_bytes);
 }
