@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <system_error>
 #include <variant>
 #include <vector>
 import dcp.error;
@@ -122,6 +123,7 @@ std::uint64_t directory_bytes(const std::filesystem::path& dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  static const auto scratch = std::filesystem::temp_directory_path() / ("fuzz_import_views-" + std::to_string(::getpid()));
   FuzzedDataProvider in(data, size);
   std::uint64_t dense_bytes = 0;
   const auto file = make_file(in, dense_bytes);
@@ -142,16 +144,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         imported.output_bytes < dense_bytes)
       std::abort();  // accepted beyond its budget, or charged less than its tensors' bytes
     if (imported.output_bytes <= (std::uint64_t{4} << 20)) {
-      static const auto scratch = std::filesystem::temp_directory_path() / ("fuzz_import_views-" + std::to_string(::getpid()));
       std::filesystem::remove_all(scratch);
       dcp::storage::WriteOptions write;
       write.sync_files = false;
       (void)dcp::checkpoint::save_as_checkpoint(imported, scratch, write);
       if (directory_bytes(scratch) > imported.output_bytes) std::abort();  // wrote more than it charged
-      std::filesystem::remove_all(scratch);
     }
   } catch (const dcp::Error&) {
   }
+  std::error_code ec;
+  std::filesystem::remove_all(scratch, ec);
   ::close(fd);
   return 0;
 }
