@@ -1,11 +1,14 @@
 // libFuzzer target: a torch.save file (first byte even) or a safetensors file (odd) imported
-// as `dcpp convert FILE CKPT_DIR` does, then what the save would touch: the first and last
-// element of every tensor view, and every object re-encoded as an item archive.
+// as `dcpp convert FILE CKPT_DIR` does, with an output budget of 2^(10 + first byte / 2 % 32)
+// bytes, then what the save would touch: the first and last element of every tensor view, and
+// every object re-encoded as an item archive. What is accepted was charged within the budget,
+// every tensor at least at its dense size.
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <variant>
 import dcp.error;
@@ -25,8 +28,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   const std::string path = "/proc/self/fd/" + std::to_string(fd);
   try {
-    const auto imported = data[0] % 2 == 0 ? dcp::checkpoint::import_torch_save(path)
-                                           : dcp::checkpoint::import_safetensors(path);
+    dcp::checkpoint::ImportOptions options;
+    options.max_output_bytes = std::uint64_t{1} << (10 + data[0] / 2 % 32);
+    const auto imported = data[0] % 2 == 0 ? dcp::checkpoint::import_torch_save(path, options)
+                                           : dcp::checkpoint::import_safetensors(path, options);
+    if (imported.output_bytes > options.max_output_bytes) std::abort();
+    std::uint64_t dense = 0;
     volatile std::uint8_t sink = 0;
     for (const auto& entry : imported.state_dict.entries()) {
       if (const auto* object = std::get_if<dcp::planning::ObjectValue>(&entry.value)) {
@@ -37,6 +44,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         continue;
       }
       const auto& m = std::get<dcp::planning::SaveTensor>(entry.value).chunks.at(0).memory;
+      dense += dcp::planning::numel(m) * dcp::dtype_itemsize(m.dtype);
+      if (dense > imported.output_bytes) std::abort();  // a view charged less than it will write
       if (dcp::planning::numel(m) == 0) continue;
       std::uint64_t last = 0;
       for (std::size_t d = 0; d < m.sizes.size(); ++d)

@@ -196,12 +196,34 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
 // ---------------------------------------------------------------------------------------------
 // Importing a file (`dcpp convert FILE CKPT_DIR`).
 
+/// What an import may cost: the checkpoint it becomes is bounded by the input's size, so a
+/// small hostile file cannot make `dcpp convert` write terabytes or build millions of entries.
+struct ImportOptions {
+  /// Ranks the checkpoint will be written by (save_as_checkpoint splits each tensor's rows
+  /// over them, as torch.chunk does: a tensor costs one item per non-empty part).
+  int ranks = 1;
+  /// Bytes the checkpoint may take, charged as entries are read, so an import stops as soon as
+  /// it passes (resource_exhausted, naming the key): each tensor at its dense size (a view
+  /// that repeats its storage's elements, by stride 0 or overlapping strides, is written out
+  /// whole), each object as pickled, each item's archive and each entry's metadata, per
+  /// reference (a value that many keys share is written for each; OutputBudget). 0 means
+  /// default_max_output_bytes of the file's size.
+  std::uint64_t max_output_bytes = 0;
+};
+/// 2 × `input_bytes` + 1 GiB: room for every tensor of the file written out once or twice (a
+/// view of part of a storage is written again), and for a small file's overheads.
+std::uint64_t default_max_output_bytes(std::uint64_t input_bytes) noexcept;
+
 /// A state dict read from one file, its tensors viewing a read-only mapping of the file.
 struct ImportedStateDict {
   planning::StateDict state_dict;
   /// The mapping and any decoded document the state dict points into: keep it as long as
   /// the state dict, or a split of it, is used.
   std::shared_ptr<const void> keep_alive;
+  /// The file the tensors view: a save from it must not publish what a changed file gave.
+  std::shared_ptr<const storage::MappedFile> source;
+  ImportOptions options;          ///< what the import was bounded for (max_output_bytes resolved)
+  std::uint64_t output_bytes = 0;  ///< what the checkpoint will take at most (the budget's charge)
 };
 
 /// Reads a torch.save zip archive (torch 1.6+, little-endian): data.pkl is decoded with
@@ -211,9 +233,11 @@ struct ImportedStateDict {
 /// their storage records (offset and strides kept; every bound and CRC-32 checked). The root
 /// must be a dict. Throws dcp::Error naming the file, key and byte offset: unimplemented for
 /// the legacy non-zip format, big-endian data, quantized tensors and objects holding tensors;
-/// data_loss for a corrupt file; resource_exhausted past the walk's budget (32 units per byte
-/// of data.pkl + 16 Mi: a value shared by memo is walked at each reference).
-ImportedStateDict import_torch_save(const std::filesystem::path& file);
+/// data_loss for a corrupt file, or one that changed while it was read (the message says so);
+/// resource_exhausted past the walk's budget (32 units per byte of data.pkl + 16 Mi: a value
+/// shared by memo is walked at each reference) or past `options.max_output_bytes`. A FIFO or
+/// device is refused (invalid_argument) without waiting on it.
+ImportedStateDict import_torch_save(const std::filesystem::path& file, const ImportOptions& options = {});
 
 /// Reads a torch.save file as torch 1.13's save_state_dict takes a state dict, for a torch 1.13
 /// checkpoint: nothing is flattened. Each item of the root dict (or OrderedDict) becomes one
@@ -221,8 +245,9 @@ ImportedStateDict import_torch_save(const std::filesystem::path& file);
 /// other value one object holding that whole value, with the storages of the tensors inside
 /// it (ObjectValue::storages, views of the mapping). Every storage is checked once (size,
 /// CRC-32, every view inside it). Top-level keys must be strings. Errors as import_torch_save's;
-/// the walks over the objects share its budget (32 units per byte of data.pkl + 16 Mi).
-ImportedStateDict import_torch_save_top_level(const std::filesystem::path& file);
+/// the walks over the objects share its budget (32 units per byte of data.pkl + 16 Mi), and
+/// the output is charged as import_torch_save's is (an object at its pickle and storages).
+ImportedStateDict import_torch_save_top_level(const std::filesystem::path& file, const ImportOptions& options = {});
 
 /// The state dict torch 1.13's save_state_dict would be given for the nested one `state_dict`
 /// describes (`dcpp reshard --format torch1.13` of a torch 2.x checkpoint): entries whose path
@@ -239,19 +264,23 @@ planning::StateDict group_top_level(const planning::StateDict& state_dict);
 /// dots), in header order, viewing the file's data section. `__metadata__` is not imported.
 /// The header (at most 100 MB, inside the file) and every dtype, shape and data offset are
 /// checked: offsets inside the data section, exactly the tensor's bytes, no two tensors
-/// overlapping. Errors name the file, key and byte offset.
-ImportedStateDict import_safetensors(const std::filesystem::path& file);
+/// overlapping. Errors name the file, key and byte offset; budgets and changes as for
+/// import_torch_save.
+ImportedStateDict import_safetensors(const std::filesystem::path& file, const ImportOptions& options = {});
 
 /// import_safetensors for *.safetensors, import_torch_save otherwise.
-ImportedStateDict import_file(const std::filesystem::path& file);
+ImportedStateDict import_file(const std::filesystem::path& file, const ImportOptions& options = {});
 
-/// Saves a whole-tensor state dict as a checkpoint written by `ranks` ranks (split_rows: rows
-/// of each tensor over the ranks as torch.chunk splits them), each rank through its own
-/// FileSystemWriter with `options` and a DefaultSavePlanner, played in this process
-/// (save_ranks); with several ranks, files_per_rank 0 means one file per rank.
-/// Reports what the state dict held.
-ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const std::filesystem::path& checkpoint_dir,
-                                 int ranks, const storage::WriteOptions& options);
+/// Saves an imported state dict as a checkpoint written by `imported.options.ranks` ranks
+/// (split_rows: rows of each tensor over the ranks as torch.chunk splits them), each rank
+/// through its own FileSystemWriter with `options` and a DefaultSavePlanner, played in this
+/// process (save_ranks); with several ranks, files_per_rank 0 means one file per rank. Just
+/// before `.metadata` is published the source file must be as it was (`before_publish`, then
+/// the caller's own): else nothing is published and the error (data_loss) names the input and
+/// says how it changed; so does any failure of the save once the file changed (a writer
+/// reading zeros, or failing on pages that vanished). Reports what the state dict held.
+ConvertReport save_as_checkpoint(const ImportedStateDict& imported, const std::filesystem::path& checkpoint_dir,
+                                 const storage::WriteOptions& options);
 
 // ---------------------------------------------------------------------------------------------
 // Saving.
@@ -387,19 +416,31 @@ class TempFile {
   int lock_fd_ = -1;  // an flock on the temporary file while this conversion lives
 };
 
-/// A whole file mapped read-only (an empty file maps nothing). Errors name the path.
-class MappedFile {
+/// What an import's checkpoint will cost (ImportOptions::max_output_bytes), charged entry by
+/// entry as the importer reads them; throws resource_exhausted, naming the key, as soon as
+/// the total passes the limit, so a hostile file stops the import early (import_budget.cpp).
+class OutputBudget {
  public:
-  explicit MappedFile(const std::filesystem::path& path);
-  ~MappedFile();
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  OutputBudget(const ImportOptions& options, std::uint64_t input_bytes);
+  /// A whole tensor: its dense bytes, an item archive per non-empty part of the ranks' split
+  /// and the metadata of its entry and chunks.
+  void tensor(std::string_view fqn, DType dtype, const metadata::Shape& sizes);
+  /// An object whose data.pkl is at most `pickle_bytes` long: its item archive and metadata.
+  void object(std::string_view fqn, std::uint64_t pickle_bytes);
+  std::uint64_t charged() const noexcept { return charged_; }
+  const ImportOptions& options() const noexcept { return options_; }
 
  private:
-  const std::byte* data_ = nullptr;
-  std::size_t size_ = 0;
+  void charge(std::uint64_t bytes, std::string_view fqn);
+  ImportOptions options_;
+  std::uint64_t input_bytes_ = 0;
+  std::uint64_t charged_ = 0;
 };
+
+/// Throws `e`, an importer's error, naming `path`; when `file` (null before it was mapped)
+/// changed meanwhile, as data_loss that says so first: a record that looks corrupt, or a
+/// failed write, is then the change's doing.
+[[noreturn]] void throw_import_error(Error e, const std::filesystem::path& path, const storage::MappedFile* file);
 
 /// What a conversion's selection holds, in metadata order.
 struct Selection {

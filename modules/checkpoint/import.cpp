@@ -3,12 +3,6 @@
 // as a checkpoint of N ranks (`dcpp convert FILE.pt CKPT_DIR`). The safetensors importer is in
 // import_safetensors.cpp. Untrusted input: every byte of the file.
 module;
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -33,45 +27,6 @@ import dcp.storage;
 
 namespace dcp::checkpoint {
 
-namespace detail {
-namespace {
-Error os_error(const std::filesystem::path& path, std::string_view what, int err) {
-  return Error(Errc::io, std::string(what) + ": " + std::strerror(err)).in_file(path.string());
-}
-}  // namespace
-
-MappedFile::MappedFile(const std::filesystem::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw os_error(path, "cannot open", errno);
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw os_error(path, "cannot stat", err);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw Error(Errc::invalid_argument, "not a regular file").in_file(path.string());
-  }
-  size_ = static_cast<std::size_t>(st.st_size);
-  if (size_ > 0) {
-    void* data = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (data == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      throw os_error(path, "cannot map", err);
-    }
-    data_ = static_cast<const std::byte*>(data);
-  }
-  ::close(fd);  // the mapping keeps the file
-}
-
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
-}
-
-}  // namespace detail
-
 namespace {
 
 using pickle::Document;
@@ -84,7 +39,7 @@ constexpr int kMaxDepth = 256;
 
 // What an import keeps alive: the mapping and the decoded data.pkl.
 struct TorchSaveHolder {
-  detail::MappedFile file;
+  storage::MappedFile file;
   std::shared_ptr<const Document> doc;
   explicit TorchSaveHolder(const std::filesystem::path& path) : file(path) {}
 };
@@ -100,8 +55,8 @@ Error at_node(Error e, const Document& doc, NodeId id) {
 class Flattener {
  public:
   Flattener(std::shared_ptr<const Document> doc, const zip::Archive& archive, std::span<const std::byte> whole,
-            planning::StateDict& out)
-      : doc_(*doc), shared_(std::move(doc)), archive_(archive), whole_(whole), out_(out),
+            planning::StateDict& out, detail::OutputBudget& output)
+      : doc_(*doc), shared_(std::move(doc)), archive_(archive), whole_(whole), out_(out), output_(output),
         terminal_(doc_.size(), kUnknown), on_path_(doc_.size(), false) {
     // Visits and key bytes in proportion to data.pkl (a shared value is walked again at each
     // reference, so the memo could otherwise make the walk exponential).
@@ -216,8 +171,10 @@ class Flattener {
   void add_object(const Path& path, NodeId id) {
     const auto fqn = planning::join_path(path);
     charge(2 * fqn.size() + 64, path);
+    record::ObjectExtent extent;
     try {
-      charge(record::check_object_savable(doc_, id, budget_), path);
+      extent = record::check_object_savable(doc_, id, budget_);
+      charge(extent.nodes, path);
     } catch (Error& e) {
       if (e.code() != Errc::unimplemented) throw e.for_key(fqn);
       throw Error(Errc::unimplemented, doc_.describe(id) +
@@ -225,6 +182,11 @@ class Flattener {
                                            "top, as objects, and an object cannot hold a tensor")
           .for_key(fqn)
           .at_offset(e.context().byte_offset.value_or(doc_.at(id).offset().value_or(0)));
+    }
+    try {
+      output_.object(fqn, extent.pickle_bytes);
+    } catch (Error& e) {
+      throw at_node(std::move(e), doc_, id);
     }
     out_.add_object(path, planning::ObjectValue{shared_, id});
   }
@@ -257,6 +219,13 @@ class Flattener {
             .at_offset(offset);
       if (dtype_info(r.dtype).rebuild == TensorRebuild::none)
         throw Error(Errc::unimplemented, std::string(dtype_name(r.dtype)) + " tensors are not supported").at_offset(offset);
+      // Before any of its bytes are read: a view is written out at its dense size, however
+      // few storage elements it repeats.
+      try {
+        output_.tensor(fqn, r.dtype, r.sizes);
+      } catch (Error& e) {
+        throw e.at_offset(offset);
+      }
       std::span<const std::byte> data;
       const auto& entry = storage_entry(r, data);
       try {
@@ -284,6 +253,7 @@ class Flattener {
   const zip::Archive& archive_;
   std::span<const std::byte> whole_;
   planning::StateDict& out_;
+  detail::OutputBudget& output_;
   std::vector<std::uint8_t> terminal_;
   std::vector<bool> on_path_;
   std::unordered_set<std::size_t> checked_;  // storage records whose CRC was verified
@@ -302,9 +272,10 @@ void refuse_other_formats(std::span<const std::byte> whole) {
 
 }  // namespace
 
-ImportedStateDict import_torch_save(const std::filesystem::path& file) {
+ImportedStateDict import_torch_save(const std::filesystem::path& file, const ImportOptions& options) {
+  std::shared_ptr<TorchSaveHolder> holder;
   try {
-    auto holder = std::make_shared<TorchSaveHolder>(file);
+    holder = std::make_shared<TorchSaveHolder>(file);
     const auto whole = holder->file.bytes();
     refuse_other_formats(whole);
     const auto archive = zip::parse_archive(whole);
@@ -320,29 +291,50 @@ ImportedStateDict import_torch_save(const std::filesystem::path& file) {
     limits.base_offset = static_cast<std::uint64_t>(pkl.data() - whole.data());  // offsets in the file
     holder->doc = std::make_shared<const Document>(pickle::decode(pkl, record::object_allow_list(), limits));
     ImportedStateDict out;
-    Flattener(holder->doc, archive, whole, out.state_dict).run();
+    detail::OutputBudget output(options, whole.size());
+    Flattener(holder->doc, archive, whole, out.state_dict, output).run();
+    out.options = output.options();
+    out.output_bytes = output.charged();
+    out.source = std::shared_ptr<const storage::MappedFile>(holder, &holder->file);
     out.keep_alive = std::move(holder);
     return out;
   } catch (Error& e) {
-    throw e.in_file(file.string());
+    detail::throw_import_error(std::move(e), file, holder ? &holder->file : nullptr);
   }
 }
 
-ImportedStateDict import_file(const std::filesystem::path& file) {
-  return file.extension() == ".safetensors" ? import_safetensors(file) : import_torch_save(file);
+ImportedStateDict import_file(const std::filesystem::path& file, const ImportOptions& options) {
+  return file.extension() == ".safetensors" ? import_safetensors(file, options) : import_torch_save(file, options);
 }
 
-ConvertReport save_as_checkpoint(const planning::StateDict& state_dict, const std::filesystem::path& checkpoint_dir,
-                                 int ranks, const storage::WriteOptions& options) {
-  const auto parts = split_rows(state_dict, ranks);
+ConvertReport save_as_checkpoint(const ImportedStateDict& imported, const std::filesystem::path& checkpoint_dir,
+                                 const storage::WriteOptions& options) {
+  const int ranks = imported.options.ranks;
+  const auto parts = split_rows(imported.state_dict, ranks);
   // The ranks already write in parallel, one thread each: by default one file per rank (torch's
   // thread_count=1), instead of a pool of writers per rank.
   storage::WriteOptions rank_options = options;
   if (ranks > 1 && rank_options.files_per_rank == 0) rank_options.files_per_rank = 1;
-  (void)save_ranks(parts, checkpoint_dir, rank_options);
+  // The tensors are the source file's pages: what the writers copied is the file as it was
+  // only if it still is, once every data file is durable.
+  const storage::MappedFile* source = imported.source.get();
+  rank_options.before_publish = [source, then = options.before_publish] {
+    if (source) source->check_unchanged();
+    if (then) then();
+  };
+  try {
+    (void)save_ranks(parts, checkpoint_dir, rank_options);
+  } catch (Error& e) {
+    if (source && source->changed()) detail::throw_import_error(std::move(e), source->path(), source);
+    // An error that names no file is a value of the input that cannot be saved (at its key and
+    // byte in the input); the writer's own errors name the file it was writing.
+    if (source && e.context().file.empty()) e.in_file(source->path().string());
+    throw;
+  }
   ConvertReport report;
-  for (const auto& entry : state_dict.entries()) ++(std::holds_alternative<planning::SaveTensor>(entry.value) ? report.tensors : report.objects);
-  report.bytes = state_dict.tensor_bytes();
+  for (const auto& entry : imported.state_dict.entries())
+    ++(std::holds_alternative<planning::SaveTensor>(entry.value) ? report.tensors : report.objects);
+  report.bytes = imported.state_dict.tensor_bytes();
   return report;
 }
 

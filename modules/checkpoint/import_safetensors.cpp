@@ -17,6 +17,7 @@ import dcp.error;
 import dcp.json;
 import dcp.metadata;
 import dcp.planning;
+import dcp.storage;
 
 namespace dcp::checkpoint {
 namespace {
@@ -25,10 +26,6 @@ namespace {
 constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr std::uint64_t kHeaderLengthBytes = 8;
 
-struct SafetensorsHolder {
-  detail::MappedFile file;
-  explicit SafetensorsHolder(const std::filesystem::path& path) : file(path) {}
-};
 
 std::optional<DType> dtype_from_safetensors(std::string_view code) {
   for (const auto& info : dtype_table())
@@ -92,10 +89,12 @@ TensorEntry read_entry(json::JsonReader& in, std::string key, std::uint64_t key_
 
 }  // namespace
 
-ImportedStateDict import_safetensors(const std::filesystem::path& file) {
+ImportedStateDict import_safetensors(const std::filesystem::path& file, const ImportOptions& options) {
+  std::shared_ptr<storage::MappedFile> mapped;
   try {
-    auto holder = std::make_shared<SafetensorsHolder>(file);
-    const auto whole = holder->file.bytes();
+    mapped = std::make_shared<storage::MappedFile>(file);
+    const auto whole = mapped->bytes();
+    detail::OutputBudget output(options, whole.size());
     if (whole.size() < kHeaderLengthBytes)
       throw Error(Errc::data_loss, "file of " + std::to_string(whole.size()) + " bytes has no safetensors header length")
           .at_offset(0);
@@ -126,6 +125,11 @@ ImportedStateDict import_safetensors(const std::filesystem::path& file) {
                                          "] lie outside the data section of " + std::to_string(data.size()) + " bytes")
             .for_key(entry.key)
             .at_offset(at);
+      try {
+        output.tensor(entry.key, entry.dtype, entry.shape);  // before the entry is kept
+      } catch (Error& e) {
+        throw e.at_offset(at);
+      }
       const auto bytes = metadata::byte_size(entry.shape, entry.dtype);
       if (bytes != entry.end - entry.begin)
         throw Error(Errc::data_loss, "data_offsets hold " + std::to_string(entry.end - entry.begin) + " bytes, a " +
@@ -155,10 +159,13 @@ ImportedStateDict import_safetensors(const std::filesystem::path& file) {
       auto* base = const_cast<std::byte*>(data.data()) + e.begin;
       out.state_dict.add_tensor({e.key}, planning::contiguous_slice(base, e.dtype, e.shape));
     }
-    out.keep_alive = std::move(holder);
+    out.options = output.options();
+    out.output_bytes = output.charged();
+    out.source = mapped;
+    out.keep_alive = std::move(mapped);
     return out;
   } catch (Error& e) {
-    throw e.in_file(file.string());
+    detail::throw_import_error(std::move(e), file, mapped.get());
   }
 }
 

@@ -22,6 +22,7 @@ import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
 import dcp.record;
+import dcp.storage;
 
 namespace dcp::checkpoint {
 namespace {
@@ -32,7 +33,7 @@ using pickle::NodeKind;
 
 // What the state dict points into: the mapping and the decoded data.pkl.
 struct Holder {
-  detail::MappedFile file;
+  storage::MappedFile file;
   std::shared_ptr<const record::TorchSave> saved;
   explicit Holder(const std::filesystem::path& path) : file(path) {}
 };
@@ -50,8 +51,8 @@ bool is_ordered_dict(const Document& doc, NodeId id) {
 class TopLevelImport {
  public:
   TopLevelImport(std::shared_ptr<const record::TorchSave> saved, std::span<const std::byte> whole,
-                 planning::StateDict& out)
-      : saved_(std::move(saved)), doc_(saved_->document), whole_(whole), out_(out) {
+                 planning::StateDict& out, detail::OutputBudget& output)
+      : saved_(std::move(saved)), doc_(saved_->document), whole_(whole), out_(out), output_(output) {
     // Objects that share values by memo are each walked whole: the walks together are bounded.
     budget_ = checked_add(checked_mul(doc_.source_size(), detail::kImportWalkPerByte).value_or(UINT64_MAX),
                           detail::kImportWalkFloor)
@@ -89,12 +90,17 @@ class TopLevelImport {
     if (visited > budget_) throw Error(Errc::resource_exhausted, "import walk over budget");
     budget_ -= visited;
     if (!record::is_tensor_rebuild(doc_, id)) {
+      // What its item will hold: its pickle, and each storage it views once.
+      auto bytes = record::check_object_savable(doc_, id, UINT64_MAX, /*with_storages=*/true).pickle_bytes;
+      for (const auto& [key, data] : storages) bytes = add_or_throw(bytes, data.size(), "an object's bytes");
+      output_.object(fqn, bytes);
       const std::shared_ptr<const Document> doc(saved_, &saved_->document);
       out_.add_object({fqn}, planning::ObjectValue{doc, id, std::move(storages)});
       return;
     }
     // find_storages checked the tensor: its storage's size and CRC-32, its view inside it.
     const auto r = record::tensor_record(doc_, id);
+    output_.tensor(fqn, r.dtype, r.sizes);
     const auto data = storages.at(r.storage_key);
     const bool empty = metadata::numel(r.sizes) == 0;  // touches nothing: keep the base
     const auto byte_offset = empty ? 0 : r.storage_offset * dtype_itemsize(r.dtype);
@@ -106,6 +112,7 @@ class TopLevelImport {
   const Document& doc_;
   std::span<const std::byte> whole_;
   planning::StateDict& out_;
+  detail::OutputBudget& output_;
   std::uint64_t budget_ = 0;
 };
 
@@ -176,17 +183,22 @@ planning::StateDict group_top_level(const planning::StateDict& state_dict) {
   return out;
 }
 
-ImportedStateDict import_torch_save_top_level(const std::filesystem::path& file) {
+ImportedStateDict import_torch_save_top_level(const std::filesystem::path& file, const ImportOptions& options) {
+  std::shared_ptr<Holder> holder;
   try {
-    auto holder = std::make_shared<Holder>(file);
+    holder = std::make_shared<Holder>(file);
     const auto whole = holder->file.bytes();
     holder->saved = std::make_shared<const record::TorchSave>(record::parse_torch_save(whole));
     ImportedStateDict out;
-    TopLevelImport(holder->saved, whole, out.state_dict).run();
+    detail::OutputBudget output(options, whole.size());
+    TopLevelImport(holder->saved, whole, out.state_dict, output).run();
+    out.options = output.options();
+    out.output_bytes = output.charged();
+    out.source = std::shared_ptr<const storage::MappedFile>(holder, &holder->file);
     out.keep_alive = std::move(holder);
     return out;
   } catch (Error& e) {
-    throw e.in_file(file.string());
+    detail::throw_import_error(std::move(e), file, holder ? &holder->file : nullptr);
   }
 }
 

@@ -278,7 +278,8 @@ ValidatedMetadata validate(Metadata metadata);
 /// errors as the two calls.
 ValidatedMetadata decode_validated(std::span<const std::byte> bytes);
 
-/// Size of a checkpoint file, nullopt if it does not exist.
+/// Size of a checkpoint file, nullopt if it does not exist; may throw a dcp::Error naming the
+/// file (relative) for one that exists but cannot hold data (a FIFO), which gets the key added.
 using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;
 /// Checks that every storage entry's file exists and its byte range lies inside it, and that a
 /// tensor chunk's item is at least as long as the chunk's raw bytes (items are stored, not

@@ -421,7 +421,13 @@ void check_storage_bounds(const ValidatedMetadata& validated, const FileSizeFn& 
             .at_offset(info.pickle_offset);
     }
     auto [it, inserted] = sizes.try_emplace(info.relative_path);
-    if (inserted) it->second = file_size(info.relative_path);
+    if (inserted) {
+      try {
+        it->second = file_size(info.relative_path);
+      } catch (Error& e) {
+        throw e.for_key(index.fqn);
+      }
+    }
     if (!it->second) {
       Error e(Errc::not_found, "file is missing (named by storage_data)");
       e.in_file(info.relative_path).for_key(index.fqn);

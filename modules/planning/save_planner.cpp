@@ -8,6 +8,7 @@ module;
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -108,15 +109,16 @@ bool python_reads_utf8(std::string_view s) {
   return true;
 }
 
-// Every string of the value at `root` (dict keys included) must be one Python reads back.
+// Every string of the value at `root` (dict keys included) must be one Python reads back. A
+// set of the value's nodes, not a vector over the document: an imported file's one document
+// holds every object of the state dict, so that would cost O(objects × document).
 void check_object_strings(std::string_view fqn, const pickle::Document& doc, pickle::NodeId root) {
-  std::vector<bool> seen(doc.size(), false);
+  std::unordered_set<pickle::NodeId> seen;
   std::vector<pickle::NodeId> stack{root};
   while (!stack.empty()) {
     const auto id = stack.back();
     stack.pop_back();
-    if (id == pickle::kNoNode || id >= seen.size() || seen[id]) continue;
-    seen[id] = true;
+    if (id == pickle::kNoNode || id >= doc.size() || !seen.insert(id).second) continue;
     const auto node = doc.at(id);
     if (node.kind() == pickle::NodeKind::string && !python_reads_utf8(node.text()))
       fail_for_key(Errc::invalid_argument, fqn, "the object holds a string that is not UTF-8, which Python cannot load");

@@ -181,12 +181,24 @@ std::uint64_t write_tensor_archive(const std::function<void(std::span<const std:
                                    DType dtype, const metadata::Shape& sizes,
                                    const std::function<void(const StorageSink&)>& write_storage);
 
+/// What a savable object is made of (check_object_savable).
+struct ObjectExtent {
+  std::uint64_t nodes = 0;         ///< distinct values
+  std::uint64_t pickle_bytes = 0;  ///< its data.pkl is at most this long (object_archive's encoding)
+};
 /// Walks the value at node `id` (each node once, O(the value), not O(the document)): throws
 /// unimplemented when it holds a storage (a tensor), for callers that keep tensors out of
-/// objects, and resource_exhausted when it has more than `max_nodes` nodes. Returns the nodes
-/// visited.
-std::uint64_t check_object_savable(const pickle::Document& doc, pickle::NodeId id,
-                                   std::uint64_t max_nodes = UINT64_MAX);
+/// objects (unless `with_storages`: then its pickle is measured, storages aside), and
+/// resource_exhausted when it has more than `max_nodes` nodes.
+ObjectExtent check_object_savable(const pickle::Document& doc, pickle::NodeId id, std::uint64_t max_nodes = UINT64_MAX,
+                                  bool with_storages = false);
+
+/// Bytes an item archive adds to its payload, at most: zip headers and central directory,
+/// the records torch writes (1.13's or 2.x's), alignment padding, and for a tensor its data.pkl
+/// (the payload is the storage's bytes: a chunk of `dims` dims of `dtype`); for an object the
+/// payload is its data.pkl (ObjectExtent::pickle_bytes). Measured on the writer itself, once.
+std::uint64_t tensor_archive_overhead(ArchiveStyle style, DType dtype, std::size_t dims);
+std::uint64_t object_archive_overhead(ArchiveStyle style);
 
 /// Writes, through `sink`, the archive torch.save(value) writes for node `id` of `doc` (a
 /// BYTE_IO item): data.pkl, its storages renumbered "0", "1", ... in pickling order as

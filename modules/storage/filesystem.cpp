@@ -34,11 +34,38 @@ Error os_error(const std::filesystem::path& path, std::string_view what, int err
   return e;
 }
 
-Fd::Fd(const std::filesystem::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
-  if (fd_ < 0) throw os_error(path, "cannot open", errno);
+std::string_view file_kind(unsigned mode) noexcept {
+  switch (mode & S_IFMT) {
+    case S_IFREG: return "a regular file";
+    case S_IFDIR: return "a directory";
+    case S_IFIFO: return "a FIFO";
+    case S_IFCHR: return "a character device";
+    case S_IFBLK: return "a block device";
+    case S_IFSOCK: return "a socket";
+    default: return "not a file";
+  }
 }
 
-Fd::~Fd() { ::close(fd_); }
+Fd::Fd(const std::filesystem::path& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)) {
+  if (fd_ < 0) throw os_error(path, "cannot open", errno);
+  struct stat st {};
+  const int err = ::fstat(fd_, &st) != 0 ? errno : 0;
+  if (err != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd_);
+    if (err != 0) throw os_error(path, "cannot stat", err);
+    throw Error(Errc::invalid_argument, "not a regular file: it is " + std::string(file_kind(st.st_mode)))
+        .in_file(path.string());
+  }
+  // Regular files ignore O_NONBLOCK, but a descriptor handed on (io_uring) should not carry it.
+  (void)::fcntl(fd_, F_SETFL, ::fcntl(fd_, F_GETFL) & ~O_NONBLOCK);
+  size_ = static_cast<std::uint64_t>(st.st_size);
+}
+
+Fd::~Fd() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int Fd::release() noexcept { return std::exchange(fd_, -1); }
 
 FileTable::FileTable(std::filesystem::path dir, std::size_t capacity)
     : dir_(std::move(dir)), capacity_(std::max<std::size_t>(capacity, 1)) {}
@@ -86,9 +113,7 @@ void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, 
 
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes) {
   Fd fd(path);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw os_error(path, "cannot stat", errno);
-  const auto size = static_cast<std::uint64_t>(st.st_size);
+  const auto size = fd.size();
   if (size > max_bytes) {
     Error e(Errc::out_of_range, "file of " + std::to_string(size) + " bytes exceeds the limit of " +
                                     std::to_string(max_bytes));
@@ -159,6 +184,8 @@ std::vector<std::byte> FileSystemReader::read_metadata_bytes() const {
     e.in_file(path.string());
     throw e;
   }
+  // Followed if it is a symlink (a snapshot of a checkpoint may link every file); a FIFO or
+  // device is refused by read_file without waiting on it.
   return read_file(path, kMaxMetadataBytes);
 }
 
@@ -189,7 +216,11 @@ metadata::ValidatedMetadata FileSystemReader::metadata_from_bytes(std::span<cons
 std::optional<std::uint64_t> FileSystemReader::file_size(std::string_view relative_path) const {
   if (!metadata::is_safe_relative_path(relative_path)) return std::nullopt;
   struct stat st {};
-  if (::stat(path_of(relative_path).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return std::nullopt;
+  if (::stat(path_of(relative_path).c_str(), &st) != 0) return std::nullopt;
+  // Missing is one error, there but unreadable as data another (a FIFO would hang a reader).
+  if (!S_ISREG(st.st_mode))
+    throw Error(Errc::invalid_argument, "not a regular file: it is " + std::string(file_kind(st.st_mode)))
+        .in_file(relative_path);
   return static_cast<std::uint64_t>(st.st_size);
 }
 

@@ -101,8 +101,44 @@ class SharedItems {
 /// at 1,024 ranks × 1,000 tensors, 2.7 GB at 8,192 (what dcpp's coordinator writes there).
 inline constexpr std::uint64_t kMaxMetadataBytes = std::uint64_t{8} << 30;
 
-/// Reads a whole file of at most `max_bytes`. Throws not_found / io / out_of_range.
+/// Reads a whole file of at most `max_bytes`. Throws not_found / io / out_of_range, and
+/// invalid_argument for anything but a regular file (a FIFO, a device: never waited on).
 std::vector<std::byte> read_file(const std::filesystem::path& path, std::uint64_t max_bytes);
+
+/// A whole regular file mapped read-only (an empty file maps nothing), for readers that use
+/// its bytes in place. Shrinking the file, or an I/O error, while its pages are read cannot
+/// kill the process: a SIGBUS handler (installed with the first mapping, chaining to the
+/// handler before it for any other address) maps zero pages over the rest of the mapping and
+/// flags it, so the reader sees zeros and `changed` says why they cannot be trusted. Every
+/// error names the path; FIFOs and devices are refused without waiting on them.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::filesystem::path& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
+  const std::filesystem::path& path() const noexcept { return path_; }
+  /// How the file changed since it was mapped, as a sentence ("the file shrank below byte N
+  /// while it was read"): a fault in the mapping, or a size, modification or status-change
+  /// time that differs now. nullopt while it is as it was (to the file system's timestamp
+  /// granularity; a SIGBUS is always seen).
+  std::optional<std::string> changed() const;
+  /// Throws data_loss, naming the file, when `changed()` says it did.
+  void check_unchanged() const;
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;  // kept open: `changed` compares the file's status with the one at mapping
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+  struct Stamp {
+    std::int64_t size, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec;
+    friend bool operator==(const Stamp&, const Stamp&) = default;
+  };
+  Stamp stamp_{};
+  void* guard_ = nullptr;  // the SIGBUS handler's record of this mapping
+};
 
 /// torch's StorageReader protocol.
 class StorageReader {
@@ -363,7 +399,11 @@ bool is_data_file_prefix(std::string_view prefix) noexcept;
 /// short file) carry the path and the file offset where the read stopped.
 void pread_all(int fd, const std::filesystem::path& path, std::uint64_t offset, std::span<std::byte> out);
 
-/// An open read-only file descriptor.
+/// An open read-only descriptor of a regular file. Opening never blocks (O_NONBLOCK, so a
+/// FIFO planted where a file was expected cannot hang us) and anything but a regular file is
+/// refused (invalid_argument, naming the path and what it is). Symlinks are followed: every
+/// caller opens a name the user gave or a file of a directory the user named, and a Hugging
+/// Face cache snapshot is all symlinks.
 class Fd {
  public:
   explicit Fd(const std::filesystem::path& path);
@@ -371,10 +411,17 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
+  /// The file's size when it was opened.
+  std::uint64_t size() const { return size_; }
+  /// Gives up the descriptor (the caller closes it).
+  int release() noexcept;
 
  private:
   int fd_;
+  std::uint64_t size_ = 0;
 };
+/// What a file of mode `mode` (st_mode) is, for errors: "a FIFO", "a directory", ...
+std::string_view file_kind(unsigned mode) noexcept;
 
 /// The data files of one read_data, opened on first use and shared by the workers (pread is
 /// thread-safe). At most `capacity` stay open: the least recently used is closed when a new

@@ -103,7 +103,9 @@ class UringReader {
   void open(const std::string& name) {
     if (open_ && open_name_ == name) return;
     open_.reset();
-    open_ = std::make_shared<asio::random_access_file>(ctx_, files_.path(name).string(), asio::file_base::read_only);
+    Fd fd(files_.path(name));  // never waits on a FIFO planted in the checkpoint
+    open_ = std::make_shared<asio::random_access_file>(ctx_, fd.get());
+    (void)fd.release();  // the file object closes it now
     open_name_ = name;
   }
 
@@ -128,7 +130,9 @@ bool read_pieces_uring(const FileTable& files, const std::vector<ReadPiece>& pie
   try {
     reader.probe();
   } catch (const boost::system::system_error&) {
-    return false;  // io_uring refused (seccomp, old kernel) or the file is missing: pread says which
+    return false;  // io_uring refused (seccomp, old kernel)
+  } catch (const Error&) {
+    return false;  // the file cannot be opened: pread says why
   }
   reader.run(std::max<std::size_t>(in_flight, 1));
   return true;

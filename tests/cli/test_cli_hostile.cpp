@@ -3,66 +3,19 @@
 // where there is one). Peak memory is a budget, so it is asserted; time is only printed (the
 // suite's timeout bounds it). The inputs come from tests/pickle/make_hostile.
 #include <boost/test/unit_test.hpp>
-#include <cstdlib>
-#include <sstream>
 #include <string>
 
+#include "measured.hpp"
 #include "support.hpp"
 
 namespace {
 
-// Generous next to libtorch's own ~160 MiB start-up: the inputs below used to need 0.8-16 GB.
-constexpr long kMaxRssKiB = 768 * 1024;
-
-std::string env(const char* name) {
-  const char* value = std::getenv(name);
-  BOOST_TEST_REQUIRE(value != nullptr, name << " is not set");
-  return value;
-}
-
-struct Measured {
-  int status = 0;
-  std::string err;
-  double seconds = 0;
-  long max_rss_kib = 0;
-};
-
-// dcpp ARGS under /usr/bin/time, in a shell so `prefix` may set limits (ulimit).
-Measured run_measured(const std::string& args, const std::string& prefix = "") {
-  dcp_test::TempDir tmp;
-  const auto err = tmp.path() / "stderr", usage = tmp.path() / "time";
-  Measured m;
-  (void)dcp_test::run_capture("bash -c " + dcp_test::quote(prefix + "exec /usr/bin/time -f '%e %M' -o " +
-                                                            dcp_test::quote(usage) + " " + env("DCPP_EXE") + " " + args) +
-                                  " 2>" + dcp_test::quote(err),
-                              &m.status);
-  const auto e = dcp_test::read_bytes(err);
-  m.err.assign(reinterpret_cast<const char*>(e.data()), e.size());
-  // time's file ends with the "%e %M" line (a line before it reports a non-zero exit).
-  const auto u = dcp_test::read_bytes(usage);
-  std::string text(reinterpret_cast<const char*>(u.data()), u.size());
-  while (!text.empty() && text.back() == '\n') text.pop_back();
-  std::istringstream(text.substr(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1)) >> m.seconds >>
-      m.max_rss_kib;
-  BOOST_TEST_REQUIRE(m.max_rss_kib > 0, "no usage from /usr/bin/time: " << text);
-  BOOST_TEST_MESSAGE("dcpp " << args << ": exit " << m.status << ", " << m.seconds << " s, " << m.max_rss_kib / 1024
-                             << " MiB");
-  return m;
-}
+using dcp_cli_test::env;
+using dcp_cli_test::expect_one_line_error;
+using dcp_cli_test::run_measured;
 
 void make_hostile(const std::string& args) {
   BOOST_TEST_REQUIRE(dcp_test::run(env("DCPP_MAKE_HOSTILE") + " " + args) == 0, "make_hostile " << args);
-}
-
-// Exit 1, one short line "dcpp: error: FILE: [key 'K': ][byte N: ]...", within the budget.
-void expect_one_line_error(const Measured& m, const std::string& file, const std::string& key, const std::string& text) {
-  BOOST_TEST(m.status == 1, m.err);
-  BOOST_TEST(m.err.rfind("dcpp: error: " + file + ": ", 0) == 0u, m.err);
-  BOOST_TEST(m.err.find('\n') == m.err.size() - 1, "not one line: " << m.err);
-  BOOST_TEST(m.err.size() < 600u, m.err);
-  if (!key.empty()) BOOST_TEST(m.err.find(": key '" + key + "': byte ") != std::string::npos, m.err);
-  BOOST_TEST(m.err.find(text) != std::string::npos, m.err << " lacks '" << text << "'");
-  BOOST_TEST(m.max_rss_kib < kMaxRssKiB, m.max_rss_kib / 1024 << " MiB");
 }
 
 }  // namespace

@@ -2,7 +2,7 @@
 
   check_import.py make DIR            torch 2.13: DIR/x.pt (nested dicts, lists, every dtype
                                       torch.save takes, 0-dim, empty, transposed, a view sharing a
-                                      storage, objects) and DIR/x.safetensors (safetensors library)
+                                      storage, stride-0 and overlapping views, objects) and DIR/x.safetensors (safetensors library)
   check_import.py make113 DIR         torch 1.13: DIR/x113.pt with 1.13's dtypes
   check_import.py load ORIG CKPT...   torch 2.13 dcp.load (no process group) of each CKPT into a
                                       template of ORIG (.pt or .safetensors) and a bitwise compare
@@ -30,6 +30,8 @@ def make(out):
         "transposed": torch.randn(3, 7).t(),  # non-contiguous
         "base": base,
         "view": base[1:3, 2:5],  # shares base's storage, offset and strides
+        "broadcast": torch.arange(3.0).expand(4, 3),  # stride 0: each element written 4 times
+        "overlapping": torch.arange(10.0).as_strided((5, 4), (1, 1)),  # rows overlap
     }
     dtypes = [torch.bool, torch.bfloat16, torch.float16, torch.int8, torch.uint8, torch.int16, torch.int32,
               torch.int64, torch.float64, torch.complex64, torch.uint16, torch.uint32, torch.uint64,

@@ -17,6 +17,7 @@
 #include <variant>
 #include <vector>
 
+#include "import_files.hpp"
 #include "support.hpp"
 import dcp.error;
 import dcp.pickle;
@@ -26,6 +27,7 @@ import dcp.storage;
 import dcp.checkpoint;
 
 namespace fs = std::filesystem;
+using namespace dcp_import_files;
 using dcp_test::needs_python2x;
 using dcp_test::quote;
 
@@ -57,77 +59,26 @@ void check_refused(const dcp_test::CliResult& r, const fs::path& input, std::str
   BOOST_TEST(contains(r.err, what), r.err << " lacks " << what);
 }
 
-// ---- Hand-made torch.save files.
-
-// The data.pkl of {'w': tensor, [extra]}: a float32 tensor over storage "0" of `numel`
-// elements with the given offset, size and stride; `extra` adds more entries (it pushes
-// key/value pairs).
-std::vector<std::byte> tensor_dict_pickle(std::int64_t numel, std::int64_t offset, std::int64_t size, std::int64_t stride,
-                                          void (*extra)(dcp::pickle::Encoder&) = nullptr, bool in_tuple = false) {
-  dcp::pickle::Encoder e(2);
-  e.empty_dict();
-  e.mark();
-  e.string("w");
-  e.global("torch._utils", "_rebuild_tensor_v2");
-  e.mark();
-  e.mark();
-  e.string("storage");
-  e.global("torch", "FloatStorage");
-  e.string("0");
-  e.string("cpu");
-  e.integer(numel);
-  e.tuple_from_mark();
-  e.persistent_id();
-  e.integer(offset);
-  e.integer(size);
-  e.tuple(1);
-  e.integer(stride);
-  e.tuple(1);
-  e.boolean(false);
-  e.global("collections", "OrderedDict");
-  e.empty_tuple();
-  e.reduce();
-  e.tuple_from_mark();
-  e.reduce();
-  if (in_tuple) e.tuple(1);
-  if (extra) extra(e);
-  e.setitems_from_mark();
-  return e.finish();
+dcp::Error import_error(const fs::path& file, const dcp::checkpoint::ImportOptions& options = {}) {
+  return dcp_test::thrown<dcp::Error>([&] { (void)dcp::checkpoint::import_file(file, options); });
 }
 
-void write_pt(const fs::path& path, const std::vector<std::byte>& data_pkl, std::size_t storage_bytes,
-              std::string_view byteorder = "little") {
-  std::vector<std::byte> out;
-  dcp::zip::ArchiveWriter w([&](std::span<const std::byte> b) { out.insert(out.end(), b.begin(), b.end()); }, "x");
-  w.add_record("data.pkl", data_pkl);
-  w.add_record("byteorder", std::as_bytes(std::span(byteorder.data(), byteorder.size())));
-  std::vector<float> storage(storage_bytes / 4);
-  for (std::size_t i = 0; i < storage.size(); ++i) storage[i] = static_cast<float>(i) + 0.5f;
-  std::vector<std::byte> bytes(storage_bytes);
-  if (storage_bytes) std::memcpy(bytes.data(), storage.data(), storage_bytes);
-  w.add_record("data/0", bytes);
-  w.add_record("version", std::as_bytes(std::span("3\n", 2)));
-  w.finish();
-  dcp_test::write_bytes(path, out);
+// Bytes of the files of a checkpoint directory.
+std::uint64_t directory_bytes(const fs::path& dir) {
+  std::uint64_t total = 0;
+  for (const auto& e : fs::directory_iterator(dir)) total += e.file_size();
+  return total;
 }
 
-// A good little file: {'w': the 4 floats of storage "0"}.
-void write_good_pt(const fs::path& path) { write_pt(path, tensor_dict_pickle(4, 0, 4, 1), 16); }
-
-// ---- Hand-made safetensors files.
-
-void write_safetensors(const fs::path& path, const std::string& header, std::size_t data_bytes,
-                       std::optional<std::uint64_t> claimed_length = std::nullopt) {
-  std::vector<std::byte> out(8);
-  const std::uint64_t n = claimed_length.value_or(header.size());
-  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<std::byte>((n >> (8 * i)) & 0xFF);
-  for (char c : header) out.push_back(static_cast<std::byte>(c));
-  out.resize(out.size() + data_bytes, std::byte{7});
-  dcp_test::write_bytes(path, out);
-}
-
-dcp::Error import_error(const fs::path& file) {
-  return dcp_test::thrown<dcp::Error>([&] { (void)dcp::checkpoint::import_file(file); });
+// What converting `file` with `ranks` ranks writes, next to what its import charged.
+std::pair<std::uint64_t, std::uint64_t> written_and_charged(const fs::path& file, int ranks, const fs::path& out) {
+  dcp::checkpoint::ImportOptions options;
+  options.ranks = ranks;
+  const auto imported = dcp::checkpoint::import_file(file, options);
+  dcp::storage::WriteOptions write;
+  write.sync_files = false;
+  (void)dcp::checkpoint::save_as_checkpoint(imported, out, write);
+  return {directory_bytes(out), imported.output_bytes};
 }
 
 }  // namespace
@@ -144,6 +95,12 @@ BOOST_AUTO_TEST_CASE(torch_2_13_files_load_back_with_dcp_load, *boost::unit_test
            {quote(d / "x.safetensors"), "cks"}}) {
     const auto r = convert(args + " " + quote(d / out), d);
     BOOST_TEST_REQUIRE(r.status == 0, args << ": " << r.err);
+  }
+  // What an import charges bounds what its conversion writes.
+  for (const auto& [file, ranks] : {std::pair{d / "x.pt", 1}, std::pair{d / "x.pt", 3}, std::pair{d / "x.safetensors", 1}}) {
+    const auto [written, charged] =
+        written_and_charged(file, ranks, d / ("budget-" + file.filename().string() + "-" + std::to_string(ranks)));
+    BOOST_TEST(written <= charged, file << " on " << ranks << " ranks");
   }
   // Round trip: the checkpoint back to one torch.save file.
   BOOST_TEST_REQUIRE(convert(quote(d / "ck1") + " " + quote(d / "y.pt"), d).status == 0);
@@ -185,6 +142,56 @@ BOOST_AUTO_TEST_CASE(torch_1_13_file_to_a_torch_1_13_checkpoint) {
   check_script(dcp_test::python(), "load113 " + quote(d / "x113.pt") + " " + quote(d / "ck"));
 }
 
+BOOST_AUTO_TEST_CASE(output_budget_charges_what_the_conversion_writes) {
+  dcp_test::TempDir dir;
+  const auto& d = dir.path();
+  // Where the overheads are all there is: empty tensors, small objects, 3-row tensors on 4
+  // ranks (3 items each). The charge bounds the output, and not by much.
+  std::string header = "{";
+  for (int i = 0; i < 2000; ++i)
+    header += (i ? "," : "") + std::string("\"empty.") + std::to_string(i) + "\":{\"dtype\":\"F32\",\"shape\":[0,4],\"data_offsets\":[0,0]}";
+  write_safetensors(d / "empty.safetensors", header + "}", 0);
+  header = "{";
+  for (int i = 0; i < 500; ++i)
+    header += (i ? "," : "") + std::string("\"rows.") + std::to_string(i) + "\":{\"dtype\":\"I64\",\"shape\":[3,2],\"data_offsets\":[" +
+              std::to_string(48 * i) + "," + std::to_string(48 * (i + 1)) + "]}";
+  write_safetensors(d / "rows.safetensors", header + "}", 48 * 500);
+  write_pt(d / "objects.pt", tensor_dict_pickle(4, 0, 4, 1, [](dcp::pickle::Encoder& e) {
+             for (int i = 0; i < 2000; ++i) {
+               e.string("object_" + std::to_string(i));
+               e.integer(i);
+             }
+           }), 16);
+  for (const auto& [file, ranks] : {std::pair{d / "empty.safetensors", 1}, std::pair{d / "rows.safetensors", 4},
+                                    std::pair{d / "objects.pt", 1}}) {
+    BOOST_TEST_CONTEXT(file.filename() << " on " << ranks << " ranks") {
+      const auto [written, charged] = written_and_charged(file, ranks, d / ("out-" + file.stem().string()));
+      BOOST_TEST(written <= charged);
+      BOOST_TEST(charged <= written + written / 2);
+    }
+  }
+
+  // A stride-0 view of one element is charged its million elements, before anything is read.
+  const auto view = d / "view.pt";
+  write_pt(view, tensor_dict_pickle(1, 0, 1 << 20, 0), 4);
+  const auto imported = dcp::checkpoint::import_file(view);
+  BOOST_TEST(imported.output_bytes > 4u << 20);
+  BOOST_TEST(imported.options.max_output_bytes == 2 * fs::file_size(view) + (1u << 30));
+  dcp::checkpoint::ImportOptions tight;
+  tight.max_output_bytes = 4u << 20;
+  const auto e = import_error(view, tight);
+  BOOST_TEST((e.code() == dcp::Errc::resource_exhausted), e.what());
+  BOOST_TEST(e.context().key == "w");
+  BOOST_TEST(e.context().file == view.string());
+  BOOST_TEST(e.context().byte_offset.has_value());
+  BOOST_TEST(contains(e.message(), "more than 4194304 bytes (the limit given"), e.what());
+  // The same file with a limit just large enough, and with more ranks (more items).
+  tight.max_output_bytes = imported.output_bytes;
+  BOOST_TEST(dcp::checkpoint::import_file(view, tight).output_bytes == imported.output_bytes);
+  tight.ranks = 8;
+  BOOST_TEST((import_error(view, tight).code() == dcp::Errc::resource_exhausted));
+}
+
 BOOST_AUTO_TEST_CASE(summary_line_and_progress) {
   dcp_test::TempDir dir;
   write_good_pt(dir.path() / "m.pt");
@@ -198,7 +205,7 @@ BOOST_AUTO_TEST_CASE(summary_line_and_progress) {
   std::uint64_t reported = 0;
   options.progress = [&](std::uint64_t bytes) { reported += bytes; };
   options.files_per_rank = 1;
-  const auto report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, dir.path() / "ck2", 1, options);
+  const auto report = dcp::checkpoint::save_as_checkpoint(imported, dir.path() / "ck2", options);
   BOOST_TEST(report.tensors == 1u);
   BOOST_TEST(report.bytes == 16u);
   BOOST_TEST(reported == 16u);
@@ -239,7 +246,10 @@ BOOST_AUTO_TEST_CASE(usage_errors_exit_2_before_any_io) {
   for (const std::string& args : {"--ranks 0 " + pt + " " + out, "--ranks x " + pt + " " + out, "--ranks 5000 " + pt + " " + out,
                                   "--format torch3 " + pt + " " + out, "--keys w " + pt + " " + out,
                                   "--threads 2 " + pt + " " + out, "--ranks 2 " + out + " " + pt,
-                                  "--overwrite " + out + " " + dir.path().string() + "/m.txt"}) {
+                                  "--overwrite " + out + " " + dir.path().string() + "/m.txt", "--max-output-bytes 0 " + pt + " " + out,
+                                  "--max-output-bytes x " + pt + " " + out, "--max-output-bytes -5 " + pt + " " + out,
+                                  "--max-output-bytes 5Q " + pt + " " + out, "--max-output-bytes 99999999999T " + pt + " " + out,
+                                  "--max-output-bytes 1G " + out + " " + pt}) {
     const auto r = dcp_test::run_dcpp("convert " + args, dir.path());
     BOOST_TEST(r.status == 2, args << ": " << r.err);
     BOOST_TEST(r.err.starts_with("dcpp: error: "), r.err);
@@ -249,6 +259,7 @@ BOOST_AUTO_TEST_CASE(usage_errors_exit_2_before_any_io) {
   BOOST_TEST(contains(help.out, "--ranks N"), help.out);
   BOOST_TEST(contains(help.out, "--format KIND"), help.out);
   BOOST_TEST(contains(help.out, "--overwrite"), help.out);
+  BOOST_TEST(contains(help.out, "--max-output-bytes SIZE"), help.out);
 }
 
 BOOST_AUTO_TEST_CASE(hostile_torch_save_files_are_refused_leaving_nothing) {

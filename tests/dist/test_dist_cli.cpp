@@ -331,6 +331,8 @@ BOOST_AUTO_TEST_CASE(a_rank_that_cannot_write_fails_every_rank) {
   };
   all_fail_alike(dist_test::launch(l), 1, "__1_0.distcp");
   BOOST_TEST(!fs::exists(tmp.path() / "out" / ".metadata"));
+}
+
 // torch 1.13 keeps top-level keys only: on 3 ranks, a nested torch 2.13 checkpoint becomes its
 // top-level tensors split over the ranks and one object per nested top-level key, its tensors
 // loaded whole by rank 0; torch 1.13 loads the values torch 2.13 saved (nested113.py).

@@ -40,14 +40,18 @@ constexpr Command kCommands[] = {
      run_verify, 1},
     {"convert",
      "dcpp convert [--threads N] [--keys REGEX] [--overwrite] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors; "
-     "dcpp convert [--ranks N] [--format torch2|torch1.13] [--overwrite] [--quiet] IN.pt|IN.pth|IN.safetensors OUT_DIR",
+     "dcpp convert [--ranks N] [--format torch2|torch1.13] [--overwrite] [--max-output-bytes SIZE] [--quiet] "
+     "IN.pt|IN.pth|IN.safetensors OUT_DIR",
      "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
      "(nested as saved, torch.load reads it), safetensors for .safetensors (objects as JSON in "
      "__metadata__); streams tensor by tensor, writes OUT only when complete (an existing OUT is "
      "replaced only with --overwrite). Given a torch.save "
      "or safetensors file, the reverse: a checkpoint directory as if saved by N ranks (rows split "
      "as torch.chunk does), nested state dicts flattened as dcp.save does, written crash-safely "
-     "(a checkpoint appears in OUT_DIR only when complete; other files there are left alone)",
+     "(a checkpoint appears in OUT_DIR only when complete, and never from an input that changed while it "
+     "was read; other files there are left alone). The checkpoint may take at most --max-output-bytes "
+     "(default 2 x the input + 1 GiB): every tensor at its dense size (a stride-0 view is written whole), "
+     "every entry and rank's part an item of its own",
      run_convert, 2},
     {"reshard",
      "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC_DIR DST_DIR",
@@ -68,6 +72,7 @@ constexpr Flag kFlags[] = {
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
     {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout, nested values flattened) or torch1.13 (top-level keys, nested values one object each)"},
     {"overwrite", "", "convert reshard", "replace the file OUT, or the checkpoint already in OUT_DIR / DST_DIR (its data files go, nothing else there does)"},
+    {"max-output-bytes", "SIZE", "convert", "file to checkpoint: the most the checkpoint may take, in bytes or with a suffix K, M, G, T (powers of 1024); default 2 x the input's size + 1 GiB"},
     {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)), replicated (every rank holds every tensor whole; reshard stores each once); a tensor without the dim is split by rows"},
     {"no-read-once", "", "load reshard", "as ranks of a launcher: every rank reads what it needs from storage itself (default: a saved item several ranks need is read by one of them and broadcast)"},
     {"timeout", "S", "load reshard", "as ranks of a launcher: the longest a rank waits for the others, in seconds (default 120)"},

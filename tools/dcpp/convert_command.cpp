@@ -1,5 +1,7 @@
 // `dcpp convert`: a checkpoint as one torch.save (.pt/.pth) or safetensors file, and back: a
 // torch.save or safetensors file as a checkpoint of N ranks. The input picks the direction.
+#include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -9,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <unistd.h>
 
 #include "cli.hpp"
@@ -42,7 +45,7 @@ Format format_of(const std::string& out) {
 }
 
 // Flags of one direction only.
-constexpr std::string_view kImportOnly[] = {"ranks", "format"};
+constexpr std::string_view kImportOnly[] = {"ranks", "format", "max-output-bytes"};
 constexpr std::string_view kExportOnly[] = {"threads", "io", "keys"};
 
 int parse_ranks(const Args& args) {
@@ -58,6 +61,28 @@ int parse_ranks(const Args& args) {
   return n;
 }
 
+// --max-output-bytes: digits with an optional suffix K, M, G or T (powers of 1024, an optional
+// "iB" or "B" after it); 0 when absent (the default limit).
+std::uint64_t parse_max_output_bytes(const Args& args) {
+  const auto text = args.get("max-output-bytes");
+  if (!text) return 0;
+  const char* end = text->data() + text->size();
+  std::uint64_t n = 0;
+  const auto [rest, ec] = std::from_chars(text->data(), end, n);
+  std::string_view suffix(rest, static_cast<std::size_t>(end - rest));
+  int shift = 0;
+  if (!suffix.empty())
+    if (const auto unit = std::string_view("KMGT").find(static_cast<char>(std::toupper(static_cast<unsigned char>(suffix[0]))));
+        unit != std::string_view::npos) {
+      shift = 10 * static_cast<int>(unit + 1);
+      suffix.remove_prefix(1);
+    }
+  const bool ok = ec == std::errc() && rest != text->data() && (suffix.empty() || suffix == "iB" || suffix == "B") &&
+                  n > 0 && n <= (UINT64_MAX >> shift);
+  if (!ok) throw UsageError{"--max-output-bytes takes a positive size such as 5000000000, 64G or 1T, not '" + *text + "'"};
+  return n << shift;
+}
+
 // FILE.pt|FILE.safetensors → CKPT_DIR.
 int run_import(const Args& args, Format format) {
   const std::string in = args.positional[0];
@@ -65,17 +90,20 @@ int run_import(const Args& args, Format format) {
   for (auto flag : kExportOnly)
     if (args.has(flag))
       throw UsageError{"--" + std::string(flag) + " applies only when converting a checkpoint to a file"};
-  const int ranks = parse_ranks(args);
+  dcp::checkpoint::ImportOptions import;
+  import.ranks = parse_ranks(args);
+  import.max_output_bytes = parse_max_output_bytes(args);
+  const int ranks = import.ranks;
   dcp::storage::WriteOptions options;
   options.format = parse_flavor(args);
   options.overwrite = args.has("overwrite");
   const auto start = std::chrono::steady_clock::now();
 
   // torch 1.13's save_state_dict keeps the top-level keys; torch 2.x's dcp.save flattens.
-  const auto imported = format == Format::safetensors ? dcp::checkpoint::import_safetensors(in)
+  const auto imported = format == Format::safetensors ? dcp::checkpoint::import_safetensors(in, import)
                         : options.format == dcp::metadata::Flavor::torch_1_13
-                            ? dcp::checkpoint::import_torch_save_top_level(in)
-                            : dcp::checkpoint::import_torch_save(in);
+                            ? dcp::checkpoint::import_torch_save_top_level(in, import)
+                            : dcp::checkpoint::import_torch_save(in, import);
   dcp::checkpoint::ConvertReport report;
   {
     Progress progress(!args.has("quiet"), imported.state_dict.tensor_bytes(), "converting");
@@ -84,14 +112,7 @@ int run_import(const Args& args, Format format) {
       std::lock_guard lock(mutex);
       progress.advance(bytes);
     };
-    try {
-      report = dcp::checkpoint::save_as_checkpoint(imported.state_dict, out, ranks, options);
-    } catch (dcp::Error& e) {
-      // An error that names no file is a value of the input that cannot be saved (at its key
-      // and byte in the input); the writer's own errors name the file it was writing.
-      if (e.context().file.empty()) e.in_file(in);
-      throw;
-    }
+    report = dcp::checkpoint::save_as_checkpoint(imported, out, options);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!args.has("quiet"))
