@@ -194,21 +194,29 @@ BOOST_AUTO_TEST_CASE(a_save_from_a_rewritten_input_publishes_nothing) {
 }
 
 BOOST_AUTO_TEST_CASE(a_conversion_never_follows_a_planted_temporary_link) {
-  // convert_to_torch_save writes OUT.tmp-<pid> first: a link planted there to make it
-  // truncate another file is refused, and that file stays as it was.
+  // A conversion's temporary file gets a random name created O_EXCL|O_NOFOLLOW: links planted
+  // at names one could guess (an older writer's OUT.tmp-<pid>) are neither followed nor
+  // removed, and a link where the file is created makes the creation fail, its target intact.
   dcp_test::TempDir tmp;
   const auto in = tmp.path() / "in.pt", ckpt = tmp.path() / "ckpt", out = tmp.path() / "out.pt";
   write_good_pt(in);
   (void)dcp::checkpoint::save_as_checkpoint(dcp::checkpoint::import_file(in), ckpt, {});
   const auto victim = tmp.path() / "victim";
-  dcp_test::write_bytes(victim, std::vector<std::byte>(100, std::byte{1}));
-  fs::create_symlink(victim, out.string() + ".tmp-" + std::to_string(::getpid()));
-  const auto e = dcp_test::thrown<dcp::Error>([&] { (void)dcp::checkpoint::convert_to_torch_save(ckpt, out); });
-  BOOST_TEST(e.context().file == out.string(), e.what());
-  BOOST_TEST(fs::file_size(victim) == 100u);
-  BOOST_TEST(dcp_test::read_bytes(victim) == std::vector<std::byte>(100, std::byte{1}));
-  BOOST_TEST(!fs::exists(out));
-  BOOST_TEST(fs::is_symlink(out.string() + ".tmp-" + std::to_string(::getpid())), "the planted link is not ours to remove");
+  const std::vector<std::byte> precious(100, std::byte{1});
+  dcp_test::write_bytes(victim, precious);
+  const auto guessed = fs::path(out.string() + ".tmp-" + std::to_string(::getpid()));
+  fs::create_symlink(victim, guessed);
+  (void)dcp::checkpoint::convert_to_torch_save(ckpt, out);
+  BOOST_TEST(fs::is_regular_file(out));
+  BOOST_TEST(fs::is_symlink(guessed), "the planted link is not ours to remove");
+  BOOST_TEST(dcp_test::read_bytes(victim) == precious);
+  const auto linked = tmp.path() / "linked";
+  fs::create_symlink(victim, linked);
+  for (const bool exclusive : {true, false}) {
+    const auto e = dcp_test::thrown<dcp::Error>([&] { dcp::storage::OutputFile file(linked, exclusive); });
+    BOOST_TEST(e.context().file == linked.string(), e.what());
+    BOOST_TEST(dcp_test::read_bytes(victim) == precious);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
