@@ -72,8 +72,14 @@ void OutputBudget::tensor(std::string_view fqn, DType dtype, const metadata::Sha
   // save_as_checkpoint's split: rows over the ranks, 0-dim and empty tensors whole on rank 0.
   const std::uint64_t items =
       sizes.empty() || count == 0 ? 1 : static_cast<std::uint64_t>(layout::nonempty_parts(sizes[0], options_.ranks));
-  const std::uint64_t per_item = add(record::tensor_archive_overhead(kArchiveStyle, dtype, sizes.size()),
-                                     kChunkBytes + kChunkBytesPerKeyByte * fqn.size() + kChunkBytesPerDim * sizes.size());
+  std::uint64_t per_item = add(record::tensor_archive_overhead(kArchiveStyle, dtype, sizes.size()),
+                               kChunkBytes + kChunkBytesPerKeyByte * fqn.size() + kChunkBytesPerDim * sizes.size());
+  // An item's parts differ by one row at most: one that may be large pads its record to the
+  // large records' alignment.
+  if (bytes != 0 && !sizes.empty() && sizes[0] > 0) {
+    const std::uint64_t row = bytes / static_cast<std::uint64_t>(sizes[0]);
+    if (add(bytes / items, row) >= record::kLargeRecordBytes) per_item = add(per_item, record::kLargeRecordAlignment);
+  }
   charge(add(add(bytes, mul(items, per_item)), kTensorEntryBytes + kTensorEntryBytesPerKeyByte * fqn.size()), fqn);
 }
 

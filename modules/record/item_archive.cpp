@@ -50,15 +50,17 @@ void add_trailing_records(zip::ArchiveWriter& writer, ArchiveStyle style) {
 
 std::uint64_t write_tensor_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
                                    DType dtype, const metadata::Shape& sizes,
-                                   const std::function<void(const StorageSink&)>& write_storage) {
+                                   const std::function<void(const StorageSink&)>& write_storage,
+                                   std::uint64_t file_offset) {
   StateDictPickler pickler;
   pickler.tensor(dtype, sizes, "0");
   const auto data_pkl = pickler.finish();
   const auto bytes = metadata::byte_size(sizes, dtype);
-  zip::ArchiveWriter writer(sink, "archive");
+  zip::ArchiveWriter writer(sink, "archive", file_offset);
   writer.add_record("data.pkl", data_pkl);
   add_leading_records(writer, style);
-  writer.begin_record("data/0", bytes);
+  writer.begin_record("data/0", bytes,
+                      bytes >= kLargeRecordBytes ? kLargeRecordAlignment : zip::ArchiveWriter::kRecordAlignment);
   write_storage([&](std::span<const std::byte> piece) { writer.write(piece); });
   writer.end_record();  // checks the total
   add_trailing_records(writer, style);

@@ -172,14 +172,22 @@ enum class ArchiveStyle : std::uint8_t { torch_1_13, torch_2x };
 /// Receives storage bytes in order.
 using StorageSink = std::function<void(std::span<const std::byte>)>;
 
+/// Records of at least kLargeRecordBytes start on a kLargeRecordAlignment boundary of their file
+/// (torch.save's 64 is a divisor of it, and readers find a record by its local header): the
+/// writer can then send their bytes to the disk directly (storage::OutputFile).
+inline constexpr std::uint64_t kLargeRecordBytes = std::uint64_t{1} << 20;
+inline constexpr std::uint64_t kLargeRecordAlignment = 4096;
+
 /// Writes, through `sink`, the torch.save archive DCP stores for one tensor item: a
 /// contiguous CPU tensor of `dtype` and `sizes` over storage "0", whose
 /// byte_size(sizes, dtype) bytes `write_storage` passes to the StorageSink it is given, in
-/// order and in any number of pieces (a wrong total throws invalid_argument). Returns the
-/// archive's length. Throws unimplemented for quantized dtypes.
+/// order and in any number of pieces (a wrong total throws invalid_argument). `file_offset` is
+/// where the archive starts in its file. Returns the archive's length. Throws unimplemented
+/// for quantized dtypes.
 std::uint64_t write_tensor_archive(const std::function<void(std::span<const std::byte>)>& sink, ArchiveStyle style,
                                    DType dtype, const metadata::Shape& sizes,
-                                   const std::function<void(const StorageSink&)>& write_storage);
+                                   const std::function<void(const StorageSink&)>& write_storage,
+                                   std::uint64_t file_offset = 0);
 
 /// What a savable object is made of (check_object_savable).
 struct ObjectExtent {

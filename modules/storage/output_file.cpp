@@ -1,4 +1,5 @@
-// Files being written: buffered appends, direct large writes, fsync; and directory fsync.
+// Files being written: buffered appends, large writes straight from the caller's memory (or
+// to the disk directly, O_DIRECT), fsync; and directory fsync.
 module;
 #include <fcntl.h>
 #include <unistd.h>
@@ -6,8 +7,10 @@ module;
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -15,6 +18,7 @@ module;
 #include <vector>
 module dcp.storage;
 import dcp.error;
+import dcp.record;
 
 namespace dcp::storage {
 namespace {
@@ -22,6 +26,12 @@ constexpr std::size_t kWriteBuffer = std::size_t{8} << 20;
 // Writeback is started per this many bytes, and waited for one window later: the dirty pages
 // of a file stay within about two windows, and the disk works while we copy.
 constexpr std::uint64_t kWriteBehindWindow = std::uint64_t{32} << 20;
+// Direct writes: block-aligned offsets, lengths and (for the kernel's DMA) memory. Appends of
+// at least kDirectMinBytes go direct; each write call moves at most kDirectChunk, through a
+// bounce buffer of that size when the caller's memory is not aligned.
+constexpr std::uint64_t kDirectAlign = record::kLargeRecordAlignment;
+constexpr std::uint64_t kDirectMinBytes = record::kLargeRecordBytes;
+constexpr std::size_t kDirectChunk = std::size_t{16} << 20;
 }  // namespace
 
 namespace {
@@ -41,8 +51,8 @@ OutputFile::OutputFile(std::filesystem::path path, bool exclusive, bool write_be
   if (fd_ < 0) cannot_create(path_, errno);
 }
 
-OutputFile::OutputFile(int dir_fd, const std::string& name, std::filesystem::path path, bool write_behind)
-    : path_(std::move(path)), write_behind_(write_behind) {
+OutputFile::OutputFile(int dir_fd, const std::string& name, std::filesystem::path path, WritePath mode)
+    : path_(std::move(path)), write_behind_(mode != WritePath::buffered), direct_(mode == WritePath::direct) {
   fd_ = ::openat(dir_fd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd_ < 0) cannot_create(path_, errno);
 }
@@ -52,6 +62,14 @@ OutputFile::~OutputFile() {
 }
 
 void OutputFile::write(std::span<const std::byte> data) {
+  if (direct_ && data.size() >= kDirectMinBytes && position_ % kDirectAlign == 0) {
+    flush();
+    const auto aligned = data.size() / kDirectAlign * kDirectAlign;
+    if (write_direct(data.first(aligned), position_)) {
+      position_ += aligned;
+      data = data.subspan(aligned);
+    }
+  }
   if (buffer_.size() + data.size() > kWriteBuffer) flush();
   if (data.size() >= kWriteBuffer) {
     write_at(data, position_);
@@ -64,6 +82,12 @@ void OutputFile::write(std::span<const std::byte> data) {
 
 void OutputFile::write_at(std::span<const std::byte> data, std::uint64_t offset) {
   flush();
+  set_direct(false);
+  pwrite_all(data, offset);
+  if (write_behind_) write_behind(offset + data.size());
+}
+
+void OutputFile::pwrite_all(std::span<const std::byte> data, std::uint64_t offset) {
   while (!data.empty()) {
     const auto chunk = std::min<std::size_t>(data.size(), std::size_t{1} << 30);
     const ssize_t n = ::pwrite(fd_, data.data(), chunk, static_cast<off_t>(offset));
@@ -74,7 +98,54 @@ void OutputFile::write_at(std::span<const std::byte> data, std::uint64_t offset)
     data = data.subspan(static_cast<std::size_t>(n));
     offset += static_cast<std::uint64_t>(n);
   }
-  if (write_behind_) write_behind(offset);
+}
+
+void OutputFile::set_direct(bool on) {
+  if (fd_direct_ == on) return;
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, on ? flags | O_DIRECT : flags & ~O_DIRECT) != 0) {
+    if (on) {
+      direct_ = false;  // this file system has no direct I/O: buffered from now on
+      return;
+    }
+    throw os_error(path_, "cannot leave direct I/O", errno);
+  }
+  fd_direct_ = on;
+}
+
+bool OutputFile::write_direct(std::span<const std::byte> data, std::uint64_t at) {
+  set_direct(true);
+  if (!fd_direct_) return false;
+  std::uint64_t done = 0;
+  while (done < data.size()) {
+    auto piece = data.subspan(done, std::min<std::size_t>(data.size() - done, kDirectChunk));
+    if (reinterpret_cast<std::uintptr_t>(piece.data()) % kDirectAlign != 0) {
+      if (!bounce_) {
+        auto* raw = static_cast<std::byte*>(std::aligned_alloc(kDirectAlign, kDirectChunk));
+        if (!raw) throw Error(Errc::resource_exhausted, "out of memory for a direct-write buffer").in_file(path_.string());
+        bounce_ = decltype(bounce_)(raw, [](std::byte* p) { std::free(p); });
+      }
+      std::memcpy(bounce_.get(), piece.data(), piece.size());
+      piece = std::span<const std::byte>(bounce_.get(), piece.size());
+    }
+    const ssize_t n = ::pwrite(fd_, piece.data(), piece.size(), static_cast<off_t>(at + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL && done == 0) {
+      // Alignment this device does not take (a larger block or DMA alignment): buffered.
+      set_direct(false);
+      direct_ = false;
+      return false;
+    }
+    if (n < 0) throw os_error(path_, "cannot write", errno).at_offset(at + done);
+    if (n == 0 || static_cast<std::uint64_t>(n) % kDirectAlign != 0) {
+      // A short direct write (a full disk): the rest through the page cache, which says why.
+      set_direct(false);
+      pwrite_all(data.subspan(done + static_cast<std::size_t>(n)), at + done + static_cast<std::uint64_t>(n));
+      return true;
+    }
+    done += static_cast<std::uint64_t>(n);
+  }
+  return true;
 }
 
 void OutputFile::write_behind(std::uint64_t end) {

@@ -227,6 +227,17 @@ void copy_slices(std::span<const SliceCopy> copies, int threads = 0);
 
 /// A file being written: small appends are buffered, large ones go straight from the caller's
 /// memory. The destructor closes the file (it never removes it). Errors name the path.
+/// How an OutputFile gets its bytes to the disk.
+enum class WritePath {
+  buffered,      ///< through the page cache; a final fsync does the rest
+  write_behind,  ///< buffered, each written range handed to the kernel's writeback as it completes
+  /// Large appends that start on a record::kLargeRecordAlignment boundary of the file go to
+  /// the disk directly (O_DIRECT: no page-cache copy, no writeback left for the fsync), from
+  /// the caller's memory when it is aligned, else through a bounded bounce buffer; the rest as
+  /// write_behind. A file system that refuses direct I/O gets write_behind.
+  direct,
+};
+
 class OutputFile {
  public:
   /// Creates `path`, which must not exist when `exclusive` (else it is truncated); a symbolic
@@ -236,7 +247,7 @@ class OutputFile {
   OutputFile(std::filesystem::path path, bool exclusive, bool write_behind = false);
   /// Creates the new file `name` in the directory `dir_fd` (never through a link; it must not
   /// exist); `path` is its name in errors.
-  OutputFile(int dir_fd, const std::string& name, std::filesystem::path path, bool write_behind = false);
+  OutputFile(int dir_fd, const std::string& name, std::filesystem::path path, WritePath mode = WritePath::buffered);
   ~OutputFile();
   OutputFile(const OutputFile&) = delete;
   OutputFile& operator=(const OutputFile&) = delete;
@@ -253,9 +264,17 @@ class OutputFile {
  private:
   void flush();
   void write_behind(std::uint64_t end);
+  /// Writes data at offset `at` (a multiple of the alignment, as is data.size()) with O_DIRECT;
+  /// false, having written nothing, when the file system refuses it.
+  bool write_direct(std::span<const std::byte> data, std::uint64_t at);
+  void pwrite_all(std::span<const std::byte> data, std::uint64_t offset);
+  void set_direct(bool on);
   std::filesystem::path path_;
   int fd_ = -1;
   bool write_behind_ = false;
+  bool direct_ = false;       // direct writes allowed (WritePath::direct, not refused yet)
+  bool fd_direct_ = false;    // fd_ has O_DIRECT set now
+  std::unique_ptr<std::byte, void (*)(std::byte*)> bounce_{nullptr, nullptr};
   std::uint64_t started_ = 0;  // writeback started below this offset
   std::uint64_t waited_ = 0;   // writeback finished below this offset
   std::uint64_t position_ = 0;

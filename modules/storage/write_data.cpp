@@ -128,7 +128,9 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
                                                                       : record::ArchiveStyle::torch_2x;
   std::mutex progress_mutex;
   auto write_file = [&](FileJob& job) {
-    OutputFile file(dir_fd_, job.name, dir_ / job.name, /*write_behind=*/options_.sync_files);
+    // Durable saves send large records to the disk directly: no page-cache copy, and nothing
+    // left for the fsync to write back.
+    OutputFile file(dir_fd_, job.name, dir_ / job.name, options_.sync_files ? WritePath::direct : WritePath::buffered);
     {
       std::lock_guard lock(created_mutex_);
       created_.push_back(job.name);
@@ -158,7 +160,7 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
           tensor_bytes = metadata::byte_size(slice.sizes, slice.dtype);
           (void)record::write_tensor_archive(
               [&](std::span<const std::byte> bytes) { file.write(bytes); }, style, slice.dtype, slice.sizes,
-              [&](const StorageSink& sink) { stream_elements(slice, options_.bounce_bytes, bounce, sink); });
+              [&](const StorageSink& sink) { stream_elements(slice, options_.bounce_bytes, bounce, sink); }, offset);
         }
         const auto length = file.position() - offset;
         job.results.push_back(planning::WriteResult{item->index, length, metadata::StorageInfo{job.name, offset, length, {}, 0}});

@@ -16,7 +16,6 @@ import dcp.error;
 namespace dcp::zip {
 namespace {
 
-constexpr std::uint64_t kAlignment = 64;       // caffe2 kFieldAlignment
 constexpr std::uint16_t kPaddingExtraId = 0x4246;  // "FB"
 
 void put(std::vector<std::byte>& out, std::uint64_t value, int width) {
@@ -47,8 +46,8 @@ void put_zip64_extra(std::vector<std::byte>& out, std::uint64_t size, std::uint6
 
 }  // namespace
 
-ArchiveWriter::ArchiveWriter(Sink sink, std::string archive_name)
-    : sink_(std::move(sink)), prefix_(std::move(archive_name)) {
+ArchiveWriter::ArchiveWriter(Sink sink, std::string archive_name, std::uint64_t base_offset)
+    : sink_(std::move(sink)), prefix_(std::move(archive_name)), base_offset_(base_offset) {
   if (!sink_) throw Error(Errc::invalid_argument, "archive writer needs a sink");
   if (prefix_.empty() || prefix_.find('/') != std::string::npos)
     throw Error(Errc::invalid_argument,
@@ -76,7 +75,7 @@ void ArchiveWriter::add_record(std::string_view name, std::span<const std::byte>
   end_record();
 }
 
-void ArchiveWriter::begin_record(std::string_view name, std::uint64_t size) {
+void ArchiveWriter::begin_record(std::string_view name, std::uint64_t size, std::uint64_t alignment) {
   check_writable("begin_record");
   if (open_)
     throw Error(Errc::failed_precondition,
@@ -92,9 +91,11 @@ void ArchiveWriter::begin_record(std::string_view name, std::uint64_t size) {
   std::vector<std::byte> zip64;
   put_zip64_extra(zip64, size, 0, header_at);
   // getPadding: data starts after the header, the name, the zip64 extra and the 4-byte "FB"
-  // extra header, plus just enough 'Z's to reach a multiple of 64.
-  const std::uint64_t unpadded = header_at + kLocalHeaderFixedSize + full.size() + zip64.size() + 4;
-  const std::uint64_t padding = (kAlignment - unpadded % kAlignment) % kAlignment;
+  // extra header, plus just enough 'Z's to reach a multiple of the alignment (64 in torch).
+  if (alignment < kRecordAlignment || alignment > 32768 || (alignment & (alignment - 1)) != 0)
+    throw Error(Errc::invalid_argument, cat("record alignment ", alignment, " is not a power of two from 64 to 32768"));
+  const std::uint64_t unpadded = base_offset_ + header_at + kLocalHeaderFixedSize + full.size() + zip64.size() + 4;
+  const std::uint64_t padding = (alignment - unpadded % alignment) % alignment;
 
   std::vector<std::byte> header;
   header.reserve(kLocalHeaderFixedSize + full.size() + zip64.size() + 4 + padding);

@@ -166,14 +166,20 @@ class ArchiveWriter {
   using Sink = std::function<void(std::span<const std::byte>)>;
 
   /// `archive_name` is the prefix without its '/' ("archive" for torch.save to a stream).
-  explicit ArchiveWriter(Sink sink, std::string archive_name = "archive");
+  /// `base_offset` is where the archive starts in the file it is written into: records are
+  /// aligned in that file (a reader finds them by their local headers wherever they lie).
+  explicit ArchiveWriter(Sink sink, std::string archive_name = "archive", std::uint64_t base_offset = 0);
+
+  /// torch.save's alignment of record data (caffe2's kFieldAlignment).
+  static constexpr std::uint64_t kRecordAlignment = 64;
 
   /// Adds a whole record; `name` is without the prefix, e.g. "data.pkl".
   void add_record(std::string_view name, std::span<const std::byte> data);
 
   /// Starts a record of exactly `size` bytes, to be fed by write() and closed by end_record().
+  /// Its data starts at a multiple of `alignment` (a power of two from 64 to 32768) of the file.
   /// After this call bytes_written() is the archive offset of the record's data.
-  void begin_record(std::string_view name, std::uint64_t size);
+  void begin_record(std::string_view name, std::uint64_t size, std::uint64_t alignment = kRecordAlignment);
   /// Appends data to the open record; the CRC is computed on the fly.
   void write(std::span<const std::byte> data);
   /// Closes the open record (checks its size) and writes its data descriptor.
@@ -198,6 +204,7 @@ class ArchiveWriter {
 
   Sink sink_;
   std::string prefix_;
+  std::uint64_t base_offset_ = 0;
   std::uint64_t offset_ = 0;
   std::uint64_t entry_count_ = 0;
   std::vector<std::byte> directory_;

@@ -9,9 +9,10 @@ fsync on, warm page cache, each run after a sync and a 1 s pause:
   (i) torch 2.13: torch.load(in.pt, mmap=True) + dcp.save (FileSystemWriter thread_count 1,
       its default, and 4),
   (j) dcpp convert in.pt OUT (imported through its read-only mapping, written by the save path),
-taking turns (i, i, j, i, i, j, ...) so that a disk shared with other work slows each alike;
-then prints the medians and the target (dcpp >= 1.4x torch with dcp.save's defaults; the
-ratio to the faster torch is printed too). On a throttled disk every saver runs at the disk's
+taking turns (i, i, j, i, i, j, ...) so that a disk shared with other work slows each alike,
+beside the machine's bounds: (k) one thread write()+fsync of as many bytes into a fresh file,
+(l) one thread reading in.pt into fresh memory (fresh_read); then prints the medians and the
+target (dcpp >= 1.4x the faster torch thread_count; the ratio to dcp.save's defaults too). On a throttled disk every saver runs at the disk's
 speed: DCPP_BENCH_CACHE on tmpfs (/dev/shm) measures the savers themselves.
 """
 
@@ -28,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from measure import BenchError, last_json, run_proc, tail  # noqa: E402
+from measure_save import disk_bound  # noqa: E402
 
 TORCH_CONVERT = os.path.join(REPO, "tests", "python", "bench_torch_convert.py")
 
@@ -60,6 +62,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--dcpp", required=True)
     ap.add_argument("--torch2", required=True)
+    ap.add_argument("--fresh-read", default=None, help="tools/bench.d/fresh_read, compiled")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--results", default=None)
     args = ap.parse_args()
@@ -86,23 +89,38 @@ def main():
         except (BenchError, OSError) as e:
             failures.append(str(e))
             break
-    med = {k: statistics.median(v) for k, v in rows.items()}
     size = os.path.getsize(pt)
+    try:
+        rows["disk"] = disk_bound(os.path.join(args.work, "disk"), size, args.repeat)
+        if args.fresh_read:
+            for _ in range(args.repeat):
+                rc, stdout, err, _, _ = run_proc([args.fresh_read, pt])
+                if rc != 0:
+                    raise BenchError("fresh_read failed (exit %d):\n%s" % (rc, tail(err)))
+                rows.setdefault("fresh", []).append(last_json(stdout, "fresh_read")["seconds"])
+    except (BenchError, OSError) as e:
+        failures.append(str(e))
+    med = {k: statistics.median(v) for k, v in rows.items()}
     print()
     print("convert bench: %s (%d bytes, %d of tensors) to a 1-rank checkpoint, fsync on, fresh directory, "
           "medians of %d" % (pt, size, nbytes, args.repeat))
     print("%-52s %8s  %s" % ("measurement", "GB/s", "seconds"))
-    for key in [k for k in rows if k.startswith("torch2 ")] + ["dcpp"]:
-        label = ("(i) torch 2.13 load(mmap)+dcp.save, " + key.split(" ", 1)[1]) if key != "dcpp" else "(j) dcpp convert"
+    labels = {"dcpp": "(j) dcpp convert", "disk": "(k) bound: write+fsync, 1 thread",
+              "fresh": "(l) bound: read into fresh memory, 1 thread"}
+    for key in [k for k in rows if k.startswith("torch2 ")] + ["dcpp", "disk", "fresh"]:
+        label = ("(i) torch 2.13 load(mmap)+dcp.save, " + key.split(" ", 1)[1]) if key.startswith("torch2 ") else labels[key]
         if key in med:
             print("%-52s %8.3f  %.3f [%s]" % (label, size / med[key] / 1e9, med[key], " ".join("%.2f" % s for s in rows[key])))
     default = med.get("torch2 thread_count=1")
     torch_best = min([v for k, v in med.items() if k.startswith("torch")], default=None)
-    if "dcpp" in med and default:
-        v = default / med["dcpp"]
-        print("%-52s %7.2fx   target >= 1.4x  %s" % ("dcpp / torch (dcp.save's defaults)", v, "PASS" if v >= 1.4 else "MISS"))
     if "dcpp" in med and torch_best:
-        print("%-52s %7.2fx   (information)" % ("dcpp / faster torch", torch_best / med["dcpp"]))
+        v = torch_best / med["dcpp"]
+        print("%-52s %7.2fx   target >= 1.4x  %s" % ("dcpp / the faster torch", v, "PASS" if v >= 1.4 else "MISS"))
+    if "dcpp" in med and default:
+        print("%-52s %7.2fx   (information)" % ("dcpp / torch (dcp.save's defaults)", default / med["dcpp"]))
+    if "dcpp" in med and "disk" in med:
+        print("%-52s %7.2fx   (information)" % ("dcpp / the write+fsync bound", med["disk"] / med["dcpp"]))
+    if "dcpp" in med:
         print("%-52s %7.2fx   (information)" % ("dcpp convert peak RSS / file", rss / size))
     for f in failures:
         print("FAILED: " + f)
