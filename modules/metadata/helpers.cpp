@@ -16,6 +16,17 @@ std::string_view flavor_name(Flavor flavor) noexcept {
   return flavor == Flavor::torch_1_13 ? "torch-1.13" : "torch-2.x";
 }
 
+std::string_view source_name(Source source) noexcept {
+  switch (source) {
+    case Source::dcp: return "dcp";
+    case Source::safetensors_file: return "safetensors";
+    case Source::hf_index: return "hf-index";
+    case Source::hf_directory: return "hf-directory";
+    case Source::hf_sharded: return "hf-sharded";
+  }
+  return "unknown";
+}
+
 std::string_view memory_format_name(MemoryFormat format) noexcept {
   switch (format) {
     case MemoryFormat::contiguous: return "contiguous_format";

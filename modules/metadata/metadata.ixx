@@ -47,6 +47,18 @@ inline constexpr std::size_t kMaxRank = 64;
 enum class Flavor { torch_1_13, torch_2x };
 std::string_view flavor_name(Flavor flavor) noexcept;  ///< "torch-1.13" / "torch-2.x"
 
+/// What a checkpoint's files are, and so how its metadata was made.
+enum class Source : std::uint8_t {
+  dcp,               ///< `.metadata` (decoded) and torch.save items
+  safetensors_file,  ///< one `.safetensors` file (metadata built from its header)
+  hf_index,          ///< a model directory: model.safetensors.index.json's weight_map and its files
+  hf_directory,      ///< every `*.safetensors` of a directory, each tensor whole in one file
+  hf_sharded,        ///< torch's per-rank safetensors files (HuggingFaceStorageWriter with
+                     ///< save_distributed): DCP_SHARDING_INFO places each file's piece of a tensor
+};
+/// "dcp", "safetensors", "hf-index", "hf-directory", "hf-sharded".
+std::string_view source_name(Source source) noexcept;
+
 enum class MemoryFormat { contiguous, channels_last, preserve };
 std::string_view memory_format_name(MemoryFormat format) noexcept;
 
@@ -96,7 +108,10 @@ struct StorageInfo {
   std::uint64_t offset = 0;
   std::uint64_t length = 0;
   std::vector<std::string> transform_descriptors;  ///< e.g. "stream.zstd/1" (2.x extensions)
-  std::uint64_t pickle_offset = 0;
+  std::uint64_t pickle_offset = 0;  ///< where it was decoded (a safetensors header entry: its byte)
+  /// The range is the chunk's elements themselves, row-major and little-endian, with nothing
+  /// around them (a safetensors tensor), instead of a torch.save archive.
+  bool raw = false;
 };
 
 struct StorageMeta {
@@ -115,6 +130,7 @@ class ValidatedMetadata;
 class Metadata {
  public:
   Flavor flavor = Flavor::torch_2x;
+  Source source = Source::dcp;  ///< not part of `.metadata`: what the reader found on disk
   std::vector<ItemMetadata> items;  ///< state_dict_metadata, in file order
   /// fqn → path of the original nested state dict (2.x flattening); nullopt when None.
   std::optional<std::vector<std::pair<std::string, std::vector<PathPart>>>> planner_data;
@@ -247,7 +263,7 @@ ValidatedMetadata decode_validated(std::span<const std::byte> bytes);
 using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;
 /// Checks that every storage entry's file exists and its byte range lies inside it, and that a
 /// tensor chunk's item is at least as long as the chunk's raw bytes (items are stored, not
-/// compressed, unless a transform says otherwise). So a destination sized from the metadata
+/// compressed, unless a transform says otherwise; a `raw` range is exactly that long). So a destination sized from the metadata
 /// is never larger than the data on disk.
 void check_storage_bounds(const ValidatedMetadata& metadata, const FileSizeFn& file_size);
 
