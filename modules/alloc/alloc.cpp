@@ -19,20 +19,6 @@ import dcp.memory;
 namespace dcp::alloc {
 namespace {
 
-struct ScalarTypeOf {
-  DType dtype;
-  c10::ScalarType type;
-};
-constexpr ScalarTypeOf kScalarTypes[] = {
-    {DType::float32, c10::ScalarType::Float}, {DType::float64, c10::ScalarType::Double},
-    {DType::float16, c10::ScalarType::Half}, {DType::bfloat16, c10::ScalarType::BFloat16},
-    {DType::int8, c10::ScalarType::Char}, {DType::uint8, c10::ScalarType::Byte},
-    {DType::int16, c10::ScalarType::Short}, {DType::int32, c10::ScalarType::Int},
-    {DType::int64, c10::ScalarType::Long}, {DType::boolean, c10::ScalarType::Bool},
-    {DType::complex64, c10::ScalarType::ComplexFloat}, {DType::complex128, c10::ScalarType::ComplexDouble},
-    {DType::complex32, c10::ScalarType::ComplexHalf},
-};
-
 c10::DeviceType device_type(const memory::Device& d) {
   return d.kind == memory::DeviceKind::cuda ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
 }
@@ -58,22 +44,24 @@ void release_tensor(std::byte*, std::size_t, void* context) noexcept { delete st
 
 }  // namespace
 
+// dcp.dtype's table holds c10::ScalarType's values; a libtorch has those below its NumOptions
+// (Debian's 1.13 stops at QUInt2x4, 2.x adds float8 and uint16/32/64).
 c10::ScalarType scalar_type(DType dtype) {
-  for (const auto& s : kScalarTypes)
-    if (s.dtype == dtype) return s.type;
-  throw Error(Errc::unimplemented, "dtype " + std::string(dtype_name(dtype)) + " has no tensor type in this libtorch");
+  const int code = dtype_info(dtype).c10_scalar_type;
+  if (code < 0 || code >= static_cast<int>(c10::ScalarType::NumOptions) || dtype_info(dtype).rebuild == TensorRebuild::none)
+    throw Error(Errc::unimplemented, "dtype " + std::string(dtype_name(dtype)) + " has no tensor type in this libtorch");
+  return static_cast<c10::ScalarType>(code);
 }
 
 bool has_tensor_type(DType dtype) noexcept {
-  for (const auto& s : kScalarTypes)
-    if (s.dtype == dtype) return true;
-  return false;
+  const int code = dtype_info(dtype).c10_scalar_type;
+  return code >= 0 && code < static_cast<int>(c10::ScalarType::NumOptions) && dtype_info(dtype).rebuild != TensorRebuild::none;
 }
 
 DType dtype_of(const at::Tensor& tensor) {
-  for (const auto& s : kScalarTypes)
-    if (s.type == tensor.scalar_type()) return s.dtype;
-  throw Error(Errc::unimplemented, "tensor of an unsupported scalar type");
+  const auto dtype = dtype_from_c10(static_cast<int>(tensor.scalar_type()));
+  if (!dtype || !has_tensor_type(*dtype)) throw Error(Errc::unimplemented, "tensor of an unsupported scalar type");
+  return *dtype;
 }
 
 bool cuda_available() { return dcp_torch_bridge::cuda_available(); }

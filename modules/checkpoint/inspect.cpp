@@ -1,4 +1,4 @@
-// Reading and cross-checking metadata.
+// Reading and cross-checking metadata, of whatever checkpoint the path holds.
 module;
 #include <filesystem>
 module dcp.checkpoint;
@@ -8,7 +8,7 @@ import dcp.storage;
 namespace dcp::checkpoint {
 
 metadata::ValidatedMetadata inspect(const std::filesystem::path& checkpoint_dir) {
-  return storage::FileSystemReader(checkpoint_dir).read_metadata();
+  return storage::open_reader(checkpoint_dir)->read_metadata();
 }
 
 }  // namespace dcp::checkpoint

@@ -193,6 +193,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
   for (const auto& item : md->items)
     if (item.is_tensor() && detail::is_selected(options, item.fqn)) pending.push_back(&item);
 
+  const auto reader = storage::open_reader(checkpoint_dir, options.read);
   std::size_t next = 0;
   while (next < pending.size()) {
     // One batch: tensors up to batch_bytes, allocated and read in parallel.
@@ -224,8 +225,7 @@ storage::ReadReport for_each_tensor(const std::filesystem::path& checkpoint_dir,
       ++next;
     }
     planning::DefaultLoadPlanner planner;
-    storage::FileSystemReader reader(checkpoint_dir, options.read);
-    auto report = load(destination, reader, planner, md);
+    auto report = load(destination, *reader, planner, md);
     total.merge(std::move(report));
     for (auto& [fqn, tensor] : batch) consume(fqn, std::move(tensor));
   }
@@ -242,9 +242,9 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
   if (destination.size() == 0) return objects;
   storage::ReadOptions read_options = options.read;
   read_options.collect_errors = false;  // every object below must have loaded
-  storage::FileSystemReader reader(checkpoint_dir, read_options);
+  const auto reader = storage::open_reader(checkpoint_dir, read_options);
   planning::DefaultLoadPlanner planner;
-  (void)load(destination, reader, planner, md);
+  (void)load(destination, *reader, planner, md);
   for (const auto& [fqn, entry] : destination.entries()) {
     const auto* bytes = planner.loaded_bytes(fqn);
     const auto* info = md->find_storage(fqn, nullptr);
@@ -252,7 +252,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
       objects.emplace_back(fqn, record::parse_object(*bytes));
     } catch (Error& e) {
       e.add_offset(info->offset);
-      e.in_file(reader.path_of(info->relative_path).string());
+      e.in_file(reader->path_of(info->relative_path).string());
       e.for_key(fqn);
       throw;
     }

@@ -46,13 +46,13 @@ std::vector<LoadedObject> load_object_values(const std::filesystem::path& checkp
   if (destination.size() == 0) return objects;
   storage::ReadOptions read_options = options.read;
   read_options.collect_errors = false;  // every object below must have loaded
-  storage::FileSystemReader reader(checkpoint_dir, read_options);
+  const auto reader = storage::open_reader(checkpoint_dir, read_options);
   planning::DefaultLoadPlanner planner;
-  (void)load(destination, reader, planner, md);
+  (void)load(destination, *reader, planner, md);
   for (const auto& [fqn, entry] : destination.entries()) {
     auto bytes = planner.take_bytes(fqn);
     if (!bytes) throw Error(Errc::internal, "object was not loaded").for_key(fqn);
-    objects.push_back(decode_object(fqn, std::move(*bytes), *md, reader));
+    objects.push_back(decode_object(fqn, std::move(*bytes), *md, *reader));
   }
   return objects;
 }

@@ -16,13 +16,10 @@ module dcp.checkpoint;
 import dcp.error;
 import dcp.metadata;
 import dcp.record;
-import dcp.json;
+import dcp.safetensors;
 
 namespace dcp::checkpoint {
 namespace {
-
-// Readers refuse larger headers (the safetensors crate's MAX_HEADER_SIZE is 100,000,000).
-constexpr std::size_t kMaxHeaderBytes = 100'000'000;
 
 // A header is UTF-8 JSON: a key with a lone surrogate (which Python's pickle writes) would be a
 // \uDCxx escape that the safetensors library refuses, and other bytes would become U+FFFD.
@@ -65,9 +62,9 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
     try {
       auto text = record::object_to_json(*object.value.document, object.value.id);
       header_bytes += text.size();
-      if (header_bytes > kMaxHeaderBytes)
+      if (header_bytes > safetensors::kMaxHeaderBytes)
         throw Error(Errc::resource_exhausted, "objects' JSON passes the safetensors header limit of " +
-                                                  std::to_string(kMaxHeaderBytes) + " bytes");
+                                                  std::to_string(safetensors::kMaxHeaderBytes) + " bytes");
       metadata_strings.emplace(fqn, std::move(text));
     } catch (Error& e) {
       locate_object_error(e, checkpoint_dir, *md, fqn);
@@ -79,33 +76,22 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
   std::vector<const metadata::ItemMetadata*> sorted = selection.tensors;
   std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->fqn < b->fqn; });
   std::unordered_map<std::string, std::uint64_t> data_offset;
-  json::JsonWriter w;
-  w.begin_object().key("__metadata__").begin_object().key("format").value("pt");
-  for (const auto& [fqn, text] : metadata_strings) w.key(fqn).value(text);
-  w.end_object();
+  std::vector<safetensors::Entry> entries;
+  entries.reserve(sorted.size());
   std::uint64_t total = 0;
   for (const auto* item : sorted) {
     const auto& t = item->tensor();
-    const auto size = metadata::byte_size(item->tensor().size, item->tensor().properties.dtype);
-    const auto end = add_or_throw(total, size, "safetensors data size");
-    w.key(item->fqn).begin_object().key("dtype").value(dtype_info(t.properties.dtype).safetensors);
-    w.key("shape").int_array(t.size);
-    w.key("data_offsets").begin_array().value(total).value(end).end_array().end_object();
+    const auto end = add_or_throw(total, metadata::byte_size(t.size, t.properties.dtype), "safetensors data size");
+    entries.push_back({item->fqn, t.properties.dtype, t.size, total, end, 0});
     data_offset.emplace(item->fqn, total);
     total = end;
   }
-  w.end_object();
-  std::string header = w.take();
-  header.append((8 - header.size() % 8) % 8, ' ');
-  if (header.size() > kMaxHeaderBytes)
-    throw Error(Errc::resource_exhausted, "safetensors header of " + std::to_string(header.size()) +
-                                              " bytes passes the format's limit of " + std::to_string(kMaxHeaderBytes));
-  const std::uint64_t data_start = 8 + header.size();
+  std::vector<std::pair<std::string, std::string>> strings{{"format", "pt"}};
+  for (auto& [fqn, text] : metadata_strings) strings.emplace_back(fqn, std::move(text));
+  const std::string header = safetensors::encode_header(entries, strings);
+  const std::uint64_t data_start = header.size();
 
   TempFile file(out, overwrite);
-  std::byte length[8];
-  for (int i = 0; i < 8; ++i) length[i] = static_cast<std::byte>(static_cast<std::uint64_t>(header.size()) >> (8 * i));
-  file.write(length);
   file.write(std::as_bytes(std::span(header.data(), header.size())));
   ConvertReport report;
   report.bytes = stream_tensors(checkpoint_dir, md, options, selection, progress,

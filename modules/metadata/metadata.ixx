@@ -11,9 +11,10 @@
 // the only form the planner and the storage layer accept, so unvalidated metadata cannot reach
 // a read. `check_storage_bounds` checks byte ranges against file sizes the caller supplies, so
 // this module does no I/O. `to_json` renders the documented `dcpp inspect --json` schema.
-// `DType` lives here because every layer above needs it.
+// `DType` and its facts are dcp.dtype's, re-exported: every layer above needs them.
 //
-// Untrusted input: the `.metadata` bytes. Imports: dcp.error, dcp.pickle, dcp.json, dcp.layout.
+// Untrusted input: the `.metadata` bytes. Imports: dcp.dtype, dcp.error, dcp.pickle, dcp.json,
+// dcp.layout.
 module;
 #include <cstddef>
 #include <cstdint>
@@ -28,47 +29,10 @@ module;
 #include <variant>
 #include <vector>
 export module dcp.metadata;
+export import dcp.dtype;  // DType is part of this module's vocabulary
 import dcp.error;
 import dcp.pickle;
 import dcp.layout;
-
-export namespace dcp {
-
-/// Element types a checkpoint can hold (torch's names, `torch.` dropped).
-enum class DType : std::uint8_t {
-  float32, float64, float16, bfloat16, int8, uint8, int16, int32, int64, boolean, complex64,
-  complex128, complex32, uint16, uint32, uint64, float8_e4m3fn, float8_e5m2, float8_e4m3fnuz,
-  float8_e5m2fnuz, float8_e8m0fnu, qint8, quint8, qint32, quint4x2, quint2x4,
-};
-/// torch's name: "float32", "bool", ...
-std::string_view dtype_name(DType dtype) noexcept;
-std::optional<DType> dtype_from_name(std::string_view name) noexcept;
-/// Bytes per element (quint4x2/quint2x4 pack several per byte and report 1).
-std::size_t dtype_itemsize(DType dtype) noexcept;
-
-/// How torch.save writes a tensor of a dtype.
-enum class TensorRebuild : std::uint8_t {
-  v2,    ///< torch._utils._rebuild_tensor_v2 over a typed legacy storage (torch 1.13's dtypes)
-  v3,    ///< _rebuild_tensor_v3 over an UntypedStorage (dtypes without a legacy storage)
-  none,  ///< quantized: _rebuild_qtensor needs quantizer parameters that DCP does not keep
-};
-
-/// Everything dcpp knows about a dtype: the one dtype table.
-struct DTypeInfo {
-  DType dtype;
-  std::string_view name;           ///< torch's name
-  std::size_t itemsize;            ///< bytes per element
-  std::string_view storage_class;  ///< legacy typed storage ("FloatStorage"); "" if none
-  std::string_view safetensors;    ///< safetensors dtype ("F32"); "" if the format has none
-  TensorRebuild rebuild;
-};
-/// Every DType, in enum order.
-std::span<const DTypeInfo> dtype_table() noexcept;
-const DTypeInfo& dtype_info(DType dtype) noexcept;
-/// The dtype a legacy storage class ("FloatStorage") holds; nullopt for other names.
-std::optional<DType> dtype_from_storage_class(std::string_view name) noexcept;
-
-}  // namespace dcp
 
 export namespace dcp::metadata {
 
@@ -82,6 +46,18 @@ inline constexpr std::size_t kMaxRank = 64;
 /// Which PyTorch wrote the file, from the module path of its classes.
 enum class Flavor { torch_1_13, torch_2x };
 std::string_view flavor_name(Flavor flavor) noexcept;  ///< "torch-1.13" / "torch-2.x"
+
+/// What a checkpoint's files are, and so how its metadata was made.
+enum class Source : std::uint8_t {
+  dcp,               ///< `.metadata` (decoded) and torch.save items
+  safetensors_file,  ///< one `.safetensors` file (metadata built from its header)
+  hf_index,          ///< a model directory: model.safetensors.index.json's weight_map and its files
+  hf_directory,      ///< every `*.safetensors` of a directory, each tensor whole in one file
+  hf_sharded,        ///< torch's per-rank safetensors files (HuggingFaceStorageWriter with
+                     ///< save_distributed): DCP_SHARDING_INFO places each file's piece of a tensor
+};
+/// "dcp", "safetensors", "hf-index", "hf-directory", "hf-sharded".
+std::string_view source_name(Source source) noexcept;
 
 enum class MemoryFormat { contiguous, channels_last, preserve };
 std::string_view memory_format_name(MemoryFormat format) noexcept;
@@ -132,7 +108,10 @@ struct StorageInfo {
   std::uint64_t offset = 0;
   std::uint64_t length = 0;
   std::vector<std::string> transform_descriptors;  ///< e.g. "stream.zstd/1" (2.x extensions)
-  std::uint64_t pickle_offset = 0;
+  std::uint64_t pickle_offset = 0;  ///< where it was decoded (a safetensors header entry: its byte)
+  /// The range is the chunk's elements themselves, row-major and little-endian, with nothing
+  /// around them (a safetensors tensor), instead of a torch.save archive.
+  bool raw = false;
 };
 
 struct StorageMeta {
@@ -151,6 +130,7 @@ class ValidatedMetadata;
 class Metadata {
  public:
   Flavor flavor = Flavor::torch_2x;
+  Source source = Source::dcp;  ///< not part of `.metadata`: what the reader found on disk
   std::vector<ItemMetadata> items;  ///< state_dict_metadata, in file order
   /// fqn → path of the original nested state dict (2.x flattening); nullopt when None.
   std::optional<std::vector<std::pair<std::string, std::vector<PathPart>>>> planner_data;
@@ -283,7 +263,7 @@ ValidatedMetadata decode_validated(std::span<const std::byte> bytes);
 using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view relative_path)>;
 /// Checks that every storage entry's file exists and its byte range lies inside it, and that a
 /// tensor chunk's item is at least as long as the chunk's raw bytes (items are stored, not
-/// compressed, unless a transform says otherwise). So a destination sized from the metadata
+/// compressed, unless a transform says otherwise; a `raw` range is exactly that long). So a destination sized from the metadata
 /// is never larger than the data on disk.
 void check_storage_bounds(const ValidatedMetadata& metadata, const FileSizeFn& file_size);
 

@@ -63,6 +63,7 @@ std::string to_json(const Metadata& md, int indent) {
   json::JsonWriter w(indent);
   w.begin_object();
   w.key("format").value(flavor_name(md.flavor));
+  w.key("source").value(source_name(md.source));
   write_optional(w, "version", md.version);
   w.key("storage_meta");
   if (md.storage_meta) {

@@ -413,10 +413,10 @@ void check_storage_bounds(const ValidatedMetadata& validated, const FileSizeFn& 
       const ItemMetadata& item = *md.find_item(index.fqn);
       const auto& chunk = item.tensor().chunks[*validated.chunk_position(index.fqn, *index.offset)];
       const std::uint64_t raw = byte_size(chunk.sizes, item.tensor().properties.dtype);
-      if (info.length < raw)
+      if (info.raw ? info.length != raw : info.length < raw)
         throw Error(Errc::data_loss, "storage_data: item of " + std::to_string(info.length) +
-                                         " bytes cannot hold the chunk at " + format_shape(chunk.offsets) + " (" +
-                                         std::to_string(raw) + " bytes of data)")
+                                         (info.raw ? " bytes is not" : " bytes cannot hold") + " the chunk at " +
+                                         format_shape(chunk.offsets) + " (" + std::to_string(raw) + " bytes of data)")
             .for_key(index.fqn)
             .at_offset(info.pickle_offset);
     }

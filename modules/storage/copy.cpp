@@ -9,6 +9,7 @@ module;
 #include <type_traits>
 module dcp.storage;
 import dcp.error;
+import dcp.dtype;
 import dcp.metadata;
 
 namespace dcp::storage {
@@ -16,13 +17,6 @@ namespace {
 
 // 16-bit floats as torch computes them (c10/util/Half.h, BFloat16.h): both widen exactly to
 // float32; narrowing rounds to nearest even from float32, so double -> half goes through float.
-struct Half {
-  std::uint16_t bits;
-};
-struct BFloat16 {
-  std::uint16_t bits;
-};
-
 float to_float(Half h) {
   const std::uint32_t sign = std::uint32_t(h.bits & 0x8000u) << 16;
   std::uint32_t exponent = (h.bits >> 10) & 0x1fu;
@@ -131,27 +125,6 @@ void convert_box(std::byte* dst, const metadata::Shape& dst_strides, const std::
     convert_box<To, From>(dst + i * dst_step, dst_strides, src + i * src_step, src_strides, lengths, dim + 1);
 }
 
-// Calls fn(T{}) with the C++ type that holds one element of `dtype`; false if none does.
-template <class Fn>
-bool with_type(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::boolean: fn(bool{}); return true;
-    case DType::int8: fn(std::int8_t{}); return true;
-    case DType::uint8: fn(std::uint8_t{}); return true;
-    case DType::int16: fn(std::int16_t{}); return true;
-    case DType::uint16: fn(std::uint16_t{}); return true;
-    case DType::int32: fn(std::int32_t{}); return true;
-    case DType::uint32: fn(std::uint32_t{}); return true;
-    case DType::int64: fn(std::int64_t{}); return true;
-    case DType::uint64: fn(std::uint64_t{}); return true;
-    case DType::float16: fn(Half{}); return true;
-    case DType::bfloat16: fn(BFloat16{}); return true;
-    case DType::float32: fn(float{}); return true;
-    case DType::float64: fn(double{}); return true;
-    default: return false;  // complex, float8, quantized: no conversion
-  }
-}
-
 // Same dtype: memcpy of the innermost runs when both sides are dense there.
 void copy_same(std::byte* dst, const metadata::Shape& dst_strides, const std::byte* src,
                const metadata::Shape& src_strides, const metadata::Shape& lengths, std::size_t itemsize,
@@ -176,7 +149,7 @@ void copy_same(std::byte* dst, const metadata::Shape& dst_strides, const std::by
 bool can_convert(DType from, DType to) noexcept {
   if (from == to) return true;
   auto known = [](auto) {};
-  return with_type(from, known) && with_type(to, known);
+  return with_element_type(from, known) && with_element_type(to, known);
 }
 
 void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtype, const std::byte* src,
@@ -190,8 +163,8 @@ void copy_box(std::byte* dst, const metadata::Shape& dst_strides, DType dst_dtyp
   if (!can_convert(src_dtype, dst_dtype))
     throw Error(Errc::unimplemented, "converting " + std::string(dtype_name(src_dtype)) + " to " +
                                          std::string(dtype_name(dst_dtype)) + " is not supported");
-  (void)with_type(dst_dtype, [&](auto to) {
-    (void)with_type(src_dtype, [&](auto from) {
+  (void)with_element_type(dst_dtype, [&](auto to) {
+    (void)with_element_type(src_dtype, [&](auto from) {
       convert_box<decltype(to), decltype(from)>(dst, dst_strides, src, src_strides, lengths, 0);
     });
   });

@@ -200,17 +200,23 @@ metadata::ValidatedMetadata FileSystemReader::metadata_from_bytes(std::span<cons
   } catch (const std::bad_alloc&) {
     throw Error(Errc::resource_exhausted, "out of memory decoding it").in_file(path.string());
   }
+  check_against_files(*validated, path);
+  return *std::move(validated);
+}
+
+void FileSystemReader::check_against_files(const metadata::ValidatedMetadata& validated,
+                                           const std::filesystem::path& metadata_file) const {
   try {
-    metadata::check_storage_bounds(*validated, [&](std::string_view name) { return file_size(name); });
+    metadata::check_storage_bounds(validated, [&](std::string_view name) { return file_size(name); });
   } catch (Error& e) {
     // check_storage_bounds names a data file relative to the directory (make it a full path),
-    // or none when the fault is in .metadata itself.
+    // or none when the fault is in the metadata itself.
     Error full(e.code(), e.message());
-    full.in_file(e.context().file.empty() ? path.string() : path_of(e.context().file).string()).for_key(e.context().key);
+    full.in_file(e.context().file.empty() ? metadata_file.string() : path_of(e.context().file).string())
+        .for_key(e.context().key);
     if (e.context().byte_offset) full.at_offset(*e.context().byte_offset);
     throw full;
   }
-  return *std::move(validated);
 }
 
 std::optional<std::uint64_t> FileSystemReader::file_size(std::string_view relative_path) const {

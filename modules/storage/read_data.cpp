@@ -150,6 +150,22 @@ void split_box(Shape& offsets, Shape& lengths, const Shape& strides, std::uint64
   lengths[dim] = full;
 }
 
+// A raw item (a safetensors tensor): the chunk's elements, row-major, from the item's first
+// byte; nothing to locate.
+record::TensorLocation raw_location(const Group& g) {
+  record::TensorLocation l;
+  l.record.dtype = g.dtype;
+  l.record.sizes = g.chunk->sizes;
+  l.record.strides = layout::contiguous_strides(g.chunk->sizes);
+  l.record.storage_numel = metadata::numel(g.chunk->sizes);
+  l.data_size = g.info->length;
+  if (metadata::byte_size(g.chunk->sizes, g.dtype) != g.info->length)
+    throw Error(Errc::data_loss, "raw item of " + std::to_string(g.info->length) + " bytes is not a " +
+                                     std::string(dtype_name(g.dtype)) + " chunk of sizes " + format_shape(g.chunk->sizes))
+        .at_offset(g.info->offset);
+  return l;
+}
+
 // Plans may come from other ranks: a tensor item must stay inside the saved chunk it names.
 void check_against_saved_chunk(const ReadItem& item, const metadata::ChunkStorageMetadata& chunk) {
   if (!layout::is_inside(item.storage_offsets, item.lengths, chunk.sizes))
@@ -261,6 +277,10 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                                 .at_offset(base);
                           g.object_bytes.resize(length);
                           source.read(g, base, g.object_bytes);
+                          return;
+                        }
+                        if (g.info->raw) {
+                          g.location = raw_location(g);
                           return;
                         }
                         if (!g.info->transform_descriptors.empty())

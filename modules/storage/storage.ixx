@@ -25,7 +25,11 @@
 // fsync'ed, and the new `.metadata` is published by one atomic rename over the old one; only
 // then are the replaced checkpoint's own files removed (publish.cpp; docs/format.md,
 // "Publishing").
-// Imports: dcp.error, dcp.metadata, dcp.planning, dcp.record, dcp.zip.
+// `SafetensorsReader` reads Hugging Face's safetensors model directories and torch's per-rank
+// safetensors files through the same read path (their items are raw byte ranges), and
+// `open_reader` picks the reader a path needs.
+// Imports: dcp.error, dcp.dtype, dcp.layout, dcp.metadata, dcp.planning, dcp.record, dcp.safetensors,
+// dcp.zip.
 module;
 #include <cstddef>
 #include <cstdint>
@@ -199,11 +203,55 @@ class FileSystemReader : public StorageReader {
   /// Full path of a data file (the name must satisfy is_safe_relative_path).
   std::filesystem::path path_of(std::string_view relative_path) const;
 
+ protected:
+  /// check_storage_bounds against this directory's files, errors naming full paths (a fault of
+  /// the metadata itself names `metadata_file`).
+  void check_against_files(const metadata::ValidatedMetadata& metadata, const std::filesystem::path& metadata_file) const;
+
  private:
   std::filesystem::path dir_;
   ReadOptions options_;
   std::optional<metadata::ValidatedMetadata> metadata_;
 };
+
+/// Reads the safetensors checkpoints of Hugging Face and of torch's HuggingFaceStorageWriter: a
+/// model directory (`model.safetensors.index.json`'s weight_map and the files it names, or
+/// every `*.safetensors` in the directory), torch's per-rank files with DCP_SHARDING_INFO (in
+/// the directory, or in its `sharded/` when nothing else is there), or one `.safetensors` file.
+/// The metadata is built from the headers (dcp.safetensors' build_metadata: bounded, every
+/// offset checked, pieces that overlap or leave holes refused) and validated as `.metadata` is;
+/// reading is FileSystemReader's, by byte range (rows: one contiguous range, columns: strided
+/// reads through the bounce buffer), read-once included. Symlinks are followed (a Hugging Face
+/// cache snapshot is all links); hidden names are not checkpoint files.
+class SafetensorsReader : public FileSystemReader {
+ public:
+  /// `path` is the directory or the file; `source` what detect_source says of it (not dcp).
+  SafetensorsReader(const std::filesystem::path& path, metadata::Source source, ReadOptions options = {});
+  /// Reads every header (and the index), builds, validates and bounds-checks the metadata.
+  /// Errors name the file (a header's, or the index), the key and the byte.
+  metadata::ValidatedMetadata read_metadata() const override;
+  /// The headers and the index as they are stored, in one byte string: what a distributed
+  /// load's coordinator reads once and sends to every rank.
+  std::vector<std::byte> read_metadata_bytes() const override;
+  /// read_metadata's building and checks, over another rank's read_metadata_bytes, with byte
+  /// ranges checked against this rank's view of the files.
+  metadata::ValidatedMetadata metadata_from_bytes(std::span<const std::byte> bytes) const override;
+  metadata::Source source() const noexcept { return source_; }
+
+ private:
+  metadata::Source source_;
+  std::optional<std::string> file_;  // the one file of a safetensors_file source
+};
+
+/// What a checkpoint path holds, from its names alone: a directory with `.metadata` (or an
+/// interrupted save's `.metadata.tmp`) is dcp; else with model.safetensors.index.json hf_index;
+/// else with `*.safetensors` files hf_directory (SafetensorsReader turns it into hf_sharded when
+/// their headers have DCP_SHARDING_INFO); else with `sharded/*.safetensors` hf_sharded; a
+/// `*.safetensors` file is safetensors_file; anything else dcp (whose reader then says what is
+/// missing).
+metadata::Source detect_source(const std::filesystem::path& path);
+/// The reader for what `path` holds (detect_source): FileSystemReader or SafetensorsReader.
+std::unique_ptr<FileSystemReader> open_reader(const std::filesystem::path& path, ReadOptions options = {});
 
 /// dtypes that `copy_box` converts between (floating, integer and bool types), as torch's
 /// `copy_` does.

@@ -385,7 +385,7 @@ BOOST_AUTO_TEST_CASE(hostile_safetensors_files_are_refused) {
       {"overlap", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})", "overlap"},
       {"wrong_size", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "needs 12"},
       {"reversed", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", "outside the data section"},
-      {"bad_dtype", R"({"a":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}})", "'C64'"},
+      {"bad_dtype", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}})", "'F4'"},
       {"duplicate", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "twice"},
       {"trailing_comma", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},})", "JSON"},
       {"huge_dim", R"({"a":{"dtype":"F32","shape":[99999999999999999999],"data_offsets":[0,4]}})", "64 bits"},

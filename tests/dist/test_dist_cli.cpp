@@ -1,6 +1,6 @@
 // dcp.dist: `dcpp load` and `dcpp reshard` as the ranks of a launcher (dcpp execs dcpp-torch,
-// which forms the Gloo group from the environment), checked by torch 2.13 (1, 2 and 4 Gloo
-// ranks) and torch 1.13 (one process).
+// which forms the Gloo group from the environment), of DCP and safetensors checkpoints, checked
+// by torch 2.13 (1, 2 and 4 Gloo ranks) and torch 1.13 (one process).
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
@@ -187,6 +187,37 @@ BOOST_AUTO_TEST_CASE(reshard_into_cols_and_a_2x2_grid) {
   const auto manifest = tmp.path() / "manifest.json";
   write_text(manifest, json::serialize(json::object{{"checks", checks}}));
   check_with_torch(dcp_test::python2x(), "save_check.py", "load", manifest);
+}
+
+// Safetensors checkpoints (a model repository, a one-process torch save, torch's rank files with
+// and without consolidation) resharded by dcpp on 2 to 4 Gloo ranks into rows, columns and a 2x2
+// grid, each rank reading its byte ranges: torch 2.13 loads exactly the values written, in one
+// process and (rows) as DTensors on the ranks that wrote them.
+BOOST_AUTO_TEST_CASE(reshard_of_safetensors_checkpoints_on_2_to_4_ranks) {
+  TempDir tmp;
+  json::array checks, dist;
+  const std::tuple<const char*, const char*, int> runs[] = {
+      {"st_repo", "rows", 2},      {"hf_1proc", "cols", 3},       {"hf_2ranks", "2d:2x2", 4},
+      {"hf_4ranks", "rows", 3},    {"hf_4ranks", "2d:2x2", 4},    {"hf_4ranks_cons", "cols", 2},
+      {"hf_4ranks_cons_sharded", "rows", 4}};
+  for (const auto& [name, layout, world] : runs) {
+    const auto& case_dir = dcp_test::hf_case(name);
+    const auto label = std::string(name) + "-" + layout + "-" + std::to_string(world);
+    const auto out = tmp.path() / label;
+    const auto results = run_dcpp_ranks(
+        world, tmp.path(), {"reshard", "--layout", layout, dcp_test::hf_case_path(case_dir).string(), out.string()});
+    all_ok(results);
+    checks.push_back(manifest_entry(label, out, case_dir));
+    if (std::string(layout) == "rows") {
+      auto entry = manifest_entry(label + "-dist", out, case_dir);
+      entry["world"] = world;
+      dist.push_back(entry);
+    }
+  }
+  const auto manifest = tmp.path() / "manifest.json";
+  write_text(manifest, json::serialize(json::object{{"checks", checks}, {"dist", dist}}));
+  check_with_torch(dcp_test::python2x(), "save_check.py", "load", manifest);
+  check_with_torch(dcp_test::python2x(), "save_check.py", "dist", manifest);
 }
 
 // --layout replicated on 4 ranks: every rank holds every tensor whole, and the save stores each

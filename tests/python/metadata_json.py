@@ -117,6 +117,7 @@ def document(ckpt):
     module = type(md).__module__
     doc = {"format": "torch-1.13" if module.startswith("torch.distributed._shard.")
            else "torch-2.x",
+           "source": "dcp",  # a directory with .metadata: what dcpp says it read
            "version": state.get("version")}
     sm = state.get("storage_meta")
     if sm is None:

@@ -2,6 +2,7 @@
 #include "support.hpp"
 
 #include <boost/test/unit_test.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -156,6 +157,33 @@ const std::filesystem::path& checkpoint_case(const std::string& case_name) {
   auto dir = root.path() / case_name;
   make_checkpoint(case_name, dir);
   return made.emplace(case_name, dir).first->second;
+}
+
+const std::vector<std::string>& hf_cases() {
+  static const std::vector<std::string> cases = {"st_file",   "st_repo",   "st_dir",         "hf_1proc",
+                                                 "hf_2ranks", "hf_4ranks", "hf_4ranks_cons", "hf_4ranks_cons_sharded"};
+  return cases;
+}
+
+const std::filesystem::path& hf_case(const std::string& case_name) {
+  static TempDir root;
+  static bool made = false;
+  if (!made) {
+    BOOST_TEST_REQUIRE(python2x_available(), python2x_problem());
+    const int status = run(quote(python2x()) + " " + quote(source_root() / "tests/python/make_hf.py") + " --out " +
+                           quote(root.path() / "hf"));
+    if (status != 0) BOOST_FAIL("make_hf.py failed to write its cases (exit " << status << ")");
+    made = true;
+  }
+  static std::map<std::string, std::filesystem::path> dirs;
+  if (std::find(hf_cases().begin(), hf_cases().end(), case_name) == hf_cases().end())
+    BOOST_FAIL("no safetensors case '" << case_name << "'");
+  return dirs.try_emplace(case_name, root.path() / "hf" / case_name).first->second;
+}
+
+std::filesystem::path hf_case_path(const std::filesystem::path& case_dir) {
+  const auto doc = read_json(case_dir / "expected.json");
+  return (case_dir / std::string(doc.at("path").as_string())).lexically_normal();
 }
 
 std::vector<boost::json::value> torch_metadata_json(const std::string& interpreter,

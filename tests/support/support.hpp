@@ -67,6 +67,15 @@ const std::vector<std::string>& torch2x_cases();
 /// fails when python2x() is missing (guard such tests with `needs_python2x`).
 const std::filesystem::path& checkpoint_case(const std::string& case_name);
 
+/// The safetensors cases of tests/python/make_hf.py (st_file, st_repo, st_dir, hf_1proc,
+/// hf_2ranks, hf_4ranks, hf_4ranks_cons, hf_4ranks_cons_sharded), written by one run of it the
+/// first time one is asked for: the case directory (expected.json, expected/*.bin; its "path"
+/// is what dcpp is given). Needs python2x() (guard with `needs_python2x`).
+const std::vector<std::string>& hf_cases();
+const std::filesystem::path& hf_case(const std::string& case_name);
+/// `case_dir`'s expected.json "path": the checkpoint path to hand to dcpp.
+std::filesystem::path hf_case_path(const std::filesystem::path& case_dir);
+
 /// `tests/python/metadata_json.py CKPT_DIR...` run once with `interpreter`: for each checkpoint
 /// the `dcpp inspect --json` document computed from PyTorch's own unpickling of .metadata;
 /// fails the test on error.

@@ -127,6 +127,27 @@ BOOST_AUTO_TEST_CASE(dtypes_this_libtorch_lacks_are_refused_before_reading, *boo
   BOOST_TEST(consumed == 0);
 }
 
+// dcp.dtype's c10 column names this libtorch's scalar types: each dtype it has a tensor type for
+// has the table's element size and c10's own name for it (the legacy storage class without
+// "Storage", or torch's name; complex32 is c10's ComplexHalf), and comes back from a tensor.
+BOOST_AUTO_TEST_CASE(the_dtype_table_names_this_libtorchs_scalar_types) {
+  std::size_t found = 0;
+  for (const auto& info : dcp::dtype_table()) {
+    if (!dcp::alloc::has_tensor_type(info.dtype)) continue;
+    ++found;
+    const auto type = dcp::alloc::scalar_type(info.dtype);
+    BOOST_TEST(c10::elementSize(type) == info.itemsize, info.name);
+    const std::string c10_name = c10::toString(type);
+    std::string lower;
+    for (char c : c10_name) lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    const bool named = (!info.storage_class.empty() && std::string(info.storage_class) == c10_name + "Storage") ||
+                       lower == info.name || (info.dtype == dcp::DType::complex32 && c10_name == "ComplexHalf");
+    BOOST_TEST(named, info.name << " is c10's " << c10_name);
+    BOOST_TEST((dcp::alloc::dtype_of(dcp::alloc::allocate(info.dtype, {2})) == info.dtype), info.name);
+  }
+  BOOST_TEST(found >= 13u);  // Debian's 1.13: the 12 legacy dtypes and complex32
+}
+
 BOOST_AUTO_TEST_CASE(cuda_destinations) {
   const auto ckpt = checkpoint_case("flat_dtypes") / "ckpt";
   dcp::torch::LoadOptions options;

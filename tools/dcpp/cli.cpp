@@ -24,22 +24,25 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"inspect", "dcpp inspect [--json] CKPT_DIR",
+    {"inspect", "dcpp inspect [--json] CKPT",
      "print what a checkpoint holds (keys, dtypes, shapes, chunks, files), read from .metadata "
-     "without running any pickle code, after checking it against the data files",
+     "without running any pickle code (or built from safetensors headers), after checking it against "
+     "the data files. CKPT, here and below: a DCP directory (.metadata), a Hugging Face model "
+     "directory (model.safetensors.index.json or *.safetensors files), torch's per-rank safetensors "
+     "files (there or in sharded/), or one .safetensors file",
      run_inspect, 1},
-    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] [--no-read-once] CKPT_DIR",
+    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] [--no-read-once] CKPT",
      "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
      "object, and print bytes, seconds and GB/s. As a rank of a launcher (torchrun; WORLD_SIZE > 1): "
      "each rank loads its rows (torch.chunk along dim 0) of every tensor over a Gloo process group "
      "and prints its own and (rank 0) every rank's bytes and GB/s",
      nullptr, 1},
-    {"verify", "dcpp verify [--all] [--threads N] [--keys REGEX] CKPT_DIR",
+    {"verify", "dcpp verify [--all] [--threads N] [--keys REGEX] CKPT",
      "read every record, check every bound, dtype, size and CRC-32; exit 1 on the first problem "
      "(--all: report every problem)",
      run_verify, 1},
     {"convert",
-     "dcpp convert [--threads N] [--keys REGEX] [--overwrite] [--quiet] CKPT_DIR OUT.pt|OUT.pth|OUT.safetensors; "
+     "dcpp convert [--threads N] [--keys REGEX] [--overwrite] [--quiet] CKPT OUT.pt|OUT.pth|OUT.safetensors; "
      "dcpp convert [--ranks N] [--format torch2|torch1.13] [--overwrite] [--max-output-bytes SIZE] [--quiet] "
      "IN.pt|IN.pth|IN.safetensors OUT_DIR",
      "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
@@ -54,8 +57,8 @@ constexpr Command kCommands[] = {
      "every entry and rank's part an item of its own",
      run_convert, 2},
     {"reshard",
-     "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC_DIR DST_DIR",
-     "write the checkpoint SRC_DIR as one saved by this many ranks: each rank loads its rows "
+     "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC DST_DIR",
+     "write the checkpoint SRC as one saved by this many ranks: each rank loads its rows "
      "(torch.chunk along dim 0) of every tensor and the ranks save them together into DST_DIR "
      "(crash-safely). Run as the ranks of a launcher (torchrun, WORLD_SIZE > 1; needs libtorch for "
      "the process group), or alone as one rank",

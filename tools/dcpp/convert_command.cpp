@@ -1,4 +1,5 @@
-// `dcpp convert`: a checkpoint as one torch.save (.pt/.pth) or safetensors file, and back: a
+// `dcpp convert`: a checkpoint (a DCP directory, or safetensors: a model directory, torch's
+// per-rank files, one file) as one torch.save (.pt/.pth) or safetensors file, and back: a
 // torch.save or safetensors file as a checkpoint of N ranks. The input picks the direction.
 #include <cctype>
 #include <charconv>
@@ -134,8 +135,11 @@ dcp::metadata::Flavor parse_flavor(const Args& args) {
 }
 
 int run_convert(const Args& args) {
-  // A regular file (not a checkpoint directory) named *.pt, *.pth or *.safetensors is an input.
-  if (const auto in_format = file_format(args.positional[0]); in_format && !std::filesystem::is_directory(args.positional[0]))
+  // A regular file (not a checkpoint directory) named *.pt, *.pth or *.safetensors is an input,
+  // except a .safetensors file going to a file: that one is a checkpoint (a one-file model).
+  const auto in_format = file_format(args.positional[0]);
+  const bool safetensors_to_file = in_format == Format::safetensors && file_format(args.positional[1]).has_value();
+  if (in_format && !safetensors_to_file && !std::filesystem::is_directory(args.positional[0]))
     return run_import(args, *in_format);
   for (auto flag : kImportOnly)
     if (args.has(flag))

@@ -155,7 +155,8 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
   const int world = pg.size();
   Collectives ranks(&pg);
   const auto start = std::chrono::steady_clock::now();
-  dcp::storage::FileSystemReader reader(args.positional[0], options.read);
+  const auto reader_ptr = dcp::storage::open_reader(args.positional[0], options.read);
+  auto& reader = *reader_ptr;
   const auto md = dcp::checkpoint::read_metadata(reader, &pg, 0);
 
   // Batches of whole tensors, bounded by their global size over the ranks: the same on every
@@ -220,7 +221,8 @@ int run_reshard(const Args& args, ProcessGroup* group) {
 
   // Each rank loads its share of every tensor; rank 0 also loads the objects. torch 1.13 keeps
   // only top-level keys: a tensor nested under one goes whole into that key's object, on rank 0.
-  dcp::storage::FileSystemReader reader(args.positional[0], options.read);
+  const auto reader_ptr = dcp::storage::open_reader(args.positional[0], options.read);
+  auto& reader = *reader_ptr;
   const auto md = dcp::checkpoint::read_metadata(reader, group, 0);
   const auto path_of = [&](const dcp::metadata::ItemMetadata& item) {
     const auto* found = md->find_path(item.fqn);

@@ -112,8 +112,10 @@ int run_inspect(const Args& args) {
   }
   const std::string optimizer =
       owners.empty() ? "" : ", " + std::to_string(owners.size()) + " optimizer states under their parameters";
-  std::printf("\n%s checkpoint: %zu keys, %s, %zu data files%s%s%s\n",
-              std::string(md::flavor_name(metadata.flavor)).c_str(), metadata.items.size(),
+  // What was read: a DCP checkpoint of a torch version, or which safetensors layout.
+  const std::string kind = metadata.source == md::Source::dcp ? std::string(md::flavor_name(metadata.flavor))
+                                                              : std::string(md::source_name(metadata.source));
+  std::printf("\n%s checkpoint: %zu keys, %s, %zu data files%s%s%s\n", kind.c_str(), metadata.items.size(),
               human_bytes(total).c_str(), all_files.size(), optimizer.c_str(),
               metadata.version ? (", version " + dcp::escape_text(*metadata.version)).c_str() : "",
               metadata.planner_data ? ", flattened (planner_data)" : "");
