@@ -1,4 +1,4 @@
-// dcpp convert on hostile BYTE_IO objects (issue 7 §4): a DAG of shared lists and cycles keep
+// dcpp convert on hostile BYTE_IO objects: a DAG of shared lists and cycles keep
 // their sharing in torch.save output (checked with real torch.load), the safetensors side
 // stops at its JSON budget naming file, key and offset, and a record that claims more bytes
 // than the archive holds is refused before anything is allocated for it.

@@ -157,7 +157,7 @@ BOOST_AUTO_TEST_CASE(async_save_beside_the_callers_collectives_on_3_ranks) {
   }
 }
 
-// NCCL needs a GPU per rank and refuses two ranks on one; the GPU machines lent to this project
+// NCCL needs a GPU per rank and refuses two ranks on one; the GPU machines dcpp is checked on
 // have one (tools/device check), so NCCL is checked at world size 1 and many ranks over Gloo.
 boost::test_tools::assertion_result needs_nccl_and_a_gpu(boost::unit_test::test_unit_id) {
   const bool nccl = dcp::dist::has_nccl();

@@ -1,4 +1,4 @@
-// dcp.metadata's decode budget (issue 7 §4): a torch.Size of more than 64 dims and memo
+// dcp.metadata's decode budget: a torch.Size of more than 64 dims and memo
 // sharing that would multiply one chunk or storage entry are refused with resource_exhausted,
 // naming the key and the byte offset of the shared value; pickle floods stop at the pickle
 // budget. Time and peak RSS through dcpp are measured with make_hostile, not here.

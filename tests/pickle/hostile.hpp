@@ -1,4 +1,4 @@
-// Hostile inputs for the budget tests (issue 7 §4), written byte by byte here rather than with
+// Hostile inputs for the budget tests, written byte by byte here rather than with
 // dcp.pickle's Encoder, so the inputs do not depend on the code under test. Used by
 // tests/pickle/test_budgets.cpp, tests/metadata/test_metadata_budgets.cpp,
 // tests/convert/test_convert_hostile.cpp and by `make_hostile` (files for measuring dcpp).

@@ -1,4 +1,4 @@
-// dcp.pickle under hostile input (issue 7 §4): memory proportional to the input whatever the
+// dcp.pickle under hostile input: memory proportional to the input whatever the
 // memo shares, the memory budget, and an encoder that keeps sharing instead of expanding it.
 // Time and peak RSS of the same inputs through dcpp are measured with make_hostile, not here.
 #include <boost/test/unit_test.hpp>
