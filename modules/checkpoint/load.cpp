@@ -13,6 +13,7 @@ module;
 #include <vector>
 module dcp.checkpoint;
 import dcp.error;
+import dcp.bytes;
 import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
@@ -34,8 +35,6 @@ namespace {
 
 using collective::Bytes;
 using collective::Collectives;
-using collective::get_le;
-using collective::put_le;
 
 // A rank's local plan on the wire: whether its reader can share items, then the plan.
 Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
@@ -55,9 +54,9 @@ Bytes central_payload(const planning::LoadPlan& plan, std::uint64_t batch_bytes,
   Bytes out;
   out.reserve(17 + encoded.size() + shared.size() + 1);  // + the status byte
   out.push_back(std::byte{sharing ? std::uint8_t{1} : std::uint8_t{0}});
-  put_le(out, encoded.size(), 8);
+  append_le(out, encoded.size(), 8);
   out.insert(out.end(), encoded.begin(), encoded.end());
-  put_le(out, batch_bytes, 8);
+  append_le(out, batch_bytes, 8);
   out.insert(out.end(), shared.begin(), shared.end());
   return out;
 }
@@ -68,10 +67,10 @@ bool shares_items(std::span<const std::byte> central) { return !central.empty() 
 planning::LoadPlan decode_central(std::span<const std::byte> message, std::vector<planning::SharedRead>& shared,
                                   std::uint64_t& batch_bytes) {
   const auto body = message.empty() ? message : message.subspan(1);
-  const std::uint64_t length = body.size() >= 8 ? get_le(body, 8) : 0;
+  const std::uint64_t length = body.size() >= 8 ? load_le(body, 8) : 0;
   if (body.size() < 16 || length > body.size() - 16)
     throw Error(Errc::data_loss, "global plan message of " + std::to_string(message.size()) + " bytes is truncated");
-  batch_bytes = get_le(body.subspan(8 + length), 8);
+  batch_bytes = load_le(body.subspan(8 + length), 8);
   shared = planning::decode_shared_reads(body.subspan(16 + length));
   return planning::decode_plan(body.subspan(8, length));
 }

@@ -12,18 +12,9 @@ module;
 #include <vector>
 module dcp.collective;
 import dcp.error;
+import dcp.bytes;
 
 namespace dcp::collective {
-
-void put_le(Bytes& out, std::uint64_t v, int width) {
-  for (int i = 0; i < width; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
-}
-
-std::uint64_t get_le(std::span<const std::byte> in, int width) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < width; ++i) v |= std::to_integer<std::uint64_t>(in[static_cast<std::size_t>(i)]) << (8 * i);
-  return v;
-}
 
 namespace detail {
 namespace {
@@ -32,7 +23,7 @@ constexpr std::byte kOk{0}, kFailed{1};
 constexpr std::uint32_t kNoRank = 0xffffffff;
 
 void put_text(Bytes& out, std::string_view text) {
-  put_le(out, text.size(), 4);
+  append_le(out, text.size(), 4);
   for (char c : text) out.push_back(static_cast<std::byte>(c));
 }
 
@@ -49,10 +40,10 @@ Bytes ok_payload(Bytes body) {
 Bytes failure_payload(int rank, const Error& e) {
   const auto& c = e.context();
   Bytes out;
-  put_le(out, static_cast<std::uint32_t>(c.rank.value_or(rank)), 4);  // -1: kNoRank
+  append_le(out, static_cast<std::uint32_t>(c.rank.value_or(rank)), 4);  // -1: kNoRank
   out.push_back(static_cast<std::byte>(static_cast<int>(e.code())));
   out.push_back(static_cast<std::byte>(c.byte_offset ? 1 : 0));
-  put_le(out, c.byte_offset.value_or(0), 8);
+  append_le(out, c.byte_offset.value_or(0), 8);
   put_text(out, c.file);
   put_text(out, c.key);
   put_text(out, e.message());
@@ -77,7 +68,7 @@ std::optional<Error> failure_of(std::span<const std::byte> payload) {
   };
   auto integer = [&](int width) -> std::uint64_t {
     const auto part = take(static_cast<std::size_t>(width));
-    return bad ? 0 : get_le(part, width);
+    return bad ? 0 : load_le(part, width);
   };
   auto text = [&]() -> std::string {
     const auto part = take(static_cast<std::size_t>(integer(4)));

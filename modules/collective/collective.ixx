@@ -114,10 +114,6 @@ struct InProcessOptions {
 /// by one thread). For `save_ranks`, tests and simulations; the protocol is the one c10d runs.
 std::vector<std::unique_ptr<ProcessGroup>> make_in_process_group(int size, const InProcessOptions& options = {});
 
-/// Appends `v` as `width` little-endian bytes (the integer encoding of every payload).
-void put_le(Bytes& out, std::uint64_t v, int width);
-/// The `width`-byte little-endian integer at the start of `in` (which holds at least that many).
-std::uint64_t get_le(std::span<const std::byte> in, int width);
 
 }  // namespace dcp::collective
 

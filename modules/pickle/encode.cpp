@@ -12,6 +12,7 @@ module;
 #include <vector>
 module dcp.pickle;
 import dcp.error;
+import dcp.bytes;
 
 namespace dcp::pickle {
 
@@ -30,13 +31,6 @@ void Encoder::raw(const void* data, std::size_t size) {
   out_.insert(out_.end(), p, p + size);
 }
 
-namespace {
-template <class T>
-void append_le(std::vector<std::byte>& out, T value, std::size_t width) {
-  for (std::size_t i = 0; i < width; ++i)
-    out.push_back(std::byte(static_cast<std::uint8_t>(static_cast<std::uint64_t>(value) >> (8 * i))));
-}
-}  // namespace
 
 void Encoder::none() { op('N'); }
 void Encoder::boolean(bool value) { op(value ? 0x88 : 0x89); }

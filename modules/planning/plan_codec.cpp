@@ -12,6 +12,7 @@ module;
 #include <vector>
 module dcp.planning;
 import dcp.error;
+import dcp.bytes;
 import dcp.metadata;
 
 namespace dcp::planning {
@@ -28,9 +29,7 @@ class Writer {
     const auto* b = static_cast<const std::byte*>(p);
     out.insert(out.end(), b, b + n);
   }
-  void uint(std::uint64_t v, int width) {
-    for (int i = 0; i < width; ++i) out.push_back(static_cast<std::byte>(v >> (8 * i)));
-  }
+  void uint(std::uint64_t v, int width) { append_le(out, v, static_cast<std::size_t>(width)); }
   void shape(const Shape& s) {
     uint(s.size(), 4);
     for (std::int64_t d : s) uint(static_cast<std::uint64_t>(d), 8);
@@ -66,9 +65,7 @@ class Reader {
   }
   std::uint64_t uint(int width, const char* what) {
     const std::byte* p = take(static_cast<std::size_t>(width), what);
-    std::uint64_t v = 0;
-    for (int i = 0; i < width; ++i) v |= std::to_integer<std::uint64_t>(p[i]) << (8 * i);
-    return v;
+    return load_le(std::span(p, static_cast<std::size_t>(width)), static_cast<std::size_t>(width));
   }
   Shape shape() {
     const std::uint64_t rank = uint(4, "shape rank");

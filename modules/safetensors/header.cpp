@@ -12,6 +12,7 @@ module;
 #include <vector>
 module dcp.safetensors;
 import dcp.error;
+import dcp.bytes;
 import dcp.dtype;
 import dcp.json;
 import dcp.metadata;
@@ -96,10 +97,6 @@ void read_metadata_strings(json::JsonReader& in, Header& header) {
       throw Error(Errc::data_loss, "__metadata__ holds this key twice").for_key(key).at_offset(header.metadata_offset);
 }
 
-void append_le64(std::string& out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(static_cast<std::uint8_t>(v >> (8 * i))));
-}
-
 }  // namespace
 
 std::uint64_t member_offset(std::string_view text, std::uint64_t base, std::uint64_t offset) noexcept {
@@ -120,8 +117,7 @@ std::uint64_t header_length(std::span<const std::byte> prefix, std::uint64_t fil
   if (prefix.size() < kLengthBytes || file_size < kLengthBytes)
     throw Error(Errc::data_loss, "file of " + std::to_string(file_size) + " bytes has no safetensors header length")
         .at_offset(0);
-  std::uint64_t length = 0;
-  for (int i = 7; i >= 0; --i) length = (length << 8) | std::to_integer<std::uint64_t>(prefix[static_cast<std::size_t>(i)]);
+  const std::uint64_t length = load_le(prefix, kLengthBytes);
   if (length > kMaxHeaderBytes || length > file_size - kLengthBytes)
     throw Error(Errc::data_loss, "header length " + std::to_string(length) + " exceeds " +
                                      (length > kMaxHeaderBytes ? "the 100 MB limit" : "the file"))
@@ -211,7 +207,7 @@ std::string encode_header(std::span<const Entry> entries, std::span<const std::p
                                               std::to_string(kMaxHeaderBytes) + " bytes");
   std::string out;
   out.reserve(kLengthBytes + json.size());
-  append_le64(out, json.size());
+  append_le(out, json.size(), 8);
   out += json;
   return out;
 }

@@ -18,6 +18,7 @@ module;
 #include <vector>
 module dcp.storage;
 import dcp.error;
+import dcp.bytes;
 import dcp.metadata;
 import dcp.safetensors;
 
@@ -78,9 +79,7 @@ Error in_other_file(const Error& e, const fs::path& file) {
 // then each file's name, size and header text. Integers little-endian.
 class BundleWriter {
  public:
-  void u64(std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<std::byte>(v >> (8 * i)));
-  }
+  void u64(std::uint64_t v) { append_le(out_, v, 8); }
   void text(std::string_view s) {
     u64(s.size());
     const auto* p = reinterpret_cast<const std::byte*>(s.data());
@@ -97,8 +96,7 @@ class BundleReader {
   explicit BundleReader(std::span<const std::byte> bytes) : bytes_(bytes) {}
   std::uint64_t u64() {
     need(8);
-    std::uint64_t v = 0;
-    for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<std::uint64_t>(bytes_[pos_ + static_cast<std::size_t>(i)]);
+    const std::uint64_t v = load_le(bytes_.subspan(pos_), 8);
     pos_ += 8;
     return v;
   }

@@ -14,6 +14,7 @@ module;
 #include <vector>
 module dcp.zip;
 import dcp.error;
+import dcp.bytes;
 
 namespace dcp::zip {
 namespace {
@@ -21,11 +22,7 @@ namespace {
 using Bytes = std::span<const std::byte>;
 
 // Little-endian loads; callers have checked that [at, at + width) is inside `b`.
-std::uint64_t load(Bytes b, std::size_t at, int width) {
-  std::uint64_t value = 0;
-  for (int i = width - 1; i >= 0; --i) value = (value << 8) | std::to_integer<std::uint64_t>(b[at + i]);
-  return value;
-}
+std::uint64_t load(Bytes b, std::size_t at, int width) { return load_le(b.subspan(at), static_cast<std::size_t>(width)); }
 std::uint16_t u16(Bytes b, std::size_t at) { return static_cast<std::uint16_t>(load(b, at, 2)); }
 std::uint32_t u32(Bytes b, std::size_t at) { return static_cast<std::uint32_t>(load(b, at, 4)); }
 std::uint64_t u64(Bytes b, std::size_t at) { return load(b, at, 8); }

@@ -12,15 +12,14 @@ module;
 #include <vector>
 module dcp.zip;
 import dcp.error;
+import dcp.bytes;
 
 namespace dcp::zip {
 namespace {
 
 constexpr std::uint16_t kPaddingExtraId = 0x4246;  // "FB"
 
-void put(std::vector<std::byte>& out, std::uint64_t value, int width) {
-  for (int i = 0; i < width; ++i) out.push_back(static_cast<std::byte>(value >> (8 * i)));
-}
+void put(std::vector<std::byte>& out, std::uint64_t value, int width) { append_le(out, value, static_cast<std::size_t>(width)); }
 void zeros(std::vector<std::byte>& out, std::size_t count) { out.insert(out.end(), count, std::byte{0}); }
 void put(std::vector<std::byte>& out, std::string_view text) {
   for (const char c : text) out.push_back(static_cast<std::byte>(c));
