@@ -45,17 +45,17 @@ void release_tensor(std::byte*, std::size_t, void* context) noexcept { delete st
 }  // namespace
 
 // dcp.dtype's table holds c10::ScalarType's values; a libtorch has those below its NumOptions
-// (Debian's 1.13 stops at QUInt2x4, 2.x adds float8 and uint16/32/64).
-c10::ScalarType scalar_type(DType dtype) {
-  const int code = dtype_info(dtype).c10_scalar_type;
-  if (code < 0 || code >= static_cast<int>(c10::ScalarType::NumOptions) || dtype_info(dtype).rebuild == TensorRebuild::none)
-    throw Error(Errc::unimplemented, "dtype " + std::string(dtype_name(dtype)) + " has no tensor type in this libtorch");
-  return static_cast<c10::ScalarType>(code);
-}
-
-bool has_tensor_type(DType dtype) noexcept {
+// (Debian's 1.13 stops at QUInt2x4, 2.x adds float8 and uint16/32/64). Quantized dtypes have no
+// rebuild function dcpp writes, so no tensor type here either.
+static bool has_tensor_type(DType dtype) noexcept {
   const int code = dtype_info(dtype).c10_scalar_type;
   return code >= 0 && code < static_cast<int>(c10::ScalarType::NumOptions) && dtype_info(dtype).rebuild != TensorRebuild::none;
+}
+
+c10::ScalarType scalar_type(DType dtype) {
+  if (!has_tensor_type(dtype))
+    throw Error(Errc::unimplemented, "dtype " + std::string(dtype_name(dtype)) + " has no tensor type in this libtorch");
+  return static_cast<c10::ScalarType>(dtype_info(dtype).c10_scalar_type);
 }
 
 DType dtype_of(const at::Tensor& tensor) {

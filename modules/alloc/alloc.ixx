@@ -30,8 +30,6 @@ struct AllocOptions {
 /// torch's scalar type for a checkpoint dtype; throws unimplemented for dtypes this libtorch
 /// lacks (quantized ones; Debian's 1.13 also has no uint16/32/64 or float8).
 c10::ScalarType scalar_type(DType dtype);
-/// Whether this libtorch has a tensor type for `dtype` (scalar_type would not throw).
-bool has_tensor_type(DType dtype) noexcept;
 /// The checkpoint dtype of a tensor's scalar type.
 DType dtype_of(const at::Tensor& tensor);
 

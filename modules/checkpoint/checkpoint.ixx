@@ -375,9 +375,7 @@ class Checkpointer {
 
 }  // namespace dcp::checkpoint
 
-// Not exported: shared by the implementation units (convert.cpp, safetensors.cpp,
-// temp_file.cpp, verify.cpp, load.cpp, save.cpp, read_once.cpp, import.cpp,
-// import_safetensors.cpp).
+// Not exported: shared by the implementation units.
 namespace dcp::checkpoint::detail {
 
 /// A load's step 3 with read-once: this rank's own reads of `plan`, then one broadcast per
@@ -462,7 +460,6 @@ inline constexpr std::uint64_t kStreamingBatchBytes = std::uint64_t{256} << 20;
 LoadOptions streaming_options(const LoadOptions& options);
 /// True when `options.select` picks `fqn` (everything when it is empty).
 bool is_selected(const LoadOptions& options, std::string_view fqn);
-[[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
 /// Names the object `fqn` in `e`: its key, its data file, and the error's archive offset
 /// moved to a file offset.
 void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn);

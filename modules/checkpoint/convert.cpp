@@ -31,12 +31,6 @@ LoadOptions streaming_options(const LoadOptions& options) {
   return o;
 }
 
-void fail_for_key(Errc code, std::string_view fqn, std::string message) {
-  Error e(code, std::move(message));
-  e.for_key(fqn);
-  throw e;
-}
-
 void locate_object_error(Error& e, const std::filesystem::path& dir, const metadata::Metadata& md, std::string_view fqn) {
   if (const auto* info = md.find_storage(fqn, nullptr)) {
     e.add_offset(info->offset);

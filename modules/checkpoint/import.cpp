@@ -35,7 +35,7 @@ using pickle::NodeKind;
 using Path = std::vector<metadata::PathPart>;
 
 // Deeper nesting than this is refused (as a value that contains itself would recurse forever).
-constexpr int kMaxDepth = 256;
+constexpr int kMaxDepth = static_cast<int>(pickle::kMaxDepth);
 
 // What an import keeps alive: the mapping and the decoded data.pkl.
 struct TorchSaveHolder {
@@ -114,7 +114,7 @@ class Flattener {
     auto& state = terminal_[id];
     if (state == kTerminal || state == kNonTerminal) return state == kTerminal;
     if (state == kInProgress || depth > kMaxDepth)
-      throw at_node(Error(Errc::unimplemented, "a list contains itself (or is nested more than 256 levels deep)"), doc_, id)
+      throw at_node(Error(Errc::unimplemented, "a list contains itself (or is nested more than " + std::to_string(kMaxDepth) + " levels deep)"), doc_, id)
           .for_key(planning::join_path(path));
     state = kInProgress;
     bool terminal = true;
@@ -147,7 +147,7 @@ class Flattener {
   void visit(Path& path, NodeId id, int depth) {
     charge(1, path);
     if (depth > kMaxDepth || on_path_[id])
-      throw at_node(Error(Errc::unimplemented, "the state dict contains itself (or is nested more than 256 levels deep)"),
+      throw at_node(Error(Errc::unimplemented, "the state dict contains itself (or is nested more than " + std::to_string(kMaxDepth) + " levels deep)"),
                     doc_, id)
           .for_key(planning::join_path(path));
     on_path_[id] = true;

@@ -139,7 +139,7 @@ planning::ObjectValue group_object(const planning::StateDict& state_dict, const 
         if (it != keys.end()) return it->second;
         const auto bytes = object->storages.find(std::string(key));
         if (bytes == object->storages.end())
-          detail::fail_for_key(Errc::invalid_argument, fqn, "the object's tensors view storage '" + std::string(key) +
+          fail_for_key(Errc::invalid_argument, fqn, "the object's tensors view storage '" + std::string(key) +
                                                                 "', which the object value does not carry");
         auto name = next_key();
         storages.emplace(name, bytes->second);
@@ -148,7 +148,7 @@ planning::ObjectValue group_object(const planning::StateDict& state_dict, const 
     }
     const auto& t = std::get<planning::SaveTensor>(entry->value);
     if (t.chunks.size() != 1 || t.chunks[0].memory.sizes != t.global_size || !planning::is_contiguous(t.chunks[0].memory))
-      detail::fail_for_key(Errc::invalid_argument, fqn,
+      fail_for_key(Errc::invalid_argument, fqn,
                            "a tensor inside a torch 1.13 object must be whole and contiguous on the rank that saves it");
     auto name = next_key();
     pickler.tensor(t.properties.dtype, t.global_size, name);

@@ -11,6 +11,7 @@ module;
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 module dcp.error;
 
 namespace dcp {
@@ -163,6 +164,12 @@ Error current_exception_as_error() {
   } catch (...) {
     return Error(Errc::internal, "unexpected exception");
   }
+}
+
+void fail_for_key(Errc code, std::string_view fqn, std::string message) {
+  Error e(code, std::move(message));
+  e.for_key(fqn);
+  throw e;
 }
 
 std::string format_shape(std::span<const std::int64_t> dims, std::size_t max_dims) {

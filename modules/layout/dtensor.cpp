@@ -1,5 +1,4 @@
-// Forward layouts: DTensor meshes and placements → each rank's box; the layout and
-// ChunkShardingSpec placement parsers.
+// Forward layouts: DTensor meshes and placements → each rank's box, and the layout parser.
 module;
 #include <charconv>
 #include <cstddef>
@@ -26,22 +25,6 @@ std::optional<int> parse_int(std::string_view text) {
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
   return value;
-}
-
-bool is_device_type_char(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
-}
-
-// c10's Device string grammar: type[:index], index without leading zeros.
-bool is_device(std::string_view text) {
-  const std::size_t colon = text.find(':');
-  const std::string_view type = text.substr(0, colon);
-  if (type.empty()) return false;
-  for (char c : type)
-    if (!is_device_type_char(c)) return false;
-  if (colon == std::string_view::npos) return true;
-  const std::string_view index = text.substr(colon + 1);
-  return parse_int(index) && (index.size() == 1 || index.front() != '0');
 }
 
 }  // namespace
@@ -113,29 +96,6 @@ Box local_box(const Shape& global, const Layout& layout, int rank) {
     box.sizes[d] = e.size;
   }
   return box;
-}
-
-std::vector<int> replicas(const Shape& global, const Layout& layout, int rank) {
-  const Box mine = local_box(global, layout, rank);
-  std::vector<int> out;
-  for (int r = 0; r < layout.world_size(); ++r)
-    if (r == rank || local_box(global, layout, r) == mine) out.push_back(r);
-  return out;
-}
-
-RankPlacement parse_placement(std::string_view text) {
-  const auto fail = [&]() -> RankPlacement {
-    bad("placement '" + std::string(text) + "': expected rank:<r>/<device>, e.g. rank:3/cuda:1");
-  };
-  if (!text.starts_with("rank:")) return fail();
-  const std::string_view rest = text.substr(5);
-  const std::size_t slash = rest.find('/');
-  const auto rank = parse_int(rest.substr(0, slash));
-  if (!rank) return fail();
-  if (slash == std::string_view::npos) return {*rank, "cpu"};
-  const std::string_view device = rest.substr(slash + 1);
-  if (!is_device(device)) return fail();
-  return {*rank, std::string(device)};
 }
 
 }  // namespace dcp::layout

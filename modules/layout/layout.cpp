@@ -40,6 +40,19 @@ bool meets(const Box& a, const Box& b) {
 
 Box full_box(const Shape& size) { return Box{Shape(size.size(), 0), size}; }
 
+bool is_row_major(std::span<const std::int64_t> sizes, std::span<const std::int64_t> strides) noexcept {
+  if (strides.size() != sizes.size()) return false;
+  for (std::int64_t s : sizes)
+    if (s == 0) return true;
+  std::uint64_t expected = 1;  // stays below the element count while it is checked
+  for (std::size_t d = sizes.size(); d-- > 0;) {
+    if (sizes[d] == 1) continue;
+    if (sizes[d] < 0 || strides[d] < 0 || static_cast<std::uint64_t>(strides[d]) != expected) return false;
+    if (__builtin_mul_overflow(expected, static_cast<std::uint64_t>(sizes[d]), &expected)) return false;
+  }
+  return true;
+}
+
 Shape contiguous_strides(const Shape& sizes) {
   Shape strides(sizes.size());
   std::uint64_t stride = 1;
@@ -81,14 +94,16 @@ bool is_empty(const Box& box) noexcept {
   return std::any_of(box.sizes.begin(), box.sizes.end(), [](std::int64_t s) { return s == 0; });
 }
 
-std::uint64_t volume(const Box& box) {
+std::uint64_t volume(std::span<const std::int64_t> sizes) {
   std::uint64_t n = 1;
-  for (std::int64_t s : box.sizes) {
-    if (s < 0) throw Error(Errc::invalid_argument, "negative size in box " + format_box(box));
-    n = mul_or_throw(n, static_cast<std::uint64_t>(s), "box volume");
+  for (std::int64_t s : sizes) {
+    if (s < 0) throw Error(Errc::invalid_argument, "negative size " + std::to_string(s));
+    n = mul_or_throw(n, static_cast<std::uint64_t>(s), "number of elements");
   }
   return n;
 }
+
+std::uint64_t volume(const Box& box) { return volume(std::span<const std::int64_t>(box.sizes)); }
 
 std::string format_box(const Box& box) {
   if (box.offsets.empty() && box.sizes.empty()) return "scalar";

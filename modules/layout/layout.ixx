@@ -7,7 +7,7 @@
 // `ChunkIndex` (a bounding-box tree over a tensor's saved chunks, so finding the chunks that
 // meet a destination box does not scan them all), `check_tiling` (do a tensor's chunks tile
 // it? linear for grids), and layouts both ways: forward, a DTensor-style `Layout` (mesh +
-// placements) gives each rank's box (`local_box`, `replicas`); backward, `describe_layout`
+// placements) gives each rank's box (`local_box`); backward, `describe_layout`
 // names the split that a saved chunk list is (rows, cols, grid, nested, irregular).
 //
 // Conventions. A 0-dim box (a scalar) has empty shapes and volume 1; it meets every other
@@ -198,6 +198,10 @@ Box full_box(const Shape& size);
 /// 0 or 1 multiplies by 1). The one place strides are computed. Throws out_of_range when a
 /// stride overflows int64, invalid_argument for a negative size.
 Shape contiguous_strides(const Shape& sizes);
+/// Whether memory of `strides` holds a tensor of `sizes` densely in row-major order: torch's
+/// is_contiguous (dims of size 1 may have any stride; a tensor without elements is). False for
+/// a rank mismatch or a negative stride.
+bool is_row_major(std::span<const std::int64_t> sizes, std::span<const std::int64_t> strides) noexcept;
 /// Elements from the first to the last element of a box of `lengths` (all > 0) in memory of
 /// `strides`: what one strided read of it fetches.
 std::uint64_t span_elements(const Shape& lengths, const Shape& strides);
@@ -211,8 +215,10 @@ bool is_inside(const Box& box, const Shape& size) noexcept;
 bool is_inside(std::span<const std::int64_t> offsets, std::span<const std::int64_t> sizes, const Shape& size) noexcept;
 /// No element: some size is zero (a 0-dim box is never empty).
 bool is_empty(const Box& box) noexcept;
-/// Number of elements (1 for a 0-dim box). Throws out_of_range on overflow, invalid_argument
-/// for a negative size.
+/// Number of elements of a shape (1 for 0 dims): the one place sizes are multiplied. Throws
+/// out_of_range on overflow, invalid_argument for a negative size.
+std::uint64_t volume(std::span<const std::int64_t> sizes);
+/// volume(box.sizes).
 std::uint64_t volume(const Box& box);
 
 /// "[40, 80) x [0, 7)" (a 0-dim box is "scalar"), for messages.
@@ -390,24 +396,6 @@ Layout parse_layout(std::string_view text, int world_size);
 /// Throws invalid_argument for a rank outside the world, a shard dim >= the tensor's rank (of
 /// a tensor with dims), or a negative size.
 Box local_box(const Shape& global, const Layout& layout, int rank);
-
-/// The ranks, ascending and including `rank`, whose `local_box` equals `rank`'s: Replicate
-/// mesh dims, and ranks left with the same empty shard. O(world_size · tensor rank). Errors as
-/// `local_box`.
-std::vector<int> replicas(const Shape& global, const Layout& layout, int rank);
-
-/// One ChunkShardingSpec placement (torch's `_remote_device` in its "rank:<r>/<device>" form).
-struct RankPlacement {
-  int rank = 0;
-  std::string device;  ///< "cpu", "cuda:1", ...; "cpu" when the text names none
-  friend bool operator==(const RankPlacement&, const RankPlacement&) = default;
-};
-/// Parses "rank:<r>/<device>" or "rank:<r>" as `torch.distributed._remote_device` does: <r>
-/// decimal digits that fit int; <device> a torch.device string, `type[:index]`, type letters,
-/// digits and '_', index decimal without leading zeros (c10's Device parser; the type name is
-/// not checked against torch's list). Throws invalid_argument naming the text otherwise,
-/// including the worker-name forms ("trainer0/cpu"), which name no rank.
-RankPlacement parse_placement(std::string_view text);
 
 // ---- Backward: which layout a saved chunk list is ----------------------------------------
 

@@ -36,14 +36,7 @@ std::string_view memory_format_name(MemoryFormat format) noexcept {
   }
 }
 
-std::uint64_t numel(const Shape& shape) {
-  std::uint64_t n = 1;
-  for (std::int64_t d : shape) {
-    if (d < 0) throw Error(Errc::data_loss, "negative dimension " + std::to_string(d));
-    n = mul_or_throw(n, static_cast<std::uint64_t>(d), "number of elements");
-  }
-  return n;
-}
+std::uint64_t numel(const Shape& shape) { return layout::volume(shape); }
 
 std::uint64_t byte_size(const Shape& shape, DType dtype) {
   return mul_or_throw(numel(shape), dtype_itemsize(dtype), "tensor byte size");

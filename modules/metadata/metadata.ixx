@@ -39,8 +39,10 @@ export namespace dcp::metadata {
 /// Sizes or offsets, one entry per dimension (torch.Size).
 using Shape = layout::Shape;
 
-/// Tensors may have at most this many dims here. torch has no hard limit, but real models use
-/// fewer than 10; the cap keeps hostile shapes (thousands of dims, shared by the memo) cheap.
+/// Tensors may have at most this many dims here. torch has no hard rank limit, but its
+/// reductions, permute and flip take dims as a 64-bit set, CUDA kernels stop at 25 dims and
+/// NumPy at 64: a real model never comes close. The cap bounds what one memo reference to a
+/// hostile torch.Size (thousands of dims, shared) can cost.
 inline constexpr std::size_t kMaxRank = 64;
 
 /// Which PyTorch wrote the file, from the module path of its classes.
@@ -267,8 +269,8 @@ using FileSizeFn = std::function<std::optional<std::uint64_t>(std::string_view r
 /// is never larger than the data on disk.
 void check_storage_bounds(const ValidatedMetadata& metadata, const FileSizeFn& file_size);
 
-/// Number of elements of a shape (checked; throws out_of_range on overflow, data_loss for a
-/// negative size).
+/// Number of elements of a shape: layout::volume (throws out_of_range on overflow,
+/// invalid_argument for a negative size; validated metadata has neither).
 std::uint64_t numel(const Shape& shape);
 /// Bytes of a dense tensor of `shape` and `dtype` (checked like numel). The one place where
 /// an element count becomes a byte count.

@@ -93,7 +93,7 @@ std::string to_json(const Metadata& md, int indent) {
     w.key("requires_grad").value(t.properties.requires_grad);
     w.key("memory_format").value(memory_format_name(t.properties.memory_format));
     w.key("pin_memory").value(t.properties.pin_memory);
-    w.key("nbytes").value(numel(t.size) * dtype_itemsize(t.properties.dtype));
+    w.key("nbytes").value(byte_size(t.size, t.properties.dtype));
     write_layout(w, t);
     w.key("chunks").begin_array();
     for (const auto& c : t.chunks) {

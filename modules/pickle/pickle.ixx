@@ -29,6 +29,11 @@ import dcp.error;
 
 export namespace dcp::pickle {
 
+/// How deep values may nest wherever dcpp walks a pickle (decoding, encoding, unflattening a
+/// state dict): far past any real state dict, and short enough that recursion over it cannot
+/// exhaust a thread's stack.
+inline constexpr std::size_t kMaxDepth = 256;
+
 /// Index of a node in its Document.
 using NodeId = std::uint32_t;
 inline constexpr NodeId kNoNode = 0xFFFFFFFFu;
@@ -39,7 +44,8 @@ enum class NodeKind : std::uint8_t {
   integer,      ///< `integer()` (fits int64)
   big_integer,  ///< `text()` holds the little-endian two's complement bytes (LONG1/LONG4)
   floating,     ///< `floating()`
-  string,       ///< `text()` holds the UTF-8 bytes as stored (surrogates not checked)
+  string,       ///< `text()` holds the bytes as stored: UTF-8 for the *UNICODE opcodes (checked as
+                ///< Python decodes them, surrogates passing), unchecked for BINSTRING
   bytes,        ///< `text()` holds the raw bytes
   tuple,        ///< `items()`
   list,         ///< `items()`
@@ -190,7 +196,7 @@ class AllowList {
 
 /// Bounds on what a decode may build.
 struct Limits {
-  std::size_t max_depth = 256;          ///< nesting of MARKs and containers on the stack
+  std::size_t max_depth = kMaxDepth;    ///< nesting of MARKs and containers on the stack
   /// Values and memo entries: each costs at least one byte of input, so the input's size
   /// bounds them first (a `.metadata` of 6.5M chunks, 8,192 ranks' worth, holds over 2^26 of
   /// each); these defaults keep NodeId in range.
@@ -268,7 +274,7 @@ class Encoder {
   /// source, of the value where writing stopped. `persistent_id`, when given, writes each
   /// persistent id's value (it must push exactly one) instead of the decoded one: torch.save's
   /// storage keys are numbered per archive, so a value moved into another archive needs new ones.
-  void value(const Document& doc, NodeId id, std::size_t max_depth = 256,
+  void value(const Document& doc, NodeId id, std::size_t max_depth = kMaxDepth,
              const std::function<void(const Document& doc, NodeId pid)>& persistent_id = {});
   /// Bytes written so far.
   std::size_t size() const { return out_.size(); }

@@ -48,17 +48,7 @@ TensorSlice narrow(const TensorSlice& slice, const Shape& offsets, const Shape& 
   return out;
 }
 
-bool is_contiguous(const TensorSlice& slice) {
-  if (slice.strides.size() != slice.sizes.size()) return false;
-  if (numel(slice) == 0) return true;
-  std::uint64_t expected = 1;  // stays below numel, which fits
-  for (std::size_t d = slice.sizes.size(); d-- > 0;) {
-    if (slice.sizes[d] == 1) continue;
-    if (slice.strides[d] < 0 || static_cast<std::uint64_t>(slice.strides[d]) != expected) return false;
-    expected *= static_cast<std::uint64_t>(slice.sizes[d]);
-  }
-  return true;
-}
+bool is_contiguous(const TensorSlice& slice) { return layout::is_row_major(slice.sizes, slice.strides); }
 
 std::uint64_t numel(const TensorSlice& slice) { return metadata::numel(slice.sizes); }
 

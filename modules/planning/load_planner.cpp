@@ -16,12 +16,6 @@ import dcp.layout;
 
 namespace dcp::planning {
 
-void fail_for_key(Errc code, std::string_view fqn, std::string message) {
-  Error e(code, std::move(message));
-  e.for_key(fqn);
-  throw e;
-}
-
 namespace {
 
 layout::Box box_of(const LocalChunk& chunk) { return layout::Box{chunk.offsets, chunk.sizes}; }

@@ -455,7 +455,3 @@ NestedNode unflatten(const StateDict& state_dict);
 
 }  // namespace dcp::planning
 
-namespace dcp::planning {
-// Not exported: shared by the implementation units.
-[[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
-}  // namespace dcp::planning

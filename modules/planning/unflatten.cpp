@@ -18,7 +18,7 @@ namespace {
 using Kind = NestedNode::Kind;
 using metadata::PathPart;
 
-constexpr std::size_t max_depth = 256;
+constexpr std::size_t max_depth = pickle::kMaxDepth;
 // planner_data is untrusted: a path may ask for a list index far past anything saved.
 constexpr std::uint64_t max_list_slots = std::uint64_t{1} << 20;
 constexpr std::size_t hole = std::numeric_limits<std::size_t>::max();

@@ -9,6 +9,7 @@ module;
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 module dcp.record;
 import dcp.error;
@@ -157,16 +158,12 @@ class JsonRenderer {
 
 const pickle::AllowList& object_allow_list() {
   static const pickle::AllowList list = [] {
-    pickle::AllowList l{{"collections", "OrderedDict"}, {"builtins", "set"}, {"builtins", "frozenset"},
-                        {"builtins", "bytes"}, {"builtins", "bytearray"}, {"builtins", "complex"},
-                        {"builtins", "slice"}, {"_codecs", "encode"}, {"torch", "Size"},
-                        {"torch", "device"}, {"torch._utils", "_rebuild_tensor_v2"},
-                        {"torch._utils", "_rebuild_tensor_v3"}, {"torch._utils", "_rebuild_parameter"},
-                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"}};
-    for (const auto& info : dtype_table()) {
-      l.add("torch", info.name);
-      if (!info.storage_class.empty()) l.add("torch", info.storage_class);
-    }
+    pickle::AllowList l = tensor_allow_list();
+    for (const auto& [module, name] :
+         {std::pair{"builtins", "set"}, {"builtins", "frozenset"}, {"builtins", "bytes"}, {"builtins", "bytearray"},
+          {"builtins", "complex"}, {"builtins", "slice"}, {"_codecs", "encode"}, {"torch", "Size"}, {"torch", "device"},
+          {"torch._utils", "_rebuild_parameter"}})
+      l.add(module, name);
     return l;
   }();
   return list;

@@ -227,6 +227,10 @@ std::vector<std::byte> object_archive(const pickle::Document& doc, pickle::NodeI
 namespace dcp::record {
 // Not exported: shared by the implementation units.
 
+/// Globals a tensor record's data.pkl may name: the tensor rebuilds, storages (untyped and
+/// each dtype's legacy class), dtypes, OrderedDict. object_allow_list() is this and more.
+const pickle::AllowList& tensor_allow_list();
+
 /// Calls `tensor` for each tensor that the value at node `id` holds (each node visited once, at
 /// most `max_nodes`; a storage outside a tensor is unimplemented), after checking it: a dtype
 /// dcpp reads, at most kMaxRank dims, its view inside its storage, and every view of one

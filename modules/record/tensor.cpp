@@ -49,20 +49,6 @@ metadata::Shape int_tuple(const Document& doc, NodeId id, const char* what) {
   return out;
 }
 
-const pickle::AllowList& tensor_allow_list() {
-  static const pickle::AllowList list = [] {
-    pickle::AllowList l{{"torch._utils", "_rebuild_tensor_v2"}, {"torch._utils", "_rebuild_tensor_v3"},
-                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"},
-                        {"collections", "OrderedDict"}};
-    for (const auto& info : dtype_table()) {
-      l.add("torch", info.name);
-      if (!info.storage_class.empty()) l.add("torch", info.storage_class);
-    }
-    return l;
-  }();
-  return list;
-}
-
 // Serves reads of one archive from a cached head and tail where it can.
 class ArchiveReader {
  public:
@@ -118,6 +104,20 @@ TensorRecord parse_tensor_pickle(std::span<const std::byte> data_pkl) {
 }
 
 }  // namespace
+
+const pickle::AllowList& tensor_allow_list() {
+  static const pickle::AllowList list = [] {
+    pickle::AllowList l{{"torch._utils", "_rebuild_tensor_v2"}, {"torch._utils", "_rebuild_tensor_v3"},
+                        {"torch", "UntypedStorage"}, {"torch.storage", "UntypedStorage"},
+                        {"collections", "OrderedDict"}};
+    for (const auto& info : dtype_table()) {
+      l.add("torch", info.name);
+      if (!info.storage_class.empty()) l.add("torch", info.storage_class);
+    }
+    return l;
+  }();
+  return list;
+}
 
 bool is_tensor_rebuild(const Document& doc, NodeId id) {
   const auto node = doc.at(id);

@@ -28,6 +28,8 @@ namespace {
 constexpr std::uint64_t kPieceBytes = std::uint64_t{16} << 20;
 }  // namespace
 
+int default_threads() noexcept { return static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u)); }
+
 void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
                  const std::function<void(std::size_t, Error)>& fail) {
   // asio::thread_pool(n) whose k-th thread cannot start (no memory left for its stack) joins
@@ -80,8 +82,7 @@ void copy_slices(std::span<const SliceCopy> copies, int threads) {
       work.push_back([&c] { copy_box(c.to.data, c.to.strides, c.to.dtype, c.from.data, c.from.strides, c.from.dtype, c.from.sizes); });
     }
   }
-  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const auto pool_size = std::min<std::size_t>(work.size(), static_cast<std::size_t>(threads > 0 ? threads : std::min(hardware, 8)));
+  const auto pool_size = std::min<std::size_t>(work.size(), static_cast<std::size_t>(threads > 0 ? threads : default_threads()));
   if (pool_size <= 1) {
     for (auto& w : work) w();
     return;

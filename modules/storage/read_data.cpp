@@ -101,13 +101,6 @@ void run_all(int threads, std::vector<Task>& tasks, Failures& failures) {
               [&](std::size_t i, Error e) { failures.record(*tasks[i].group, std::move(e)); });
 }
 
-bool is_row_major(const record::TensorRecord& r) {
-  const auto want = layout::contiguous_strides(r.sizes);
-  for (std::size_t d = 0; d < r.sizes.size(); ++d)
-    if (r.sizes[d] > 1 && r.strides[d] != want[d]) return false;
-  return true;
-}
-
 // True when the box [offsets, offsets+lengths) of a row-major array of `sizes` is one run.
 bool is_single_run(const Shape& sizes, const Shape& offsets, const Shape& lengths) {
   std::size_t d = 0;
@@ -212,8 +205,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
                                        const SharedItems& shared) {
   if (!metadata_) throw Error(Errc::failed_precondition, "read_data before set_up_storage_reader");
   const metadata::Metadata& md = **metadata_;
-  const int threads = options_.threads > 0 ? options_.threads
-                                           : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 8u));
+  const int threads = options_.threads > 0 ? options_.threads : default_threads();
   FileTable files(dir_, open_file_budget(options_.max_open_files));
   Failures failures(files);
   Source source(files);
@@ -332,7 +324,7 @@ ReadReport FileSystemReader::read_data(const planning::LoadPlan& plan, planning:
         first += static_cast<std::uint64_t>(item.storage_offsets[d] * r.strides[d]);
       const std::uint64_t count = planning::numel(dst);
       report.bytes_read += count * itemsize;
-      if (dst.dtype == r.dtype && is_row_major(r) && is_single_run(r.sizes, item.storage_offsets, item.lengths) &&
+      if (dst.dtype == r.dtype && layout::is_row_major(r.sizes, r.strides) && is_single_run(r.sizes, item.storage_offsets, item.lengths) &&
           planning::is_contiguous(dst)) {
         const std::uint64_t bytes = count * itemsize;
         for (std::uint64_t done = 0; done < bytes; done += kPieceBytes)

@@ -28,8 +28,8 @@
 // `SafetensorsReader` reads Hugging Face's safetensors model directories and torch's per-rank
 // safetensors files through the same read path (their items are raw byte ranges), and
 // `open_reader` picks the reader a path needs.
-// Imports: dcp.error, dcp.dtype, dcp.layout, dcp.metadata, dcp.planning, dcp.record, dcp.safetensors,
-// dcp.zip.
+// Imports: dcp.error, dcp.bytes, dcp.dtype, dcp.layout, dcp.metadata, dcp.planning, dcp.record,
+// dcp.safetensors, dcp.zip.
 module;
 #include <cstddef>
 #include <cstdint>
@@ -459,6 +459,9 @@ namespace dcp::storage {
 /// this thread once the pool has joined (what `fail` throws reaches the caller).
 void run_on_pool(int threads, std::size_t count, const std::function<void(std::size_t)>& task,
                  const std::function<void(std::size_t, Error)>& fail);
+/// Worker threads when the caller asks for 0: min(hardware threads, 8). More threads than that
+/// add no bandwidth on the disks checkpoints live on and cost memory for their buffers.
+int default_threads() noexcept;
 Error os_error(const std::filesystem::path& path, std::string_view what, int err);
 /// Whether `prefix` is a data file prefix FileSystemWriter hands out (`__{rank}_[g{G}_]`).
 bool is_data_file_prefix(std::string_view prefix) noexcept;

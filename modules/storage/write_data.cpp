@@ -107,8 +107,7 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
     throw Error(Errc::invalid_argument, "save plan without the filesystem writer's storage data").in_file(dir_.string());
   open_directory();
 
-  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int files = options_.files_per_rank > 0 ? options_.files_per_rank : std::min(hardware, 8);
+  const int files = options_.files_per_rank > 0 ? options_.files_per_rank : default_threads();
   std::vector<FileJob> jobs;
   auto add_job = [&](std::vector<const planning::WriteItem*> items) {
     jobs.push_back(FileJob{prefix + std::to_string(jobs.size()) + ".distcp", std::move(items), {}, std::nullopt});

@@ -18,9 +18,6 @@ inline std::ostream& operator<<(std::ostream& os, const Extent& e) {
   return os << "[" << e.start << ", " << e.start + e.size << ")";
 }
 inline std::ostream& operator<<(std::ostream& os, const LayoutDescription& d) { return os << format_layout(d); }
-inline std::ostream& operator<<(std::ostream& os, const RankPlacement& p) {
-  return os << "rank:" << p.rank << "/" << p.device;
-}
 }  // namespace dcp::layout
 
 namespace dcp_layout_test {

@@ -69,7 +69,7 @@ int run_inspect(const Args& args) {
       const auto& t = item.tensor();
       for (const auto& c : t.chunks)
         if (auto* s = metadata.find_storage(item.fqn, &c.offsets)) files.insert(s->relative_path);
-      bytes = md::numel(t.size) * dcp::dtype_itemsize(t.properties.dtype);
+      bytes = md::byte_size(t.size, t.properties.dtype);
       rows.push_back({key, "tensor", std::string(dcp::dtype_name(t.properties.dtype)), shape_text(t.size),
                       std::to_string(t.chunks.size()), dcp::layout::format_layout(md::describe_layout(t)),
                       human_bytes(bytes), ""});
