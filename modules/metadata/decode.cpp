@@ -28,11 +28,6 @@ constexpr std::string_view kShardedTensorModule = "torch.distributed._shard.shar
 // to 20–24.
 constexpr std::size_t kPickleMemoryPerByte = 16;
 
-// Tensors have at most this many dims here. Torch has no hard rank limit, but its reductions,
-// permute and flip take dims as a 64-bit set, CUDA kernels stop at 25 dims and NumPy at 64
-// (32 before 2.0): a checkpoint of a real model never comes close. The cap is what bounds the
-// cost of one memo reference to a torch.Size.
-constexpr std::size_t kMaxRank = 64;
 
 // The decoded Metadata may take kBudgetPerByte bytes per byte of `.metadata` plus
 // kBudgetFloor. Memo sharing is normal (a MetadataIndex.offset is the chunk's offsets object,
@@ -128,6 +123,14 @@ class MetadataDecoder {
     if (n.kind() != NodeKind::object || doc_.at(n.callee()).name() != class_name)
       throw bad(doc_, id, "expected a " + std::string(class_name) + ", found " + doc_.describe(id));
     if (module_out) *module_out = doc_.at(n.callee()).text();
+    // Attribute names are strings: a key of another kind is corruption (Python itself fails
+    // on the unhashable ones, and would drop the attribute the key replaced).
+    if (n.state() != pickle::kNoNode && doc_.at(n.state()).kind() == NodeKind::dict) {
+      const auto items = doc_.at(n.state()).items();
+      for (std::size_t i = 0; i < items.size(); i += 2)
+        if (doc_.at(items[i]).kind() != NodeKind::string)
+          throw bad(doc_, items[i], std::string(class_name) + " attribute name is " + doc_.describe(items[i]) + ", not a str");
+    }
     return n.state();
   }
 

@@ -13,6 +13,7 @@ module;
 #include <vector>
 module dcp.pickle;
 import dcp.error;
+import dcp.bytes;
 
 namespace dcp::pickle {
 namespace {
@@ -102,10 +103,7 @@ class Decoder {
   }
 
   std::uint64_t read_le(std::size_t width, const char* what) {
-    auto b = take(width, what);
-    std::uint64_t v = 0;
-    for (std::size_t i = 0; i < width; ++i) v |= std::uint64_t(std::uint8_t(b[i])) << (8 * i);
-    return v;
+    return load_le(take(width, what), width);
   }
 
   static std::string_view as_text(std::span<const std::byte> b) {
@@ -264,8 +262,7 @@ class Decoder {
   void push_long(std::uint64_t length) {
     auto b = take(length, "LONG");
     if (length <= 8) {
-      std::uint64_t v = 0;
-      for (std::size_t i = 0; i < length; ++i) v |= std::uint64_t(std::uint8_t(b[i])) << (8 * i);
+      std::uint64_t v = load_le(b, length);
       if (length > 0 && length < 8 && (std::uint8_t(b[length - 1]) & 0x80))
         v |= ~std::uint64_t(0) << (8 * length);  // sign-extend
       push_int(static_cast<std::int64_t>(v));
@@ -275,10 +272,26 @@ class Decoder {
     push(doc_.add_text(NodeKind::big_integer, here(), as_text(b)));
   }
 
-  void push_text(NodeKind kind, std::uint64_t length, const char* what) {
+  // `utf8`: the text of a *UNICODE opcode, which Python decodes as UTF-8 with surrogatepass
+  // (a file torch cannot unpickle is refused here rather than read differently).
+  void push_text(NodeKind kind, std::uint64_t length, const char* what, bool utf8 = false) {
     const auto text = as_text(take(length, what));
+    if (utf8) check_utf8(text);
     count_node();
     push(doc_.add_text(kind, here(), text));
+  }
+
+  void check_utf8(std::string_view text) {
+    for (std::size_t i = 0; i < text.size();) {
+      if (static_cast<unsigned char>(text[i]) < 0x80) {
+        ++i;
+        continue;
+      }
+      char32_t code;
+      const std::size_t n = decode_utf8(text, i, code);
+      if (n == 0) throw fail(Errc::data_loss, "string is not UTF-8 (at byte " + std::to_string(i) + " of it)");
+      i += n;
+    }
   }
 
   void step(std::uint8_t op) {
@@ -337,9 +350,9 @@ class Decoder {
         push(doc_.add_floating(here(), value));
         return;
       }
-      case kShortBinUnicode: push_text(NodeKind::string, read_le(1, "SHORT_BINUNICODE"), "string"); return;
-      case kBinUnicode: push_text(NodeKind::string, read_le(4, "BINUNICODE"), "string"); return;
-      case kBinUnicode8: push_text(NodeKind::string, read_le(8, "BINUNICODE8"), "string"); return;
+      case kShortBinUnicode: push_text(NodeKind::string, read_le(1, "SHORT_BINUNICODE"), "string", true); return;
+      case kBinUnicode: push_text(NodeKind::string, read_le(4, "BINUNICODE"), "string", true); return;
+      case kBinUnicode8: push_text(NodeKind::string, read_le(8, "BINUNICODE8"), "string", true); return;
       case kShortBinString: push_text(NodeKind::string, read_le(1, "SHORT_BINSTRING"), "string"); return;
       case kBinString: {
         const auto length = static_cast<std::int32_t>(static_cast<std::uint32_t>(read_le(4, "BINSTRING")));

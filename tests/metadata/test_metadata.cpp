@@ -255,51 +255,42 @@ BOOST_AUTO_TEST_CASE(every_truncation_of_a_torch213_file_is_a_clean_error,
   check_every_truncation(checkpoint_case("x2_fsdp_4ranks") / "ckpt/.metadata");
 }
 
-// Thousands of bit-flipped copies of a real file never crash, and what loaders call,
-// decode_validated, accepts and refuses what validate(decode_metadata(...)) does, with the
-// same error, and finds the same storage entries.
+// Thousands of bit-flipped copies of a real file never crash: each is refused with an Error or
+// accepted, and every accepted copy whose bits changed means to dcpp what it means to torch
+// (torch 1.13's own unpickling of the same bytes, tests/python/metadata_json.py).
 BOOST_AUTO_TEST_CASE(bit_flips_never_crash) {
   const auto bytes = dcp_test::read_bytes(checkpoint_case("sharded_4ranks") / "ckpt/.metadata");
-  auto outcome = [](auto&& read) -> std::variant<md::ValidatedMetadata, std::string> {
-    try {
-      return read();
-    } catch (const dcp::Error& e) {
-      return std::to_string(static_cast<int>(e.code())) + " at " +
-             std::to_string(e.context().byte_offset.value_or(~std::uint64_t{0})) + ": " + e.what();
-    }
-  };
+  dcp_test::TempDir tmp;
   std::mt19937 rng(1234);
-  int rejected = 0, accepted = 0;
-  for (int trial = -1; trial < 3000; ++trial) {  // trial -1: the file as torch wrote it
+  int rejected = 0;
+  std::vector<std::filesystem::path> accepted;
+  std::vector<json::value> ours;
+  std::set<std::vector<std::byte>> seen{bytes};
+  for (int trial = 0; trial < 3000; ++trial) {
     auto copy = bytes;
-    if (trial >= 0) {
-      const auto pos = rng() % copy.size();
-      copy[pos] ^= std::byte(1u << (rng() % 8));
-    }
-    const auto one = outcome([&] { return md::decode_validated(copy); });
-    const auto two = outcome([&] { return md::validate(md::decode_metadata(copy)); });
-    BOOST_TEST_REQUIRE(one.index() == two.index(), "trial " << trial);
-    if (const auto* message = std::get_if<std::string>(&one)) {
-      BOOST_TEST(*message == std::get<std::string>(two), "trial " << trial);
+    const auto pos = rng() % copy.size();
+    copy[pos] ^= std::byte(1u << (rng() % 8));
+    try {
+      const auto m = md::decode_validated(copy);
+      // Flips of the pickle's framing (a FRAME length, a memo index) can leave the value as it
+      // was; copies that decode the same as one already compared need no second look.
+      if (accepted.size() >= 400 || !seen.insert(copy).second) continue;
+      const auto dir = tmp.path() / std::to_string(trial);
+      std::filesystem::create_directories(dir);
+      dcp_test::write_bytes(dir / ".metadata", copy);
+      accepted.push_back(dir);
+      ours.push_back(json::parse(md::to_json(*m)));
+    } catch (const dcp::Error& e) {
       ++rejected;
-      continue;
-    }
-    ++accepted;
-    const auto& a = *std::get<md::ValidatedMetadata>(one);
-    const auto& b = *std::get<md::ValidatedMetadata>(two);
-    BOOST_TEST(md::to_json(a) == md::to_json(b), "trial " << trial);
-    for (const auto& item : a.items) {
-      if (!item.is_tensor()) {
-        BOOST_TEST(a.find_storage(item.fqn, nullptr)->offset == b.find_storage(item.fqn, nullptr)->offset);
-        continue;
-      }
-      for (const auto& chunk : item.tensor().chunks)
-        BOOST_TEST(a.find_storage(item.fqn, &chunk.offsets)->offset == b.find_storage(item.fqn, &chunk.offsets)->offset,
-                   "trial " << trial << ": " << item.fqn);
     }
   }
   BOOST_TEST(rejected > 0);
-  BOOST_TEST(accepted > 0);
+  BOOST_TEST_REQUIRE(!accepted.empty());
+  const auto torch = dcp_test::torch_metadata_json(dcp_test::python(), accepted);
+  BOOST_TEST_REQUIRE(torch.size() == accepted.size());
+  for (std::size_t i = 0; i < accepted.size(); ++i)
+    BOOST_TEST((ours[i] == torch[i]), accepted[i] << ":\n dcpp:  " << ours[i] << "\n torch: " << torch[i]);
+  BOOST_TEST_MESSAGE(rejected << " flipped copies refused, " << accepted.size() << " accepted and compared with torch");
 }
 
 BOOST_AUTO_TEST_CASE(malicious_metadata_is_refused_and_not_executed) {

@@ -2,6 +2,8 @@
 // saved data), strict-mode rejections, slices, plan bytes and unflattening.
 #define BOOST_TEST_MODULE dcp.planning
 #include <boost/test/unit_test.hpp>
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -89,6 +91,52 @@ LoadPlan plan_for(const Metadata& metadata, Destination& dest, planning::LoadPla
   DefaultLoadPlanner planner(options);
   planner.set_up_planner(dest, md::validate(metadata), true);
   return planner.create_local_plan();
+}
+
+// The reads a plan must hold when the saved chunks are a regular grid of `tile`-sized boxes
+// from the origin: for each local box, every tile it meets, found by division (independently
+// of the planner's chunk index). Each read as {local chunk offsets, dest_offsets, saved chunk
+// offsets, storage_offsets, lengths}, sorted.
+using Read = std::array<Shape, 5>;
+std::vector<Read> grid_reads(const Shape& tile, const std::vector<Box>& mine) {
+  std::vector<Read> out;
+  for (const Box& b : mine) {
+    const std::size_t rank = tile.size();
+    Shape first(rank), last(rank);
+    for (std::size_t d = 0; d < rank; ++d) {
+      first[d] = b.offsets[d] / tile[d];
+      last[d] = (b.offsets[d] + b.sizes[d] - 1) / tile[d];
+    }
+    Shape at = first;
+    while (true) {
+      Read r{b.offsets, Shape(rank), Shape(rank), Shape(rank), Shape(rank)};
+      for (std::size_t d = 0; d < rank; ++d) {
+        const std::int64_t t0 = at[d] * tile[d];
+        const std::int64_t lo = std::max(t0, b.offsets[d]);
+        const std::int64_t hi = std::min(t0 + tile[d], b.offsets[d] + b.sizes[d]);
+        r[1][d] = lo - b.offsets[d];
+        r[2][d] = t0;
+        r[3][d] = lo - t0;
+        r[4][d] = hi - lo;
+      }
+      out.push_back(std::move(r));
+      std::size_t d = rank;
+      while (d > 0 && at[d - 1] == last[d - 1]) at[d - 1] = first[d - 1], --d;
+      if (d == 0) break;
+      ++at[d - 1];
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The plan's reads in grid_reads' form.
+std::vector<Read> reads_of(const LoadPlan& plan) {
+  std::vector<Read> out;
+  for (const auto& item : plan.items)
+    out.push_back(Read{*item.dest_index.offset, item.dest_offsets, *item.storage_index.offset, item.storage_offsets, item.lengths});
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 void for_each_index(const Shape& lengths, const std::function<void(const Shape&)>& fn) {
@@ -540,7 +588,7 @@ BOOST_AUTO_TEST_CASE(scale_100k_saved_by_100k_local_chunks) {
   dest.add_tensor("w", chunks_of({n}, mine));
   const LoadPlan plan = plan_for(ck.md, dest);
   BOOST_TEST(plan.items.size() == 2u + 2u * 99'998u + 1u);
-  BOOST_TEST(*plan.items.back().storage_index.index == 99'999);
+  BOOST_TEST((reads_of(plan) == grid_reads({10}, mine)));
 }
 
 BOOST_AUTO_TEST_CASE(scale_200k_column_chunks_validate_and_plan) {
@@ -556,7 +604,9 @@ BOOST_AUTO_TEST_CASE(scale_200k_column_chunks_validate_and_plan) {
   dest.add_tensor("w", chunks_of(global, layout::chunk_split(global, 0, 4)));
   DefaultLoadPlanner planner;
   planner.set_up_planner(dest, validated, true);
-  BOOST_TEST(planner.create_local_plan().items.size() == 800'000u);
+  const auto plan = planner.create_local_plan();
+  BOOST_TEST(plan.items.size() == 800'000u);
+  BOOST_TEST((reads_of(plan) == grid_reads({8, 1}, layout::chunk_split(global, 0, 4))));
   const auto planned_at = std::chrono::steady_clock::now();
   BOOST_TEST_MESSAGE("200,000 column chunks: validate " << std::chrono::duration<double>(validated_at - start).count()
                      << " s, plan 4 row shards " << std::chrono::duration<double>(planned_at - validated_at).count() << " s");
@@ -577,7 +627,9 @@ BOOST_AUTO_TEST_CASE(scale_cross_cut_2d_tiles) {
   ck.tensor("w", global, saved);
   Destination dest;
   dest.add_tensor("w", chunks_of(global, mine));
-  BOOST_TEST(plan_for(ck.md, dest).items.size() == 100'000u);
+  const auto plan = plan_for(ck.md, dest);
+  BOOST_TEST(plan.items.size() == 100'000u);
+  BOOST_TEST((reads_of(plan) == grid_reads({10, 1}, mine)));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -152,10 +152,7 @@ BOOST_AUTO_TEST_CASE(killed_saves_leave_old_or_new, *boost::unit_test::timeout(6
   BOOST_TEST(generation_in(new_dirs[0], true) == 500);
 
   // torch 2.13 loads a few survivors.
-  if (!dcp_test::python2x_available()) {
-    BOOST_TEST_MESSAGE("skipping the torch 2.13 load of survivors: " << dcp_test::python2x() << " is missing");
-    return;
-  }
+  BOOST_TEST_REQUIRE(dcp_test::python2x_available(), "torch 2.13 checks the survivors: " << dcp_test::python2x() << " is missing");
   boost::json::array checks;
   for (std::size_t k = 0; k < 3; ++k) {
     const auto& dir = k == 0 ? ow : new_dirs[k];
