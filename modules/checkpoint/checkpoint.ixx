@@ -193,6 +193,20 @@ ConvertReport convert_to_safetensors(const std::filesystem::path& checkpoint_dir
                                      const LoadOptions& options = {}, const Progress& progress = {},
                                      bool overwrite = false);
 
+/// Hugging Face's default largest shard (huggingface_hub's MAX_SHARD_SIZE, "5GB": decimal).
+inline constexpr std::uint64_t kDefaultMaxShardBytes = 5'000'000'000;
+/// Writes the selected keys as a Hugging Face model directory `out_dir`, as huggingface_hub's
+/// save_torch_state_dict does: tensors in the checkpoint's order split into shards of at most
+/// `max_shard_bytes` (a new shard when the next tensor would pass it; a larger tensor alone),
+/// `model.safetensors` when one shard holds them all, else `model-0000i-of-0000N.safetensors`
+/// and `model.safetensors.index.json` (total_size, weight_map); each shard as
+/// convert_to_safetensors writes one file (objects in the first shard's `__metadata__`).
+/// Published crash-safe by storage::HfDirectoryWriter (an existing checkpoint is replaced only
+/// with `overwrite`). Same key checks as convert_to_safetensors.
+ConvertReport convert_to_hf(const std::filesystem::path& checkpoint_dir, const std::filesystem::path& out_dir,
+                            const LoadOptions& options = {}, const Progress& progress = {}, bool overwrite = false,
+                            std::uint64_t max_shard_bytes = kDefaultMaxShardBytes);
+
 // ---------------------------------------------------------------------------------------------
 // Importing a file (`dcpp convert FILE CKPT_DIR`).
 
@@ -448,14 +462,22 @@ struct Selection {
 };
 /// The selected keys of `md`, with every selected object decoded.
 Selection select_items(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options);
-/// Streams every selected tensor's bytes to `write` in bounded batches, checking that each
-/// arrives dense and of the promised size; returns the bytes streamed.
+/// Receives a piece of tensor `fqn`'s row-major bytes at byte `offset` of them; a tensor's
+/// pieces come in order, the one ending it with `last`.
+using PieceWriter =
+    std::function<void(const std::string& fqn, std::uint64_t offset, std::span<const std::byte> piece, bool last)>;
+/// Streams every selected tensor's bytes to `write`, in metadata order, in pieces of at most
+/// kStreamingPieceBytes (boxes of rows, contiguous in the tensor) read in batches of at most
+/// the streaming batch bound into one reused buffer: memory stays bounded whatever the
+/// tensors' sizes. Returns the bytes streamed.
 std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md,
                              const LoadOptions& options, const Selection& selection, const Progress& progress,
-                             const std::function<void(const std::string&, std::span<const std::byte>)>& write);
+                             const PieceWriter& write);
 /// for_each_tensor's batch bound while streaming (verify, convert): at most this much tensor
 /// memory at once (or one tensor, if larger).
 inline constexpr std::uint64_t kStreamingBatchBytes = std::uint64_t{256} << 20;
+/// The largest piece stream_tensors reads of a tensor at once.
+inline constexpr std::uint64_t kStreamingPieceBytes = std::uint64_t{64} << 20;
 /// `options` with batches of at most kStreamingBatchBytes (the default when batch_bytes is 0).
 LoadOptions streaming_options(const LoadOptions& options);
 /// True when `options.select` picks `fqn` (everything when it is empty).

@@ -16,10 +16,12 @@ module;
 #include <vector>
 module dcp.checkpoint;
 import dcp.error;
+import dcp.memory;
 import dcp.pickle;
 import dcp.metadata;
 import dcp.planning;
 import dcp.record;
+import dcp.storage;
 import dcp.zip;
 
 namespace dcp::checkpoint {
@@ -52,25 +54,106 @@ Selection select_items(const std::filesystem::path& dir, const metadata::Validat
   return s;
 }
 
-std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options,
-                             const Selection& selection, const Progress& progress,
-                             const std::function<void(const std::string&, std::span<const std::byte>)>& write) {
-  std::size_t count = 0;
+namespace {
+
+// A box of one tensor whose bytes are one contiguous range of its row-major form.
+struct Piece {
+  const metadata::ItemMetadata* item = nullptr;
+  metadata::Shape offsets;
+  metadata::Shape lengths;
+  std::uint64_t byte_offset = 0;  // in the tensor's row-major bytes
   std::uint64_t bytes = 0;
+  bool last = false;
+};
+
+// Splits a tensor into such boxes of at most `limit` bytes, in row-major order: runs of indices
+// of the first dim whose one index (a slab of the dims after it) fits, under every index of the
+// dims before it. Packed dtypes, 0-dim and small tensors are one piece.
+void split_tensor(const metadata::ItemMetadata& item, std::uint64_t limit, std::vector<Piece>& out) {
+  const auto& t = item.tensor();
+  const auto& shape = t.size;
+  const auto total = metadata::byte_size(shape, t.properties.dtype);
+  std::uint64_t numel = 1;
+  for (const auto d : shape) numel *= static_cast<std::uint64_t>(d);
+  const std::size_t first = out.size();
+  if (total <= limit || shape.empty() || numel == 0 || numel * dtype_itemsize(t.properties.dtype) != total) {
+    out.push_back({&item, metadata::Shape(shape.size(), 0), shape, 0, total, true});
+    return;
+  }
+  std::size_t k = 0;
+  std::uint64_t slab = total / static_cast<std::uint64_t>(shape[0]);
+  while (slab > limit) slab /= static_cast<std::uint64_t>(shape[++k]);
+  const auto step = static_cast<std::int64_t>(std::max<std::uint64_t>(1, limit / slab));
+  metadata::Shape index(k, 0);
+  std::uint64_t at = 0;
+  for (;;) {
+    for (std::int64_t start = 0; start < shape[k]; start += step) {
+      const auto count = std::min(step, shape[k] - start);
+      Piece piece{&item, index, metadata::Shape(k, 1), at, static_cast<std::uint64_t>(count) * slab, false};
+      piece.offsets.push_back(start);
+      piece.lengths.push_back(count);
+      for (std::size_t d = k + 1; d < shape.size(); ++d) {
+        piece.offsets.push_back(0);
+        piece.lengths.push_back(shape[d]);
+      }
+      at += piece.bytes;
+      out.push_back(std::move(piece));
+    }
+    std::size_t d = k;
+    while (d > 0 && ++index[d - 1] == shape[d - 1]) index[--d] = 0;
+    if (d == 0) break;
+  }
+  if (out.size() > first) out.back().last = true;
+}
+
+}  // namespace
+
+std::uint64_t stream_tensors(const std::filesystem::path& dir, const metadata::ValidatedMetadata& md, const LoadOptions& options,
+                             const Selection& selection, const Progress& progress, const PieceWriter& write) {
   LoadOptions streaming = streaming_options(options);
   streaming.read.collect_errors = false;  // a conversion stops at the first error
-  (void)for_each_tensor(dir, md, streaming, [&](const std::string& fqn, TensorBuffer tensor) {
-    const auto* item = md->find_item(fqn);
-    if (!item || !item->is_tensor()) fail_for_key(Errc::internal, fqn, "converter got a tensor it did not ask for");
-    const auto size = metadata::byte_size(item->tensor().size, item->tensor().properties.dtype);
-    const auto data = tensor.bytes();
-    if (tensor.dtype != item->tensor().properties.dtype || data.size() != size)
-      fail_for_key(Errc::internal, fqn, "loaded tensor is not a dense " + std::to_string(size) + "-byte block");
-    write(fqn, data);
-    ++count;
-    bytes += size;
-    if (progress) progress(size);
-  });
+  const std::uint64_t piece_limit = std::min(kStreamingPieceBytes, streaming.batch_bytes);
+  std::vector<Piece> pieces;
+  for (const auto* item : selection.tensors) split_tensor(*item, piece_limit, pieces);
+  std::uint64_t largest = 0, sum = 0;
+  for (const auto& piece : pieces) {
+    largest = std::max(largest, piece.bytes);
+    sum += piece.bytes;
+  }
+  // One buffer for every batch: a batch holds whole pieces up to batch_bytes (one, if larger).
+  auto buffer = memory::allocate(std::max(largest, std::min(streaming.batch_bytes, sum)));
+  const auto reader = storage::open_reader(dir, streaming.read);
+  std::uint64_t bytes = 0;
+  std::size_t count = 0;
+  for (std::size_t next = 0; next < pieces.size();) {
+    planning::Destination destination;
+    std::vector<std::pair<const Piece*, std::byte*>> batch;
+    std::uint64_t used = 0;
+    planning::TensorDestination dest;
+    const metadata::ItemMetadata* open = nullptr;  // the tensor `dest` gathers pieces of
+    while (next < pieces.size() && (batch.empty() || used + pieces[next].bytes <= streaming.batch_bytes)) {
+      const auto& piece = pieces[next++];
+      const auto& t = piece.item->tensor();
+      if (open != piece.item) {
+        if (open) destination.add_tensor(open->fqn, std::move(dest));
+        dest = planning::TensorDestination{t.size, t.properties.dtype, {}};
+        open = piece.item;
+      }
+      std::byte* at = buffer.data() + used;
+      dest.chunks.push_back({piece.offsets, piece.lengths, planning::contiguous_slice(at, t.properties.dtype, piece.lengths)});
+      batch.emplace_back(&piece, at);
+      used += piece.bytes;
+    }
+    if (open) destination.add_tensor(open->fqn, std::move(dest));
+    planning::DefaultLoadPlanner planner;
+    (void)load(destination, *reader, planner, md);
+    for (const auto& [piece, at] : batch) {
+      write(piece->item->fqn, piece->byte_offset, std::span<const std::byte>(at, piece->bytes), piece->last);
+      bytes += piece->bytes;
+      if (piece->last) ++count;
+      if (progress) progress(piece->bytes);
+    }
+  }
   if (count != selection.tensors.size())
     throw Error(Errc::internal, "converter streamed " + std::to_string(count) + " of " +
                                     std::to_string(selection.tensors.size()) + " tensors");
@@ -158,10 +241,14 @@ ConvertReport convert_to_torch_save(const std::filesystem::path& checkpoint_dir,
   for (const auto& [key, bytes] : object_storages) writer.add_record("data/" + key, bytes);
   ConvertReport report;
   report.bytes = stream_tensors(checkpoint_dir, md, options, selection, progress,
-                                [&](const std::string& fqn, std::span<const std::byte> data) {
-                                  writer.begin_record("data/" + storage_keys.at(fqn), data.size());
+                                [&](const std::string& fqn, std::uint64_t offset, std::span<const std::byte> data, bool last) {
+                                  if (offset == 0) {
+                                    const auto& t = md->find_item(fqn)->tensor();
+                                    writer.begin_record("data/" + storage_keys.at(fqn),
+                                                        metadata::byte_size(t.size, t.properties.dtype));
+                                  }
                                   writer.write(data);
-                                  writer.end_record();
+                                  if (last) writer.end_record();
                                 });
   const char version[] = "3\n";
   writer.add_record("version", std::as_bytes(std::span(version, 2)));

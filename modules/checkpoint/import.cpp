@@ -322,6 +322,12 @@ ConvertReport save_as_checkpoint(const ImportedStateDict& imported, const std::f
     if (source) source->check_unchanged();
     if (then) then();
   };
+  // Each piece written is dropped from memory: a tensor larger than memory streams through.
+  if (source)
+    rank_options.written = [source, then = options.written](std::span<const std::byte> bytes) {
+      source->release(bytes);
+      if (then) then(bytes);
+    };
   try {
     (void)save_ranks(parts, checkpoint_dir, rank_options);
   } catch (Error& e) {

@@ -19,6 +19,7 @@ module;
 #include <filesystem>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 module dcp.storage;
@@ -184,6 +185,16 @@ MappedFile::MappedFile(const std::filesystem::path& path) : path_(path) {
     }
   }
   fd_ = fd.release();
+}
+
+void MappedFile::release(std::span<const std::byte> bytes) const noexcept {
+  if (!data_ || bytes.data() < data_ || bytes.data() + bytes.size() > data_ + size_) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = (reinterpret_cast<std::uintptr_t>(bytes.data()) + page - 1) / page * page;
+  const auto end = reinterpret_cast<std::uintptr_t>(bytes.data() + bytes.size()) / page * page;
+  // A private read-only mapping of a file: the pages come back from the file (or, past a
+  // shrink, from the zero pages the SIGBUS guard mapped) when touched again.
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 MappedFile::~MappedFile() {

@@ -31,6 +31,7 @@
 // Imports: dcp.error, dcp.bytes, dcp.dtype, dcp.layout, dcp.metadata, dcp.planning, dcp.record,
 // dcp.safetensors, dcp.zip.
 module;
+#include <sys/stat.h>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -40,6 +41,7 @@ module;
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
@@ -130,6 +132,10 @@ class MappedFile {
   std::optional<std::string> changed() const;
   /// Throws data_loss, naming the file, when `changed()` says it did.
   void check_unchanged() const;
+  /// Drops the whole pages inside `bytes` (a part of the mapping; anything else is ignored)
+  /// from this process's memory: read again from the file when touched. What a reader that
+  /// has used a range calls, so that streaming a large file holds little of it at once.
+  void release(std::span<const std::byte> bytes) const noexcept;
 
  private:
   std::filesystem::path path_;
@@ -355,7 +361,12 @@ struct WriteOptions {
   /// `.metadata` is published: a throw refuses to publish (the save fails and is aborted). An
   /// import checks here that its input file did not change while it was read.
   std::function<void()> before_publish;
+  /// Called, from the writing threads, with each piece (at most kWritePieceBytes) of a dense
+  /// tensor's memory once it is written: an import releases its source file's pages there.
+  std::function<void(std::span<const std::byte> source)> written;
 };
+/// The pieces a dense tensor's memory is written in.
+inline constexpr std::uint64_t kWritePieceBytes = std::uint64_t{64} << 20;
 
 /// torch's StorageWriter protocol, called in this order: set_up_storage_writer (all ranks),
 /// prepare_local_plan (all), prepare_global_plan (coordinator), write_data (all), finish
@@ -445,12 +456,121 @@ class FileSystemWriter : public StorageWriter {
   std::unique_ptr<Lock> lock_;
 };
 
+/// Writes a Hugging Face model directory as one process: `model.safetensors`, or shards named
+/// as huggingface_hub names them with `model.safetensors.index.json`. Crash-safe by the DCP
+/// writer's publish rule (docs/format.md, "Publishing"; its record, lock and leftover search):
+/// the files are written under new hidden names `.dcpp-<id>.<name>` and fsync'ed; the commit is
+/// one rename (of the index, naming them, or of the one file to `model.safetensors` when no
+/// index is there); then the replaced checkpoint's files are removed, the shards linked to
+/// their final names and the index renamed once more to name those (or removed: one file needs
+/// none). A crash at any instant leaves the old or the new checkpoint complete; the next save
+/// removes what the record proves is its own and nothing names. A target holding a DCP
+/// checkpoint (`.metadata`), a link where a file goes, or a name in the way that the replaced
+/// checkpoint does not own is refused before anything is written.
+class HfDirectoryWriter {
+ public:
+  HfDirectoryWriter(std::filesystem::path dir, bool overwrite, bool sync_files = true);
+  ~HfDirectoryWriter();  ///< aborts an unpublished save
+  HfDirectoryWriter(const HfDirectoryWriter&) = delete;
+  HfDirectoryWriter& operator=(const HfDirectoryWriter&) = delete;
+  /// Creates a missing target, locks it, removes what crashed saves provably left, checks what
+  /// is there (an existing checkpoint needs `overwrite`), records the names and creates the
+  /// files `names` (final names, in shard order; one name: no index), empty.
+  void begin(std::vector<std::string> names);
+  /// The file of shard `i`, created by begin.
+  OutputFile& file(std::size_t i) { return *files_.at(i); }
+  /// Closes and syncs every file (each of `sizes[i]` bytes) and publishes; `weight_map` gives
+  /// each key's shard, in the index's order. A throw with published() true came after the
+  /// commit (the new checkpoint is complete; some cleanup failed).
+  void publish(std::span<const std::uint64_t> sizes, std::uint64_t total_size,
+               std::span<const std::pair<std::string, std::size_t>> weight_map);
+  /// Removes what this save created (never throws); nothing once published.
+  void abort() noexcept;
+  bool published() const noexcept { return published_; }
+
+ private:
+  void rename_index(std::span<const std::string> names, std::uint64_t total_size,
+                    std::span<const std::pair<std::string, std::size_t>> weight_map);
+  std::filesystem::path dir_;
+  bool overwrite_;
+  bool sync_;
+  std::string save_id_;
+  int dir_fd_ = -1;
+  int lock_fd_ = -1;
+  bool created_target_ = false;
+  bool recorded_ = false;
+  bool published_ = false;
+  bool had_index_ = false;                  // the replaced checkpoint has an index file
+  std::vector<std::string> finals_;         // final names
+  std::vector<std::string> hidden_;         // the names the files are written under
+  std::vector<std::string> replaces_;       // files of the replaced checkpoint
+  std::vector<std::unique_ptr<OutputFile>> files_;
+};
+
 /// Files an unfinished save left in `checkpoint_dir` that the next save into it removes: its
 /// record (`.dcpp-<save id>.save`), the `.metadata` it had not yet published, and the files it
 /// created or was replacing that `.metadata` does not name now. Reads only.
 std::vector<std::string> save_leftovers(const std::filesystem::path& checkpoint_dir);
 
 }  // namespace dcp::storage
+
+namespace dcp::storage::publishing {
+// Not exported: the save records and directory operations of publish.cpp and hf_publish.cpp
+// (publish_record.cpp). `dir_fd` is the target's descriptor; every name is one component of it.
+enum class Layout { dcp, hf };
+/// A save's record: how its files are named (DCP: `__{rank}_{marker}{n}.distcp` for ranks <
+/// `ranks`; any layout: `creates`), and the files of the checkpoint it replaces.
+struct SaveRecord {
+  std::string id;
+  std::string marker;  // "" or "g{G}_"
+  std::uint64_t ranks = 0;
+  std::vector<std::string> replaces;
+  bool complete = false;  // the record was fully written (else the save never got to its data)
+  Layout layout = Layout::dcp;
+  std::vector<std::string> creates;
+};
+struct Leftover {
+  std::string record_file;
+  std::vector<std::string> files;  // without the record itself
+};
+std::string new_save_id();
+std::string record_name(std::string_view id);
+/// `.dcpp-<id>.metadata`, the DCP save's unpublished `.metadata`.
+std::string pending_metadata_name(std::string_view id);
+/// `.dcpp-<id><suffix>`: a name no entry had (the id is new).
+std::string pending_name(std::string_view id, std::string_view suffix);
+/// Consumes a run of decimal digits (no leading zero unless it is "0"); nullopt if none.
+std::optional<std::uint64_t> take_number(std::string_view& s);
+bool is_data_file_of(std::string_view name, std::string_view marker, std::uint64_t ranks);
+std::uint64_t generation_of(std::string_view name);
+[[noreturn]] void refuse(const std::filesystem::path& dir, std::string message);
+std::filesystem::path absolute_target(const std::filesystem::path& dir);
+/// lstat of `name`; nullopt when absent.
+std::optional<struct stat> entry_stat(int dir_fd, const std::string& name, const std::filesystem::path& dir);
+std::vector<std::string> list_names(int dir_fd, const std::filesystem::path& dir);
+/// A regular file of the directory (never through a link, never a FIFO) of at most `max_bytes`.
+std::vector<std::byte> read_entry(int dir_fd, const std::string& name, const std::filesystem::path& dir,
+                                  std::uint64_t max_bytes);
+/// The single-component data file names a `.metadata` names.
+std::set<std::string, std::less<>> files_named(std::span<const std::byte> metadata_bytes);
+/// The files of the Hugging Face checkpoint in the directory: the index and the files it names,
+/// or without an index every `*.safetensors` that is not hidden; nullopt when the index cannot
+/// be read (then nothing may be judged unreferenced).
+std::optional<std::set<std::string, std::less<>>> hf_files(int dir_fd, const std::filesystem::path& dir);
+/// Removes `name` if it is a regular file; false when it is there and could not be removed.
+bool remove_regular(int dir_fd, const std::string& name) noexcept;
+void sync_dir_fd(int dir_fd, const std::filesystem::path& dir);
+std::string encode_record(const SaveRecord& record);
+/// Creates `.dcpp-<id>.save` (never replacing anything), synced with the directory when `sync`.
+void write_record(int dir_fd, const std::filesystem::path& dir, const SaveRecord& record, bool sync);
+/// Every other save's record in the directory with the files it proves removable.
+std::vector<Leftover> find_leftovers(int dir_fd, const std::filesystem::path& dir, std::string_view except_id);
+/// Removes find_leftovers' files, each record last; whether anything was found.
+bool remove_leftovers(int dir_fd, const std::filesystem::path& dir, std::string_view except_id);
+/// An exclusive flock on the directory (a dup of `dir_fd`, which the caller closes to unlock);
+/// failed_precondition when another save holds it; -1 when the file system has no locks.
+int lock_directory(int dir_fd, const std::filesystem::path& dir);
+}  // namespace dcp::storage::publishing
 
 namespace dcp::storage {
 // Not exported: shared by the implementation units.

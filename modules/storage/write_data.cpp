@@ -59,13 +59,15 @@ std::vector<std::vector<const planning::WriteItem*>> split_by_size_and_type(std:
 // Passes a tensor chunk's elements to `sink` in row-major order: dense memory as is, strided
 // memory through a bounce buffer of at most `bounce_bytes`, split along the leading dims.
 void stream_elements(const planning::TensorSlice& slice, std::uint64_t bounce_bytes, std::vector<std::byte>& bounce,
-                     const StorageSink& sink) {
+                     const StorageSink& sink, const std::function<void(std::span<const std::byte>)>& written) {
   const auto bytes = metadata::byte_size(slice.sizes, slice.dtype);
   if (bytes == 0) return;
   if (planning::is_contiguous(slice)) {
     for (std::uint64_t done = 0; done < bytes;) {
-      const auto piece = std::min<std::uint64_t>(bytes - done, std::uint64_t{1} << 30);
-      sink({slice.data + done, static_cast<std::size_t>(piece)});
+      const auto piece = std::min<std::uint64_t>(bytes - done, kWritePieceBytes);
+      const std::span<const std::byte> source(slice.data + done, static_cast<std::size_t>(piece));
+      sink(source);
+      if (written) written(source);
       done += piece;
     }
     return;
@@ -87,7 +89,7 @@ void stream_elements(const planning::TensorSlice& slice, std::uint64_t bounce_by
     auto lengths = slice.sizes;
     offsets[dim] = start;
     lengths[dim] = std::min(step, slice.sizes[dim] - start);
-    stream_elements(planning::narrow(slice, offsets, lengths), bounce_bytes, bounce, sink);
+    stream_elements(planning::narrow(slice, offsets, lengths), bounce_bytes, bounce, sink, written);
   }
 }
 
@@ -159,7 +161,7 @@ std::vector<planning::WriteResult> FileSystemWriter::write_data(const planning::
           tensor_bytes = metadata::byte_size(slice.sizes, slice.dtype);
           (void)record::write_tensor_archive(
               [&](std::span<const std::byte> bytes) { file.write(bytes); }, style, slice.dtype, slice.sizes,
-              [&](const StorageSink& sink) { stream_elements(slice, options_.bounce_bytes, bounce, sink); }, offset);
+              [&](const StorageSink& sink) { stream_elements(slice, options_.bounce_bytes, bounce, sink, options_.written); }, offset);
         }
         const auto length = file.position() - offset;
         job.results.push_back(planning::WriteResult{item->index, length, metadata::StorageInfo{job.name, offset, length, {}, 0}});

@@ -44,7 +44,8 @@ constexpr Command kCommands[] = {
     {"convert",
      "dcpp convert [--threads N] [--keys REGEX] [--overwrite] [--quiet] CKPT OUT.pt|OUT.pth|OUT.safetensors; "
      "dcpp convert [--ranks N] [--format torch2|torch1.13] [--overwrite] [--max-output-bytes SIZE] [--quiet] "
-     "IN.pt|IN.pth|IN.safetensors OUT_DIR",
+     "IN.pt|IN.pth|IN.safetensors OUT_DIR; "
+     "dcpp convert --format hf [--max-shard-size SIZE] [--threads N] [--keys REGEX] [--overwrite] [--quiet] CKPT OUT_DIR",
      "write the checkpoint (or the keys matching --keys) as one file: torch.save for .pt/.pth "
      "(nested as saved, torch.load reads it), safetensors for .safetensors (objects as JSON in "
      "__metadata__); streams tensor by tensor, writes OUT only when complete (an existing OUT is "
@@ -54,7 +55,9 @@ constexpr Command kCommands[] = {
      "(a checkpoint appears in OUT_DIR only when complete, and never from an input that changed while it "
      "was read; other files there are left alone). The checkpoint may take at most --max-output-bytes "
      "(default 2 x the input + 1 GiB): every tensor at its dense size (a stride-0 view is written whole), "
-     "every entry and rank's part an item of its own",
+     "every entry and rank's part an item of its own. With --format hf, a Hugging Face model directory: "
+     "model.safetensors, or shards model-0000i-of-0000N.safetensors of at most --max-shard-size with "
+     "model.safetensors.index.json, split as huggingface_hub splits them; published crash-safely",
      run_convert, 2},
     {"reshard",
      "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC DST_DIR",
@@ -73,7 +76,8 @@ constexpr Flag kFlags[] = {
     {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
     {"all", "", "verify", "report every problem, not only the first"},
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
-    {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout, nested values flattened) or torch1.13 (top-level keys, nested values one object each)"},
+    {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout, nested values flattened) or torch1.13 (top-level keys, nested values one object each); checkpoint to directory: hf (a Hugging Face model directory)"},
+    {"max-shard-size", "SIZE", "convert", "with --format hf: the largest shard, in bytes or with a unit KB, MB, GB, TB (powers of 1000, as Hugging Face counts) or KiB, MiB, GiB, TiB; default 5GB"},
     {"overwrite", "", "convert reshard", "replace the file OUT, or the checkpoint already in OUT_DIR / DST_DIR (its data files go, nothing else there does)"},
     {"max-output-bytes", "SIZE", "convert", "file to checkpoint: the most the checkpoint may take, in bytes or with a suffix K, M, G, T (powers of 1024); default 2 x the input's size + 1 GiB"},
     {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)), replicated (every rank holds every tensor whole; reshard stores each once); a tensor without the dim is split by rows"},

@@ -45,8 +45,8 @@ Format format_of(const std::string& out) {
   throw UsageError{"cannot tell the output format of '" + out + "': name it *.pt, *.pth or *.safetensors"};
 }
 
-// Flags of one direction only.
-constexpr std::string_view kImportOnly[] = {"ranks", "format", "max-output-bytes"};
+// Flags of one direction only (--format hf is the export's; its other values the import's).
+constexpr std::string_view kImportOnly[] = {"ranks", "max-output-bytes"};
 constexpr std::string_view kExportOnly[] = {"threads", "io", "keys"};
 
 int parse_ranks(const Args& args) {
@@ -91,6 +91,9 @@ int run_import(const Args& args, Format format) {
   for (auto flag : kExportOnly)
     if (args.has(flag))
       throw UsageError{"--" + std::string(flag) + " applies only when converting a checkpoint to a file"};
+  if (args.get("format") == "hf" || args.has("max-shard-size"))
+    throw UsageError{"--format hf and --max-shard-size apply only when converting a checkpoint (a directory or a "
+                     "safetensors file) to a model directory"};
   dcp::checkpoint::ImportOptions import;
   import.ranks = parse_ranks(args);
   import.max_output_bytes = parse_max_output_bytes(args);
@@ -125,6 +128,56 @@ int run_import(const Args& args, Format format) {
   return 0;
 }
 
+// --max-shard-size: digits, optionally with a unit as huggingface_hub's parse_size_to_int
+// takes it (KB, MB, GB, TB: powers of 1000) or a binary one (KiB, MiB, GiB, TiB).
+std::uint64_t parse_max_shard_size(const Args& args) {
+  const auto text = args.get("max-shard-size");
+  if (!text) return dcp::checkpoint::kDefaultMaxShardBytes;
+  const char* end = text->data() + text->size();
+  std::uint64_t n = 0;
+  const auto [rest, ec] = std::from_chars(text->data(), end, n);
+  std::string suffix(rest, static_cast<std::size_t>(end - rest));
+  for (auto& c : suffix) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  std::uint64_t unit = 1;
+  const std::string_view units = "KMGT";
+  if (!suffix.empty() && units.find(suffix[0]) != std::string_view::npos) {
+    const auto power = units.find(suffix[0]) + 1;
+    const bool binary = suffix.size() == 3 && suffix.substr(1) == "IB";
+    if (binary || suffix.substr(1) == "B")
+      for (std::size_t i = 0; i < power; ++i) unit *= binary ? 1024 : 1000;
+    else
+      unit = 0;
+  } else if (!suffix.empty() && suffix != "B") {
+    unit = 0;
+  }
+  if (ec != std::errc() || rest == text->data() || unit == 0 || n == 0 || n > UINT64_MAX / unit)
+    throw UsageError{"--max-shard-size takes a positive size such as 5GB (5 x 10^9 bytes), 500MB, 2GiB or 1000000, not '" +
+                     *text + "'"};
+  return n * unit;
+}
+
+// CKPT → a Hugging Face model directory.
+int run_export_hf(const Args& args) {
+  const std::string checkpoint = args.positional[0];
+  const std::string out = args.positional[1];
+  const auto max_shard = parse_max_shard_size(args);
+  const auto options = load_options(args);
+  const auto start = std::chrono::steady_clock::now();
+  const std::uint64_t total = dcp::checkpoint::selected_tensor_bytes(*dcp::checkpoint::inspect(checkpoint), options);
+  dcp::checkpoint::ConvertReport report;
+  {
+    Progress progress(!args.has("quiet"), total, "converting");
+    report = dcp::checkpoint::convert_to_hf(checkpoint, out, options, [&](std::uint64_t bytes) { progress.advance(bytes); },
+                                            args.has("overwrite"), max_shard);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!args.has("quiet"))
+    std::printf("converted %llu tensors (%llu bytes) and %llu objects to %s (Hugging Face model directory) in %.3f s\n",
+                static_cast<unsigned long long>(report.tensors), static_cast<unsigned long long>(report.bytes),
+                static_cast<unsigned long long>(report.objects), dcp::escape_text(out).c_str(), seconds);
+  return 0;
+}
+
 }  // namespace
 
 dcp::metadata::Flavor parse_flavor(const Args& args) {
@@ -138,12 +191,20 @@ int run_convert(const Args& args) {
   // A regular file (not a checkpoint directory) named *.pt, *.pth or *.safetensors is an input,
   // except a .safetensors file going to a file: that one is a checkpoint (a one-file model).
   const auto in_format = file_format(args.positional[0]);
-  const bool safetensors_to_file = in_format == Format::safetensors && file_format(args.positional[1]).has_value();
-  if (in_format && !safetensors_to_file && !std::filesystem::is_directory(args.positional[0]))
+  const bool to_hf = args.get("format") == "hf";
+  const bool safetensors_out = in_format == Format::safetensors && (to_hf || file_format(args.positional[1]).has_value());
+  if (in_format && !safetensors_out && !std::filesystem::is_directory(args.positional[0])) {
+    if (to_hf)
+      throw UsageError{"--format hf takes a checkpoint: a DCP or safetensors directory, or a .safetensors file"};
     return run_import(args, *in_format);
+  }
   for (auto flag : kImportOnly)
     if (args.has(flag))
       throw UsageError{"--" + std::string(flag) + " applies only when converting a .pt or .safetensors file to a checkpoint"};
+  if (to_hf) return run_export_hf(args);
+  if (args.has("format") || args.has("max-shard-size"))
+    throw UsageError{"--format applies to a checkpoint only as --format hf (with --max-shard-size), writing a model "
+                     "directory"};
   const std::string checkpoint = args.positional[0];
   const std::string out = args.positional[1];
   const Format format = format_of(out);  // usage errors before any I/O
