@@ -39,7 +39,6 @@ bool is_utf8_text(std::string_view key) {
 
 // What safetensors cannot hold of the selected keys, refused before any work.
 void check_keys(const metadata::ValidatedMetadata& md, const LoadOptions& options) {
-  using detail::fail_for_key;
   for (const auto& item : md->items) {
     if (!detail::is_selected(options, item.fqn)) continue;
     if (item.is_tensor() && dtype_info(item.tensor().properties.dtype).safetensors.empty())
