@@ -338,6 +338,10 @@ class StagingArea {
   /// `allocate` as in LoadOptions (dcp.torch passes pinned memory when CUDA is present).
   explicit StagingArea(std::function<memory::Buffer(std::uint64_t bytes)> allocate = {});
   planning::StateDict stage(const planning::StateDict& state_dict);
+  /// Allocates every buffer stage(state_dict) copies into and writes each of its pages once:
+  /// fresh memory costs a page fault per page (several times the copy on a VM), which a first
+  /// stage() would otherwise take.
+  void reserve(const planning::StateDict& state_dict);
   /// Bytes held by the staging buffers.
   std::uint64_t bytes() const noexcept;
 
@@ -369,6 +373,11 @@ class Checkpointer {
   /// every rank agrees on), then saves the copy on a background thread over the Checkpointer's
   /// own group. Every rank calls it. Errors surface through the future.
   std::future<metadata::Metadata> async_save(const planning::StateDict& state_dict);
+  /// Makes async_save's staging memory for a state dict of this shape resident now (waiting for
+  /// a save in flight first): a local step, no collective, that a training loop calls once at
+  /// set-up, so that even its first async_save stalls only for the copy. Optional; the values
+  /// are not read.
+  void prepare_async_save(const planning::StateDict& state_dict);
   /// torch's load over the group, read-once as set by set_read_once (on by default).
   storage::ReadReport load(planning::Destination& destination);
   void set_read_once(const ReadOnce& read_once) { read_once_ = read_once; }
