@@ -55,18 +55,32 @@ export namespace dcp::checkpoint {
 metadata::ValidatedMetadata inspect(const std::filesystem::path& checkpoint_dir);
 
 /// Read-once loading over a group (on by default; torch has it only as an open proposal,
-/// pytorch#193909): a saved item that several ranks need (a replicated tensor, a chunk whose
-/// parts overlap or interleave across ranks, an object every rank loads) is read from storage by
-/// one of them and broadcast to the others (planning::plan_read_once decides which), instead of
-/// every rank reading it. Each rank's ReadReport says what it read (`storage_bytes`) and what
-/// it received (`received_bytes`). c10d broadcasts to the whole group, so a rank that needs none
-/// of a batch still receives it. Used when every rank's reader can_share_items.
+/// pytorch#193909): a saved item that ranks on several hosts need (a replicated tensor, a chunk
+/// whose parts overlap or interleave across ranks, an object every rank loads) is read from
+/// storage once per host, each host's page cache sharing it between its ranks, or, where that
+/// moves fewer bytes over the slowest link (`slowest_link` storage), by one rank and broadcast
+/// to the others (planning::plan_read_once decides). Ranks on one host never broadcast to each
+/// other: copying from the page cache is faster than any loopback transfer. Each rank's
+/// ReadReport says what it read (`storage_bytes`) and what it received (`received_bytes`).
+/// c10d broadcasts to the whole group, so a rank that needs none of a batch still receives it.
+/// Broadcasts are used only when every rank's reader can_share_items.
 struct ReadOnce {
   bool enabled = true;
+  /// The coordinator's value holds for all.
+  planning::ReadTopology::Link slowest_link = planning::ReadTopology::Link::host;
+  /// This rank's host: ranks that give the same string share a page cache. Empty:
+  /// host_identity(). Tests and benchmarks play several hosts on one machine with it.
+  std::string host = {};
   /// Stored bytes one broadcast carries at most (a larger item travels alone): what each rank
   /// holds of shared items at a time (two batches). The coordinator's value holds for all.
   std::uint64_t batch_bytes = std::uint64_t{256} << 20;
 };
+
+/// This process's host as read-once sees it: $DCPP_HOST when set and not empty (the override:
+/// a launcher gives each rank the host it plays), else the running kernel's boot id
+/// (/proc/sys/kernel/random/boot_id: the same for every process, containers included, that
+/// shares this kernel's page cache), else the host name.
+std::string host_identity();
 
 /// torch's `load(state_dict, storage_reader, planner, process_group, coordinator_rank)`: the
 /// coordinator reads `.metadata` once and broadcasts its bytes, which every rank decodes and
@@ -338,6 +352,10 @@ class StagingArea {
   /// `allocate` as in LoadOptions (dcp.torch passes pinned memory when CUDA is present).
   explicit StagingArea(std::function<memory::Buffer(std::uint64_t bytes)> allocate = {});
   planning::StateDict stage(const planning::StateDict& state_dict);
+  /// Allocates every buffer stage(state_dict) copies into and writes each of its pages once:
+  /// fresh memory costs a page fault per page (several times the copy on a VM), which a first
+  /// stage() would otherwise take.
+  void reserve(const planning::StateDict& state_dict);
   /// Bytes held by the staging buffers.
   std::uint64_t bytes() const noexcept;
 
@@ -369,6 +387,11 @@ class Checkpointer {
   /// every rank agrees on), then saves the copy on a background thread over the Checkpointer's
   /// own group. Every rank calls it. Errors surface through the future.
   std::future<metadata::Metadata> async_save(const planning::StateDict& state_dict);
+  /// Makes async_save's staging memory for a state dict of this shape resident now (waiting for
+  /// a save in flight first): a local step, no collective, that a training loop calls once at
+  /// set-up, so that even its first async_save stalls only for the copy. Optional; the values
+  /// are not read.
+  void prepare_async_save(const planning::StateDict& state_dict);
   /// torch's load over the group, read-once as set by set_read_once (on by default).
   storage::ReadReport load(planning::Destination& destination);
   void set_read_once(const ReadOnce& read_once) { read_once_ = read_once; }

@@ -22,6 +22,29 @@ import dcp.storage;
 import dcp.collective;
 
 namespace dcp::checkpoint {
+namespace {
+
+// The names of the staging buffers: a tensor's chunk, a storage of an object's tensor.
+std::string chunk_buffer(const std::string& fqn, std::size_t chunk) { return fqn + '\n' + std::to_string(chunk); }
+std::string storage_buffer(const std::string& fqn, const std::string& key) { return fqn + "\nstorage " + key; }
+
+// visit(name, bytes, fqn) for each staging buffer stage() uses for `state_dict`.
+template <typename Visit>
+void for_each_buffer(const planning::StateDict& state_dict, Visit&& visit) {
+  for (const auto& entry : state_dict.entries()) {
+    if (const auto* tensor = std::get_if<planning::SaveTensor>(&entry.value)) {
+      for (std::size_t c = 0; c < tensor->chunks.size(); ++c) {
+        const auto& source = tensor->chunks[c].memory;
+        visit(chunk_buffer(entry.fqn, c), metadata::byte_size(source.sizes, source.dtype), entry.fqn);
+      }
+    } else {
+      for (const auto& [key, bytes] : std::get<planning::ObjectValue>(entry.value).storages)
+        visit(storage_buffer(entry.fqn, key), std::uint64_t{bytes.size()}, entry.fqn);
+    }
+  }
+}
+
+}  // namespace
 
 StagingArea::StagingArea(std::function<memory::Buffer(std::uint64_t)> allocate) : allocate_(std::move(allocate)) {}
 
@@ -49,6 +72,14 @@ memory::Buffer& StagingArea::buffer(const std::string& name, std::uint64_t bytes
   return buffer;
 }
 
+void StagingArea::reserve(const planning::StateDict& state_dict) {
+  for_each_buffer(state_dict, [&](const std::string& name, std::uint64_t bytes, std::string_view fqn) {
+    auto& reserved = buffer(name, bytes, fqn);
+    auto* data = reinterpret_cast<volatile std::byte*>(reserved.data());
+    for (std::uint64_t at = 0; at < bytes; at += memory::kPageBytes) data[at] = std::byte{0};
+  });
+}
+
 planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
   planning::StateDict staged;
   std::vector<storage::SliceCopy> copies;
@@ -58,7 +89,7 @@ planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
       // The storages of the tensors an object holds are the caller's memory too.
       auto object = std::get<planning::ObjectValue>(entry.value);
       for (auto& [key, bytes] : object.storages) {
-        auto& copy = buffer(entry.fqn + "\nstorage " + key, bytes.size(), entry.fqn);
+        auto& copy = buffer(storage_buffer(entry.fqn, key), bytes.size(), entry.fqn);
         copies.push_back({planning::contiguous_slice(copy.data(), DType::uint8, {static_cast<std::int64_t>(bytes.size())}),
                           planning::contiguous_slice(const_cast<std::byte*>(bytes.data()), DType::uint8,
                                                      {static_cast<std::int64_t>(bytes.size())})});
@@ -71,7 +102,7 @@ planning::StateDict StagingArea::stage(const planning::StateDict& state_dict) {
     for (std::size_t c = 0; c < tensor->chunks.size(); ++c) {
       const auto& source = tensor->chunks[c].memory;
       const auto bytes = metadata::byte_size(source.sizes, source.dtype);
-      auto& buffer = this->buffer(entry.fqn + '\n' + std::to_string(c), bytes, entry.fqn);
+      auto& buffer = this->buffer(chunk_buffer(entry.fqn, c), bytes, entry.fqn);
       auto copy = planning::contiguous_slice(buffer.data(), source.dtype, source.sizes);
       copies.push_back({copy, source});
       chunks.push_back({tensor->chunks[c].offsets, std::move(copy)});
@@ -133,6 +164,11 @@ std::future<metadata::Metadata> Checkpointer::async_save(const planning::StateDi
     }
   });
   return future;
+}
+
+void Checkpointer::prepare_async_save(const planning::StateDict& state_dict) {
+  wait_for_pending();  // the buffers may be the ones a save in flight is writing from
+  staging_.reserve(state_dict);
 }
 
 storage::ReadReport Checkpointer::load(planning::Destination& destination) {

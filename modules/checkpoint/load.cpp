@@ -5,6 +5,7 @@ module;
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -36,11 +37,32 @@ namespace {
 using collective::Bytes;
 using collective::Collectives;
 
-// A rank's local plan on the wire: whether its reader can share items, then the plan.
-Bytes local_payload(bool can_share, const planning::LoadPlan& plan) {
+// A rank's local plan on the wire: whether its reader can share items, its host
+// (length-prefixed), then the plan.
+Bytes local_payload(bool can_share, std::string_view host, const planning::LoadPlan& plan) {
   Bytes out{std::byte{can_share ? std::uint8_t{1} : std::uint8_t{0}}};
+  put_le(out, host.size(), 4);
+  for (char c : host) out.push_back(static_cast<std::byte>(c));
   const auto encoded = planning::encode_plan(plan);
   out.insert(out.end(), encoded.begin(), encoded.end());
+  return out;
+}
+
+// Inverse of local_payload; `host` views `body`.
+planning::LoadPlan decode_local(std::span<const std::byte> body, bool& can_share, std::string_view& host) {
+  const std::uint64_t length = body.size() >= 5 ? get_le(body.subspan(1), 4) : 0;
+  if (body.size() < 5 || length > body.size() - 5)
+    throw Error(Errc::data_loss, "local plan message of " + std::to_string(body.size()) + " bytes is truncated");
+  can_share = body[0] == std::byte{1};
+  host = {reinterpret_cast<const char*>(body.data() + 5), static_cast<std::size_t>(length)};
+  return planning::decode_plan(body.subspan(5 + length));
+}
+
+// The hosts of the ranks as small numbers, equal where the names are.
+std::vector<int> number_hosts(std::span<const std::string_view> hosts) {
+  std::map<std::string_view, int> numbers;
+  std::vector<int> out;
+  for (const auto host : hosts) out.push_back(numbers.try_emplace(host, static_cast<int>(numbers.size())).first->second);
   return out;
 }
 
@@ -90,18 +112,22 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
         if (!md) md = reader.metadata_from_bytes(metadata_bytes);
         planner.set_up_planner(destination, *md, is_coordinator);
         reader.set_up_storage_reader(*md, is_coordinator);
-        return local_payload(reader.can_share_items(), reader.prepare_local_plan(planner.create_local_plan()));
+        const auto host = read_once.host.empty() ? host_identity() : read_once.host;
+        return local_payload(reader.can_share_items(), host, reader.prepare_local_plan(planner.create_local_plan()));
       },
       [&](Collectives::Results bodies) {
         std::vector<planning::LoadPlan> plans;
+        std::vector<std::string_view> hosts;
         bool all_share = read_once.enabled && ranks.size() > 1;
         for (const auto& body : bodies) {
-          if (body.empty()) throw Error(Errc::data_loss, "empty local plan message");
-          all_share = all_share && body[0] == std::byte{1};
-          plans.push_back(planning::decode_plan(body.subspan(1)));
+          bool can_share = false;
+          plans.push_back(decode_local(body, can_share, hosts.emplace_back()));
+          all_share = all_share && can_share;
         }
         plans = reader.prepare_global_plan(planner.create_global_plan(std::move(plans)));
-        const auto shared = all_share ? planning::plan_read_once(plans, *md) : std::vector<planning::SharedRead>{};
+        const auto shared =
+            all_share ? planning::plan_read_once(plans, *md, {number_hosts(hosts), read_once.slowest_link})
+                      : std::vector<planning::SharedRead>{};
         const auto encoded_shared = planning::encode_shared_reads(shared);
         std::vector<Bytes> encoded;
         for (const auto& plan : plans)

@@ -1,7 +1,9 @@
-// Read-once loading, a rank's side: its own reads, then the shared items' broadcasts.
+// Read-once loading, a rank's side: its host, its own reads, then the shared items' broadcasts.
 module;
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <fstream>
 #include <future>
 #include <map>
 #include <optional>
@@ -9,12 +11,28 @@ module;
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <unistd.h>
 module dcp.checkpoint;
 import dcp.error;
 import dcp.metadata;
 import dcp.planning;
 import dcp.storage;
 import dcp.collective;
+
+namespace dcp::checkpoint {
+
+std::string host_identity() {
+  if (const char* host = std::getenv("DCPP_HOST"); host && *host) return host;
+  std::ifstream boot("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  if (boot && std::getline(boot, id) && !id.empty()) return "boot:" + id;
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) == 0 && name[0]) return std::string("host:") + name;
+  return "unknown";
+}
+
+}  // namespace dcp::checkpoint
 
 namespace dcp::checkpoint::detail {
 namespace {

@@ -93,16 +93,37 @@ struct SharedRead {
   friend bool operator==(const SharedRead& a, const SharedRead& b);
 };
 
+/// Where the ranks run, as read-once weighs it: which ranks share a host (and so its page
+/// cache: a byte one of them reads from storage, the others copy from memory), and which link
+/// is the slowest.
+struct ReadTopology {
+  /// The link whose bytes a shared item's reading should keep fewest: `host`, each host's own
+  /// (its storage reads and its group traffic alike), or `storage`, a storage service all hosts
+  /// share whose bandwidth is below what the hosts' links add up to.
+  enum class Link : std::uint8_t { host, storage };
+  /// host_of_rank[r]: rank r's host, any number that is equal for the ranks of one host; empty:
+  /// every rank on a host of its own.
+  std::vector<int> host_of_rank;
+  Link slowest_link = Link::host;
+};
+
 /// The coordinator's choice of shared reads over every rank's plan (plans[r] is rank r's), by
 /// reader rank and in metadata order for each reader: the order in which every rank takes part
 /// in their broadcasts (one reader's consecutive items share a broadcast). A saved tensor
-/// chunk is shared when at least two ranks read from it and their reads together would fetch
-/// more than one copy of it (each read costs its row-major span: a replicated chunk, boxes
-/// that overlap, column bands of a row chunk), not when the ranks read disjoint row ranges; an
-/// object is shared when at least two ranks load it. Each goes to the reader among its ranks
-/// with the fewest shared bytes so far (ties: the lowest rank). Items that name nothing in
-/// `metadata` are left to the storage layer, which refuses them.
-std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const metadata::ValidatedMetadata& metadata);
+/// chunk is a candidate when at least two ranks read from it and their reads together would
+/// fetch more than one copy of it (each read costs its row-major span: a replicated chunk,
+/// boxes that overlap, column bands of a row chunk), not when the ranks read disjoint row
+/// ranges; an object is a candidate when at least two ranks load it. A candidate of S stored
+/// bytes that ranks on H hosts need is read by each of its ranks (the page cache of each host
+/// fetching it once: S on each host's link, H·S from the storage) unless a broadcast from one
+/// of them moves fewer bytes over `topology.slowest_link` (S from the storage; out of the
+/// reader's host S plus S per rank of the group elsewhere, into another host S per rank
+/// there; ties read): so never on one host, and across hosts when the storage is the slowest
+/// link. A broadcast item goes to the reader among its ranks with the fewest shared bytes so far
+/// (ties: the lowest rank). Items that name nothing in `metadata` are left to the storage
+/// layer, which refuses them.
+std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const metadata::ValidatedMetadata& metadata,
+                                       const ReadTopology& topology);
 /// Shared reads as bytes ("DRO1", encode_plan's conventions); the decoder throws data_loss
 /// with the byte offset.
 std::vector<std::byte> encode_shared_reads(std::span<const SharedRead> reads);

@@ -1,14 +1,16 @@
-// Read-once loading: which saved items one rank reads for all (plan_read_once).
+// Read-once loading: which saved items one rank reads for all hosts (plan_read_once).
 module;
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 module dcp.planning;
+import dcp.error;
 import dcp.metadata;
 import dcp.layout;
 
@@ -30,9 +32,45 @@ struct Demand {
   std::uint64_t spans = 0;    // elements the ranks' reads would fetch, summed (saturating)
 };
 
+// Whether a broadcast of `stored` bytes moves fewer of them over the slowest link than each
+// host reading them for its ranks (plan_read_once's rule). `needing` are the ranks that read the
+// item; `ranks_on` counts the group's ranks per host.
+bool broadcast_is_cheaper(std::uint64_t stored, std::span<const int> needing, std::span<const int> host_of,
+                          const std::unordered_map<int, std::uint64_t>& ranks_on, ReadTopology::Link slowest) {
+  using Wide = unsigned __int128;  // bytes times ranks cannot overflow it
+  std::vector<int> hosts;
+  for (int rank : needing)
+    if (std::ranges::find(hosts, host_of[static_cast<std::size_t>(rank)]) == hosts.end())
+      hosts.push_back(host_of[static_cast<std::size_t>(rank)]);
+  const Wide s = stored;
+  if (slowest == ReadTopology::Link::storage) return s < s * hosts.size();
+  // Each host's own link: reading puts S on each needing host's; a broadcast S (from storage)
+  // plus S per rank elsewhere out of the reader's host, and S per rank into every other host.
+  std::uint64_t world = 0;
+  for (const auto& [host, count] : ranks_on) world += count;
+  Wide best = ~Wide{0};
+  for (int root_host : hosts) {
+    Wide busiest = s + s * (world - ranks_on.at(root_host));
+    for (const auto& [host, count] : ranks_on)
+      if (host != root_host) busiest = std::max(busiest, s * count);
+    best = std::min(best, busiest);
+  }
+  return best < s;
+}
+
 }  // namespace
 
-std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const metadata::ValidatedMetadata& md) {
+std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const metadata::ValidatedMetadata& md,
+                                       const ReadTopology& topology) {
+  std::vector<int> host_of = topology.host_of_rank;
+  if (host_of.empty())
+    for (std::size_t r = 0; r < plans.size(); ++r) host_of.push_back(static_cast<int>(r));
+  if (host_of.size() != plans.size())
+    throw Error(Errc::invalid_argument, "read-once topology names the hosts of " + std::to_string(host_of.size()) +
+                                            " ranks, the group has " + std::to_string(plans.size()));
+  std::unordered_map<int, std::uint64_t> ranks_on;
+  for (int host : host_of) ++ranks_on[host];
+
   std::unordered_map<ItemKey, Demand, ItemKeyHash> demand;
   for (std::size_t r = 0; r < plans.size(); ++r) {
     const int rank = static_cast<int>(r);
@@ -82,6 +120,7 @@ std::vector<SharedRead> plan_read_once(std::span<const LoadPlan> plans, const me
     if (saved.is_tensor()) read.item.offset = saved.tensor().chunks[key.chunk].offsets;
     const auto* info = md->find_storage(saved.fqn, read.item.offset ? &*read.item.offset : nullptr);
     read.stored_bytes = info ? info->length : 0;
+    if (!broadcast_is_cheaper(read.stored_bytes, d->ranks, host_of, ranks_on, topology.slowest_link)) continue;
     int best = d->ranks.front();
     for (int rank : d->ranks)
       if (assigned[rank] < assigned[best]) best = rank;

@@ -10,7 +10,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -110,27 +112,78 @@ class FaultyPlanner final : public pl::DefaultLoadPlanner {
   Fault fault_;
 };
 
+// The saved records each played host's ranks read from storage (file, offset, length): on a
+// host the page cache fetches each of them once, whichever of its ranks reads it.
+struct StorageLog {
+  std::mutex mutex;
+  std::map<std::string, std::set<std::tuple<std::string, std::uint64_t, std::uint64_t>>> by_host;
+  std::uint64_t bytes_on(const std::string& host) {
+    std::uint64_t total = 0;
+    for (const auto& [file, offset, length] : by_host[host]) total += length;
+    return total;
+  }
+  std::uint64_t bytes_on_every_host() {
+    std::uint64_t total = 0;
+    for (const auto& [host, records] : by_host) total += bytes_on(host);
+    return total;
+  }
+};
+
 class FaultyReader final : public st::FileSystemReader {
  public:
-  FaultyReader(const std::filesystem::path& dir, Fault fault) : FileSystemReader(dir), fault_(fault) {}
+  FaultyReader(const std::filesystem::path& dir, Fault fault, StorageLog* log = nullptr, std::string host = {})
+      : FileSystemReader(dir), fault_(fault), log_(log), host_(std::move(host)) {}
   using FileSystemReader::read_data;
+  void set_up_storage_reader(md::ValidatedMetadata metadata, bool is_coordinator) override {
+    metadata_ = metadata;
+    FileSystemReader::set_up_storage_reader(std::move(metadata), is_coordinator);
+  }
   st::ReadReport read_data(const pl::LoadPlan& plan, pl::LoadPlanner& planner) override {
     if (fault_ == Fault::own_read) throw injected("the reads");
+    for (const auto& item : plan.items) record(item.storage_index);
     return FileSystemReader::read_data(plan, planner);
+  }
+  void read_item(const md::MetadataIndex& item, std::span<std::byte> out, st::ReadReport& report) override {
+    record(item);
+    FileSystemReader::read_item(item, out, report);
   }
 
  private:
+  void record(const md::MetadataIndex& index) {
+    if (!log_ || !metadata_) return;
+    const auto* info = (*metadata_)->find_storage(index.fqn, index.offset ? &*index.offset : nullptr);
+    if (!info) return;
+    std::lock_guard lock(log_->mutex);
+    log_->by_host[host_].emplace(info->relative_path, info->offset, info->length);
+  }
   Fault fault_;
+  StorageLog* log_;
+  std::string host_;
+  std::optional<md::ValidatedMetadata> metadata_;
+};
+
+// Read-once as it was before hosts counted: every rank a host of its own, the storage the
+// slowest link, so every item that several ranks need is read by one and broadcast.
+ck::ReadOnce broadcasting() { return {.slowest_link = pl::ReadTopology::Link::storage}; }
+
+// How the ranks of one load are played: `read_once` on rank 0 (the coordinator) and `others`
+// (the same when unset) elsewhere; `hosts[r]` rank r's host (each rank its own when empty);
+// `metadata` skips the metadata step (each rank uses it as given); rank `faulty_rank` fails at
+// `fault`; `log` records what each host reads from storage.
+struct Play {
+  ck::ReadOnce read_once = broadcasting();
+  std::optional<md::ValidatedMetadata> metadata = std::nullopt;
+  std::optional<ck::ReadOnce> others = std::nullopt;
+  int faulty_rank = -1;
+  Fault fault = Fault::none;
+  std::vector<std::string> hosts = {};
+  StorageLog* log = nullptr;
 };
 
 // Loads every tensor (the box `box_of` gives each rank) and, with `objects`, "meta", on `world`
-// ranks played by threads, with `read_once` on rank 0 (the coordinator) and `others` (the same
-// when unset) elsewhere. `metadata` skips the metadata step (each rank uses it as given).
+// ranks played by threads.
 std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int world, const BoxOf& box_of, bool objects,
-                                       ck::ReadOnce read_once = {},
-                                       std::optional<md::ValidatedMetadata> metadata = std::nullopt,
-                                       std::optional<ck::ReadOnce> others = std::nullopt, int faulty_rank = -1,
-                                       Fault fault = Fault::none) {
+                                       const Play& play = {}) {
   auto groups = dcp::collective::make_in_process_group(world);
   std::vector<RankOutcome> outcomes(static_cast<std::size_t>(world));
   std::vector<std::thread> threads;
@@ -138,9 +191,11 @@ std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int wor
     threads.emplace_back([&, r] {
       auto& out = outcomes[static_cast<std::size_t>(r)];
       try {
-        const auto mine = r == faulty_rank ? fault : Fault::none;
-        FaultyReader reader(dir, mine);
-        const auto md = metadata ? *metadata : ck::read_metadata(reader, groups[static_cast<std::size_t>(r)].get());
+        const auto mine = r == play.faulty_rank ? play.fault : Fault::none;
+        auto read_once = r == 0 ? play.read_once : play.others.value_or(play.read_once);
+        read_once.host = play.hosts.empty() ? "rank " + std::to_string(r) : play.hosts[static_cast<std::size_t>(r)];
+        FaultyReader reader(dir, mine, play.log, read_once.host);
+        const auto md = play.metadata ? *play.metadata : ck::read_metadata(reader, groups[static_cast<std::size_t>(r)].get());
         pl::Destination destination;
         for (const auto& item : md->items) {
           if (!item.is_tensor()) {
@@ -155,8 +210,7 @@ std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int wor
           destination.add_tensor(item.fqn, std::move(dest));
         }
         FaultyPlanner planner(mine);
-        out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0,
-                              r == 0 ? read_once : others.value_or(read_once));
+        out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0, read_once);
         if (const auto* bytes = planner.loaded_bytes("meta")) out.meta = *bytes;
       } catch (const dcp::Error& e) {
         out.error = e;
@@ -233,7 +287,7 @@ BOOST_AUTO_TEST_CASE(plan_read_once_shares_what_ranks_read_more_than_once) {
   plans[2].items.push_back(read_of("w", {0, 0}, {0, 0}, {0, kCols}));
   plans[0].items.push_back(read_of("w", {0, 0}, {0, 0}, {0, kCols}));
 
-  const auto shared = pl::plan_read_once(plans, md);
+  const auto shared = pl::plan_read_once(plans, md, {{}, pl::ReadTopology::Link::storage});
   BOOST_REQUIRE_EQUAL(shared.size(), 2u);
   // Assigned in metadata order (w before bias, as saved) to the reader with the fewest shared
   // bytes, then the lowest rank; listed by reader.
@@ -268,7 +322,7 @@ BOOST_AUTO_TEST_CASE(four_ranks_loading_everything_read_one_copy) {
   BOOST_TEST(readers >= 2);  // the reads are spread over the ranks
 
   // Turned off, every rank reads every tensor itself.
-  const auto alone = load_on_ranks(saved.dir, 4, whole(), true, ck::ReadOnce{.enabled = false});
+  const auto alone = load_on_ranks(saved.dir, 4, whole(), true, {.read_once = {.enabled = false}});
   check_values(saved, alone, whole());
   BOOST_TEST(sum(alone, [](const st::ReadReport& r) { return r.received_bytes; }) == 0u);
   BOOST_TEST(sum(alone, [](const st::ReadReport& r) { return r.storage_bytes; }) >= 4 * (saved.w.size() + saved.bias.size()));
@@ -277,7 +331,11 @@ BOOST_AUTO_TEST_CASE(four_ranks_loading_everything_read_one_copy) {
 
 BOOST_AUTO_TEST_CASE(one_item_per_broadcast_gives_the_same_values) {
   Saved saved;
-  const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, ck::ReadOnce{.enabled = true, .batch_bytes = 1});
+  const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, {.read_once = [] {
+    auto one_item = broadcasting();
+    one_item.batch_bytes = 1;
+    return one_item;
+  }()});
   check_values(saved, outcomes, whole());
   BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored_bytes(saved.dir));
 }
@@ -287,17 +345,21 @@ BOOST_AUTO_TEST_CASE(one_item_per_broadcast_gives_the_same_values) {
 BOOST_AUTO_TEST_CASE(the_coordinators_batch_size_holds_for_every_rank) {
   Saved saved;
   for (const auto& [coordinator, others] : {std::pair<std::uint64_t, std::uint64_t>{1, 1u << 30}, {1u << 30, 1}}) {
-    const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, ck::ReadOnce{.enabled = true, .batch_bytes = coordinator},
-                                        std::nullopt, ck::ReadOnce{.enabled = true, .batch_bytes = others});
+    auto mine = broadcasting(), theirs = broadcasting();
+    mine.batch_bytes = coordinator;
+    theirs.batch_bytes = others;
+    const auto outcomes = load_on_ranks(saved.dir, 3, whole(), true, {.read_once = mine, .others = theirs});
     check_values(saved, outcomes, whole());
     BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored_bytes(saved.dir));
   }
 }
 
-// The Checkpointer's load over a group: read-once by default, off when set so.
-BOOST_AUTO_TEST_CASE(checkpointer_load_reads_once_unless_told_not_to) {
+// The Checkpointer's load over a group: read-once by default (on this one host, every rank
+// reads for itself), broadcasting across played hosts when set so, off when set so.
+BOOST_AUTO_TEST_CASE(checkpointer_load_reads_as_set_read_once_says) {
   Saved saved;
-  for (const bool read_once : {true, false}) {
+  enum Setting { by_default, across_hosts, off };
+  for (const Setting setting : {by_default, across_hosts, off}) {
     auto groups = dcp::collective::make_in_process_group(2);
     std::vector<st::ReadReport> reports(2);
     std::vector<std::vector<std::byte>> loaded(2);
@@ -308,7 +370,12 @@ BOOST_AUTO_TEST_CASE(checkpointer_load_reads_once_unless_told_not_to) {
         try {
           ck::Checkpointer checkpointer(nullptr, std::make_shared<st::FileSystemReader>(saved.dir),
                                         groups[static_cast<std::size_t>(r)].get());
-          if (!read_once) checkpointer.set_read_once({.enabled = false});
+          if (setting == off) checkpointer.set_read_once({.enabled = false});
+          if (setting == across_hosts) {
+            auto read_once = broadcasting();
+            read_once.host = "host " + std::to_string(r);
+            checkpointer.set_read_once(read_once);
+          }
           auto& memory = loaded[static_cast<std::size_t>(r)];
           memory.resize(saved.bias.size());
           pl::Destination destination;
@@ -321,13 +388,13 @@ BOOST_AUTO_TEST_CASE(checkpointer_load_reads_once_unless_told_not_to) {
         }
       });
     for (auto& t : threads) t.join();
-    BOOST_TEST_CONTEXT("read_once " << read_once) {
+    BOOST_TEST_CONTEXT("setting " << setting) {
       for (int r = 0; r < 2; ++r) {
         BOOST_TEST(errors[static_cast<std::size_t>(r)].empty(), errors[static_cast<std::size_t>(r)]);
         BOOST_TEST((loaded[static_cast<std::size_t>(r)] == saved.bias));
       }
       const auto received = reports[0].received_bytes + reports[1].received_bytes;
-      BOOST_TEST((read_once ? received > 0 : received == 0));
+      BOOST_TEST((setting == across_hosts ? received > 0 : received == 0));
     }
   }
 }
@@ -338,6 +405,90 @@ BOOST_AUTO_TEST_CASE(disjoint_rows_are_read_by_their_ranks) {
   const auto outcomes = load_on_ranks(saved.dir, 4, layout, false);
   check_values(saved, outcomes, layout);
   BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 0u);
+}
+
+// Ranks on one host never broadcast to each other (copying from the page cache is faster than
+// any loopback transfer), whichever link is the slowest: each reads what it needs itself, and
+// the host reads each saved record once.
+BOOST_AUTO_TEST_CASE(ranks_on_one_host_read_for_themselves) {
+  Saved saved;
+  for (const auto link : {pl::ReadTopology::Link::host, pl::ReadTopology::Link::storage}) {
+    BOOST_TEST_CONTEXT("slowest link " << (link == pl::ReadTopology::Link::host ? "host" : "storage")) {
+      StorageLog log;
+      const auto outcomes = load_on_ranks(saved.dir, 4, whole(), true,
+                                          {.read_once = {.slowest_link = link}, .hosts = {"node", "node", "node", "node"}, .log = &log});
+      check_values(saved, outcomes, whole());
+      BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 0u);
+      BOOST_TEST(log.bytes_on("node") == stored_bytes(saved.dir));
+      for (const auto& o : outcomes) BOOST_TEST((o.meta && *o.meta == *outcomes[0].meta));
+    }
+  }
+}
+
+// Two played hosts of two ranks, every rank loading everything whole. With each host's link the
+// slowest (the default), each host reads every saved record once and nothing is broadcast;
+// with the storage the slowest, each record is read once in all and broadcast.
+BOOST_AUTO_TEST_CASE(two_hosts_read_once_per_host_or_once_in_all) {
+  Saved saved;
+  const std::vector<std::string> hosts{"a", "a", "b", "b"};
+  const auto stored = stored_bytes(saved.dir);
+
+  StorageLog per_host;
+  auto outcomes = load_on_ranks(saved.dir, 4, whole(), true, {.read_once = {}, .hosts = hosts, .log = &per_host});
+  check_values(saved, outcomes, whole());
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 0u);
+  BOOST_TEST(per_host.bytes_on("a") == stored);
+  BOOST_TEST(per_host.bytes_on("b") == stored);
+
+  StorageLog once;
+  outcomes = load_on_ranks(saved.dir, 4, whole(), true, {.hosts = hosts, .log = &once});
+  check_values(saved, outcomes, whole());
+  BOOST_TEST(once.bytes_on_every_host() == stored);
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.storage_bytes; }) == stored);
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 3 * stored);
+  for (const auto& o : outcomes) BOOST_TEST((o.meta && *o.meta == *outcomes[0].meta));
+}
+
+// With the storage the slowest link, an item that only one host's ranks need is still read by
+// each of them (never broadcast); only what both hosts need travels.
+BOOST_AUTO_TEST_CASE(what_one_host_needs_stays_on_that_host) {
+  Saved saved;
+  // Host a (ranks 0, 1) holds rows [0, 32) of w, host b (ranks 2, 3) rows [32, 64): each a saved
+  // chunk whole, replicated over its host's two ranks. bias is whole on every rank.
+  const BoxOf layout = [](const md::Shape& global, int rank) {
+    if (global.size() == 1) return ly::full_box(global);
+    return ly::Box{{rank / 2 * (kRows / 2), 0}, {kRows / 2, kCols}};
+  };
+  StorageLog log;
+  const auto outcomes = load_on_ranks(saved.dir, 4, layout, false, {.hosts = {"a", "a", "b", "b"}, .log = &log});
+  check_values(saved, outcomes, layout);
+  const auto md = ck::inspect(saved.dir);
+  const auto bias = md->find_storage("bias", &md->find_item("bias")->tensor().chunks[0].offsets)->length;
+  BOOST_TEST(sum(outcomes, [](const st::ReadReport& r) { return r.received_bytes; }) == 3 * bias);
+  // Each record read once in all, but "meta", which no rank loads here.
+  const auto meta = md->find_storage("meta", nullptr)->length;
+  BOOST_TEST(log.bytes_on_every_host() == stored_bytes(saved.dir) - meta);
+}
+
+// The rule alone: which candidates are broadcast, by host and link.
+BOOST_AUTO_TEST_CASE(plan_read_once_broadcasts_only_across_hosts_over_slow_storage) {
+  Saved saved;
+  const auto md = ck::inspect(saved.dir);
+  std::vector<pl::LoadPlan> plans(3);
+  for (auto& plan : plans) plan.items.push_back(read_of("bias", {0}, {0}, {kCols}));
+  using Link = pl::ReadTopology::Link;
+  BOOST_TEST(pl::plan_read_once(plans, md, {{0, 0, 0}, Link::storage}).empty());
+  BOOST_TEST(pl::plan_read_once(plans, md, {{0, 1, 2}, Link::host}).empty());
+  BOOST_TEST(pl::plan_read_once(plans, md, {{}, Link::host}).empty());
+  const auto across = pl::plan_read_once(plans, md, {{5, 5, 9}, Link::storage});
+  BOOST_REQUIRE_EQUAL(across.size(), 1u);
+  BOOST_TEST(across[0].item.fqn == "bias");
+  // Only ranks 0 and 1 (one host) need w's first chunk whole: read by both.
+  plans[0].items.push_back(read_of("w", {0, 0}, {0, 0}, {32, kCols}));
+  plans[1].items.push_back(read_of("w", {0, 0}, {0, 0}, {32, kCols}));
+  BOOST_TEST(pl::plan_read_once(plans, md, {{5, 5, 9}, Link::storage}).size() == 1u);
+  BOOST_TEST(pl::plan_read_once(plans, md, {{5, 7, 9}, Link::storage}).size() == 2u);
+  BOOST_CHECK_THROW(pl::plan_read_once(plans, md, {{5, 7}, Link::storage}), dcp::Error);
 }
 
 BOOST_AUTO_TEST_CASE(column_bands_of_row_chunks_are_read_once) {
@@ -359,7 +510,7 @@ BOOST_AUTO_TEST_CASE(a_reader_that_fails_fails_every_rank_naming_it) {
   // Cut the file holding bias after the metadata is read: its reader's read comes up short.
   const auto* info = md->find_storage("bias", &md->find_item("bias")->tensor().chunks[0].offsets);
   std::filesystem::resize_file(saved.dir / info->relative_path, info->offset + 3);
-  const auto outcomes = load_on_ranks(saved.dir, 4, whole(), true, {}, md);
+  const auto outcomes = load_on_ranks(saved.dir, 4, whole(), true, {.metadata = md});
   std::optional<int> named;
   for (std::size_t r = 0; r < outcomes.size(); ++r) {
     BOOST_TEST_CONTEXT("rank " << r) {
@@ -390,7 +541,7 @@ BOOST_AUTO_TEST_CASE(a_rank_failing_in_any_load_step_fails_every_rank_naming_it)
   for (const auto& [fault, rank, where, whole_tensors] : cases) {
     BOOST_TEST_CONTEXT(where << " on rank " << rank << (whole_tensors ? ", read-once" : ", rows")) {
       const auto outcomes =
-          load_on_ranks(saved.dir, 4, whole_tensors ? whole() : by("rows", 4), true, {}, std::nullopt, std::nullopt, rank, fault);
+          load_on_ranks(saved.dir, 4, whole_tensors ? whole() : by("rows", 4), true, {.faulty_rank = rank, .fault = fault});
       for (std::size_t r = 0; r < outcomes.size(); ++r) {
         BOOST_TEST_CONTEXT("rank " << r) {
           BOOST_REQUIRE(outcomes[r].error.has_value());

@@ -23,14 +23,17 @@ namespace json = boost::json;
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
+// `hosts[r]`, when given, is the host rank r plays (DCPP_HOST).
 std::vector<dist_test::RankResult> run_dcpp_ranks(int world, const fs::path& scratch, std::vector<std::string> args,
-                                                  std::vector<std::pair<std::string, std::string>> env = {}) {
+                                                  std::vector<std::pair<std::string, std::string>> env = {},
+                                                  std::vector<std::string> hosts = {}) {
   dist_test::Launch l;
   l.world = world;
   l.scratch = scratch;
   l.env = std::move(env);
-  l.argv = [&](int) {
+  l.argv = [&](int rank) {
     std::vector<std::string> argv{dcp_test::dcpp_exe().string()};
+    if (!hosts.empty()) argv.insert(argv.begin(), {"/usr/bin/env", "DCPP_HOST=" + hosts.at(static_cast<std::size_t>(rank))});
     argv.insert(argv.end(), args.begin(), args.end());
     return argv;
   };
@@ -98,32 +101,47 @@ BOOST_AUTO_TEST_CASE(load_under_the_launcher_reports_each_rank_and_the_total) {
   BOOST_TEST(total.at("gbps").to_number<double>() > 0);
 }
 
-// Four ranks that each load every tensor whole: with read-once, every saved item is read from
-// storage by one rank (together at most the data files' bytes) and received by the three
-// others; without it, every rank reads every tensor.
-BOOST_AUTO_TEST_CASE(replicated_load_reads_one_copy_from_storage) {
+// Four ranks that each load every tensor whole. On this one host (or told so by DCPP_HOST) every
+// rank reads for itself, as without read-once: nothing is broadcast, whichever link is the
+// slowest. Played as two hosts (DCPP_HOST) with the storage the slowest link, every saved item
+// is read from storage by one rank (together at most the data files' bytes) and received by
+// the three others.
+BOOST_AUTO_TEST_CASE(replicated_load_reads_once_per_host_or_once_across_played_hosts) {
   TempDir tmp;
   const auto& case_dir = dcp_test::checkpoint_case("x2_fsdp_4ranks");
   std::uint64_t file_bytes = 0;
   for (const auto& entry : fs::directory_iterator(case_dir / "ckpt"))
     if (entry.path().extension() == ".distcp") file_bytes += entry.file_size();
-  auto total_of = [&](bool read_once) {
+  auto total_of = [&](std::vector<std::string> flags, std::vector<std::string> hosts) {
     std::vector<std::string> args{"load", "--json", "--layout", "replicated"};
-    if (!read_once) args.push_back("--no-read-once");
+    args.insert(args.end(), flags.begin(), flags.end());
     args.push_back((case_dir / "ckpt").string());
-    const auto results = run_dcpp_ranks(4, tmp.path(), args);
+    const auto results = run_dcpp_ranks(4, tmp.path(), args, {}, std::move(hosts));
     all_ok(results);
     return json::parse(results.at(0).out).as_object().at("total").as_object();
   };
-  const auto once = total_of(true), every = total_of(false);
-  const auto tensor_bytes = once.at("bytes").to_number<std::uint64_t>();  // 4 whole copies
-  BOOST_TEST(every.at("bytes").to_number<std::uint64_t>() == tensor_bytes);
+  const auto every = total_of({"--no-read-once"}, {});
+  const auto tensor_bytes = every.at("bytes").to_number<std::uint64_t>();  // 4 whole copies
+  BOOST_TEST(every.at("received_bytes").to_number<std::uint64_t>() == 0u);
+  BOOST_TEST(every.at("storage_bytes").to_number<std::uint64_t>() >= tensor_bytes);
+  for (const auto& [flags, hosts] : std::vector<std::pair<std::vector<std::string>, std::vector<std::string>>>{
+           {{}, {}}, {{"--slowest-link", "storage"}, {}}, {{"--slowest-link", "storage"}, {"n", "n", "n", "n"}}}) {
+    BOOST_TEST_CONTEXT(flags.size() << " flags, " << hosts.size() << " hosts given") {
+      const auto one_host = total_of(flags, hosts);
+      BOOST_TEST(one_host.at("bytes").to_number<std::uint64_t>() == tensor_bytes);
+      BOOST_TEST(one_host.at("received_bytes").to_number<std::uint64_t>() == 0u);
+      BOOST_TEST(one_host.at("storage_bytes").to_number<std::uint64_t>() >= tensor_bytes);
+    }
+  }
+  const auto once = total_of({"--slowest-link", "storage"}, {"a", "a", "b", "b"});
+  BOOST_TEST(once.at("bytes").to_number<std::uint64_t>() == tensor_bytes);
   const auto read = once.at("storage_bytes").to_number<std::uint64_t>();
   BOOST_TEST(read <= file_bytes);
   BOOST_TEST(read >= tensor_bytes / 4);
   BOOST_TEST(once.at("received_bytes").to_number<std::uint64_t>() == 3 * read);
-  BOOST_TEST(every.at("received_bytes").to_number<std::uint64_t>() == 0u);
-  BOOST_TEST(every.at("storage_bytes").to_number<std::uint64_t>() >= tensor_bytes);
+  // The default over the two played hosts: each host reads, nothing travels.
+  const auto per_host = total_of({}, {"a", "a", "b", "b"});
+  BOOST_TEST(per_host.at("received_bytes").to_number<std::uint64_t>() == 0u);
 }
 
 // torch 2.13's torchrun: its agent's store speaks a newer protocol than libtorch 1.13, so rank
@@ -423,6 +441,8 @@ BOOST_AUTO_TEST_CASE(reshard_usage_errors_exit_2_before_any_work) {
       {"reshard --timeout 0 " + src + " " + dst, "--timeout takes"},
       {"reshard " + src, "takes 2 argument"},
       {"load --timeout soon " + src, "--timeout takes"},
+      {"load --slowest-link network " + src, "--slowest-link takes host or storage"},
+      {"reshard --slowest-link sideways " + src + " " + dst, "--slowest-link takes host or storage"},
   };
   for (const auto& [args, message] : cases) {
     const auto r = dcp_test::run_dcpp(args, tmp.path());

@@ -3,6 +3,7 @@
 // the next save works. Over a group, the background save has a group of its own.
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -139,6 +140,80 @@ BOOST_AUTO_TEST_CASE(one_checkpointer_reuses_its_staging) {
     BOOST_TEST(dcp_test::list_names(dir).size() <= 2u + 1u, "files of earlier saves left in " << dir);
   }
   (void)staged;
+}
+
+// The caller keeps writing its tensors from the moment async_save returns until the save is
+// done, as a training step does: the first call of a fresh Checkpointer (its staging memory
+// new, or made resident by prepare_async_save) and later calls (reused) each hold the values
+// at their call, as dcpp and torch 2.13 read them back.
+BOOST_AUTO_TEST_CASE(the_caller_writing_during_the_save_changes_nothing_saved) {
+  dcp_test::TempDir tmp;
+  constexpr int kCalls = 3;
+  auto dir = [&](bool prepared, int k) { return tmp.path() / ((prepared ? "prepared" : "fresh") + std::to_string(k)); };
+  for (const bool prepared : {false, true}) {
+    Source src;
+    auto writer = std::make_shared<st::FileSystemWriter>(dir(prepared, 0), options(true));
+    ck::Checkpointer cp(writer, nullptr);
+    src.fill(-7);
+    if (prepared) cp.prepare_async_save(src.sd);
+    for (int k = 0; k < kCalls; ++k) {
+      writer->reset(dir(prepared, k));
+      src.fill(k);
+      auto saved = cp.async_save(src.sd);
+      std::atomic<bool> done = false;
+      int writes = 0;
+      std::thread training([&] {
+        for (int step = 1; !done.load() || writes == 0; ++step, ++writes) src.fill(100 * (k + 1) + step);
+      });
+      const auto metadata = saved.get();
+      done = true;
+      training.join();
+      BOOST_TEST(metadata.items.size() == 4u);
+    }
+    for (int k = 0; k < kCalls; ++k) check_dir(dir(prepared, k), k);
+  }
+  if (!dcp_test::python2x_available()) return;
+  boost::json::array checks;
+  std::vector<std::string> names;
+  for (const bool prepared : {false, true})
+    for (const int k : {0, kCalls - 1}) {
+      const auto want = Source::expected(k);
+      Case one(tmp.path() / ("bins" + std::to_string(names.size())));
+      one.expect({std::string("model"), std::string("big")}, DType::float32, {1024, 1024}, want.at("model.big"));
+      one.expect({std::string("step")}, DType::int64, {3}, want.at("step"));
+      one.expect({std::string("model"), std::string("t")}, DType::bfloat16, {5, 6}, want.at("model.t"));
+      boost::json::object tag;
+      tag["path"] = json_path({std::string("tag")});
+      tag["literal"] = "'async'";
+      one.objects.push_back(std::move(tag));
+      names.push_back(dir(prepared, k).filename().string());
+      checks.push_back(one.check(names.back(), dir(prepared, k)));
+    }
+  write_manifest(tmp.path() / "manifest.json", checks);
+  run_checks(dcp_test::python2x(), "save_check.py", "load " + dcp_test::quote(tmp.path() / "manifest.json"), names);
+}
+
+// prepare_async_save's reserve makes every buffer a stage of the same state dict uses: the
+// stage takes nothing more and copies the values.
+BOOST_AUTO_TEST_CASE(reserved_staging_is_the_staging_a_stage_uses) {
+  Source src;
+  src.fill(3);
+  std::uint64_t allocations = 0, allocated = 0;
+  ck::StagingArea staging([&](std::uint64_t bytes) {
+    ++allocations;
+    allocated += bytes;
+    return dcp::memory::allocate(bytes);
+  });
+  staging.reserve(src.sd);
+  const auto reserved = allocations;
+  BOOST_TEST(allocated == 4u * (1 << 20) + 24u + 60u);  // the tensors' bytes, each buffer once
+  BOOST_TEST(staging.bytes() == allocated);
+  const auto staged = staging.stage(src.sd);
+  BOOST_TEST(allocations == reserved);
+  src.fill(4);
+  dcp_test::TempDir tmp;
+  (void)save_one(staged, tmp.path() / "ckpt");
+  check_dir(tmp.path() / "ckpt", 3);
 }
 
 // A write that fails (the target already holds a checkpoint, and overwrite is off) delivers its

@@ -14,7 +14,8 @@
 // plans' encoding for the scatter is encode_plans_s). Keys are named like torchtitan's
 // (longer than a short string's inline buffer, as real ones are). With --read-metadata, the
 // metadata is then encoded as `.metadata` (metadata_bytes) and read back as a loader does
-// (read_metadata_s: decode_validated).
+// (read_metadata_s: decode_validated). peak_rss_bytes: the process's peak resident memory (the
+// ranks' plans as the coordinator holds them, the global plans and the metadata included).
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -36,6 +37,11 @@ import dcp.planning;
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+std::uint64_t peak_rss_bytes() {
+  rusage r{};
+  getrusage(RUSAGE_SELF, &r);
+  return static_cast<std::uint64_t>(r.ru_maxrss) * 1024;  // Linux counts kilobytes
+}
 double cpu_seconds() {
   rusage r{};
   getrusage(RUSAGE_SELF, &r);
@@ -145,9 +151,10 @@ int main(int argc, char** argv) {
 
     std::printf("{\"ranks\": %d, \"mesh\": \"%dx%d\", \"tensors\": %d, \"write_items\": %llu, \"build_plans_s\": %.3f, "
                 "\"decode_plans_s\": %.3f, \"encode_plans_s\": %.3f, \"coordinator_s\": %.3f, \"coordinator_cpu_s\": %.3f, \"validate_s\": %.3f, \"validate_cpu_s\": %.3f, "
-                "\"metadata_bytes\": %zu, \"read_metadata_s\": %.3f}\n",
+                "\"metadata_bytes\": %zu, \"read_metadata_s\": %.3f, \"peak_rss_bytes\": %llu}\n",
                 ranks, mesh_a, mesh_b, tensors, static_cast<unsigned long long>(items), build_s, decode_s, encode_s, coordinator_s,
-                coordinator_cpu_s, validate_s, validate_cpu_s, metadata_bytes, read_metadata_s);
+                coordinator_cpu_s, validate_s, validate_cpu_s, metadata_bytes, read_metadata_s,
+                static_cast<unsigned long long>(peak_rss_bytes()));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dcpp-plan-bench: %s\n", e.what());
     return 1;

@@ -1,6 +1,6 @@
 // dcpp-save-bench: the dcpp half of `tools/bench`'s save measurements.
 //
-//   dcpp-save-bench --spec CKPT_DIR --out DIR [--mode sync|async] [--repeat N] [--files N]
+//   dcpp-save-bench --spec CKPT_DIR --out DIR [--mode sync|async|prepared] [--repeat N] [--files N]
 //
 // Builds an in-memory state dict with the tensors (names, dtypes, shapes) of the checkpoint
 // CKPT_DIR, filled with a byte pattern and touched before timing, then:
@@ -8,6 +8,7 @@
 //          1 s pause before the clock starts), fsync on;
 //   async: makes one Checkpointer and calls async_save N times, each after the previous
 //          future completed, changing one byte of every tensor between calls;
+//   prepared: as async, after Checkpointer::prepare_async_save (its seconds: prepare_seconds);
 // and prints one JSON object: bytes, per-save seconds (sync) or per-call stall seconds and
 // per-save total seconds (async). Peak RSS is measured by the caller (wait4).
 #include <chrono>
@@ -52,7 +53,7 @@ void settle() {
 }
 
 [[noreturn]] void usage() {
-  std::fprintf(stderr, "usage: dcpp-save-bench --spec CKPT_DIR --out DIR [--mode sync|async] [--repeat N] [--files N]\n");
+  std::fprintf(stderr, "usage: dcpp-save-bench --spec CKPT_DIR --out DIR [--mode sync|async|prepared] [--repeat N] [--files N]\n");
   std::exit(2);
 }
 
@@ -71,7 +72,7 @@ int main(int argc, char** argv) {
     else if (a == "--files") files = std::atoi(argv[++i]);
     else usage();
   }
-  if (spec.empty() || out.empty() || repeat < 1 || (mode != "sync" && mode != "async")) usage();
+  if (spec.empty() || out.empty() || repeat < 1 || (mode != "sync" && mode != "async" && mode != "prepared")) usage();
   try {
     auto spec_state = bench::state_dict_of_spec(spec);
     auto& buffers = spec_state.buffers;
@@ -81,6 +82,7 @@ int main(int argc, char** argv) {
     options.overwrite = true;
     options.files_per_rank = files;
     std::vector<double> times, stalls;
+    double prepare_seconds = 0;
     if (mode == "sync") {
       dcp::storage::FileSystemWriter writer(out, options);
       dcp::planning::DefaultSavePlanner planner;
@@ -93,6 +95,11 @@ int main(int argc, char** argv) {
       }
     } else {
       dcp::checkpoint::Checkpointer checkpointer(std::make_shared<dcp::storage::FileSystemWriter>(out, options), nullptr);
+      if (mode == "prepared") {
+        const auto t0 = Clock::now();
+        checkpointer.prepare_async_save(state_dict);
+        prepare_seconds = seconds_since(t0);
+      }
       for (int r = 0; r < repeat; ++r) {
         settle();
         const auto t0 = Clock::now();
@@ -104,8 +111,9 @@ int main(int argc, char** argv) {
         times.push_back(seconds_since(t0));
       }
     }
-    std::printf("{\"mode\": \"%s\", \"bytes\": %llu, \"seconds\": %s, \"stall_seconds\": %s}\n", mode.c_str(),
-                static_cast<unsigned long long>(total), json_list(times).c_str(), json_list(stalls).c_str());
+    std::printf("{\"mode\": \"%s\", \"bytes\": %llu, \"seconds\": %s, \"stall_seconds\": %s, \"prepare_seconds\": %.3f}\n",
+                mode.c_str(), static_cast<unsigned long long>(total), json_list(times).c_str(), json_list(stalls).c_str(),
+                prepare_seconds);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dcpp-save-bench: %s\n", e.what());
     return 1;

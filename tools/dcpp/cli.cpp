@@ -31,7 +31,7 @@ constexpr Command kCommands[] = {
      "directory (model.safetensors.index.json or *.safetensors files), torch's per-rank safetensors "
      "files (there or in sharded/), or one .safetensors file",
      run_inspect, 1},
-    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] [--no-read-once] CKPT",
+    {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] [--no-read-once] [--slowest-link host|storage] CKPT",
      "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
      "object, and print bytes, seconds and GB/s. As a rank of a launcher (torchrun; WORLD_SIZE > 1): "
      "each rank loads its rows (torch.chunk along dim 0) of every tensor over a Gloo process group "
@@ -60,7 +60,7 @@ constexpr Command kCommands[] = {
      "model.safetensors.index.json, split as huggingface_hub splits them; published crash-safely",
      run_convert, 2},
     {"reshard",
-     "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--quiet] SRC DST_DIR",
+     "dcpp reshard [--layout rows|cols|2d:AxB|replicated] [--format torch2|torch1.13] [--overwrite] [--timeout S] [--no-read-once] [--slowest-link host|storage] [--quiet] SRC DST_DIR",
      "write the checkpoint SRC as one saved by this many ranks: each rank loads its rows "
      "(torch.chunk along dim 0) of every tensor and the ranks save them together into DST_DIR "
      "(crash-safely). Run as the ranks of a launcher (torchrun, WORLD_SIZE > 1; needs libtorch for "
@@ -81,7 +81,8 @@ constexpr Flag kFlags[] = {
     {"overwrite", "", "convert reshard", "replace the file OUT, or the checkpoint already in OUT_DIR / DST_DIR (its data files go, nothing else there does)"},
     {"max-output-bytes", "SIZE", "convert", "file to checkpoint: the most the checkpoint may take, in bytes or with a suffix K, M, G, T (powers of 1024); default 2 x the input's size + 1 GiB"},
     {"layout", "KIND", "load reshard", "how the ranks of a launcher split each tensor: rows (torch.chunk along dim 0, the default), cols (dim 1), 2d:AxB (an A x B mesh, Shard(0) x Shard(1)), replicated (every rank holds every tensor whole; reshard stores each once); a tensor without the dim is split by rows"},
-    {"no-read-once", "", "load reshard", "as ranks of a launcher: every rank reads what it needs from storage itself (default: a saved item several ranks need is read by one of them and broadcast)"},
+    {"no-read-once", "", "load reshard", "as ranks of a launcher: every rank reads what it needs from storage itself (default: read-once, below)"},
+    {"slowest-link", "LINK", "load reshard", "as ranks of a launcher, read-once: host (the default: each host's own link; a saved item is read from storage once per host that needs it, its ranks sharing the page cache, never broadcast) or storage (a storage service slower than the hosts' links together: an item that several hosts need is read by one rank and broadcast). DCPP_HOST=NAME overrides this rank's host"},
     {"timeout", "S", "load reshard", "as ranks of a launcher: the longest a rank waits for the others, in seconds (default 120)"},
     {"quiet", "", "load verify convert reshard", "no progress bar and no summary line"},
     {"help", "", "*", "print help (-h: short)"},

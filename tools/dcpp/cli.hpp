@@ -97,9 +97,9 @@ void print_load_result(const Args& args, const LoadResult& result);
 int launcher_world_size();
 /// --timeout (120 s when absent): the longest a rank waits for the others.
 std::chrono::seconds timeout_of(const Args& args);
-/// --layout rows|cols|2d:AxB over `world_size` ranks (dcp.layout's parse_layout); a usage error
-/// when malformed.
-void check_layout(const Args& args, int world_size);
+/// --layout rows|cols|2d:AxB over `world_size` ranks (dcp.layout's parse_layout) and
+/// --slowest-link host|storage; a usage error when malformed.
+void check_dist_flags(const Args& args, int world_size);
 /// --format torch2|torch1.13 (convert_command.cpp).
 dcp::metadata::Flavor parse_flavor(const Args& args);
 /// `load` of this rank's rows (torch.chunk along dim 0) of every tensor, with every object,

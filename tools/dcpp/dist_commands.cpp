@@ -141,12 +141,21 @@ dcp::layout::Layout layout_of(const Args& args, int world) {
   }
 }
 
-void check_layout(const Args& args, int world_size) { (void)layout_of(args, world_size); }
-
+// --no-read-once, --slowest-link host|storage (usage errors exit 2).
 dcp::checkpoint::ReadOnce read_once_of(const Args& args) {
   dcp::checkpoint::ReadOnce read_once;
   read_once.enabled = !args.has("no-read-once");
+  const auto link = args.get("slowest-link").value_or("host");
+  if (link == "storage")
+    read_once.slowest_link = dcp::planning::ReadTopology::Link::storage;
+  else if (link != "host")
+    throw UsageError{"--slowest-link takes host or storage, not '" + link + "'"};
   return read_once;
+}
+
+void check_dist_flags(const Args& args, int world_size) {
+  (void)layout_of(args, world_size);
+  (void)read_once_of(args);
 }
 
 int run_load_distributed(const Args& args, ProcessGroup& pg) {

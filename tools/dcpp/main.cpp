@@ -46,7 +46,7 @@ std::filesystem::path torch_helper() {
 int load(const Args& args) {
   const auto device = device_of(args);
   (void)timeout_of(args);  // usage errors before handing over
-  check_layout(args, launcher_world_size());
+  check_dist_flags(args, launcher_world_size());
   if (launcher_world_size() > 1) run_torch_helper(args, "a load by the ranks of a launcher (WORLD_SIZE > 1)");
   if (device.kind == dcp::memory::DeviceKind::cpu) return run_load(args);
   run_torch_helper(args, "--device " + device.to_string());
@@ -54,7 +54,7 @@ int load(const Args& args) {
 
 // Ranks of a launcher need a c10d process group (dcpp-torch); one process needs none.
 int reshard(const Args& args) {
-  check_layout(args, launcher_world_size());
+  check_dist_flags(args, launcher_world_size());
   (void)parse_flavor(args);
   (void)timeout_of(args);
   if (launcher_world_size() > 1) run_torch_helper(args, "reshard by the ranks of a launcher (WORLD_SIZE > 1)");

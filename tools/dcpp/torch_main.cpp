@@ -34,7 +34,7 @@ std::unique_ptr<dcp::collective::ProcessGroup> launcher_group(const Args& args) 
 
 int load(const Args& args) {
   const auto device = device_of(args);
-  check_layout(args, launcher_world_size());
+  check_dist_flags(args, launcher_world_size());
   if (launcher_world_size() > 1) {
     if (device.kind != dcp::memory::DeviceKind::cpu)
       throw UsageError{"--device " + device.to_string() + " with WORLD_SIZE > 1: the ranks load rows into host memory only, for now"};
@@ -64,7 +64,7 @@ int load(const Args& args) {
 }
 
 int reshard(const Args& args) {
-  check_layout(args, launcher_world_size());
+  check_dist_flags(args, launcher_world_size());
   (void)parse_flavor(args);
   const auto group = launcher_world_size() > 1 ? launcher_group(args) : nullptr;
   return run_reshard(args, group.get());
