@@ -41,7 +41,7 @@ using collective::Collectives;
 // (length-prefixed), then the plan.
 Bytes local_payload(bool can_share, std::string_view host, const planning::LoadPlan& plan) {
   Bytes out{std::byte{can_share ? std::uint8_t{1} : std::uint8_t{0}}};
-  put_le(out, host.size(), 4);
+  append_le(out, host.size(), 4);
   for (char c : host) out.push_back(static_cast<std::byte>(c));
   const auto encoded = planning::encode_plan(plan);
   out.insert(out.end(), encoded.begin(), encoded.end());
@@ -50,7 +50,7 @@ Bytes local_payload(bool can_share, std::string_view host, const planning::LoadP
 
 // Inverse of local_payload; `host` views `body`.
 planning::LoadPlan decode_local(std::span<const std::byte> body, bool& can_share, std::string_view& host) {
-  const std::uint64_t length = body.size() >= 5 ? get_le(body.subspan(1), 4) : 0;
+  const std::uint64_t length = body.size() >= 5 ? load_le(body.subspan(1), 4) : 0;
   if (body.size() < 5 || length > body.size() - 5)
     throw Error(Errc::data_loss, "local plan message of " + std::to_string(body.size()) + " bytes is truncated");
   can_share = body[0] == std::byte{1};

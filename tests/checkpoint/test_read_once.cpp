@@ -212,8 +212,9 @@ std::vector<RankOutcome> load_on_ranks(const std::filesystem::path& dir, int wor
         FaultyPlanner planner(mine);
         out.report = ck::load(destination, reader, planner, md, groups[static_cast<std::size_t>(r)].get(), 0, read_once);
         if (const auto* bytes = planner.loaded_bytes("meta")) out.meta = *bytes;
-      } catch (const dcp::Error& e) {
-        out.error = e;
+      } catch (...) {
+        // Whatever a rank's thread throws fails its rank here, never the whole suite.
+        out.error = dcp::current_exception_as_error();
       }
     });
   for (auto& t : threads) t.join();
