@@ -10,11 +10,24 @@ module;
 #include <string_view>
 #include <utility>
 #include <vector>
+#include <charconv>
+#include <system_error>
 module dcp.collective;
 import dcp.error;
 import dcp.bytes;
 
 namespace dcp::collective {
+
+long long parse_launcher_integer(std::string_view name, std::string_view text, long long lo, long long hi) {
+  long long value = 0;
+  const auto* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, value);
+  // from_chars takes a leading '-' but no '+' or space; a sign is never part of these values.
+  if (text.empty() || text.front() == '-' || ec != std::errc{} || ptr != end || value < lo || value > hi)
+    throw Error(Errc::invalid_argument, std::string(name) + "='" + escape_text(text) + "': expected a whole number from " +
+                                            std::to_string(lo) + " to " + std::to_string(hi));
+  return value;
+}
 
 namespace detail {
 namespace {

@@ -103,11 +103,20 @@ class Collectives {
   int coordinator_ = 0;
 };
 
+/// How long a rank waits for the others unless told otherwise: long enough for a slow peer's
+/// file system, short enough that a dead one ends the job in minutes (c10d's own default of 30
+/// minutes is not).
+inline constexpr std::chrono::seconds kDefaultTimeout{120};
+
+/// The value of a launcher's integer variable (WORLD_SIZE, RANK, MASTER_PORT...) `name` holding
+/// `text`: ASCII decimal digits only, in [lo, hi]. Throws invalid_argument naming the variable.
+long long parse_launcher_integer(std::string_view name, std::string_view text, long long lo, long long hi);
+
 /// How long a played rank waits for the others.
 struct InProcessOptions {
   /// The longest any collective waits for the other ranks; past it the collective throws
   /// `cancelled` naming itself and the ranks that did not arrive.
-  std::chrono::milliseconds timeout = std::chrono::seconds(120);
+  std::chrono::milliseconds timeout = kDefaultTimeout;
 };
 
 /// `size` ranks played by threads of one process: handle r is rank r's group (each handle used

@@ -39,13 +39,7 @@ std::optional<long long> integer_var(const Lookup& lookup, std::string_view name
     throw Error(Errc::invalid_argument, std::string(name) + " is not set (a launcher such as torchrun sets RANK, "
                                         "WORLD_SIZE, MASTER_ADDR and MASTER_PORT for every rank)");
   }
-  long long value = 0;
-  const auto* end = text->data() + text->size();
-  const auto [ptr, ec] = std::from_chars(text->data(), end, value);
-  if (text->empty() || ec != std::errc{} || ptr != end || value < lo || value > hi)
-    throw Error(Errc::invalid_argument, std::string(name) + "='" + *text + "': expected a whole number from " +
-                                            std::to_string(lo) + " to " + std::to_string(hi));
-  return value;
+  return collective::parse_launcher_integer(name, *text, lo, hi);
 }
 
 class C10dGroup final : public collective::ProcessGroup {

@@ -38,7 +38,7 @@ std::string_view backend_name(Backend backend) noexcept;
 struct Options {
   /// The longest any rendezvous or collective may wait for the other ranks (c10d's default of
   /// 30 minutes is far too long for a rank that died).
-  std::chrono::milliseconds timeout = std::chrono::seconds(120);
+  std::chrono::milliseconds timeout = collective::kDefaultTimeout;
   Backend backend = Backend::gloo;
 };
 

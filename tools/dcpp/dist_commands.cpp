@@ -114,16 +114,16 @@ std::vector<double> total_of(Collectives& ranks, const std::vector<double>& mine
 int launcher_world_size() {
   const char* text = std::getenv("WORLD_SIZE");
   if (!text || !*text) return 1;
-  char* end = nullptr;
-  const long n = std::strtol(text, &end, 10);
-  if (*end != '\0' || n < 1 || n > 65536)
-    throw UsageError{"WORLD_SIZE='" + std::string(text) + "': expected a whole number from 1 to 65536"};
-  return static_cast<int>(n);
+  try {
+    return static_cast<int>(dcp::collective::parse_launcher_integer("WORLD_SIZE", text, 1, 65536));
+  } catch (const dcp::Error& e) {
+    throw UsageError{e.message()};
+  }
 }
 
 std::chrono::seconds timeout_of(const Args& args) {
   const auto text = args.get("timeout");
-  if (!text) return std::chrono::seconds(120);
+  if (!text) return dcp::collective::kDefaultTimeout;
   char* end = nullptr;
   const long s = std::strtol(text->c_str(), &end, 10);
   if (text->empty() || *end != '\0' || s < 1 || s > 86400)
