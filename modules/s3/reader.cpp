@@ -5,7 +5,8 @@
 // (neighbours closer than Options::coalesce_gap share a request, the gap's bytes discarded;
 // none larger than Options::max_request_bytes) and fetched on Options::max_requests threads:
 //  1. probes: the head and tail of every tensor item's archive (its local headers, data.pkl
-//     and central directory; small items whole) and every object item whole;
+//     and central directory; small items whole) and every object item whole, neighbours
+//     closer than kProbeGap in one request whose bytes are all kept;
 //  2. record::locate_tensor over the probed bytes (a read outside them is a request of its own);
 //  3. the data: a region contiguous in the record and in the destination goes straight into the
 //     destination; anything strided or of another dtype through bounce buffers of at most
@@ -52,6 +53,9 @@ using planning::TensorSlice;
 // and end records.
 constexpr std::uint64_t kProbeHead = std::uint64_t{8} << 10;
 constexpr std::uint64_t kProbeTail = std::uint64_t{8} << 10;
+// Probes closer than this are one request whose bytes are all kept (at most this much of a
+// gap is held per request): small items arrive whole with their neighbours' probes.
+constexpr std::uint64_t kProbeGap = std::uint64_t{64} << 10;
 // Listing a prefix that holds more objects than this is refused (a hostile or wrong prefix).
 constexpr std::uint64_t kMaxListedObjects = 1'000'000;
 
@@ -361,46 +365,59 @@ storage::ReadReport ObjectStoreReader::read_data(const planning::LoadPlan& plan,
   }
   report.items = groups.size();
 
-  // Fetches `ranges` (coalesced) on the pool; a failed request fails every group it served.
-  auto fetch_all = [&](std::vector<Range>& ranges) {
-    auto fetches = coalesce(ranges, options.coalesce_gap, std::max<std::uint64_t>(options.max_request_bytes, 1));
+  // Fetches `ranges` (coalesced across gaps under `gap`) on the pool; a failed request fails
+  // every group it served. With `keep`, each request's bytes, gaps included, stay in `probes`
+  // (the probe round: later reads inside them need no request).
+  ProbeCache probes;
+  auto fetch_all = [&](std::vector<Range>& ranges, std::uint64_t gap, bool keep) {
+    auto fetches = coalesce(ranges, gap, std::max<std::uint64_t>(options.max_request_bytes, 1));
     run_parallel(
         threads, fetches.size(),
         [&](std::size_t i) {
           auto& f = fetches[i];
-          std::vector<std::vector<std::byte>> buffers(f.ranges.size());
+          std::vector<std::vector<std::byte>> buffers(keep ? 1 : f.ranges.size());
           std::vector<Segment> segments;
-          std::uint64_t at = f.offset;
-          for (std::size_t k = 0; k < f.ranges.size(); ++k) {
-            Range& r = *f.ranges[k];
-            if (r.offset > at) segments.push_back({nullptr, r.offset - at});
-            std::byte* into = r.destination;
-            if (!into) {
-              buffers[k].resize(r.size);
-              into = buffers[k].data();
+          if (keep) {
+            buffers[0].resize(f.end - f.offset);
+            segments.push_back({buffers[0].data(), buffers[0].size()});
+          } else {
+            std::uint64_t at = f.offset;
+            for (std::size_t k = 0; k < f.ranges.size(); ++k) {
+              Range& r = *f.ranges[k];
+              if (r.offset > at) segments.push_back({nullptr, r.offset - at});
+              std::byte* into = r.destination;
+              if (!into) {
+                buffers[k].resize(r.size);
+                into = buffers[k].data();
+              }
+              segments.push_back({into, r.size});
+              at = r.offset + r.size;
             }
-            segments.push_back({into, r.size});
-            at = r.offset + r.size;
           }
           client_->get_range(location_.bucket, location_.key(*f.file), object(*f.file).etag, f.offset, segments);
           storage_bytes.fetch_add(f.end - f.offset, std::memory_order_relaxed);
           for (std::size_t k = 0; k < f.ranges.size(); ++k) {
             Range& r = *f.ranges[k];
-            if (!r.done) continue;
+            const std::span<const std::byte> bytes =
+                keep ? std::span<const std::byte>(buffers[0]).subspan(r.offset - f.offset, r.size)
+                     : r.destination ? std::span<const std::byte>(r.destination, r.size) : std::span<const std::byte>(buffers[k]);
             try {
-              r.done(r.destination ? std::span<const std::byte>(r.destination, r.size) : std::span<const std::byte>(buffers[k]));
+              if (keep && r.destination && r.size > 0) std::memcpy(r.destination, bytes.data(), r.size);
+              if (r.done) r.done(bytes);
             } catch (...) {
               r.group->fail(current_exception_as_error());
             }
           }
+          if (keep) probes.add(*f.file, f.offset, std::move(buffers[0]));
         },
         [&](std::size_t i, Error e) {
           for (Range* r : fetches[i].ranges) r->group->fail(e);
         });
   };
 
-  // 2. Probes: every object whole, the head and tail of every tensor archive.
-  ProbeCache probes;
+  // 2. Probes: every object whole, the head and tail of every tensor archive; ranges closer
+  //    than kProbeGap are read together and kept, so a small item's data needs no request of
+  //    its own while a large one's is not read twice.
   {
     std::vector<Range> ranges;
     for (auto& gp : groups) {
@@ -422,20 +439,14 @@ storage::ReadReport ObjectStoreReader::read_data(const planning::LoadPlan& plan,
         continue;
       }
       if (g.shared) continue;
-      auto keep = [&probes, file = &g.info->relative_path](std::uint64_t at) {
-        return [&probes, file, at](std::span<const std::byte> bytes) {
-          probes.add(*file, at, std::vector<std::byte>(bytes.begin(), bytes.end()));
-        };
-      };
       if (length <= kProbeHead + kProbeTail) {
-        ranges.push_back(Range{&g.info->relative_path, base, length, nullptr, keep(base), &g});
+        ranges.push_back(Range{&g.info->relative_path, base, length, nullptr, {}, &g});
       } else {
-        ranges.push_back(Range{&g.info->relative_path, base, kProbeHead, nullptr, keep(base), &g});
-        const auto tail = base + length - kProbeTail;
-        ranges.push_back(Range{&g.info->relative_path, tail, kProbeTail, nullptr, keep(tail), &g});
+        ranges.push_back(Range{&g.info->relative_path, base, kProbeHead, nullptr, {}, &g});
+        ranges.push_back(Range{&g.info->relative_path, base + length - kProbeTail, kProbeTail, nullptr, {}, &g});
       }
     }
-    fetch_all(ranges);
+    fetch_all(ranges, std::min(options.coalesce_gap, kProbeGap), true);
   }
 
   // 3. Locate every tensor's storage record in its archive (from the probes; a read they do not
@@ -548,7 +559,7 @@ storage::ReadReport ObjectStoreReader::read_data(const planning::LoadPlan& plan,
       }
     }
   }
-  fetch_all(ranges);
+  fetch_all(ranges, options.coalesce_gap, false);
   report.storage_bytes = storage_bytes.load();
   report.requests = client_->stats().requests - before.requests;
 
