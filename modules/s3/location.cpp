@@ -141,6 +141,13 @@ Options options_from_environment() {
       throw Error(Errc::invalid_argument, "DCPP_S3_MAX_REQUESTS must be a number from 1 to 1024, not '" + requests + "'");
     options.max_requests = n;
   }
+  if (const auto part = environment("DCPP_S3_PART_BYTES"); !part.empty()) {
+    std::uint64_t n = 0;
+    const auto [p, ec] = std::from_chars(part.data(), part.data() + part.size(), n);
+    if (ec != std::errc() || p != part.data() + part.size() || n < kMinPartBytes || n > (std::uint64_t{5} << 30))
+      throw Error(Errc::invalid_argument, "DCPP_S3_PART_BYTES must be a number of bytes from 5 MiB to 5 GiB, not '" + part + "'");
+    options.part_bytes = n;
+  }
   return options;
 }
 

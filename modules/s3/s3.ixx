@@ -95,14 +95,15 @@ struct Options {
   std::uint64_t coalesce_gap = std::uint64_t{1} << 20;
   /// A read larger than this is split into requests that run in parallel.
   std::uint64_t max_request_bytes = std::uint64_t{16} << 20;
-  /// Multipart upload part size (S3's minimum is 5 MiB; grown to keep under 10,000 parts).
+  /// Multipart upload part size (at least kMinPartBytes, S3's minimum for all but the last).
   std::uint64_t part_bytes = std::uint64_t{16} << 20;
 };
+inline constexpr std::uint64_t kMinPartBytes = std::uint64_t{5} << 20;
 
 /// Options from the environment: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, AWS_REGION or
 /// AWS_DEFAULT_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
-/// DCPP_S3_ADDRESSING (path | virtual), DCPP_S3_MAX_REQUESTS. Throws invalid_argument for a
-/// malformed value, naming the variable.
+/// DCPP_S3_ADDRESSING (path | virtual), DCPP_S3_MAX_REQUESTS, DCPP_S3_PART_BYTES. Throws
+/// invalid_argument for a malformed value, naming the variable.
 Options options_from_environment();
 
 // ---- AWS Signature Version 4 (sigv4.cpp) ----------------------------------------------------
@@ -224,6 +225,7 @@ class ObjectStoreWriter : public storage::StorageWriter {
   bool is_coordinator_ = true;
   int rank_ = 0;
   std::optional<std::string> replaces_etag_;  // the `.metadata` an overwrite replaces
+  std::vector<std::byte> publishing_;         // the `.metadata` finish() began to PUT
   std::mutex created_mutex_;
   std::vector<std::string> created_;          // data object keys this rank completed
   std::vector<std::pair<std::string, std::string>> uploads_;  // (key, upload id) not completed

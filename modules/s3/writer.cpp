@@ -181,6 +181,7 @@ void ObjectStoreWriter::reset(std::optional<std::filesystem::path> checkpoint_id
   if (checkpoint_id) location_ = parse_url(checkpoint_id->native());
   save_id_ = new_save_id();
   replaces_etag_.reset();
+  publishing_.clear();
   created_.clear();
   uploads_.clear();
   planned_ = published_ = false;
@@ -218,7 +219,11 @@ std::vector<planning::WriteResult> ObjectStoreWriter::write_data(const planning:
   if (plan.items.empty()) return results;
   const std::string name = plan.storage_data + ".distcp";
   const auto& options = client_->options();
-  const auto part_bytes = std::max<std::uint64_t>(options.part_bytes, std::uint64_t{5} << 20);
+  // S3 completes at most 10,000 parts: parts grow with what the plan will write (whole
+  // tensors' bytes bound each item's archive from above, save for its few KiB of headers).
+  std::uint64_t planned = 0;
+  for (const auto& item : plan.items) planned += item.tensor_storage_size().value_or(0) + (std::uint64_t{64} << 10);
+  const auto part_bytes = std::max({options.part_bytes, kMinPartBytes, planned / 9'000 + 1});
   ObjectUpload upload(*client_, location_, name, part_bytes, std::max(options.max_requests / 2, 2),
                       [&](std::string id) {
                         std::lock_guard lock(created_mutex_);
@@ -303,13 +308,17 @@ metadata::Metadata ObjectStoreWriter::finish(metadata::Metadata md,
   std::vector<std::pair<std::string, std::string>> condition;
   if (replaces_etag_) condition.emplace_back("if-match", *replaces_etag_);
   else condition.emplace_back("if-none-match", "*");
+  publishing_ = bytes;
   try {
     (void)client_->put(location_.bucket, location_.key(".metadata"), bytes, std::move(condition));
   } catch (Error& e) {
-    if (e.code() == Errc::failed_precondition)
+    if (e.code() != Errc::failed_precondition) throw;
+    // A retried PUT whose first try landed (its answer lost) fails its own condition: the
+    // checkpoint is published when `.metadata` holds exactly these bytes (they name this save).
+    const auto there = client_->get_object(location_.bucket, location_.key(".metadata"), storage::kMaxMetadataBytes);
+    if (!there || *there != bytes)
       throw Error(Errc::failed_precondition, "another save published a checkpoint here meanwhile")
           .in_file(location_.url(".metadata"));
-    throw;
   }
   published_ = true;
   return md;
@@ -317,6 +326,19 @@ metadata::Metadata ObjectStoreWriter::finish(metadata::Metadata md,
 
 void ObjectStoreWriter::abort() noexcept {
   if (published_) return;
+  if (!publishing_.empty()) {
+    // The publishing PUT failed as far as this process knows, yet one of its tries may have
+    // landed: the data stays unless `.metadata` provably is not this save's.
+    try {
+      const auto there = client_->get_object(location_.bucket, location_.key(".metadata"), storage::kMaxMetadataBytes);
+      if (there && *there == publishing_) {
+        published_ = true;
+        return;
+      }
+    } catch (...) {
+      return;
+    }
+  }
   std::vector<std::pair<std::string, std::string>> uploads;
   std::vector<std::string> created;
   {

@@ -1,11 +1,12 @@
 """An HTTP/1.1 proxy between dcpp and the test S3 server that injects faults (tests/s3).
 
-  fault_proxy.py UPSTREAM_PORT MODE EVERY STATE_DIR
+  fault_proxy.py UPSTREAM_PORT MODE EVERY STATE_DIR [MATCH]
 
 Listens on a free loopback port (written to STATE_DIR/port once it listens), forwards each
-request to 127.0.0.1:UPSTREAM_PORT, and on every EVERY-th request whose path names a data
-object (`.distcp`) injects MODE:
-  drop   the response is cut halfway through its body and both connections are closed
+request to 127.0.0.1:UPSTREAM_PORT, and on every EVERY-th request whose path contains MATCH
+(default `.distcp`: the data objects) injects MODE:
+  drop   the response is cut halfway through its body (through its headers when it has none)
+         and both connections are closed
   delay  the response is held back 2 s before it is sent
   503    the request never reaches the server: 503 SlowDown, connection closed
 EVERY=1 injects on every such request (a fault that outlasts any retry). STATE_DIR/faults
@@ -22,6 +23,7 @@ UPSTREAM = int(sys.argv[1])
 MODE = sys.argv[2]
 EVERY = int(sys.argv[3])
 STATE = sys.argv[4]
+MATCH = sys.argv[5] if len(sys.argv) > 5 else ".distcp"
 lock = threading.Lock()
 counter = {"data": 0, "faults": 0}
 
@@ -62,7 +64,7 @@ class Handler(socketserver.BaseRequestHandler):
                 line = request.split(b"\r\n", 1)[0].decode("latin-1")
                 method, path = line.split(" ")[:2]
                 inject = False
-                if ".distcp" in path:
+                if MATCH in path:
                     with lock:
                         counter["data"] += 1
                         inject = counter["data"] % EVERY == 0
@@ -81,7 +83,8 @@ class Handler(socketserver.BaseRequestHandler):
                     return
                 if inject and MODE == "drop":
                     head_len = response.index(b"\r\n\r\n") + 4
-                    client.sendall(response[:head_len + (len(response) - head_len) // 2])
+                    body_len = len(response) - head_len
+                    client.sendall(response[:head_len + body_len // 2] if body_len else response[:head_len // 2])
                     return
                 if inject and MODE == "delay":
                     time.sleep(2)

@@ -9,6 +9,7 @@
   seaweed.py put DIR SRC URL   uploads the files of directory SRC under s3://bucket/prefix
   seaweed.py get DIR URL DST   downloads the objects under s3://bucket/prefix into DST
   seaweed.py ls DIR URL        prints "key size" of every object under the prefix
+  seaweed.py etag DIR URL      prints the ETag of the object URL names (a multipart one ends -N)
   seaweed.py rm DIR URL        deletes the object URL names and those under it (a test's own)
 Exits 3 with a message when `weed` or botocore is missing (callers skip then).
 """
@@ -204,6 +205,10 @@ def main():
         bucket, prefix = split_url(sys.argv[3])
         for key, size in keys(s3, bucket, prefix):
             print(key, size)
+    elif command == "etag":
+        s3 = client(root)
+        bucket, key = split_url(sys.argv[3])
+        print(s3.head_object(Bucket=bucket, Key=key)["ETag"])
     elif command == "rm":
         s3 = client(root)
         bucket, prefix = split_url(sys.argv[3])

@@ -64,6 +64,9 @@ std::string seaweed(const std::string& command, const std::string& args) {
   return out;
 }
 
-std::string url(const std::string& prefix) { return "s3://dcpp/" + prefix; }
+std::string url(const std::string& prefix) {
+  (void)server_dir();  // the AWS_* variables are set once the server runs
+  return "s3://dcpp/" + prefix;
+}
 
 }  // namespace s3_test

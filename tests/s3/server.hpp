@@ -13,7 +13,7 @@ const std::filesystem::path& server_dir();
 /// `seaweed.py COMMAND DIR ARGS` against the suite's server (ARGS quoted for the shell);
 /// returns its stdout, failing the test on a non-zero exit.
 std::string seaweed(const std::string& command, const std::string& args = {});
-/// `s3://dcpp/<prefix>`.
+/// `s3://dcpp/<prefix>` (starting the server first).
 std::string url(const std::string& prefix);
 
 }  // namespace s3_test

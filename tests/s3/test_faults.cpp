@@ -32,12 +32,12 @@ std::string read_text(const fs::path& path) {
 // A fault proxy in front of the suite's server, for the scope: AWS_ENDPOINT_URL points at it.
 class Proxy {
  public:
-  Proxy(const std::string& mode, int every) {
+  Proxy(const std::string& mode, int every, const std::string& match = ".distcp") {
     const std::string endpoint = std::getenv("AWS_ENDPOINT_URL");
     endpoint_ = endpoint;
     const auto port = endpoint.substr(endpoint.rfind(':') + 1);
     dcp_test::run(quote(dcp_test::python2x()) + " " + quote(dcp_test::source_root() / "tests/python/fault_proxy.py") +
-                  " " + port + " " + mode + " " + std::to_string(every) + " " + quote(dir_.path()) + " >" +
+                  " " + port + " " + mode + " " + std::to_string(every) + " " + quote(dir_.path()) + " " + quote(match) + " >" +
                   quote(dir_.path() / "log") + " 2>&1 & echo $! >" + quote(dir_.path() / "pid"));
     for (int i = 0; i < 200 && !fs::exists(dir_.path() / "port"); ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -124,6 +124,24 @@ BOOST_AUTO_TEST_CASE(a_failed_save_publishes_nothing) {
     BOOST_TEST(proxy.faults() > 0);
   }
   BOOST_TEST(s3_test::seaweed("ls", quote(url)).empty());
+}
+
+// The answer to the PUT that publishes `.metadata` is lost and the PUT sent again: its own
+// condition (no checkpoint there) then fails, and the save sees that `.metadata` holds exactly
+// its bytes: published, exit 0, and the checkpoint verifies.
+BOOST_AUTO_TEST_CASE(a_lost_answer_to_the_publish_still_publishes) {
+  dcp_test::TempDir tmp;
+  const auto url = s3_test::url("faults/lost-publish");
+  {
+    Proxy proxy("drop", 2, "/.metadata");
+    const auto r = dcp_test::run_dcpp("reshard --quiet " + quote(dcp_test::checkpoint_case("x2_flat") / "ckpt") + " " +
+                                          quote(url),
+                                      tmp.path());
+    BOOST_TEST(r.status == 0, r.err);
+    BOOST_TEST(proxy.faults() > 0);
+  }
+  const auto verify = dcp_test::run_dcpp("verify " + quote(url), tmp.path());
+  BOOST_TEST(verify.status == 0, verify.err);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

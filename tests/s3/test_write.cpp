@@ -92,4 +92,36 @@ BOOST_AUTO_TEST_CASE(a_checkpoint_there_is_replaced_only_with_overwrite) {
   BOOST_TEST(dcp_test::run_dcpp("verify " + quote(url), tmp.path()).status == 0);
 }
 
+// A rank's object larger than a part goes up as a multipart upload (DCPP_S3_PART_BYTES = 5 MiB:
+// 3 parts of a 12 MB tensor, the store's ETag ending -3): torch 2.13 loads the downloaded
+// checkpoint to exactly what torch.load reads from the file.
+BOOST_AUTO_TEST_CASE(multipart_uploads_load_exactly) {
+  dcp_test::TempDir tmp;
+  const auto python = quote(dcp_test::python2x());
+  const auto pt = tmp.path() / "big.pt", local = tmp.path() / "local", back = tmp.path() / "back";
+  BOOST_TEST_REQUIRE(dcp_test::run(python + " -c 'import sys, torch; torch.manual_seed(0); torch.save({\"w\": "
+                                   "torch.randn(3_000_000), \"b\": torch.arange(10)}, sys.argv[1])' " + quote(pt)) == 0);
+  auto r = dcp_test::run_dcpp("convert --quiet " + quote(pt) + " " + quote(local), tmp.path());
+  BOOST_TEST_REQUIRE(r.status == 0, r.err);
+  const auto url = s3_test::url("saved/multipart");
+  ::setenv("DCPP_S3_PART_BYTES", "5242880", 1);
+  r = dcp_test::run_dcpp("reshard --quiet " + quote(local) + " " + quote(url), tmp.path());
+  ::unsetenv("DCPP_S3_PART_BYTES");
+  BOOST_TEST_REQUIRE(r.status == 0, r.err);
+  const auto names = listed(url);
+  const auto data = std::find_if(names.begin(), names.end(), [](const auto& n) { return n.ends_with(".distcp"); });
+  BOOST_TEST_REQUIRE((data != names.end()));
+  BOOST_TEST(contains(s3_test::seaweed("etag", quote(url + "/" + *data)), "-3\""));
+  s3_test::seaweed("get", quote(url) + " " + quote(back));
+  int status = 0;
+  const auto out = dcp_test::run_capture(
+      python + " -c 'import sys, torch, torch.distributed.checkpoint as dcp; want = torch.load(sys.argv[1]); "
+               "got = {k: torch.empty_like(v) for k, v in want.items()}; dcp.load(got, checkpoint_id=sys.argv[2]); "
+               "print(all(torch.equal(got[k], want[k]) for k in want))' " +
+          quote(pt) + " " + quote(back) + " 2>&1",
+      &status);
+  BOOST_TEST(status == 0, out);
+  BOOST_TEST(contains(out, "True"), out);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
