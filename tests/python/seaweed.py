@@ -80,6 +80,14 @@ def split_url(url):
     return bucket, prefix.strip("/")
 
 
+def log_tail(root):
+    try:
+        with open(os.path.join(root, "weed.log"), errors="replace") as f:
+            return "".join(f.readlines()[-15:])
+    except OSError:
+        return ""
+
+
 def start(root):
     weed = weed_binary()
     os.makedirs(os.path.join(root, "data"), exist_ok=True)
@@ -105,10 +113,10 @@ def start(root):
         f.write("AWS_ENDPOINT_URL=%s\nAWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\nAWS_REGION=us-east-1\n"
                 % (endpoint, ACCESS_KEY, SECRET_KEY))
     s3 = client(root)
-    deadline = time.time() + 90
+    deadline = time.time() + 180  # a loaded machine starts it slowly
     while True:
         if proc.poll() is not None:
-            sys.exit("seaweed.py: weed exited with %d; see %s" % (proc.returncode, os.path.join(root, "weed.log")))
+            sys.exit("seaweed.py: weed exited with %d:\n%s" % (proc.returncode, log_tail(root)))
         try:
             s3.create_bucket(Bucket=BUCKET)
             break
@@ -117,7 +125,7 @@ def start(root):
                 break
             if time.time() > deadline:
                 stop(root)
-                sys.exit("seaweed.py: S3 at %s did not answer in 90 s: %s" % (endpoint, e))
+                sys.exit("seaweed.py: S3 at %s did not answer in 180 s: %s\n%s" % (endpoint, e, log_tail(root)))
             time.sleep(0.3)
     # The first write also waits for a volume to be grown.
     while True:
@@ -128,7 +136,7 @@ def start(root):
         except Exception as e:
             if time.time() > deadline:
                 stop(root)
-                sys.exit("seaweed.py: S3 at %s refused a write for 90 s: %s" % (endpoint, e))
+                sys.exit("seaweed.py: S3 at %s refused a write for 180 s: %s\n%s" % (endpoint, e, log_tail(root)))
             time.sleep(0.3)
     print(endpoint)
 

@@ -190,6 +190,7 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
     result.items_read += report.items;
     dist.storage_bytes += report.storage_bytes;
     dist.received_bytes += report.received_bytes;
+    result.requests += report.requests;
   } while (next < tensors.size());
   result.objects = objects.size();
   result.seconds = seconds_since(start);

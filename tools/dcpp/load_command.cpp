@@ -78,7 +78,8 @@ void print_load_result(const Args& args, const LoadResult& r) {
         .key("gbps").value(gbps)
         .key("items_read").value(r.items_read)
         .key("device").value(r.device);
-    if (!r.dist) w.key("storage_bytes").value(r.storage_bytes).key("requests").value(r.requests);
+    w.key("requests").value(r.requests);
+    if (!r.dist) w.key("storage_bytes").value(r.storage_bytes);
     if (r.dist) {
       w.key("rank").value(static_cast<std::int64_t>(r.dist->rank))
           .key("world_size").value(static_cast<std::int64_t>(r.dist->world_size))
