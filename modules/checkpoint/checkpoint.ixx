@@ -157,7 +157,7 @@ std::vector<LoadedObject> load_object_values(const std::filesystem::path& checkp
 /// One loaded BYTE_IO item's archive as a LoadedObject, checked as load_object_values checks.
 /// Errors name the key, and the data file and file offset `metadata` and `reader` give it.
 LoadedObject decode_object(std::string fqn, std::vector<std::byte> archive, const metadata::Metadata& metadata,
-                           const storage::FileSystemReader& reader);
+                           const storage::StorageReader& reader);
 
 /// Called after each tensor is verified or written, with its size in bytes.
 using Progress = std::function<void(std::uint64_t tensor_bytes)>;

@@ -277,7 +277,7 @@ std::vector<std::pair<std::string, pickle::Document>> load_objects(const std::fi
       objects.emplace_back(fqn, record::parse_object(*bytes));
     } catch (Error& e) {
       e.add_offset(info->offset);
-      e.in_file(reader->path_of(info->relative_path).string());
+      e.in_file(reader->location_of(info->relative_path));
       e.for_key(fqn);
       throw;
     }

@@ -19,7 +19,7 @@ import dcp.storage;
 namespace dcp::checkpoint {
 
 LoadedObject decode_object(std::string fqn, std::vector<std::byte> archive, const metadata::Metadata& md,
-                           const storage::FileSystemReader& reader) {
+                           const storage::StorageReader& reader) {
   try {
     LoadedObject object{fqn, {}, std::make_shared<const std::vector<std::byte>>(std::move(archive))};
     auto saved = std::make_shared<const record::TorchSave>(record::parse_torch_save(*object.archive));
@@ -31,7 +31,7 @@ LoadedObject decode_object(std::string fqn, std::vector<std::byte> archive, cons
   } catch (Error& e) {
     if (const auto* info = md.find_storage(fqn, nullptr)) {
       e.add_offset(info->offset);
-      e.in_file(reader.path_of(info->relative_path).string());
+      e.in_file(reader.location_of(info->relative_path));
     }
     throw e.for_key(fqn);
   }

@@ -157,13 +157,13 @@ metadata::Metadata save_ranks(std::span<const planning::StateDict* const> state_
 metadata::Metadata save_ranks(std::span<const planning::StateDict> state_dicts,
                               const std::filesystem::path& checkpoint_dir, const storage::WriteOptions& options,
                               const planning::SavePlannerOptions& planner_options) {
-  std::vector<std::unique_ptr<storage::FileSystemWriter>> writers;
+  std::vector<std::unique_ptr<storage::StorageWriter>> writers;
   std::vector<std::unique_ptr<planning::DefaultSavePlanner>> planners;
   std::vector<const planning::StateDict*> dicts;
   std::vector<storage::StorageWriter*> writer_ptrs;
   std::vector<planning::SavePlanner*> planner_ptrs;
   for (const auto& state_dict : state_dicts) {
-    writers.push_back(std::make_unique<storage::FileSystemWriter>(checkpoint_dir, options));
+    writers.push_back(storage::open_writer(checkpoint_dir, options));
     planners.push_back(std::make_unique<planning::DefaultSavePlanner>(planner_options));
     dicts.push_back(&state_dict);
     writer_ptrs.push_back(writers.back().get());

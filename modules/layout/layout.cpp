@@ -73,6 +73,45 @@ std::uint64_t span_elements(const Shape& lengths, const Shape& strides) {
   return last + 1;
 }
 
+namespace {
+
+void split_bounded(Shape& offsets, Shape& lengths, const Shape& strides, std::uint64_t bound, std::size_t dim,
+                   std::vector<Box>& out) {
+  if (dim == lengths.size() || span_elements(lengths, strides) <= bound) {
+    out.push_back(Box{offsets, lengths});
+    return;
+  }
+  const std::int64_t start = offsets[dim], full = lengths[dim];
+  lengths[dim] = 1;
+  const std::uint64_t row_span = span_elements(lengths, strides);
+  if (row_span > bound || strides[dim] == 0) {
+    for (std::int64_t i = 0; i < full; ++i) {
+      offsets[dim] = start + i;
+      split_bounded(offsets, lengths, strides, bound, dim + 1, out);
+    }
+  } else {
+    // As many indices of this dim as fit: each adds strides[dim] elements to the span.
+    const auto per = static_cast<std::int64_t>(std::min<std::uint64_t>(
+        (bound - row_span) / static_cast<std::uint64_t>(strides[dim]) + 1, static_cast<std::uint64_t>(full)));
+    for (std::int64_t i = 0; i < full; i += per) {
+      offsets[dim] = start + i;
+      lengths[dim] = std::min(per, full - i);
+      out.push_back(Box{offsets, lengths});
+    }
+  }
+  offsets[dim] = start;
+  lengths[dim] = full;
+}
+
+}  // namespace
+
+std::vector<Box> bounded_boxes(const Shape& lengths, const Shape& strides, std::uint64_t bound_elements) {
+  std::vector<Box> out;
+  Shape offsets(lengths.size(), 0), sizes = lengths;
+  split_bounded(offsets, sizes, strides, std::max<std::uint64_t>(bound_elements, 1), 0, out);
+  return out;
+}
+
 bool is_valid(const Box& box) noexcept {
   if (box.offsets.size() != box.sizes.size()) return false;
   for (std::size_t d = 0; d < box.offsets.size(); ++d)

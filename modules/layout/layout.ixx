@@ -205,6 +205,10 @@ bool is_row_major(std::span<const std::int64_t> sizes, std::span<const std::int6
 /// Elements from the first to the last element of a box of `lengths` (all > 0) in memory of
 /// `strides`: what one strided read of it fetches.
 std::uint64_t span_elements(const Shape& lengths, const Shape& strides);
+/// Splits a non-empty box of `lengths` in memory of `strides` into sub-boxes (offsets relative
+/// to it, in row-major order of the box) whose span_elements is at most `bound_elements`, or
+/// which are single elements: what keeps the bounce buffer of a strided read bounded.
+std::vector<Box> bounded_boxes(const Shape& lengths, const Shape& strides, std::uint64_t bound_elements);
 
 /// Ranks agree, no negative offset or size, and every end fits in int64.
 bool is_valid(const Box& box) noexcept;

@@ -142,6 +142,7 @@ void ReadReport::merge(ReadReport other) {
   items += other.items;
   storage_bytes += other.storage_bytes;
   received_bytes += other.received_bytes;
+  requests += other.requests;
   for (auto& e : other.errors) errors.push_back(std::move(e));
 }
 

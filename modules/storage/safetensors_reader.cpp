@@ -151,7 +151,8 @@ Source detect_source(const fs::path& path) {
   return Source::dcp;
 }
 
-std::unique_ptr<FileSystemReader> open_reader(const fs::path& path, ReadOptions options) {
+std::unique_ptr<StorageReader> open_reader(const fs::path& path, ReadOptions options) {
+  if (!scheme_of(path.native()).empty()) return open_scheme_reader(path.native(), options);
   const auto source = detect_source(path);
   if (source == Source::dcp) return std::make_unique<FileSystemReader>(path, options);
   return std::make_unique<SafetensorsReader>(path, source, options);

@@ -83,6 +83,7 @@ struct ReadReport {
   std::uint64_t items = 0;               ///< saved items touched
   std::uint64_t storage_bytes = 0;       ///< bytes read from storage (archive headers included)
   std::uint64_t received_bytes = 0;      ///< stored bytes another rank read and sent (read-once)
+  std::uint64_t requests = 0;            ///< requests an object store was sent (0 for files)
   std::vector<Error> errors;             ///< with collect_errors: every failure, in plan order
   /// Adds `other`'s counts and errors.
   void merge(ReadReport other);
@@ -182,6 +183,9 @@ class StorageReader {
   /// same as for bytes from storage). By default unimplemented.
   virtual ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
                                const SharedItems& shared);
+  /// How errors name the data file `relative_path`: a full path, an object's URL. By default
+  /// the name as the metadata gives it.
+  virtual std::string location_of(std::string_view relative_path) const { return std::string(relative_path); }
 };
 
 class FileSystemReader : public StorageReader {
@@ -208,6 +212,7 @@ class FileSystemReader : public StorageReader {
   std::optional<std::uint64_t> file_size(std::string_view relative_path) const;
   /// Full path of a data file (the name must satisfy is_safe_relative_path).
   std::filesystem::path path_of(std::string_view relative_path) const;
+  std::string location_of(std::string_view relative_path) const override { return path_of(relative_path).string(); }
 
  protected:
   /// check_storage_bounds against this directory's files, errors naming full paths (a fault of
@@ -256,8 +261,11 @@ class SafetensorsReader : public FileSystemReader {
 /// `*.safetensors` file is safetensors_file; anything else dcp (whose reader then says what is
 /// missing).
 metadata::Source detect_source(const std::filesystem::path& path);
-/// The reader for what `path` holds (detect_source): FileSystemReader or SafetensorsReader.
-std::unique_ptr<FileSystemReader> open_reader(const std::filesystem::path& path, ReadOptions options = {});
+/// The reader for a checkpoint location: a location with a registered scheme
+/// (`s3://bucket/prefix`) gets that backend's reader; a path gets what it holds (detect_source):
+/// FileSystemReader or SafetensorsReader. Throws invalid_argument for a scheme this build has
+/// no backend for. The one place every command and entry point turns a location into a reader.
+std::unique_ptr<StorageReader> open_reader(const std::filesystem::path& location, ReadOptions options = {});
 
 /// dtypes that `copy_box` converts between (floating, integer and bool types), as torch's
 /// `copy_` does.
@@ -512,6 +520,21 @@ class HfDirectoryWriter {
 /// created or was replacing that `.metadata` does not name now. Reads only.
 std::vector<std::string> save_leftovers(const std::filesystem::path& checkpoint_dir);
 
+
+/// The scheme of a location ("s3" of `s3://bucket/prefix`); empty for a path.
+std::string_view scheme_of(std::string_view location) noexcept;
+/// A storage backend for locations `<scheme>://...`, registered by the module that implements
+/// it (it sits above this one, so open_reader cannot name it). Factories take the whole
+/// location string and throw dcp::Error for one they cannot open.
+struct SchemeBackend {
+  std::function<std::unique_ptr<StorageReader>(std::string_view location, const ReadOptions& options)> reader;
+  std::function<std::unique_ptr<StorageWriter>(std::string_view location, const WriteOptions& options)> writer;
+};
+/// Registers (or replaces) the backend of `scheme`; thread-safe.
+void register_scheme(std::string scheme, SchemeBackend backend);
+/// The writer for a checkpoint location: a registered scheme's, else a FileSystemWriter.
+std::unique_ptr<StorageWriter> open_writer(const std::filesystem::path& location, WriteOptions options = {});
+
 }  // namespace dcp::storage
 
 namespace dcp::storage::publishing {
@@ -645,5 +668,8 @@ struct ReadPiece {
 /// pieces are in flight. Returns false, having read nothing, when io_uring is not available.
 bool read_pieces_uring(const FileTable& files, const std::vector<ReadPiece>& pieces, std::size_t in_flight,
                        std::vector<std::optional<Error>>& errors);
+
+/// The registered backend's reader for `location` (a scheme_of it is not empty).
+std::unique_ptr<StorageReader> open_scheme_reader(std::string_view location, const ReadOptions& options);
 
 }  // namespace dcp::storage

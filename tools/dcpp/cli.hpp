@@ -86,6 +86,8 @@ struct LoadResult {
   std::uint64_t bytes = 0;
   double seconds = 0;
   std::uint64_t items_read = 0;
+  std::uint64_t storage_bytes = 0;  ///< bytes read from storage (whole process)
+  std::uint64_t requests = 0;       ///< object-store requests this process issued (0 for files)
   std::string device;
   std::optional<DistResult> dist;  ///< a rank of a distributed load
 };

@@ -199,6 +199,7 @@ int run_load_distributed(const Args& args, ProcessGroup& pg) {
     result.items_read += report.items;
     dist.storage_bytes += report.storage_bytes;
     dist.received_bytes += report.received_bytes;
+    result.requests += report.requests;
   } while (next < tensors.size());
   result.objects = objects.size();
   result.seconds = seconds_since(start);
@@ -290,9 +291,9 @@ int run_reshard(const Args& args, ProcessGroup* group) {
     if (regroup) state_dict = dcp::checkpoint::group_top_level(state_dict);
   });
   const std::uint64_t saved_objects = objects.size();
-  dcp::storage::FileSystemWriter writer(args.positional[1], write);
+  const auto writer = dcp::storage::open_writer(args.positional[1], write);
   dcp::planning::DefaultSavePlanner save_planner;
-  (void)dcp::checkpoint::save(state_dict, writer, save_planner, group, 0);
+  (void)dcp::checkpoint::save(state_dict, *writer, save_planner, group, 0);
   if (rank == 0 && !args.has("quiet"))
     std::printf("resharded %llu tensors and %llu objects from %s to %s (%s, %d rank%s, %s) in %.3f s\n",
                 static_cast<unsigned long long>(tensors), static_cast<unsigned long long>(saved_objects),

@@ -78,6 +78,8 @@ void print_load_result(const Args& args, const LoadResult& r) {
         .key("gbps").value(gbps)
         .key("items_read").value(r.items_read)
         .key("device").value(r.device);
+    w.key("requests").value(r.requests);
+    if (!r.dist) w.key("storage_bytes").value(r.storage_bytes);
     if (r.dist) {
       w.key("rank").value(static_cast<std::int64_t>(r.dist->rank))
           .key("world_size").value(static_cast<std::int64_t>(r.dist->world_size))
@@ -134,6 +136,8 @@ int run_load(const Args& args) {
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tensors = tensors.size();
   result.items_read = report.items;
+  result.storage_bytes = report.storage_bytes;
+  result.requests = report.requests;
   result.device = device.to_string();
   print_load_result(args, result);
   return 0;
