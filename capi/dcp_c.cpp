@@ -6,6 +6,7 @@
 // own storage reader, so calls on one handle share nothing mutable but the error table.
 #include "dcp/dcp.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -173,15 +174,23 @@ md::Shape shape_of(const std::int64_t* values, std::size_t ndim, std::string_vie
   return shape;
 }
 
-// Bytes that `lengths` elements with element `strides` reach (0 when the box is empty), checked
-// against `capacity` and `data`.
+// Checks that the elements `lengths` with element `strides` reach lie inside `capacity` bytes at
+// `data` (nothing when the box is empty), and, for memory dcpp writes (`written`), that no two
+// of them share memory: the reads fill it from several threads.
 void check_memory(const md::Shape& lengths, const md::Shape& strides, DType dtype, const void* data,
-                  std::uint64_t capacity) {
-  std::uint64_t last = 0;  // element offset of the box's last element
+                  std::uint64_t capacity, bool written) {
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> dims;  // (stride, length) of dims longer than 1
   for (std::size_t d = 0; d < lengths.size(); ++d) {
     if (lengths[d] == 0) return;
-    last = dcp::add_or_throw(last, dcp::mul_or_throw(static_cast<std::uint64_t>(lengths[d] - 1),
-                                                     static_cast<std::uint64_t>(strides[d]), "strides"), "strides");
+    if (lengths[d] > 1) dims.emplace_back(static_cast<std::uint64_t>(strides[d]), static_cast<std::uint64_t>(lengths[d]));
+  }
+  std::sort(dims.begin(), dims.end());
+  std::uint64_t last = 0;  // element offset of the box's last element
+  for (const auto& [stride, length] : dims) {
+    // Each dim must step past everything the smaller strides reach: then no element repeats.
+    if (written && stride <= last)
+      fail(Errc::invalid_argument, "strides make elements share memory (stride " + std::to_string(stride) + ")");
+    last = dcp::add_or_throw(last, dcp::mul_or_throw(length - 1, stride, "strides"), "strides");
   }
   const std::uint64_t needed = dcp::mul_or_throw(last + 1, dcp::dtype_itemsize(dtype), "strides");
   require(data != nullptr, "data is NULL");
@@ -344,7 +353,7 @@ dcp_status dcp_read_tensor(dcp_checkpoint* checkpoint, const char* key, size_t k
                                      std::to_string(lengths[d]) + ") is outside size " + std::to_string(entry.shape[d]) +
                                      " of tensor '" + dcp::escape_text(entry.key) + "'");
     const md::Shape strides = box->strides ? shape_of(box->strides, box->ndim, "strides") : row_major(lengths);
-    check_memory(lengths, strides, dtype, box->data, box->capacity);
+    check_memory(lengths, strides, dtype, box->data, box->capacity, true);
     if (md::numel(lengths) == 0) return;
     planning::Destination destination;
     planning::TensorSlice memory{static_cast<std::byte*>(box->data), dtype, lengths, strides};
@@ -429,7 +438,7 @@ dcp_status dcp_save(const char* directory, const dcp_save_item* items, size_t co
       const DType dtype = dtype_of(item.dtype);
       const md::Shape shape = shape_of(item.shape, item.ndim, "shape of '" + dcp::escape_text(key) + "'");
       const md::Shape strides = item.strides ? shape_of(item.strides, item.ndim, "strides") : row_major(shape);
-      check_memory(shape, strides, dtype, item.data, item.capacity);
+      check_memory(shape, strides, dtype, item.data, item.capacity, false);
       // The save reads through `data` only (SaveChunk: "never writes through memory.data").
       planning::TensorSlice memory{static_cast<std::byte*>(const_cast<void*>(item.data)), dtype, shape, strides};
       state_dicts[0].add_tensor({std::move(key)}, memory);

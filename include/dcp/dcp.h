@@ -118,13 +118,13 @@ dcp_status dcp_find(dcp_checkpoint* checkpoint, const char* key, size_t key_size
  * element `strides` (ndim non-negative values, NULL: row-major over `lengths`) as `dtype`
  * (converted as torch's copy_ does between bool, integer and floating dtypes; other dtypes
  * only as themselves). `capacity` is the size of `data` in bytes: every element the box and
- * strides reach must lie inside it. The strides must not make two elements share memory. */
+ * strides reach must lie inside it, and no two of them may share memory (DCP_INVALID_ARGUMENT). */
 typedef struct dcp_box {
   size_t ndim;
   const int64_t* offsets;
   const int64_t* lengths;
   const int64_t* strides;
-  dcp_dtype dtype;
+  int dtype;  /* a dcp_dtype (an int: any value a caller stores is checked) */
   void* data;
   uint64_t capacity;
 } dcp_box;
@@ -139,7 +139,7 @@ dcp_status dcp_read_tensor(dcp_checkpoint* checkpoint, const char* key, size_t k
 typedef struct dcp_load_item {
   const char* key;
   size_t key_size;
-  dcp_dtype dtype;
+  int dtype;  /* a dcp_dtype */
   void* data;
   uint64_t capacity;
 } dcp_load_item;
@@ -163,7 +163,7 @@ void dcp_free(void* memory);
 typedef struct dcp_save_item {
   const char* key;
   size_t key_size;
-  dcp_dtype dtype;
+  int dtype;  /* a dcp_dtype */
   size_t ndim;
   const int64_t* shape;
   const int64_t* strides;

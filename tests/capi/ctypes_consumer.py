@@ -185,6 +185,8 @@ status, _ = read_box(h, kb, t.dtype, list(t.shape), capacity=t.numel() * t.eleme
 expect(status, "out_of_range", h)  # the buffer is a byte short
 status, _ = read_box(h, kb, t.dtype, [t.shape[0]])
 expect(status, "invalid_argument", h)  # a 1-d box of a 2-d tensor
+status, _ = read_box(h, kb, t.dtype, list(t.shape), strides=[1, 1])
+expect(status, "invalid_argument", h)  # rows overlap: [0, 1] and [1, 0] are one element
 box = Box(2, None, None, None, 999, None, 0)
 expect(lib.dcp_read_tensor(h, kb, len(kb), C.byref(box)), "invalid_argument", h)  # no such dtype
 box = Box(2, None, None, None, DTYPES["complex64"], None, 1 << 20)
@@ -209,6 +211,26 @@ import threading
 expect(lib.dcp_find(h, b"x", 1, C.byref(C.c_size_t())), "not_found", h)
 threading.Thread(target=lambda: lib.dcp_entry_count(h, None)).start()
 assert "'x'" in lib.dcp_last_error(h).decode()
+# Calls on one handle from several threads at once (ctypes lets go of the GIL during a call).
+failures = []
+
+
+def reader():
+    for _ in range(5):
+        for fqn, t in expected.items():
+            if t is None:
+                continue
+            status, got = read_box(h, fqn.encode(), t.dtype, list(t.shape))
+            if status != 0 or not torch.equal(got, t):
+                failures.append((fqn, status))
+
+
+threads = [threading.Thread(target=reader) for _ in range(4)]
+for th in threads:
+    th.start()
+for th in threads:
+    th.join()
+assert not failures, failures
 bogus = H(C.addressof(C.c_int64(0)))
 expect(lib.dcp_entry_count(bogus, C.byref(count)), "bad_handle")
 expect(lib.dcp_entry_count(None, C.byref(count)), "bad_handle")
