@@ -180,6 +180,18 @@ def main():
         r = diff(a, p, "--keys", "^layer\\.")
         assert r["same"] and r["compared"] == 2, r
 
+        # Complex values have no float64 form: compared bit-exactly even under tolerances.
+        c1 = {"cplx": torch.randn(4, 3, dtype=torch.complex64, generator=g), "w": base["layer.weight"]}
+        c2 = clone(c1)
+        c2["cplx"][2, 1] += 1e-4j  # under --rtol 1e-3 as allclose sees it, but other bits
+        c2["w"] = c2["w"] * (1 + 1e-7)
+        p1, p2 = save(c1, os.path.join(root, "c1")), save(c2, os.path.join(root, "c2"))
+        r = diff(p1, p2, "--rtol", "1e-3")
+        (d,) = r["differences"]
+        differ = bits(c1["cplx"]) != bits(c2["cplx"])
+        assert d["key"] == "cplx" and d["count"] == int(differ.sum()) == 1, d
+        assert d["first_index"] == differ.nonzero()[0].tolist() and d["max_abs"] is None, d
+
         # The same tensors in other layouts: 4 DCP ranks, a Hugging Face directory, a .pt file.
         hf = os.path.join(root, "hf")
         os.makedirs(hf)
