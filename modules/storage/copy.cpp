@@ -121,6 +121,11 @@ void convert_box(std::byte* dst, const metadata::Shape& dst_strides, const std::
   }
   const auto dst_step = dst_strides[dim] * static_cast<std::int64_t>(sizeof(To));
   const auto src_step = src_strides[dim] * static_cast<std::int64_t>(sizeof(From));
+  if (dim + 1 == lengths.size()) {  // the innermost run as one loop, not a call per element
+    for (std::int64_t i = 0; i < lengths[dim]; ++i)
+      store<To>(dst + i * dst_step, convert<To>(load<From>(src + i * src_step)));
+    return;
+  }
   for (std::int64_t i = 0; i < lengths[dim]; ++i)
     convert_box<To, From>(dst + i * dst_step, dst_strides, src + i * src_step, src_strides, lengths, dim + 1);
 }

@@ -24,13 +24,22 @@ struct Command {
 };
 
 constexpr Command kCommands[] = {
-    {"inspect", "dcpp inspect [--json] CKPT",
+    {"inspect", "dcpp inspect [--json] [--stats [--fail-on-nonfinite] [--keys REGEX] [--threads N]] CKPT",
      "print what a checkpoint holds (keys, dtypes, shapes, chunks, files), read from .metadata "
      "without running any pickle code (or built from safetensors headers), after checking it against "
      "the data files. CKPT, here and below: a DCP directory (.metadata), a Hugging Face model "
      "directory (model.safetensors.index.json or *.safetensors files), torch's per-rank safetensors "
-     "files (there or in sharded/), or one .safetensors file",
+     "files (there or in sharded/), or one .safetensors file. With --stats: per tensor (of CKPT or a "
+     ".pt/.pth file) the NaN, Inf and zero counts and min, max, mean, std (ddof 0) and absmax of its "
+     "finite elements, in float64, and a line naming the tensors that hold NaN or Inf",
      run_inspect, 1},
+    {"diff", "dcpp diff [--rtol R] [--atol A] [--equal-nan] [--keys REGEX] [--json] [--threads N] A B",
+     "are two checkpoints the same? A and B: any CKPT, or a .pt/.pth file, each of any layout. Prints the "
+     "keys only in one, kind, dtype and shape differences, objects that differ as values (JSON), and per "
+     "tensor the count of differing elements, the max abs and max rel difference and the first "
+     "differing index. Tensors compare bit-exactly (--equal-nan: any two NaNs equal), or with --rtol/--atol "
+     "as torch.allclose (defaults 1e-05, 1e-08). Exit 0 same, 1 different",
+     run_diff, 2},
     {"load", "dcpp load [--threads N] [--device cpu|cuda[:i]] [--keys REGEX] [--json] [--timeout S] [--layout L] [--no-read-once] [--slowest-link host|storage] CKPT",
      "load every tensor (or those whose key matches --keys) into full, unsharded tensors and every "
      "object, and print bytes, seconds and GB/s. As a rank of a launcher (torchrun; WORLD_SIZE > 1): "
@@ -69,11 +78,16 @@ constexpr Command kCommands[] = {
 };
 
 constexpr Flag kFlags[] = {
-    {"json", "", "inspect load", "print one JSON document (schema in README.md)"},
-    {"threads", "N", "load verify convert reshard", "storage worker threads (default: up to 8; convert: checkpoint to file)"},
-    {"io", "KIND", "load verify convert reshard", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
+    {"json", "", "inspect load diff", "print one JSON document (schema in README.md)"},
+    {"stats", "", "inspect", "read every tensor and print its statistics (NaN, Inf, zeros, min, max, mean, std, absmax)"},
+    {"fail-on-nonfinite", "", "inspect", "with --stats: exit 1 when any tensor holds NaN or Inf"},
+    {"rtol", "R", "diff", "relative tolerance, as torch.allclose (default 1e-05 once --atol is given)"},
+    {"atol", "A", "diff", "absolute tolerance, as torch.allclose (default 1e-08 once --rtol is given)"},
+    {"equal-nan", "", "diff", "NaN equals NaN"},
+    {"threads", "N", "inspect load verify convert reshard diff", "storage worker threads (default: up to 8; convert: checkpoint to file)"},
+    {"io", "KIND", "inspect load verify convert reshard diff", "how bytes are read: pread (default: a thread pool) or uring (Asio io_uring files)"},
     {"device", "DEV", "load", "where tensors go: cpu (default), cuda or cuda:N"},
-    {"keys", "REGEX", "load verify convert", "only keys matching this regular expression"},
+    {"keys", "REGEX", "inspect load verify convert diff", "only keys matching this regular expression"},
     {"all", "", "verify", "report every problem, not only the first"},
     {"ranks", "N", "convert", "file to checkpoint: save as N ranks, each tensor's rows split as torch.chunk (default 1)"},
     {"format", "KIND", "convert reshard", "file to checkpoint, reshard: torch2 (default, torch 2.x's layout, nested values flattened) or torch1.13 (top-level keys, nested values one object each); checkpoint to directory: hf (a Hugging Face model directory)"},

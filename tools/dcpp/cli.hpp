@@ -58,6 +58,10 @@ int main_with(int argc, char** argv, const Binary& binary);
 void print_error(const dcp::Error& error);
 
 int run_inspect(const Args& args);
+/// `inspect --stats` (stats_command.cpp).
+int run_stats(const Args& args);
+/// `diff A B` (diff_command.cpp).
+int run_diff(const Args& args);
 /// `load` into host buffers (no libtorch); the device must be the CPU.
 int run_load(const Args& args);
 int run_verify(const Args& args);

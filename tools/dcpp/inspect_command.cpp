@@ -51,6 +51,9 @@ std::string human_bytes(std::uint64_t n) {
 
 int run_inspect(const Args& args) {
   namespace md = dcp::metadata;
+  if (args.has("stats")) return run_stats(args);
+  for (const char* flag : {"fail-on-nonfinite", "keys", "threads", "io"})
+    if (args.has(flag)) throw UsageError{"--" + std::string(flag) + " needs --stats"};
   const auto validated = dcp::checkpoint::inspect(args.positional[0]);
   const md::Metadata& metadata = *validated;
   if (args.has("json")) {
