@@ -6,7 +6,8 @@
 // `dcp::Error`; module edges convert foreign errors (system_error, c10::Error) into it.
 // Where an exception must not cross (a worker thread, an Asio handler, a collective), the
 // error crosses as a value: a `std::optional<Error>` slot filled by `current_exception_as_error`
-// in the catch block, rethrown or sent on the other side. `parallel_for` runs independent checks on several threads and reports the
+// in the catch block, rethrown or sent on the other side; `Result<T>` keeps an outcome for
+// later (value or Error). `parallel_for` runs independent checks on several threads and reports the
 // failure of the first item, as a loop would; `hash_mix` / `hash_text` are the seeded hashes
 // of every table that untrusted input fills; `escape_text` is how every printer spells text
 // from a file (keys, paths) for a terminal. Imports nothing.
@@ -20,6 +21,7 @@ module;
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 export module dcp.error;
 
 export namespace dcp {
@@ -104,6 +106,30 @@ std::string escape_text(std::string_view text, Escape style = Escape::name);
 /// short, past U+10FFFF). Surrogate code points (ED A0..BF xx) decode: callers decide.
 std::size_t decode_utf8(std::string_view text, std::size_t i, char32_t& code) noexcept;
 
+/// A value or an Error: a result kept for later (a cache of outcomes) or handed across a
+/// boundary that exceptions must not cross.
+template <class T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : state_(std::move(value)) {}
+  Result(Error error) : state_(std::move(error)) {}
+  bool ok() const noexcept { return state_.index() == 0; }
+  explicit operator bool() const noexcept { return ok(); }
+  /// The value; throws the stored Error if there is none.
+  T& value() & {
+    if (!ok()) throw std::get<1>(state_);
+    return std::get<0>(state_);
+  }
+  T&& value() && {
+    if (!ok()) throw std::get<1>(state_);
+    return std::get<0>(std::move(state_));
+  }
+  const Error& error() const { return std::get<1>(state_); }
+
+ private:
+  std::variant<T, Error> state_;
+};
+
 /// Throws Error(code, message) naming the state-dict key `fqn`.
 [[noreturn]] void fail_for_key(Errc code, std::string_view fqn, std::string message);
 
@@ -125,6 +151,16 @@ void parallel_for(std::size_t count, std::uint64_t work, const std::function<voi
 /// see only low bits). Not stable across processes: never store or send them.
 std::uint64_t hash_mix(std::uint64_t value) noexcept;
 std::uint64_t hash_text(std::string_view text) noexcept;
+
+/// Runs `fn` and turns a thrown dcp::Error into a Result (other exceptions pass through).
+template <class Fn>
+auto capture(Fn&& fn) -> Result<decltype(fn())> {
+  try {
+    return fn();
+  } catch (const Error& e) {
+    return e;
+  }
+}
 
 /// "(3, 4)", "(5,)" or "()", torch.Size style, for messages. Shapes from untrusted input can
 /// have thousands of dims: past `max_dims` the text ends in "..., N dims)".

@@ -30,6 +30,14 @@ BOOST_AUTO_TEST_CASE(checked_arithmetic) {
   BOOST_CHECK_THROW(dcp::mul_or_throw(UINT64_MAX, 2, "numel"), dcp::Error);
 }
 
+BOOST_AUTO_TEST_CASE(result_carries_error) {
+  auto r = dcp::capture([]() -> int { throw dcp::Error(dcp::Errc::not_found, "x"); });
+  BOOST_TEST(!r.ok());
+  BOOST_TEST((r.error().code() == dcp::Errc::not_found));
+  auto ok = dcp::capture([] { return 7; });
+  BOOST_TEST(ok.value() == 7);
+}
+
 // Small work runs in order on this thread; large work on several threads, every item once.
 BOOST_AUTO_TEST_CASE(parallel_for_runs_every_item) {
   std::vector<std::size_t> order;
