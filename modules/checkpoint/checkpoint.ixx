@@ -63,7 +63,9 @@ metadata::ValidatedMetadata inspect(const std::filesystem::path& checkpoint_dir)
 /// other: copying from the page cache is faster than any loopback transfer. Each rank's
 /// ReadReport says what it read (`storage_bytes`) and what it received (`received_bytes`).
 /// c10d broadcasts to the whole group, so a rank that needs none of a batch still receives it.
-/// Broadcasts are used only when every rank's reader can_share_items.
+/// Broadcasts are used only when every rank's reader can_share_items. Readers without a page
+/// cache to share (object stores) count the storage as the slowest link whatever `slowest_link`
+/// says: there each rank's read is a transfer from the store.
 struct ReadOnce {
   bool enabled = true;
   /// The coordinator's value holds for all.

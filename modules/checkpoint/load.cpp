@@ -126,7 +126,10 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
         }
         plans = reader.prepare_global_plan(planner.create_global_plan(std::move(plans)));
         const auto shared =
-            all_share ? planning::plan_read_once(plans, *md, {number_hosts(hosts), read_once.slowest_link})
+            all_share ? planning::plan_read_once(plans, *md,
+                                                 {number_hosts(hosts), reader.reads_share_host_cache()
+                                                                           ? read_once.slowest_link
+                                                                           : planning::ReadTopology::Link::storage})
                       : std::vector<planning::SharedRead>{};
         const auto encoded_shared = planning::encode_shared_reads(shared);
         std::vector<Bytes> encoded;

@@ -175,6 +175,10 @@ class StorageReader {
   /// yes must allow read_item on one thread while read_data runs on another (the load reads
   /// the next batch while the last one is copied out).
   virtual bool can_share_items() const { return false; }
+  /// Whether ranks of one host reading the same bytes share them through the host's page
+  /// cache (files on a local or network file system). When not (an object store), every rank's
+  /// read goes to the storage, and read-once counts the storage as the slowest link.
+  virtual bool reads_share_host_cache() const { return false; }
   /// Reads the stored bytes of saved item `item` (its whole torch.save archive, or the object's
   /// bytes) into `out`, which must be exactly that long (invalid_argument otherwise), counted
   /// into `report.storage_bytes`. By default unimplemented.
@@ -194,6 +198,7 @@ class FileSystemReader : public StorageReader {
   void set_up_storage_reader(metadata::ValidatedMetadata metadata, bool is_coordinator) override;
   ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner) override;
   bool can_share_items() const override { return true; }
+  bool reads_share_host_cache() const override { return true; }
   /// Refuses an object longer than ReadOptions::max_object_bytes (resource_exhausted).
   void read_item(const metadata::MetadataIndex& item, std::span<std::byte> out, ReadReport& report) override;
   ReadReport read_data(const planning::LoadPlan& plan, planning::LoadPlanner& planner,
