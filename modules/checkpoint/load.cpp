@@ -125,11 +125,18 @@ storage::ReadReport run_load(planning::Destination& destination, storage::Storag
           all_share = all_share && can_share;
         }
         plans = reader.prepare_global_plan(planner.create_global_plan(std::move(plans)));
+        // Without a page cache to share (an object store) every rank reads from the storage on
+        // its own: each counts as a host of its own, and the storage is the slowest link.
+        const bool host_cache = reader.reads_share_host_cache();
+        std::vector<std::string> own_hosts;
+        if (!host_cache) {
+          for (std::size_t r = 0; r < hosts.size(); ++r) own_hosts.push_back(std::to_string(r));
+          for (std::size_t r = 0; r < hosts.size(); ++r) hosts[r] = own_hosts[r];
+        }
         const auto shared =
             all_share ? planning::plan_read_once(plans, *md,
-                                                 {number_hosts(hosts), reader.reads_share_host_cache()
-                                                                           ? read_once.slowest_link
-                                                                           : planning::ReadTopology::Link::storage})
+                                                 {number_hosts(hosts), host_cache ? read_once.slowest_link
+                                                                                  : planning::ReadTopology::Link::storage})
                       : std::vector<planning::SharedRead>{};
         const auto encoded_shared = planning::encode_shared_reads(shared);
         std::vector<Bytes> encoded;
